@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Extract the FHIR R4 definitions the gateway needs from the official package.
+
+Reads the npm package `hl7.fhir.r4.examples@4.0.1` (it carries the core
+StructureDefinitions, SearchParameters, ValueSets, CodeSystems and the Patient
+CompartmentDefinition) and writes compact JSON into fhir-profiles/r4/:
+
+- structure.json         every resource and data type: kind, base, and its elements
+                         (cardinality, types, summary flag, required binding)
+- valuesets.json         the codes of every value set bound `required` that can be
+                         enumerated from the package's own CodeSystems
+- search-parameters.json every SearchParameter, one entry per (base, code), with the
+                         expression narrowed to the branches of that base
+- compartment-patient.json  resource type -> the parameters linking it to a Patient
+
+Usage: extract.py [PACKAGE_DIR]   (without it, the package is fetched with `npm pack`)
+The output is deterministic, so a re-run on the same package changes nothing.
+"""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "r4")
+PACKAGE = "hl7.fhir.r4.examples@4.0.1"
+FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
+SYSTEM_TYPES = {
+    "http://hl7.org/fhirpath/System.String": "string",
+    "http://hl7.org/fhirpath/System.Boolean": "boolean",
+    "http://hl7.org/fhirpath/System.Integer": "integer",
+    "http://hl7.org/fhirpath/System.Decimal": "decimal",
+    "http://hl7.org/fhirpath/System.Date": "date",
+    "http://hl7.org/fhirpath/System.DateTime": "dateTime",
+    "http://hl7.org/fhirpath/System.Time": "time",
+}
+
+
+def package_dir(argv):
+    if len(argv) > 1:
+        return argv[1]
+    tmp = tempfile.mkdtemp(prefix="fhir-r4-")
+    subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+    tgz = [f for f in os.listdir(tmp) if f.endswith(".tgz")][0]
+    with tarfile.open(os.path.join(tmp, tgz)) as tar:
+        tar.extractall(tmp, filter="data")
+    return os.path.join(tmp, "package")
+
+
+def load(pkg, name):
+    with open(os.path.join(pkg, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def bundle_resources(pkg, name):
+    return [e["resource"] for e in load(pkg, name)["entry"]]
+
+
+def strip_version(url):
+    return url.split("|")[0] if url else url
+
+
+def ext_value(holder, url):
+    for ext in holder.get("extension", []):
+        if ext.get("url") == url:
+            for key, value in ext.items():
+                if key.startswith("value"):
+                    return value
+    return None
+
+
+def element_types(el):
+    types = []
+    for t in el.get("type", []):
+        code = t["code"]
+        if code in SYSTEM_TYPES:
+            code = SYSTEM_TYPES[code]
+        entry = {"code": code}
+        targets = [p.rsplit("/", 1)[-1] for p in t.get("targetProfile", [])]
+        if targets:
+            entry["targets"] = targets
+        profiles = [p.rsplit("/", 1)[-1] for p in t.get("profile", [])]
+        if profiles:
+            entry["profile"] = profiles[0]
+        types.append(entry)
+    return types
+
+
+def structure(pkg):
+    sds = [r for r in bundle_resources(pkg, "Bundle-types.json") + bundle_resources(pkg, "Bundle-resources.json")
+           if r["resourceType"] == "StructureDefinition"]
+    out = {}
+    regexes = {}
+    for sd in sds:
+        name = sd["id"]
+        if sd.get("derivation") == "constraint":
+            continue  # SimpleQuantity, MoneyQuantity: profiles of Quantity, checked as Quantity
+        elements = []
+        for el in sd["snapshot"]["element"]:
+            path = el["path"]
+            if sd["kind"] == "primitive-type":
+                if path == name + ".value":
+                    for t in el.get("type", []):
+                        rx = ext_value(t, REGEX_EXT)
+                        if rx:
+                            regexes[name] = rx
+                continue
+            if path == name:
+                continue
+            entry = {"path": path, "min": el.get("min", 0), "max": el.get("max", "*")}
+            if "contentReference" in el:
+                entry["contentReference"] = el["contentReference"].lstrip("#")
+            else:
+                entry["types"] = element_types(el)
+            if el.get("isSummary"):
+                entry["summary"] = True
+            if el.get("isModifier"):
+                entry["modifier"] = True
+            binding = el.get("binding")
+            if binding and binding.get("strength") == "required" and binding.get("valueSet"):
+                entry["requiredBinding"] = strip_version(binding["valueSet"])
+            elements.append(entry)
+        out[name] = {
+            "kind": sd["kind"],
+            "abstract": sd.get("abstract", False),
+            "base": (sd.get("baseDefinition") or "").rsplit("/", 1)[-1] or None,
+            "elements": elements,
+        }
+        if name in regexes:
+            out[name]["regex"] = regexes[name]
+    return out
+
+
+def codesystem_codes(cs):
+    codes = []
+
+    def walk(concepts):
+        for c in concepts:
+            codes.append(c["code"])
+            walk(c.get("concept", []))
+
+    walk(cs.get("concept", []))
+    return codes
+
+
+def valuesets(pkg, required):
+    by_url = {}
+    for r in bundle_resources(pkg, "Bundle-valuesets.json"):
+        if r["resourceType"] in ("ValueSet", "CodeSystem"):
+            by_url[(r["resourceType"], r["url"])] = r
+    # v2/v3 tables are not all in the bundle; the single files cover the rest
+    for fname in sorted(os.listdir(pkg)):
+        if fname.startswith(("ValueSet-", "CodeSystem-")) and fname.endswith(".json"):
+            r = load(pkg, fname)
+            by_url.setdefault((r["resourceType"], r.get("url")), r)
+
+    def expand(url, seen):
+        if url in seen:
+            return None
+        seen = seen | {url}
+        vs = by_url.get(("ValueSet", url))
+        if vs is None:
+            return None
+        codes = []
+        compose = vs.get("compose", {})
+        if compose.get("exclude"):
+            return None
+        for inc in compose.get("include", []):
+            if inc.get("filter"):
+                return None
+            for nested in inc.get("valueSet", []):
+                sub = expand(strip_version(nested), seen)
+                if sub is None:
+                    return None
+                codes.extend(sub)
+            if "concept" in inc:
+                codes.extend(c["code"] for c in inc["concept"])
+            elif "system" in inc:
+                cs = by_url.get(("CodeSystem", inc["system"]))
+                if cs is None or cs.get("content") != "complete":
+                    return None
+                codes.extend(codesystem_codes(cs))
+        return sorted(set(codes)) if codes else None
+
+    out = {}
+    for url in sorted(required):
+        codes = expand(url, frozenset())
+        if codes:
+            out[url] = codes
+    return out
+
+
+def split_expression(expr):
+    """Split a FHIRPath union at top level (outside parentheses and quotes)."""
+    parts, depth, quote, cur = [], 0, False, ""
+    for ch in expr:
+        if ch == "'" and not quote:
+            quote = True
+        elif ch == "'" and quote:
+            quote = False
+        elif not quote and ch == "(":
+            depth += 1
+        elif not quote and ch == ")":
+            depth -= 1
+        if ch == "|" and depth == 0 and not quote:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return [p for p in parts if p]
+
+
+def branch_base(branch):
+    b = branch.lstrip("(").strip()
+    return b.split(".", 1)[0].split(" ", 1)[0]
+
+
+def search_parameters(pkg, type_names):
+    sps = [r for r in bundle_resources(pkg, "Bundle-searchParams.json") if r["resourceType"] == "SearchParameter"]
+    by_url = {sp["url"]: sp for sp in sps}
+    out = []
+    for sp in sps:
+        for base in sp["base"]:
+            entry = {"code": sp["code"], "base": base, "type": sp["type"], "url": sp["url"]}
+            expr = sp.get("expression")
+            if expr:
+                branches = split_expression(expr)
+                if len(sp["base"]) > 1 or any(branch_base(b) != base for b in branches):
+                    branches = [b for b in branches if branch_base(b) == base]
+                if not branches:
+                    continue
+                entry["expression"] = " | ".join(branches)
+            if sp.get("target"):
+                entry["target"] = sorted(sp["target"])
+            if sp.get("modifier"):
+                entry["modifier"] = sp["modifier"]
+            if sp.get("comparator"):
+                entry["comparator"] = sp["comparator"]
+            if sp.get("component"):
+                comps = []
+                for c in sp["component"]:
+                    target = by_url.get(c["definition"])
+                    if target is None:
+                        break
+                    comps.append({"code": target["code"], "type": target["type"], "expression": c["expression"]})
+                else:
+                    entry["component"] = comps
+                if "component" not in entry:
+                    continue
+            out.append(entry)
+    out.sort(key=lambda e: (e["base"], e["code"]))
+    return out
+
+
+def compartment(pkg):
+    cd = load(pkg, "CompartmentDefinition-patient.json")
+    return {r["code"]: r.get("param", []) for r in sorted(cd["resource"], key=lambda r: r["code"]) if r.get("param")}
+
+
+def write(name, data):
+    path = os.path.join(OUT, name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=None, separators=(",", ":"), sort_keys=True)
+        f.write("\n")
+    print(f"wrote {os.path.relpath(path)} ({os.path.getsize(path)} bytes)")
+
+
+def main(argv):
+    pkg = package_dir(argv)
+    os.makedirs(OUT, exist_ok=True)
+    types = structure(pkg)
+    required = {e["requiredBinding"] for t in types.values() for e in t["elements"] if "requiredBinding" in e}
+    write("structure.json", types)
+    write("valuesets.json", valuesets(pkg, required))
+    write("search-parameters.json", search_parameters(pkg, set(types)))
+    write("compartment-patient.json", compartment(pkg))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

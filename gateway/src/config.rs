@@ -1,0 +1,203 @@
+//! Configuration in layers: built-in defaults, then a TOML file, then environment
+//! variables (`FHIR_GATEWAY_` prefix, `__` between levels: `FHIR_GATEWAY_SERVER__PORT=9090`).
+//! Every setting is documented once, in the README's configuration table.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub limits: LimitsConfig,
+    pub search: SearchConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0 picks a free port).
+    pub port: u16,
+    /// The public FHIR base URL (used in `Location`, `fullUrl` and paging links). Its path
+    /// is where the FHIR API is mounted. Defaults to `http://{host}:{port}/fhir`.
+    pub base_url: Option<String>,
+    /// HTTP worker threads (0 = one per core).
+    pub workers: usize,
+    /// Seconds to let in-flight requests finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` for PostgreSQL. Unset: an embedded SQLite file in `data_dir`.
+    #[serde(serialize_with = "serialize_secret", default)]
+    pub url: Option<SecretString>,
+    /// Directory for the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// Maximum connections in the pool (PostgreSQL; SQLite uses one writer and this many readers).
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, in bytes (after decompression).
+    pub max_body_bytes: usize,
+    /// Most entries accepted in a batch or transaction Bundle.
+    pub max_bundle_entries: usize,
+    /// Deepest nesting of JSON arrays and objects accepted.
+    pub max_json_depth: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Page size when the client gives no `_count`.
+    pub default_count: usize,
+    /// Largest page size served; larger `_count` values are lowered to this.
+    pub max_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `gateway=debug,sqlx=warn`.
+    pub filter: String,
+    /// `json` for structured logs, `pretty` for humans.
+    pub format: String,
+}
+
+fn serialize_secret<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                host: "127.0.0.1".to_owned(),
+                port: 8080,
+                base_url: None,
+                workers: 0,
+                shutdown_timeout_secs: 30,
+            },
+            database: DatabaseConfig {
+                url: None,
+                data_dir: PathBuf::from(".data"),
+                max_connections: 16,
+            },
+            limits: LimitsConfig {
+                max_body_bytes: 32 * 1024 * 1024,
+                max_bundle_entries: 10_000,
+                max_json_depth: 64,
+            },
+            search: SearchConfig {
+                default_count: 50,
+                max_count: 1000,
+            },
+            log: LogConfig {
+                filter: "info".to_owned(),
+                format: "json".to_owned(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if given, it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "configuration file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("FHIR_GATEWAY_").split("__"));
+        let config: Config = figment.extract()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.search.default_count >= 1,
+            "search.default_count must be at least 1"
+        );
+        anyhow::ensure!(
+            self.search.max_count >= self.search.default_count,
+            "search.max_count must be >= default_count"
+        );
+        anyhow::ensure!(
+            self.limits.max_json_depth >= 8,
+            "limits.max_json_depth must be at least 8"
+        );
+        anyhow::ensure!(
+            matches!(self.log.format.as_str(), "json" | "pretty"),
+            "log.format must be json or pretty"
+        );
+        if let Some(base) = &self.server.base_url {
+            anyhow::ensure!(
+                base.starts_with("http://") || base.starts_with("https://"),
+                "server.base_url must be an http(s) URL"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                "[server]\nport = 9000\n[search]\ndefault_count = 20\n",
+            )?;
+            jail.set_env("FHIR_GATEWAY_SERVER__PORT", "9100");
+            let config = Config::load(Some(Path::new("gw.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.port, 9100, "environment overrides the file");
+            assert_eq!(
+                config.search.default_count, 20,
+                "the file overrides the defaults"
+            );
+            assert_eq!(config.limits.max_json_depth, 64, "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "0");
+            assert!(Config::load(None).is_err());
+            jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "10");
+            jail.set_env("FHIR_GATEWAY_SERVER__NOPE", "1");
+            assert!(
+                Config::load(None).is_err(),
+                "unknown settings are errors, not silently ignored"
+            );
+            Ok(())
+        });
+    }
+}

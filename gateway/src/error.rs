@@ -1,0 +1,216 @@
+//! The one door for errors: every failure a client can see becomes an HTTP status and a
+//! FHIR `OperationOutcome` here, and nowhere else.
+//!
+//! Server-side failures (5xx) answer with a generic message; their detail goes to the
+//! log (without patient data), never to the client.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use fhir_profiles::validate::{Issue, IssueSeverity};
+use serde_json::{Value, json};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: bad JSON, a bad header, a bad parameter value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The resource failed validation; every issue is reported.
+    #[error("the resource is not valid ({} issues)", .0.len())]
+    InvalidResource(Vec<Issue>),
+    /// A search parameter, modifier or feature the server does not support (strict handling).
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("unknown resource type {0:?}")]
+    UnknownResourceType(String),
+    #[error("{resource_type}/{id} is not known")]
+    NotFound { resource_type: String, id: String },
+    #[error("{resource_type}/{id} was deleted")]
+    Gone { resource_type: String, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` named a version that is not current, or a conditional request matched
+    /// more than one resource.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("no route for {0}")]
+    UnknownRoute(String),
+    /// A business rule refused the request (a semantically wrong but well-formed request).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// The FHIR `IssueType` code of this error.
+    fn issue_code(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) | Error::InvalidResource(_) => "invalid",
+            Error::NotSupported(_) | Error::UnknownResourceType(_) | Error::MethodNotAllowed(_) => {
+                "not-supported"
+            }
+            Error::NotFound { .. } | Error::UnknownRoute(_) => "not-found",
+            Error::Gone { .. } => "deleted",
+            Error::Conflict(_) | Error::PreconditionFailed(_) => "conflict",
+            Error::NotAcceptable(_) | Error::UnsupportedMediaType(_) => "not-supported",
+            Error::PayloadTooLarge(_) => "too-costly",
+            Error::Unprocessable(_) => "processing",
+            Error::Database(_) | Error::Internal(_) => "exception",
+        }
+    }
+
+    fn is_server_error(&self) -> bool {
+        matches!(self, Error::Database(_) | Error::Internal(_))
+    }
+
+    /// The OperationOutcome describing this error.
+    pub fn operation_outcome(&self) -> Value {
+        let issues: Vec<Value> = match self {
+            Error::InvalidResource(issues) => issues.iter().map(issue_json).collect(),
+            _ => {
+                let diagnostics = if self.is_server_error() {
+                    "the server could not complete the request; the incident is logged".to_owned()
+                } else {
+                    self.to_string()
+                };
+                vec![
+                    json!({"severity": "error", "code": self.issue_code(), "diagnostics": diagnostics}),
+                ]
+            }
+        };
+        json!({"resourceType": "OperationOutcome", "issue": issues})
+    }
+}
+
+fn issue_json(issue: &Issue) -> Value {
+    let severity = match issue.severity {
+        IssueSeverity::Fatal => "fatal",
+        IssueSeverity::Error => "error",
+        IssueSeverity::Warning => "warning",
+        IssueSeverity::Information => "information",
+    };
+    let mut value =
+        json!({"severity": severity, "code": issue.code, "diagnostics": issue.diagnostics});
+    if !issue.expression.is_empty() {
+        value["expression"] = json!([issue.expression]);
+    }
+    value
+}
+
+/// An OperationOutcome with a single informational issue (for `Prefer: return=OperationOutcome`
+/// and successful deletes).
+pub fn information_outcome(diagnostics: &str) -> Value {
+    json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": diagnostics}]})
+}
+
+/// An OperationOutcome listing validation issues that are not errors (or `All OK`).
+pub fn validation_outcome(issues: &[Issue]) -> Value {
+    if issues.is_empty() {
+        return information_outcome("the resource is valid");
+    }
+    json!({"resourceType": "OperationOutcome", "issue": issues.iter().map(issue_json).collect::<Vec<_>>()})
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::Invalid(_) | Error::InvalidResource(_) | Error::NotSupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::UnknownResourceType(_) | Error::NotFound { .. } | Error::UnknownRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Error::Gone { .. } => StatusCode::GONE,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.is_server_error() {
+            let detail = match self {
+                Error::Internal(e) => format!("{e:#}"),
+                other => format!("{other:?}"),
+            };
+            tracing::error!(error = %detail, "request failed");
+        }
+        HttpResponse::build(self.status_code())
+            .content_type(crate::rest::format::FHIR_JSON)
+            .body(self.operation_outcome().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_hide_their_detail() {
+        let error = Error::Internal(anyhow::anyhow!(
+            "connection to 10.0.0.5 refused; patient Smith"
+        ));
+        let body = error.operation_outcome().to_string();
+        assert!(
+            !body.contains("Smith") && !body.contains("10.0.0.5"),
+            "5xx bodies must not leak detail: {body}"
+        );
+        assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn each_error_maps_to_its_status() {
+        let cases: Vec<(Error, u16)> = vec![
+            (Error::Invalid("x".into()), 400),
+            (Error::UnknownResourceType("Foo".into()), 404),
+            (
+                Error::NotFound {
+                    resource_type: "Patient".into(),
+                    id: "1".into(),
+                },
+                404,
+            ),
+            (
+                Error::Gone {
+                    resource_type: "Patient".into(),
+                    id: "1".into(),
+                },
+                410,
+            ),
+            (Error::PreconditionFailed("x".into()), 412),
+            (Error::NotAcceptable("x".into()), 406),
+            (Error::UnsupportedMediaType("x".into()), 415),
+            (Error::PayloadTooLarge("x".into()), 413),
+            (Error::MethodNotAllowed("x".into()), 405),
+        ];
+        for (error, status) in cases {
+            assert_eq!(
+                error.status_code().as_u16(),
+                status,
+                "{error:?} should answer {status}"
+            );
+            assert_eq!(
+                error.operation_outcome()["resourceType"],
+                "OperationOutcome"
+            );
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `capabilities` (http.html#capabilities): the CapabilityStatement at `GET [base]/metadata`,
+//! listing exactly what this server does.
+
+use fhir_profiles::Definitions;
+use fhir_profiles::search::{Registry, SearchParamType};
+use serde_json::{Value, json};
+
+use super::Context;
+
+fn type_name(kind: SearchParamType) -> &'static str {
+    match kind {
+        SearchParamType::Number => "number",
+        SearchParamType::Date => "date",
+        SearchParamType::String => "string",
+        SearchParamType::Token => "token",
+        SearchParamType::Reference => "reference",
+        SearchParamType::Composite => "composite",
+        SearchParamType::Quantity => "quantity",
+        SearchParamType::Uri => "uri",
+        SearchParamType::Special => "special",
+    }
+}
+
+/// The search parameter types this server can search on.
+pub fn is_searchable(kind: SearchParamType) -> bool {
+    !matches!(kind, SearchParamType::Special)
+}
+
+/// Builds the CapabilityStatement.
+pub fn capability_statement(ctx: &Context) -> Value {
+    let registry = Registry::r4();
+    let interactions = [
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    ];
+    let resources: Vec<Value> = Definitions::r4()
+        .resource_types()
+        .into_iter()
+        .map(|resource_type| {
+            let mut params: Vec<Value> = registry
+                .for_type(resource_type)
+                .filter(|p| is_searchable(p.kind) && !matches!(p.code.as_str(), "_text" | "_content" | "_query" | "_list"))
+                .map(|p| json!({"name": p.code, "definition": p.url, "type": type_name(p.kind)}))
+                .collect();
+            params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            let includes: Vec<String> = registry
+                .for_type(resource_type)
+                .filter(|p| p.kind == SearchParamType::Reference)
+                .map(|p| format!("{resource_type}:{}", p.code))
+                .collect();
+            json!({
+                "type": resource_type,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
+                "interaction": interactions.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "referencePolicy": ["literal", "logical"],
+                "searchInclude": includes,
+                "searchRevInclude": ["*"],
+                "searchParam": params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-24",
+        "publisher": "fhir-gateway",
+        "kind": "instance",
+        "software": {"name": "fhir-gateway", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "FHIR R4 interoperability gateway", "url": ctx.base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [
+                {"code": "transaction"}, {"code": "batch"}, {"code": "search-system"}, {"code": "history-system"}
+            ],
+            "searchParam": [
+                {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+                {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"},
+                {"name": "_tag", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-tag"},
+                {"name": "_profile", "type": "uri", "definition": "http://hl7.org/fhir/SearchParameter/Resource-profile"},
+                {"name": "_security", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-security"}
+            ],
+            "operation": [
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
+            ],
+        }],
+    })
+}

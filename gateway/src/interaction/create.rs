@@ -1,0 +1,53 @@
+//! `create` and conditional create (http.html#create, http.html#ccreate).
+//!
+//! The server assigns the id (any `id` in the body is ignored, as the spec says). With
+//! `If-None-Exist: [search parameters]`, an existing match is returned instead (200, no new
+//! version); more than one match is 412 Precondition Failed.
+
+use fhir_profiles::Json;
+use sqlx::AnyConnection;
+
+use super::{Context, Method, Outcome, check_body, search, store_version};
+use crate::error::{Error, Result};
+use crate::model::{ResourceId, ResourceType};
+use crate::store;
+
+/// `POST [base]/[type]`
+pub async fn create(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &ResourceType,
+    body: Json,
+    if_none_exist: Option<&str>,
+) -> Result<Outcome> {
+    check_body(&body, resource_type)?;
+    if let Some(criteria) = if_none_exist {
+        let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+        match matches.as_slice() {
+            [] => {}
+            [id] => {
+                let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Internal(anyhow::anyhow!(
+                            "a search match vanished inside its transaction"
+                        ))
+                    })?;
+                let mut outcome = Outcome::version(stored);
+                outcome.location = Some(ctx.version_url(
+                    resource_type.as_str(),
+                    id.as_str(),
+                    outcome.version.unwrap_or(crate::model::VersionId::FIRST),
+                ));
+                return Ok(outcome);
+            }
+            _ => {
+                return Err(Error::PreconditionFailed(format!(
+                    "If-None-Exist: {criteria} matches more than one {resource_type}"
+                )));
+            }
+        }
+    }
+    let id = ResourceId::generate();
+    store_version(conn, ctx, resource_type, &id, None, body, Method::Post).await
+}

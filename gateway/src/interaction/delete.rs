@@ -1,0 +1,76 @@
+//! `delete` and conditional delete (http.html#delete, http.html#cdelete).
+//!
+//! A delete writes a new version that is a tombstone; history keeps every earlier version.
+//! Deleting a deleted or unknown resource succeeds without writing anything.
+
+use sqlx::AnyConnection;
+
+use super::{Body, Context, Method, Outcome, search};
+use crate::error::{Error, Result, information_outcome};
+use crate::model::{Instant, ResourceId, ResourceType};
+use crate::store::{self, VersionWrite};
+
+/// `DELETE [base]/[type]/[id]`
+pub async fn delete(
+    conn: &mut AnyConnection,
+    _ctx: &Context,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+) -> Result<Outcome> {
+    let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
+    let Some(current) = current.filter(|c| !c.deleted) else {
+        return Ok(Outcome::json(
+            200,
+            information_outcome(&format!(
+                "{resource_type}/{id} does not exist; nothing to delete"
+            )),
+        ));
+    };
+    let version = current.version_id.next();
+    let last_updated = Instant::now();
+    store::write_version(
+        conn,
+        Some(&current),
+        &VersionWrite {
+            resource_type: resource_type.as_str(),
+            id: id.as_str(),
+            version_id: version,
+            last_updated,
+            method: Method::Delete.as_str(),
+            body: None,
+            index: &[],
+        },
+    )
+    .await?;
+    Ok(Outcome {
+        status: 200,
+        location: None,
+        version: Some(version),
+        last_modified: Some(last_updated),
+        body: Body::Json(information_outcome(&format!(
+            "deleted {resource_type}/{id} (version {version})"
+        ))),
+    })
+}
+
+/// `DELETE [base]/[type]?[search parameters]`: deletes the single match, if any.
+pub async fn conditional_delete(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &ResourceType,
+    criteria: &str,
+) -> Result<Outcome> {
+    let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+    match matches.as_slice() {
+        [] => Ok(Outcome::json(
+            200,
+            information_outcome(&format!(
+                "no {resource_type} matches {criteria}; nothing to delete"
+            )),
+        )),
+        [id] => delete(conn, ctx, resource_type, id).await,
+        _ => Err(Error::PreconditionFailed(format!(
+            "{criteria} matches more than one {resource_type}; conditional delete removes one resource at a time"
+        ))),
+    }
+}

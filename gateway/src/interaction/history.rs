@@ -1,0 +1,145 @@
+//! `history` at instance, type and system level (http.html#history).
+//!
+//! Newest first, with `_since`, `_at` and `_count`; the `next` link carries a keyset cursor
+//! (the position of the last version served), so pages stay stable while writes go on.
+
+use serde_json::json;
+use sqlx::AnyConnection;
+
+use super::{Body, Context, Outcome};
+use crate::bundle::BundleWriter;
+use crate::error::{Error, Result};
+use crate::model::Instant;
+use crate::store::{self, HistoryScope};
+
+/// Parameters of a history request.
+#[derive(Debug, Default)]
+pub struct HistoryParams {
+    pub since: Option<Instant>,
+    pub at: Option<Instant>,
+    pub count: Option<usize>,
+    pub before: Option<i64>,
+}
+
+impl HistoryParams {
+    pub fn parse(query: &str) -> Result<HistoryParams> {
+        let mut params = HistoryParams::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let instant = || {
+                Instant::parse_fhir(&value).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{name}={value}: expected an instant with a time zone"
+                    ))
+                })
+            };
+            match name.as_ref() {
+                "_since" => params.since = Some(instant()?),
+                "_at" => params.at = Some(instant()?),
+                "_count" => {
+                    params.count = Some(value.parse().map_err(|_| {
+                        Error::Invalid(format!("_count={value}: expected an integer"))
+                    })?);
+                }
+                "_page" => {
+                    params.before = Some(value.parse().map_err(|_| {
+                        Error::Invalid("_page is not a paging cursor of this server".to_owned())
+                    })?);
+                }
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "{other} is not a parameter of the history interaction"
+                    )));
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// `GET [base]/_history`, `GET [base]/[type]/_history`, `GET [base]/[type]/[id]/_history`
+pub async fn history(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    scope: HistoryScope<'_>,
+    params: HistoryParams,
+) -> Result<Outcome> {
+    if let HistoryScope::Instance(resource_type, id) = scope {
+        if store::read_current(conn, resource_type, id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+    }
+    let count = params
+        .count
+        .unwrap_or(ctx.config.search.default_count)
+        .clamp(1, ctx.config.search.max_count);
+    let mut versions = store::history(
+        conn,
+        &scope,
+        params.since,
+        params.at,
+        params.before,
+        count + 1,
+    )
+    .await?;
+    let next = if versions.len() > count {
+        versions.truncate(count);
+        versions.last().map(|v| v.vkey)
+    } else {
+        None
+    };
+    let path = match scope {
+        HistoryScope::System => "/_history".to_owned(),
+        HistoryScope::Type(t) => format!("/{t}/_history"),
+        HistoryScope::Instance(t, id) => format!("/{t}/{id}/_history"),
+    };
+    let link = |before: Option<i64>| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(since) = params.since {
+            query.append_pair("_since", &since.to_fhir());
+        }
+        if let Some(at) = params.at {
+            query.append_pair("_at", &at.to_fhir());
+        }
+        query.append_pair("_count", &count.to_string());
+        if let Some(before) = before.or(params.before) {
+            query.append_pair("_page", &before.to_string());
+        }
+        format!("{}{path}?{}", ctx.base_url, query.finish())
+    };
+    let mut bundle = BundleWriter::new("history");
+    bundle.link("self", &link(None));
+    if let Some(before) = next {
+        bundle.link("next", &link(Some(before)));
+    }
+    for version in &versions {
+        let url = ctx.resource_url(&version.resource_type, &version.id);
+        let request_url = match version.method.as_str() {
+            "POST" => version.resource_type.clone(),
+            _ => format!("{}/{}", version.resource_type, version.id),
+        };
+        let status = match (version.method.as_str(), version.version_id.get()) {
+            ("DELETE", _) => "204 No Content",
+            (_, 1) => "201 Created",
+            _ => "200 OK",
+        };
+        let members = json!({
+            "request": {"method": version.method, "url": request_url},
+            "response": {"status": status, "etag": version.version_id.etag(), "lastModified": version.last_updated.to_fhir()},
+        });
+        bundle.entry_with(Some(&url), version.body.as_deref(), &members);
+    }
+    Ok(Outcome {
+        status: 200,
+        location: None,
+        version: None,
+        last_modified: None,
+        body: Body::Bundle(bundle.finish()),
+    })
+}

@@ -1,0 +1,163 @@
+//! The FHIR RESTful interactions (http.html), one module each, independent of HTTP so that
+//! the REST handlers and the entries of a batch or transaction Bundle run the same code.
+//!
+//! Each interaction takes a database connection (a transaction for writes) and typed
+//! inputs, and returns an [`Outcome`]: status, headers and body, which the REST layer turns
+//! into an HTTP response and the Bundle layer into an entry's `response`.
+
+pub mod capabilities;
+pub mod create;
+pub mod delete;
+pub mod history;
+pub mod patch;
+pub mod read;
+pub mod search;
+pub mod transaction;
+pub mod update;
+
+use fhir_profiles::Json;
+use fhir_profiles::search::index_entries;
+use sqlx::AnyConnection;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{Instant, ResourceId, ResourceType, VersionId};
+use crate::resource;
+use crate::store::{self, Current, StoredVersion, VersionWrite};
+
+/// What every interaction needs to know about the server.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The FHIR base URL, without a trailing slash.
+    pub base_url: String,
+    pub config: Config,
+}
+
+impl Context {
+    /// `[base]/[type]/[id]`
+    pub fn resource_url(&self, resource_type: &str, id: &str) -> String {
+        format!("{}/{resource_type}/{id}", self.base_url)
+    }
+
+    /// `[base]/[type]/[id]/_history/[vid]`
+    pub fn version_url(&self, resource_type: &str, id: &str, version: VersionId) -> String {
+        format!("{}/{resource_type}/{id}/_history/{version}", self.base_url)
+    }
+}
+
+/// The body an interaction answers with.
+#[derive(Debug, Clone)]
+pub enum Body {
+    None,
+    /// A resource as stored (compact JSON text).
+    Resource(String),
+    /// A Bundle built as JSON text.
+    Bundle(String),
+    /// Any other JSON (an OperationOutcome, a CapabilityStatement).
+    Json(serde_json::Value),
+}
+
+/// The result of an interaction.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    pub location: Option<String>,
+    pub version: Option<VersionId>,
+    pub last_modified: Option<Instant>,
+    pub body: Body,
+}
+
+impl Outcome {
+    pub fn json(status: u16, body: serde_json::Value) -> Outcome {
+        Outcome {
+            status,
+            location: None,
+            version: None,
+            last_modified: None,
+            body: Body::Json(body),
+        }
+    }
+
+    /// A stored version as the answer to a read (200 with ETag and Last-Modified).
+    pub fn version(stored: StoredVersion) -> Outcome {
+        Outcome {
+            status: 200,
+            location: None,
+            version: Some(stored.version_id),
+            last_modified: Some(stored.last_updated),
+            body: stored.body.map_or(Body::None, Body::Resource),
+        }
+    }
+}
+
+/// How a version came to be, recorded with it (and shown in history as `request.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Stores a new version of a checked resource: assigns the version, stamps `id` and `meta`,
+/// indexes it and writes it, all inside the caller's transaction. Returns the outcome of a
+/// write (201 for a new resource, 200 otherwise) with `Location` and `ETag`.
+pub(crate) async fn store_version(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    current: Option<&Current>,
+    mut body: Json,
+    method: Method,
+) -> Result<Outcome> {
+    let version = current.map_or(VersionId::FIRST, |c| c.version_id.next());
+    let last_updated = Instant::now();
+    resource::stamp(&mut body, id, version, last_updated);
+    let index = index_entries(resource_type.as_str(), &body);
+    let text = resource::to_text(&body);
+    store::write_version(
+        conn,
+        current,
+        &VersionWrite {
+            resource_type: resource_type.as_str(),
+            id: id.as_str(),
+            version_id: version,
+            last_updated,
+            method: method.as_str(),
+            body: Some(&text),
+            index: &index,
+        },
+    )
+    .await?;
+    let created = current.is_none_or(|c| c.deleted);
+    Ok(Outcome {
+        status: if created { 201 } else { 200 },
+        location: Some(ctx.version_url(resource_type.as_str(), id.as_str(), version)),
+        version: Some(version),
+        last_modified: Some(last_updated),
+        body: Body::Resource(text),
+    })
+}
+
+/// Checks a resource body for a write: the right type, structurally valid.
+pub(crate) fn check_body(body: &Json, expected: &ResourceType) -> Result<()> {
+    let actual = resource::resource_type_of(body)?;
+    if &actual != expected {
+        return Err(Error::Invalid(format!(
+            "the body is a {actual} but the request is for {expected}"
+        )));
+    }
+    resource::validate(body)
+}

@@ -1,0 +1,60 @@
+//! `read` and `vread` (http.html#read, http.html#vread).
+//!
+//! A deleted resource answers 410 Gone; an unknown one 404. A version that is a deletion
+//! answers 410 on vread too.
+
+use sqlx::AnyConnection;
+
+use super::Outcome;
+use crate::error::{Error, Result};
+use crate::model::{ResourceId, ResourceType, VersionId};
+use crate::store;
+
+/// `GET [base]/[type]/[id]`
+pub async fn read(
+    conn: &mut AnyConnection,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+) -> Result<Outcome> {
+    let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
+        .await?
+        .ok_or_else(|| not_found(resource_type, id))?;
+    if stored.is_deleted() {
+        return Err(Error::Gone {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+        });
+    }
+    Ok(Outcome::version(stored))
+}
+
+/// `GET [base]/[type]/[id]/_history/[vid]`
+pub async fn vread(
+    conn: &mut AnyConnection,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    version: VersionId,
+) -> Result<Outcome> {
+    let Some(stored) =
+        store::read_version(conn, resource_type.as_str(), id.as_str(), version).await?
+    else {
+        return Err(Error::NotFound {
+            resource_type: resource_type.to_string(),
+            id: format!("{id}/_history/{version}"),
+        });
+    };
+    if stored.is_deleted() {
+        return Err(Error::Gone {
+            resource_type: resource_type.to_string(),
+            id: format!("{id}/_history/{version}"),
+        });
+    }
+    Ok(Outcome::version(stored))
+}
+
+fn not_found(resource_type: &ResourceType, id: &ResourceId) -> Error {
+    Error::NotFound {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+    }
+}

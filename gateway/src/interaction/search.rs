@@ -1,0 +1,685 @@
+//! `search` at type, system and Patient-compartment level (http.html#search, search.html).
+//!
+//! The query string is parsed into filters over the R4 search parameters (unknown
+//! parameters follow `Prefer: handling`), the matches are read one keyset page at a time,
+//! and the answer is a `searchset` Bundle with `self` and `next` links, the matches, any
+//! `_include`d / `_revinclude`d resources, and (lenient handling) an OperationOutcome
+//! naming what was ignored.
+
+use std::collections::HashSet;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fhir_profiles::compartment::patient_compartment_params;
+use fhir_profiles::search::{Registry, SearchParamType, SearchParameter};
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+
+use super::{Body, Context, Outcome};
+use crate::bundle::BundleWriter;
+use crate::error::{Error, Result};
+use crate::model::{ResourceId, ResourceType};
+use crate::store::search::{self as sql, Cursor, Filter, Modifier, Query, SortField, SortKey};
+
+/// How unknown or unsupported search parameters are treated (`Prefer: handling=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handling {
+    Strict,
+    #[default]
+    Lenient,
+}
+
+/// `_total`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Estimate,
+    Accurate,
+}
+
+/// `_summary` (only `count` changes the result here; see the CapabilityStatement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    False,
+    Count,
+}
+
+#[derive(Debug, Clone)]
+struct Include {
+    source_type: String,
+    param: String,
+    target_type: Option<String>,
+    iterate: bool,
+}
+
+/// A parsed search request.
+#[derive(Debug)]
+pub struct SearchRequest {
+    types: Vec<String>,
+    filters: Vec<Filter>,
+    sort: Vec<SortKey>,
+    count: usize,
+    cursor: Option<Cursor>,
+    includes: Vec<Include>,
+    revincludes: Vec<Include>,
+    total: Total,
+    summary: Summary,
+    /// What was ignored (lenient handling), for the OperationOutcome entry.
+    ignored: Vec<String>,
+    /// The parameters that were applied, for the `self` and `next` links.
+    applied: Vec<(String, String)>,
+}
+
+/// Where a search runs.
+#[derive(Debug, Clone)]
+pub enum Scope<'a> {
+    /// `[base]?_type=...`
+    System,
+    /// `[base]/[type]?...`
+    Type(&'a ResourceType),
+    /// `[base]/Patient/[id]/[type]?...`
+    PatientCompartment(&'a ResourceId, &'a ResourceType),
+}
+
+fn registry() -> &'static Registry {
+    Registry::r4()
+}
+
+impl SearchRequest {
+    /// Parses `query` (an `application/x-www-form-urlencoded` string) for `scope`.
+    pub fn parse(
+        ctx: &Context,
+        scope: &Scope<'_>,
+        query: &str,
+        handling: Handling,
+    ) -> Result<SearchRequest> {
+        let config = &ctx.config.search;
+        let mut request = SearchRequest {
+            types: Vec::new(),
+            filters: Vec::new(),
+            sort: Vec::new(),
+            count: config.default_count,
+            cursor: None,
+            includes: Vec::new(),
+            revincludes: Vec::new(),
+            total: Total::Accurate,
+            summary: Summary::False,
+            ignored: Vec::new(),
+            applied: Vec::new(),
+        };
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        match scope {
+            Scope::Type(t) => request.types.push(t.to_string()),
+            Scope::PatientCompartment(patient, t) => {
+                request.types.push(t.to_string());
+                let params = patient_compartment_params(t.as_str());
+                if params.is_empty() && t.as_str() != "Patient" {
+                    return Err(Error::Invalid(format!(
+                        "{t} is not in the Patient compartment"
+                    )));
+                }
+                request.filters.push(Filter::PatientCompartment {
+                    patient_id: patient.to_string(),
+                    params: params.to_vec(),
+                });
+            }
+            Scope::System => {
+                for (name, value) in &pairs {
+                    if name == "_type" {
+                        for t in value.split(',') {
+                            request
+                                .types
+                                .push(ResourceType::parse(t.trim())?.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let base_type = match request.types.as_slice() {
+            [one] => one.clone(),
+            _ => "Resource".to_owned(),
+        };
+        for (name, value) in pairs {
+            let result = request.apply(ctx, &base_type, &name, &value);
+            match (result, handling) {
+                (Ok(()), _) => {}
+                (Err(Error::NotSupported(message)), Handling::Lenient) => {
+                    request.ignored.push(message)
+                }
+                (Err(error), _) => return Err(error),
+            }
+        }
+        Ok(request)
+    }
+
+    fn apply(&mut self, ctx: &Context, base_type: &str, name: &str, value: &str) -> Result<()> {
+        let config = &ctx.config.search;
+        match name {
+            "_type" => {
+                self.applied.push((name.to_owned(), value.to_owned()));
+            }
+            "_count" => {
+                let n: usize = value.parse().map_err(|_| {
+                    Error::Invalid(format!("_count={value}: expected a non-negative integer"))
+                })?;
+                self.count = n.min(config.max_count);
+                if n == 0 {
+                    self.summary = Summary::Count;
+                }
+            }
+            "_page" => {
+                let cursor = URL_SAFE_NO_PAD
+                    .decode(value)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Cursor>(&bytes).ok())
+                    .ok_or_else(|| {
+                        Error::Invalid("_page is not a paging cursor of this server".to_owned())
+                    })?;
+                self.cursor = Some(cursor);
+            }
+            "_total" => {
+                self.total = match value {
+                    "none" => Total::None,
+                    "estimate" => Total::Estimate,
+                    "accurate" => Total::Accurate,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "_total={value}: expected none, estimate or accurate"
+                        )));
+                    }
+                };
+                self.applied.push((name.to_owned(), value.to_owned()));
+            }
+            "_summary" => {
+                match value {
+                    "count" => self.summary = Summary::Count,
+                    "false" => self.summary = Summary::False,
+                    "true" | "text" | "data" => {
+                        return Err(Error::NotSupported(format!(
+                            "_summary={value} is not supported yet; full resources are returned"
+                        )));
+                    }
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "_summary={value}: expected true, text, data, count or false"
+                        )));
+                    }
+                }
+                self.applied.push((name.to_owned(), value.to_owned()));
+            }
+            "_elements" | "_contained" | "_containedType" | "_text" | "_content" | "_list"
+            | "_query" | "_filter" => {
+                return Err(Error::NotSupported(format!("{name} is not supported")));
+            }
+            "_sort" => {
+                for key in value.split(',').filter(|k| !k.is_empty()) {
+                    let (descending, code) = match key.strip_prefix('-') {
+                        Some(code) => (true, code),
+                        None => (false, key),
+                    };
+                    let field = match code {
+                        "_id" => SortField::Id,
+                        "_lastUpdated" => SortField::LastUpdated,
+                        _ => SortField::Param(lookup(base_type, code)?),
+                    };
+                    self.sort.push(SortKey { field, descending });
+                }
+                self.applied.push((name.to_owned(), value.to_owned()));
+            }
+            "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
+                let iterate = name.ends_with(":iterate");
+                let include = parse_include(value, iterate)?;
+                if name.starts_with("_include") {
+                    self.includes.push(include);
+                } else {
+                    self.revincludes.push(include);
+                }
+                self.applied.push((name.to_owned(), value.to_owned()));
+            }
+            "_format" | "_pretty" => {}
+            _ => {
+                let filter = parse_filter(base_type, name, value)?;
+                self.filters.push(filter);
+                self.applied.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_include(value: &str, iterate: bool) -> Result<Include> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let (source_type, param, target_type) = match parts.as_slice() {
+        [source, param] => (*source, *param, None),
+        [source, param, target] => (
+            *source,
+            *param,
+            Some(ResourceType::parse(target)?.to_string()),
+        ),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "_include={value}: expected [type]:[parameter] or [type]:[parameter]:[target type]"
+            )));
+        }
+    };
+    let source_type = ResourceType::parse(source_type)?.to_string();
+    let definition = lookup(&source_type, param)?;
+    if definition.kind != SearchParamType::Reference {
+        return Err(Error::Invalid(format!(
+            "_include={value}: {param} is not a reference parameter"
+        )));
+    }
+    Ok(Include {
+        source_type,
+        param: param.to_owned(),
+        target_type,
+        iterate,
+    })
+}
+
+fn lookup(resource_type: &str, code: &str) -> Result<&'static SearchParameter> {
+    registry().get(resource_type, code).ok_or_else(|| {
+        Error::NotSupported(format!(
+            "unknown search parameter {code:?} for {resource_type}"
+        ))
+    })
+}
+
+/// Parses one `name=value` search criterion (with modifiers, chains and `_has`).
+pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Filter> {
+    if value.is_empty() {
+        return Err(Error::Invalid(format!("{name} has an empty value")));
+    }
+    if let Some(rest) = name.strip_prefix("_has:") {
+        // _has:[type]:[reference param]:[param]=value
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source_type), Some(ref_param), Some(inner_name)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::Invalid(format!(
+                "{name}: expected _has:[type]:[reference parameter]:[parameter]"
+            )));
+        };
+        let source_type = ResourceType::parse(source_type)?.to_string();
+        let param = lookup(&source_type, ref_param)?;
+        if param.kind != SearchParamType::Reference {
+            return Err(Error::Invalid(format!(
+                "{name}: {ref_param} is not a reference parameter"
+            )));
+        }
+        let inner = parse_filter(&source_type, inner_name, value)?;
+        return Ok(Filter::Has {
+            source_type,
+            param,
+            inner: Box::new(inner),
+        });
+    }
+    if let Some((head, chained)) = name.split_once('.') {
+        let (code, type_modifier) = match head.split_once(':') {
+            Some((code, t)) => (code, Some(ResourceType::parse(t)?.to_string())),
+            None => (head, None),
+        };
+        let param = lookup(resource_type, code)?;
+        if param.kind != SearchParamType::Reference {
+            return Err(Error::Invalid(format!(
+                "{name}: {code} is not a reference parameter, so it cannot be chained"
+            )));
+        }
+        let target_types: Vec<String> = match type_modifier {
+            Some(t) => vec![t],
+            None => param.targets.clone(),
+        };
+        let chained_code = chained.split(['.', ':']).next().unwrap_or(chained);
+        let usable: Vec<String> = target_types
+            .into_iter()
+            .filter(|t| {
+                chained_code.starts_with("_has")
+                    || registry().get(t, chained_code).is_some()
+                    || chained_code == "_id"
+            })
+            .collect();
+        if usable.is_empty() {
+            return Err(Error::NotSupported(format!(
+                "{name}: no target of {code} has a search parameter {chained_code:?}"
+            )));
+        }
+        let mut inners = Vec::new();
+        for t in &usable {
+            inners.push(parse_filter(t, chained, value)?);
+        }
+        // the inner filter is the same for every target type except for the parameter
+        // definition, which the condition builder looks up per type; use the first
+        let inner = inners
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Invalid(format!("{name}: nothing to chain")))?;
+        return Ok(Filter::Chain {
+            param,
+            target_types: usable,
+            inner: Box::new(inner),
+        });
+    }
+    let (code, modifier) = match name.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (name, None),
+    };
+    let values: Vec<String> = split_or(value);
+    match code {
+        "_id" if modifier.is_none() => return Ok(Filter::Id(values)),
+        "_lastUpdated" if modifier.is_none() => return Ok(Filter::LastUpdated(values)),
+        _ => {}
+    }
+    let param = lookup(resource_type, code)?;
+    let modifier = match modifier {
+        None => None,
+        Some("exact") => Some(Modifier::Exact),
+        Some("contains") => Some(Modifier::Contains),
+        Some("missing") => Some(Modifier::Missing),
+        Some("not") => Some(Modifier::Not),
+        Some("text") => Some(Modifier::Text),
+        Some("identifier") => Some(Modifier::Identifier),
+        Some("above") => Some(Modifier::Above),
+        Some("below") => Some(Modifier::Below),
+        Some(t)
+            if param.kind == SearchParamType::Reference
+                && t.starts_with(|c: char| c.is_ascii_uppercase()) =>
+        {
+            Some(Modifier::Type(ResourceType::parse(t)?.to_string()))
+        }
+        Some(other) => {
+            return Err(Error::NotSupported(format!(
+                "modifier :{other} is not supported on {code}"
+            )));
+        }
+    };
+    Ok(Filter::Param {
+        param,
+        modifier,
+        values,
+    })
+}
+
+/// Splits OR-ed values at commas that are not escaped (`\,`).
+fn split_or(value: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    if !matches!(next, ',' | '$' | '|' | '\\') {
+                        current.push('\\');
+                    }
+                    current.push(next);
+                }
+            }
+            ',' => values.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    values.push(current);
+    values
+}
+
+/// The ids of the resources of `resource_type` matching `criteria` (for conditional
+/// create, update, delete and patch), at most `limit`. Criteria must be understood fully.
+pub async fn matching_ids(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &ResourceType,
+    criteria: &str,
+    limit: usize,
+) -> Result<Vec<ResourceId>> {
+    let criteria = criteria.trim_start_matches('?');
+    let request =
+        SearchRequest::parse(ctx, &Scope::Type(resource_type), criteria, Handling::Strict)?;
+    if request.filters.is_empty() {
+        return Err(Error::PreconditionFailed(format!(
+            "the conditional criteria {criteria:?} select nothing; give search parameters"
+        )));
+    }
+    let query = Query {
+        types: &request.types,
+        filters: &request.filters,
+        sort: &[],
+        base_url: &ctx.base_url,
+    };
+    let page = sql::page(conn, &query, None, limit).await?;
+    page.rows
+        .into_iter()
+        .map(|row| ResourceId::parse(&row.id))
+        .collect()
+}
+
+/// Runs a search and builds the `searchset` Bundle.
+pub async fn search(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    scope: &Scope<'_>,
+    request: SearchRequest,
+) -> Result<Outcome> {
+    let query = Query {
+        types: &request.types,
+        filters: &request.filters,
+        sort: &request.sort,
+        base_url: &ctx.base_url,
+    };
+    let self_url = link(
+        ctx,
+        scope,
+        &request.applied,
+        request.count,
+        request.cursor.as_ref(),
+    );
+    let mut bundle = BundleWriter::new("searchset");
+
+    if request.summary == Summary::Count {
+        let total = sql::count(conn, &query).await?;
+        bundle.total(total);
+        bundle.link("self", &self_url);
+        return Ok(Outcome {
+            status: 200,
+            location: None,
+            version: None,
+            last_modified: None,
+            body: Body::Bundle(bundle.finish()),
+        });
+    }
+
+    let page = sql::page(conn, &query, request.cursor.as_ref(), request.count).await?;
+    let total = match request.total {
+        Total::None => None,
+        _ if request.cursor.is_none() && page.next.is_none() => Some(page.rows.len() as i64),
+        _ => Some(sql::count(conn, &query).await?),
+    };
+    if let Some(total) = total {
+        bundle.total(total);
+    }
+    bundle.link("self", &self_url);
+    if let Some(next) = &page.next {
+        bundle.link(
+            "next",
+            &link(ctx, scope, &request.applied, request.count, Some(next)),
+        );
+    }
+
+    let mut seen: HashSet<(String, String)> = page
+        .rows
+        .iter()
+        .map(|r| (r.resource_type.clone(), r.id.clone()))
+        .collect();
+    for row in &page.rows {
+        bundle.entry(
+            &ctx.resource_url(&row.resource_type, &row.id),
+            &row.body,
+            Some("match"),
+        );
+    }
+    let included = includes(conn, &request, &page.rows, &mut seen).await?;
+    for row in &included {
+        bundle.entry(
+            &ctx.resource_url(&row.resource_type, &row.id),
+            &row.body,
+            Some("include"),
+        );
+    }
+    if !request.ignored.is_empty() {
+        let issues: Vec<Value> = request
+            .ignored
+            .iter()
+            .map(|message| json!({"severity": "warning", "code": "not-supported", "diagnostics": format!("ignored: {message}")}))
+            .collect();
+        let outcome = json!({"resourceType": "OperationOutcome", "issue": issues});
+        bundle.entry_json(None, &outcome, Some("outcome"));
+    }
+    Ok(Outcome {
+        status: 200,
+        location: None,
+        version: None,
+        last_modified: None,
+        body: Body::Bundle(bundle.finish()),
+    })
+}
+
+/// The most rounds of `:iterate` includes followed.
+const MAX_INCLUDE_ROUNDS: usize = 4;
+
+async fn includes(
+    conn: &mut AnyConnection,
+    request: &SearchRequest,
+    matches: &[sql::MatchRow],
+    seen: &mut HashSet<(String, String)>,
+) -> Result<Vec<sql::MatchRow>> {
+    let mut all = Vec::new();
+    let mut frontier: Vec<(i64, String, String)> = matches
+        .iter()
+        .map(|r| (r.rkey, r.resource_type.clone(), r.id.clone()))
+        .collect();
+    for round in 0..MAX_INCLUDE_ROUNDS {
+        let mut found = Vec::new();
+        for include in request.includes.iter().filter(|i| round == 0 || i.iterate) {
+            let sources: Vec<i64> = frontier
+                .iter()
+                .filter(|(_, t, _)| *t == include.source_type)
+                .map(|(k, _, _)| *k)
+                .collect();
+            found.extend(
+                sql::included(
+                    conn,
+                    &sources,
+                    &include.param,
+                    include.target_type.as_deref(),
+                )
+                .await?,
+            );
+        }
+        for include in request
+            .revincludes
+            .iter()
+            .filter(|i| round == 0 || i.iterate)
+        {
+            let targets: Vec<(String, String)> = frontier
+                .iter()
+                .map(|(_, t, id)| (t.clone(), id.clone()))
+                .collect();
+            found.extend(
+                sql::rev_included(conn, &targets, &include.source_type, &include.param).await?,
+            );
+        }
+        frontier.clear();
+        for row in found {
+            if seen.insert((row.resource_type.clone(), row.id.clone())) {
+                frontier.push((row.rkey, row.resource_type.clone(), row.id.clone()));
+                all.push(row);
+            }
+        }
+        if frontier.is_empty()
+            || !request
+                .includes
+                .iter()
+                .chain(&request.revincludes)
+                .any(|i| i.iterate)
+        {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+fn link(
+    ctx: &Context,
+    scope: &Scope<'_>,
+    applied: &[(String, String)],
+    count: usize,
+    cursor: Option<&Cursor>,
+) -> String {
+    let path = match scope {
+        Scope::System => String::new(),
+        Scope::Type(t) => format!("/{t}"),
+        Scope::PatientCompartment(id, t) => format!("/Patient/{id}/{t}"),
+    };
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in applied {
+        query.append_pair(name, value);
+    }
+    query.append_pair("_count", &count.to_string());
+    if let Some(cursor) = cursor {
+        let encoded = URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).unwrap_or_default());
+        query.append_pair("_page", &encoded);
+    }
+    format!("{}{path}?{}", ctx.base_url, query.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn or_values_split_at_unescaped_commas() {
+        assert_eq!(split_or("a,b"), vec!["a", "b"]);
+        assert_eq!(split_or(r"a\,b,c"), vec!["a,b", "c"]);
+        assert_eq!(split_or(r"x\$y"), vec!["x$y"]);
+    }
+
+    #[test]
+    fn criteria_parse_into_filters() {
+        let ok = [
+            ("Patient", "name", "smith"),
+            ("Patient", "name:exact", "Smith"),
+            ("Observation", "subject:Patient", "123"),
+            ("Observation", "subject.name", "smith"),
+            ("Observation", "subject:Patient.birthdate", "ge1980"),
+            ("Patient", "_has:Observation:patient:code", "1234-5"),
+            (
+                "Observation",
+                "code-value-quantity",
+                "http://loinc.org|8480-6$gt100",
+            ),
+            ("Patient", "identifier:missing", "true"),
+        ];
+        for (t, name, value) in ok {
+            assert!(
+                parse_filter(t, name, value).is_ok(),
+                "{t}?{name}={value} should parse"
+            );
+        }
+        let bad = [
+            ("Patient", "nope", "x", "unknown"),
+            ("Patient", "name:fuzzy", "x", "not supported"),
+            ("Patient", "name.family", "x", "not a reference"),
+            ("Patient", "name", "", "empty"),
+        ];
+        for (t, name, value, expected) in bad {
+            let error = parse_filter(t, name, value)
+                .expect_err("should be refused")
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{t}?{name}={value}: expected {expected:?} in {error:?}"
+            );
+        }
+    }
+}

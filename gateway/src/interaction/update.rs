@@ -1,0 +1,134 @@
+//! `update`, update-as-create and conditional update (http.html#update, http.html#cond-update).
+//!
+//! - The id in the URL must equal the id in the body.
+//! - Update of an unknown id creates the resource with that id (201).
+//! - `If-Match: W/"n"` makes the update version-aware: 412 unless `n` is current.
+//! - Conditional update (`PUT [base]/[type]?criteria`): no match creates (with the body's
+//!   id if it has one), one match updates it, more than one is 412.
+
+use fhir_profiles::Json;
+use sqlx::AnyConnection;
+
+use super::{Context, Method, Outcome, check_body, search, store_version};
+use crate::error::{Error, Result};
+use crate::model::{ResourceId, ResourceType, VersionId};
+use crate::{resource, store};
+
+/// `PUT [base]/[type]/[id]`
+pub async fn update(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    body: Json,
+    if_match: Option<VersionId>,
+) -> Result<Outcome> {
+    check_body(&body, resource_type)?;
+    match resource::id_of(&body) {
+        Some(body_id) if body_id == id.as_str() => {}
+        Some(body_id) => {
+            return Err(Error::Invalid(format!(
+                "the id in the URL ({id}) differs from the id in the body ({body_id})"
+            )));
+        }
+        None => {
+            return Err(Error::Invalid(format!(
+                "the body has no id; an update must carry the id of the URL ({id})"
+            )));
+        }
+    }
+    let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
+    if let Some(expected) = if_match {
+        match &current {
+            Some(current) if !current.deleted && current.version_id == expected => {}
+            Some(current) if !current.deleted => {
+                return Err(Error::PreconditionFailed(format!(
+                    "If-Match names version {expected} of {resource_type}/{id}, but the current version is {}",
+                    current.version_id
+                )));
+            }
+            _ => {
+                return Err(Error::PreconditionFailed(format!(
+                    "If-Match names version {expected} of {resource_type}/{id}, which does not exist"
+                )));
+            }
+        }
+    }
+    store_version(
+        conn,
+        ctx,
+        resource_type,
+        id,
+        current.as_ref(),
+        body,
+        Method::Put,
+    )
+    .await
+}
+
+/// `PUT [base]/[type]?[search parameters]`
+pub async fn conditional_update(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &ResourceType,
+    criteria: &str,
+    body: Json,
+    if_match: Option<VersionId>,
+) -> Result<Outcome> {
+    check_body(&body, resource_type)?;
+    let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+    match matches.as_slice() {
+        [] => {
+            let id = match resource::id_of(&body) {
+                Some(body_id) => {
+                    let id = ResourceId::parse(body_id)?;
+                    if store::current_for_update(conn, resource_type.as_str(), id.as_str())
+                        .await?
+                        .is_some_and(|c| !c.deleted)
+                    {
+                        return Err(Error::Conflict(format!(
+                            "no {resource_type} matches {criteria}, but the body's id {id} is taken by another resource"
+                        )));
+                    }
+                    id
+                }
+                None => ResourceId::generate(),
+            };
+            let current =
+                store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
+            store_version(
+                conn,
+                ctx,
+                resource_type,
+                &id,
+                current.as_ref(),
+                body,
+                Method::Put,
+            )
+            .await
+        }
+        [id] => {
+            if let Some(body_id) = resource::id_of(&body) {
+                if body_id != id.as_str() {
+                    return Err(Error::Invalid(format!(
+                        "the body's id ({body_id}) differs from the id of the resource matching {criteria} ({id})"
+                    )));
+                }
+            }
+            let mut body = body;
+            set_id(&mut body, id);
+            update(conn, ctx, resource_type, id, body, if_match).await
+        }
+        _ => Err(Error::PreconditionFailed(format!(
+            "{criteria} matches more than one {resource_type}"
+        ))),
+    }
+}
+
+fn set_id(body: &mut Json, id: &ResourceId) {
+    if let Some(object) = body.as_object_mut() {
+        if object.get_unique("id").ok().flatten().is_none() {
+            object.insert("id".into(), Json::String(id.as_str().into()));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The FHIR R4 gateway: a FHIR REST server over PostgreSQL or SQLite.
+//!
+//! See ARCHITECTURE.md for the map. In short: [`rest`] is the HTTP face, [`interaction`]
+//! holds one module per FHIR interaction, [`store`] is the database, [`resource`] handles
+//! resource JSON, and [`error`] is the one door through which every failure becomes an
+//! OperationOutcome.
+
+pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod interaction;
+pub mod model;
+pub mod resource;
+pub mod rest;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

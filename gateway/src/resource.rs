@@ -1,0 +1,196 @@
+//! A resource as it arrives and as it is stored: parsed without losing anything the client
+//! wrote (number literals stay as written, members keep their order), checked, and stamped
+//! with the server's `id` and `meta`.
+
+use fhir_profiles::Json;
+use fhir_profiles::validate::{IssueSeverity, validate_resource};
+use json_syntax::{Parse, Print};
+
+use crate::error::{Error, Result};
+use crate::model::{Instant, ResourceId, ResourceType, VersionId};
+
+/// Parses a request body as one JSON object, refusing nesting deeper than `max_depth`
+/// before building anything.
+pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Json> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Error::Invalid(format!("the body is not valid UTF-8: {e}")))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    check_depth(text, max_depth)?;
+    let (value, _) = Json::parse_str(text)
+        .map_err(|e| Error::Invalid(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::Invalid("the body must be a JSON object".to_owned()));
+    }
+    Ok(value)
+}
+
+fn check_depth(text: &str, max_depth: usize) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(Error::Invalid(format!(
+                        "the JSON is nested deeper than the limit of {max_depth} levels"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The `resourceType` of a parsed resource, which must be a known R4 type.
+pub fn resource_type_of(resource: &Json) -> Result<ResourceType> {
+    let object = resource
+        .as_object()
+        .ok_or_else(|| Error::Invalid("a resource must be a JSON object".to_owned()))?;
+    match object.get_unique("resourceType") {
+        Ok(Some(Json::String(name))) => ResourceType::parse(name).map_err(|_| {
+            Error::Invalid(format!(
+                "resourceType {:?} is not a FHIR R4 resource type",
+                name.as_str()
+            ))
+        }),
+        Ok(Some(_)) => Err(Error::Invalid("resourceType must be a string".to_owned())),
+        Ok(None) => Err(Error::Invalid(
+            "the resource has no resourceType".to_owned(),
+        )),
+        Err(_) => Err(Error::Invalid(
+            "resourceType appears more than once".to_owned(),
+        )),
+    }
+}
+
+/// The `id` element of a resource, if any.
+pub fn id_of(resource: &Json) -> Option<&str> {
+    resource
+        .as_object()?
+        .get_unique("id")
+        .ok()
+        .flatten()?
+        .as_str()
+}
+
+/// Checks a resource against the R4 structure definitions, reporting every issue at once.
+pub fn validate(resource: &Json) -> Result<()> {
+    let issues = validate_resource(resource);
+    if issues
+        .iter()
+        .any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
+    {
+        return Err(Error::InvalidResource(issues));
+    }
+    Ok(())
+}
+
+/// Sets the server-assigned `id`, `meta.versionId` and `meta.lastUpdated`, keeping every
+/// other member (and every other `meta` element) as the client sent it. The result starts
+/// with `resourceType`, `id` and `meta`, then the rest in the client's order.
+pub fn stamp(resource: &mut Json, id: &ResourceId, version: VersionId, last_updated: Instant) {
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
+    let mut resource_type = None;
+    let mut old_meta = None;
+    let mut rest = Vec::with_capacity(object.len());
+    for entry in std::mem::take(object) {
+        match entry.key.as_str() {
+            "resourceType" => resource_type = Some(entry.value),
+            "meta" => old_meta = Some(entry.value),
+            "id" => {}
+            _ => rest.push(entry),
+        }
+    }
+    let mut meta = json_syntax::Object::new();
+    meta.push("versionId".into(), Json::String(version.to_string().into()));
+    meta.push(
+        "lastUpdated".into(),
+        Json::String(last_updated.to_fhir().into()),
+    );
+    if let Some(Json::Object(old)) = old_meta {
+        for entry in old {
+            if !matches!(entry.key.as_str(), "versionId" | "lastUpdated") {
+                meta.push_entry(entry);
+            }
+        }
+    }
+    if let Some(resource_type) = resource_type {
+        object.push("resourceType".into(), resource_type);
+    }
+    object.push("id".into(), Json::String(id.as_str().into()));
+    object.push("meta".into(), Json::Object(meta));
+    for entry in rest {
+        object.push_entry(entry);
+    }
+}
+
+/// The compact JSON text of a resource, as stored and served.
+pub fn to_text(resource: &Json) -> String {
+    resource.compact_print().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamping_keeps_what_the_client_wrote() {
+        let mut resource = parse_json(
+            br#"{"resourceType":"Observation","status":"final","meta":{"profile":["x"],"versionId":"9"},"valueQuantity":{"value":1.50},"id":"old"}"#,
+            64,
+        )
+        .expect("valid JSON");
+        let id = ResourceId::parse("abc").expect("id");
+        stamp(
+            &mut resource,
+            &id,
+            VersionId::from_db(2),
+            Instant::from_millis(0),
+        );
+        assert_eq!(
+            to_text(&resource),
+            r#"{"resourceType":"Observation","id":"abc","meta":{"versionId":"2","lastUpdated":"1970-01-01T00:00:00.000Z","profile":["x"]},"status":"final","valueQuantity":{"value":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn bodies_are_checked_before_they_are_built() {
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let cases: [(&[u8], &str); 5] = [
+            (b"{", "not valid JSON"),
+            (b"[]", "must be a JSON object"),
+            (b"\xff", "not valid UTF-8"),
+            (deep.as_bytes(), "nested deeper"),
+            (br#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}"#, ""),
+        ];
+        for (body, expected) in cases {
+            let result = parse_json(body, 64);
+            if expected.is_empty() {
+                assert!(
+                    result.is_ok(),
+                    "brackets inside strings do not count as nesting"
+                );
+            } else {
+                let message = result.expect_err("should be refused").to_string();
+                assert!(
+                    message.contains(expected),
+                    "expected {expected:?} in {message:?}"
+                );
+            }
+        }
+    }
+}

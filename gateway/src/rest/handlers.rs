@@ -1,0 +1,604 @@
+//! Route table and handlers. Each handler parses the HTTP request into typed inputs,
+//! runs one interaction (in a transaction for writes) and answers through [`respond`].
+
+use actix_web::{HttpRequest, HttpResponse, Scope, web};
+
+use super::{
+    AppState, format, if_match, if_none_exist, not_modified, preferences, read_body, respond,
+};
+use crate::error::{Error, Result, validation_outcome};
+use crate::interaction::search::{Scope as SearchScope, SearchRequest};
+use crate::interaction::transaction::ReturnPreference;
+use crate::interaction::{
+    Outcome, capabilities, create, delete, history, patch, read, search, transaction, update,
+};
+use crate::model::{ResourceId, ResourceType, VersionId};
+use crate::resource;
+use crate::store::HistoryScope;
+
+type State = web::Data<AppState>;
+
+pub(super) fn scope(base_path: &str) -> Scope {
+    let not_allowed = || web::to(method_not_allowed);
+    web::scope(base_path)
+        .service(
+            web::resource("/metadata")
+                .route(web::get().to(metadata))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource(["", "/"])
+                .route(web::post().to(bundle))
+                .route(web::get().to(search_system))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/_search")
+                .route(web::post().to(search_system_post))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/_history")
+                .route(web::get().to(history_system))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}")
+                .route(web::get().to(search_type))
+                .route(web::post().to(create_resource))
+                .route(web::put().to(conditional_update))
+                .route(web::delete().to(conditional_delete))
+                .route(web::patch().to(conditional_patch))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/_search")
+                .route(web::post().to(search_type_post))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/_history")
+                .route(web::get().to(history_type))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/$validate")
+                .route(web::post().to(validate_type))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/{id}")
+                .route(web::get().to(read_resource))
+                .route(web::put().to(update_resource))
+                .route(web::delete().to(delete_resource))
+                .route(web::patch().to(patch_resource))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/{id}/$validate")
+                .route(web::post().to(validate_instance))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/{id}/_history")
+                .route(web::get().to(history_instance))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/{id}/_history/{vid}")
+                .route(web::get().to(vread_resource))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/{id}/{compartment_type}")
+                .route(web::get().to(search_compartment))
+                .default_service(not_allowed()),
+        )
+        .default_service(web::to(unknown_route))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse> {
+    Err(Error::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn unknown_route(req: HttpRequest) -> Result<HttpResponse> {
+    Err(Error::UnknownRoute(format!(
+        "{} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+fn format_param(req: &HttpRequest) -> Option<String> {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "_format")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn negotiate(req: &HttpRequest) -> Result<()> {
+    format::negotiate(req, format_param(req).as_deref())
+}
+
+/// Reads and parses a resource body after checking the content type.
+async fn resource_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<fhir_profiles::Json> {
+    format::check_content_type(req)?;
+    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    if body.is_empty() {
+        return Err(Error::Invalid(
+            "the request has no body; send a resource".to_owned(),
+        ));
+    }
+    resource::parse_json(&body, state.ctx.config.limits.max_json_depth)
+}
+
+async fn metadata(req: HttpRequest, state: State) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    Ok(respond(
+        Outcome::json(200, capabilities::capability_statement(&state.ctx)),
+        ReturnPreference::Representation,
+    ))
+}
+
+/// `GET [base]/[type]/[id]` (read)
+async fn read_resource(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    let mut conn = state.store.reader().await?;
+    let outcome = read::read(&mut conn, &resource_type, &id).await?;
+    Ok(if not_modified(&req, &outcome) {
+        not_modified_response(&outcome)
+    } else {
+        respond(outcome, ReturnPreference::Representation)
+    })
+}
+
+fn not_modified_response(outcome: &Outcome) -> HttpResponse {
+    let mut response = HttpResponse::NotModified();
+    if let Some(version) = outcome.version {
+        response.insert_header((actix_web::http::header::ETAG, version.etag()));
+    }
+    response.finish()
+}
+
+/// `GET [base]/[type]/[id]/_history/[vid]` (vread)
+async fn vread_resource(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id, version) = (
+        ResourceType::parse(&path.0)?,
+        ResourceId::parse(&path.1)?,
+        VersionId::parse(&path.2)?,
+    );
+    let mut conn = state.store.reader().await?;
+    let outcome = read::vread(&mut conn, &resource_type, &id, version).await?;
+    Ok(if not_modified(&req, &outcome) {
+        not_modified_response(&outcome)
+    } else {
+        respond(outcome, ReturnPreference::Representation)
+    })
+}
+
+/// `POST [base]/[type]` (create, conditional create)
+async fn create_resource(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let resource_type = ResourceType::parse(&path)?;
+    let (preference, _) = preferences(req.headers());
+    let criteria = if_none_exist(req.headers())?;
+    let body = resource_body(&req, payload, &state).await?;
+    let mut tx = state.store.begin().await?;
+    let outcome = create::create(
+        &mut tx,
+        &state.ctx,
+        &resource_type,
+        body,
+        criteria.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+/// `PUT [base]/[type]/[id]` (update, update as create)
+async fn update_resource(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    let (preference, _) = preferences(req.headers());
+    let expected = if_match(req.headers())?;
+    let body = resource_body(&req, payload, &state).await?;
+    let mut tx = state.store.begin().await?;
+    let outcome = update::update(&mut tx, &state.ctx, &resource_type, &id, body, expected).await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+/// `PUT [base]/[type]?[criteria]` (conditional update)
+async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let resource_type = ResourceType::parse(&path)?;
+    let criteria = conditional_criteria(&req, "update")?;
+    let (preference, _) = preferences(req.headers());
+    let expected = if_match(req.headers())?;
+    let body = resource_body(&req, payload, &state).await?;
+    let mut tx = state.store.begin().await?;
+    let outcome = update::conditional_update(
+        &mut tx,
+        &state.ctx,
+        &resource_type,
+        &criteria,
+        body,
+        expected,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+fn conditional_criteria(req: &HttpRequest, what: &str) -> Result<String> {
+    let criteria: String = form_urlencoded::parse(req.query_string().as_bytes())
+        .filter(|(k, _)| k != "_format")
+        .fold(
+            form_urlencoded::Serializer::new(String::new()),
+            |mut s, (k, v)| {
+                s.append_pair(&k, &v);
+                s
+            },
+        )
+        .finish();
+    if criteria.is_empty() {
+        return Err(Error::MethodNotAllowed(format!(
+            "conditional {what} needs search criteria in the URL"
+        )));
+    }
+    Ok(criteria)
+}
+
+/// `DELETE [base]/[type]/[id]`
+async fn delete_resource(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    let (preference, _) = preferences(req.headers());
+    let mut tx = state.store.begin().await?;
+    let outcome = delete::delete(&mut tx, &state.ctx, &resource_type, &id).await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+/// `DELETE [base]/[type]?[criteria]`
+async fn conditional_delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: State,
+) -> Result<HttpResponse> {
+    let resource_type = ResourceType::parse(&path)?;
+    let criteria = conditional_criteria(&req, "delete")?;
+    let (preference, _) = preferences(req.headers());
+    let mut tx = state.store.begin().await?;
+    let outcome =
+        delete::conditional_delete(&mut tx, &state.ctx, &resource_type, &criteria).await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+/// `PATCH [base]/[type]/[id]` (JSON Patch)
+async fn patch_resource(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    format::check_patch_content_type(&req)?;
+    let (preference, _) = preferences(req.headers());
+    let expected = if_match(req.headers())?;
+    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    let mut tx = state.store.begin().await?;
+    let outcome = patch::patch(&mut tx, &state.ctx, &resource_type, &id, &body, expected).await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+/// `PATCH [base]/[type]?[criteria]`
+async fn conditional_patch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let resource_type = ResourceType::parse(&path)?;
+    let criteria = conditional_criteria(&req, "patch")?;
+    format::check_patch_content_type(&req)?;
+    let (preference, _) = preferences(req.headers());
+    let expected = if_match(req.headers())?;
+    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    let mut tx = state.store.begin().await?;
+    let outcome = patch::conditional_patch(
+        &mut tx,
+        &state.ctx,
+        &resource_type,
+        &criteria,
+        &body,
+        expected,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(respond(outcome, preference))
+}
+
+/// `POST [base]` with a batch or transaction Bundle
+async fn bundle(req: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (preference, _) = preferences(req.headers());
+    let body = resource_body(&req, payload, &state).await?;
+    let outcome = transaction::process(&state.store, &state.ctx, body, preference).await?;
+    Ok(respond(outcome, ReturnPreference::Representation))
+}
+
+async fn run_search(
+    req: &HttpRequest,
+    state: &AppState,
+    scope: SearchScope<'_>,
+    query: &str,
+) -> Result<HttpResponse> {
+    negotiate(req)?;
+    let (_, handling) = preferences(req.headers());
+    let request = SearchRequest::parse(&state.ctx, &scope, query, handling)?;
+    let mut conn = state.store.reader().await?;
+    let outcome = search::search(&mut conn, &state.ctx, &scope, request).await?;
+    Ok(respond(outcome, ReturnPreference::Representation))
+}
+
+/// `GET [base]/[type]?...`
+async fn search_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: State,
+) -> Result<HttpResponse> {
+    let resource_type = ResourceType::parse(&path)?;
+    run_search(
+        &req,
+        &state,
+        SearchScope::Type(&resource_type),
+        req.query_string(),
+    )
+    .await
+}
+
+/// `POST [base]/[type]/_search` with form-encoded parameters (and any in the URL)
+async fn search_type_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    let resource_type = ResourceType::parse(&path)?;
+    let query = form_query(&req, payload, &state).await?;
+    run_search(&req, &state, SearchScope::Type(&resource_type), &query).await
+}
+
+async fn form_query(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<String> {
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(Error::UnsupportedMediaType(format!(
+            "_search takes application/x-www-form-urlencoded parameters, not {content_type:?}"
+        )));
+    }
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| Error::Invalid("the form body is not UTF-8".to_owned()))?;
+    Ok([req.query_string(), body]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("&"))
+}
+
+/// `GET [base]?_type=...`
+async fn search_system(req: HttpRequest, state: State) -> Result<HttpResponse> {
+    run_search(&req, &state, SearchScope::System, req.query_string()).await
+}
+
+/// `POST [base]/_search`
+async fn search_system_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    let query = form_query(&req, payload, &state).await?;
+    run_search(&req, &state, SearchScope::System, &query).await
+}
+
+/// `GET [base]/Patient/[id]/[type]?...` (Patient compartment search)
+async fn search_compartment(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    if path.0 != "Patient" {
+        return Err(Error::UnknownRoute(format!(
+            "GET {}: only the Patient compartment is supported",
+            req.path()
+        )));
+    }
+    let (patient, resource_type) = (ResourceId::parse(&path.1)?, ResourceType::parse(&path.2)?);
+    run_search(
+        &req,
+        &state,
+        SearchScope::PatientCompartment(&patient, &resource_type),
+        req.query_string(),
+    )
+    .await
+}
+
+async fn run_history(
+    req: &HttpRequest,
+    state: &AppState,
+    scope: HistoryScope<'_>,
+) -> Result<HttpResponse> {
+    negotiate(req)?;
+    let params = history::HistoryParams::parse(req.query_string())?;
+    let mut conn = state.store.reader().await?;
+    let outcome = history::history(&mut conn, &state.ctx, scope, params).await?;
+    Ok(respond(outcome, ReturnPreference::Representation))
+}
+
+async fn history_system(req: HttpRequest, state: State) -> Result<HttpResponse> {
+    run_history(&req, &state, HistoryScope::System).await
+}
+
+async fn history_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: State,
+) -> Result<HttpResponse> {
+    let resource_type = ResourceType::parse(&path)?;
+    run_history(&req, &state, HistoryScope::Type(resource_type.as_str())).await
+}
+
+async fn history_instance(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    run_history(
+        &req,
+        &state,
+        HistoryScope::Instance(resource_type.as_str(), id.as_str()),
+    )
+    .await
+}
+
+/// `POST [base]/[type]/$validate` with the resource (or a Parameters with `resource`)
+async fn validate_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let resource_type = ResourceType::parse(&path)?;
+    let body = resource_body(&req, payload, &state).await?;
+    validate_operation(&resource_type, None, body)
+}
+
+/// `POST [base]/[type]/[id]/$validate`
+async fn validate_instance(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    let body = resource_body(&req, payload, &state).await?;
+    validate_operation(&resource_type, Some(&id), body)
+}
+
+fn validate_operation(
+    resource_type: &ResourceType,
+    id: Option<&ResourceId>,
+    body: fhir_profiles::Json,
+) -> Result<HttpResponse> {
+    let resource = unwrap_parameters(body)?;
+    let actual = resource::resource_type_of(&resource)?;
+    if &actual != resource_type {
+        return Err(Error::Invalid(format!(
+            "$validate on {resource_type} was given a {actual}"
+        )));
+    }
+    if let (Some(id), Some(body_id)) = (id, resource::id_of(&resource)) {
+        if body_id != id.as_str() {
+            return Err(Error::Invalid(format!(
+                "the id in the URL ({id}) differs from the id in the body ({body_id})"
+            )));
+        }
+    }
+    let issues = fhir_profiles::validate::validate_resource(&resource);
+    let has_errors = issues.iter().any(|i| {
+        matches!(
+            i.severity,
+            fhir_profiles::validate::IssueSeverity::Error
+                | fhir_profiles::validate::IssueSeverity::Fatal
+        )
+    });
+    let status = if has_errors { 400 } else { 200 };
+    Ok(respond(
+        Outcome::json(status, validation_outcome(&issues)),
+        ReturnPreference::Representation,
+    ))
+}
+
+/// `$validate` takes the resource itself or a Parameters with a `resource` parameter.
+fn unwrap_parameters(body: fhir_profiles::Json) -> Result<fhir_profiles::Json> {
+    let is_parameters = body
+        .as_object()
+        .and_then(|o| o.get_unique("resourceType").ok().flatten())
+        .and_then(|v| v.as_str())
+        == Some("Parameters");
+    if !is_parameters {
+        return Ok(body);
+    }
+    let parameters = body
+        .as_object()
+        .and_then(|o| o.get_unique("parameter").ok().flatten())
+        .and_then(|p| p.as_array());
+    for parameter in parameters.into_iter().flatten() {
+        let Some(object) = parameter.as_object() else {
+            continue;
+        };
+        if object
+            .get_unique("name")
+            .ok()
+            .flatten()
+            .and_then(|n| n.as_str())
+            == Some("resource")
+        {
+            if let Some(resource) = object.get_unique("resource").ok().flatten() {
+                return Ok(resource.clone());
+            }
+        }
+    }
+    Err(Error::Invalid(
+        "the Parameters for $validate have no resource parameter".to_owned(),
+    ))
+}

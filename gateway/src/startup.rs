@@ -1,0 +1,156 @@
+//! Composition: builds the application from its configuration (store, routes, middleware)
+//! and runs it until it is stopped.
+
+use std::net::TcpListener;
+use std::time::Instant as StdInstant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::middleware::Compress;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::interaction::Context;
+use crate::rest::{self, AppState};
+use crate::store::Store;
+
+/// A built, bound, not yet running gateway.
+#[allow(missing_debug_implementations)]
+pub struct Application {
+    port: u16,
+    base_url: String,
+    server: Server,
+    store: Store,
+}
+
+impl Application {
+    /// Connects the store (running migrations), binds the listener and prepares the server.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let store = Store::connect(&config.database).await?;
+        let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
+            .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
+        let port = listener.local_addr()?.port();
+        let base_url = config
+            .server
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{port}/fhir", config.server.host))
+            .trim_end_matches('/')
+            .to_owned();
+        let base_path = url_path(&base_url);
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            ctx: Context {
+                base_url: base_url.clone(),
+                config: config.clone(),
+            },
+        });
+        // parse the definitions now rather than in the first request
+        fhir_profiles::Definitions::r4();
+        fhir_profiles::search::Registry::r4();
+        let workers = config.server.workers;
+        let mut server = HttpServer::new(move || {
+            let base_path = base_path.clone();
+            App::new()
+                .app_data(state.clone())
+                .wrap(Compress::default())
+                .wrap_fn(|req, srv| {
+                    // method, route pattern, status and time only: never the path or query,
+                    // which can carry patient data
+                    let started = StdInstant::now();
+                    let method = req.method().to_string();
+                    let route = req
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let response = srv.call(req);
+                    async move {
+                        let response = response.await?;
+                        tracing::info!(
+                            http.method = %method,
+                            http.route = %route,
+                            http.status = response.status().as_u16(),
+                            elapsed_us = started.elapsed().as_micros() as u64,
+                            "request"
+                        );
+                        Ok(response)
+                    }
+                })
+                .route("/health/live", web::get().to(live))
+                .route("/health/ready", web::get().to(ready))
+                .configure(|cfg| rest::configure(cfg, &base_path))
+        })
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .listen(listener)?;
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        Ok(Application {
+            port,
+            base_url,
+            server: server.run(),
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Serves until SIGINT/SIGTERM, letting in-flight requests finish, then closes the store.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tracing::info!(base_url = %self.base_url, "fhir-gateway listening");
+        self.server.await?;
+        self.store.close().await;
+        tracing::info!("fhir-gateway stopped");
+        Ok(())
+    }
+}
+
+fn url_path(base_url: &str) -> String {
+    let without_scheme = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest);
+    match without_scheme.find('/') {
+        Some(i) => without_scheme[i..].trim_end_matches('/').to_owned(),
+        None => String::new(),
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/health+json")
+        .body(json!({"status": "pass"}).to_string())
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let database = state.store.ping().await;
+    let body = json!({
+        "status": if database { "pass" } else { "fail" },
+        "checks": {"database": [{"status": if database { "pass" } else { "fail" }, "backend": format!("{:?}", state.store.backend())}]},
+    });
+    let mut response = if database {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    response
+        .content_type("application/health+json")
+        .body(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_path;
+
+    #[test]
+    fn the_api_is_mounted_at_the_base_url_path() {
+        assert_eq!(url_path("http://localhost:8080/fhir"), "/fhir");
+        assert_eq!(url_path("https://example.org/api/fhir/r4/"), "/api/fhir/r4");
+        assert_eq!(url_path("http://localhost:8080"), "");
+    }
+}

@@ -1,0 +1,979 @@
+//! Search as SQL over the index tables (search.html).
+//!
+//! A search is a conjunction of [`Filter`]s; each becomes a condition on the resource row
+//! `r` (`r.rkey IN (SELECT rkey FROM idx_... WHERE ...)`), so every filter, sort and page
+//! is decided inside one query: totals and page sizes stay right, and nothing is filtered
+//! after the fact. Paging is keyset paging on the sort keys and `rkey`; no OFFSET scans.
+
+use fhir_profiles::search::{
+    SearchParamType, SearchParameter, date_range, normalize_string, number_range,
+};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
+
+use crate::error::{Error, Result};
+
+/// A value bound to a query parameter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Bind {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Null,
+}
+
+/// SQL text under construction, with its bound values (`$1`, `$2`, ... in both dialects).
+#[derive(Debug, Default)]
+pub struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    /// Adds a bound value and returns its placeholder.
+    pub fn bind(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    fn text(&mut self, value: &str) -> String {
+        self.bind(Bind::Text(value.to_owned()))
+    }
+
+    pub fn query(&self) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments> {
+        // audited: the text is built only from constant SQL and `$n` placeholders; every
+        // value from a request is bound
+        let mut query = sqlx::query(AssertSqlSafe(self.text.as_str()));
+        for bind in &self.binds {
+            query = match bind {
+                Bind::Int(v) => query.bind(*v),
+                Bind::Float(v) => query.bind(*v),
+                Bind::Text(v) => query.bind(v.as_str()),
+                Bind::Null => query.bind(Option::<String>::None),
+            };
+        }
+        query
+    }
+}
+
+/// A search prefix (search.html#prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+impl Prefix {
+    /// Splits a prefix off a date, number or quantity value (`ge2020` -> (Ge, "2020")).
+    pub fn split(value: &str) -> (Prefix, &str) {
+        let prefixes = [
+            ("eq", Prefix::Eq),
+            ("ne", Prefix::Ne),
+            ("gt", Prefix::Gt),
+            ("lt", Prefix::Lt),
+            ("ge", Prefix::Ge),
+            ("le", Prefix::Le),
+            ("sa", Prefix::Sa),
+            ("eb", Prefix::Eb),
+            ("ap", Prefix::Ap),
+        ];
+        for (text, prefix) in prefixes {
+            if let Some(rest) = value.strip_prefix(text) {
+                if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
+                    return (prefix, rest);
+                }
+            }
+        }
+        (Prefix::Eq, value)
+    }
+}
+
+/// A search modifier (search.html#modifiers) that the gateway supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modifier {
+    Exact,
+    Contains,
+    Missing,
+    Not,
+    Text,
+    Identifier,
+    Above,
+    Below,
+    /// A type modifier on a reference (`subject:Patient`).
+    Type(String),
+}
+
+/// One condition of a search.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// A search parameter with an optional modifier and OR-ed values.
+    Param {
+        param: &'static SearchParameter,
+        modifier: Option<Modifier>,
+        values: Vec<String>,
+    },
+    /// `_id=a,b`
+    Id(Vec<String>),
+    /// `_lastUpdated=ge2020-01-01` (OR-ed values)
+    LastUpdated(Vec<String>),
+    /// A chained parameter: `subject:Patient.name=peter` — resources whose `param` points to a
+    /// resource of `target_types` that matches `inner`.
+    Chain {
+        param: &'static SearchParameter,
+        target_types: Vec<String>,
+        inner: Box<Filter>,
+    },
+    /// `_has:Observation:patient:code=1234-5` — resources pointed to by `param` of a
+    /// `source_type` resource matching `inner`.
+    Has {
+        source_type: String,
+        param: &'static SearchParameter,
+        inner: Box<Filter>,
+    },
+    /// Resources in the compartment of `Patient/{0}`, linked by the given parameters.
+    PatientCompartment {
+        patient_id: String,
+        params: Vec<String>,
+    },
+}
+
+/// The sort key of a search (`_sort`).
+#[derive(Debug, Clone)]
+pub enum SortField {
+    Id,
+    LastUpdated,
+    Param(&'static SearchParameter),
+}
+
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    pub field: SortField,
+    pub descending: bool,
+}
+
+/// Builds the condition of one filter on the resource row `{alias}` of type `rtype`.
+pub fn condition(
+    sql: &mut Sql,
+    alias: &str,
+    rtype: &str,
+    filter: &Filter,
+    base_url: &str,
+) -> Result<String> {
+    Ok(match filter {
+        Filter::Id(ids) => {
+            let list: Vec<String> = ids.iter().map(|id| sql.text(id)).collect();
+            format!("{alias}.id IN ({})", list.join(", "))
+        }
+        Filter::LastUpdated(values) => {
+            let mut alternatives = Vec::new();
+            for value in values {
+                let (prefix, date) = Prefix::split(value);
+                let (lo, hi) = date_range(date).ok_or_else(|| {
+                    bad_value("_lastUpdated", value, "a date, dateTime or instant")
+                })?;
+                // a version's lastUpdated is an instant: the range [t, t + 1 ms)
+                let target = (
+                    format!("{alias}.last_updated"),
+                    format!("({alias}.last_updated + 1)"),
+                );
+                alternatives.push(range_predicate(sql, &target, prefix, lo, hi));
+            }
+            format!("({})", alternatives.join(" OR "))
+        }
+        Filter::Param {
+            param,
+            modifier,
+            values,
+        } => param_condition(
+            sql,
+            alias,
+            rtype,
+            param,
+            modifier.as_ref(),
+            values,
+            base_url,
+        )?,
+        Filter::Chain {
+            param,
+            target_types,
+            inner,
+        } => {
+            let mut alternatives = Vec::new();
+            for target in target_types {
+                let inner_condition = condition(sql, "c", target, inner, base_url)?;
+                let (rt, p, tt) = (sql.text(rtype), sql.text(&param.code), sql.text(target));
+                alternatives.push(format!(
+                    "{alias}.rkey IN (SELECT x.rkey FROM idx_reference x JOIN resource c ON c.resource_type = x.target_type \
+                     AND c.id = x.target_id WHERE x.rtype = {rt} AND x.param = {p} AND x.target_type = {tt} \
+                     AND c.deleted = 0 AND {inner_condition})"
+                ));
+            }
+            if alternatives.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("({})", alternatives.join(" OR "))
+            }
+        }
+        Filter::Has {
+            source_type,
+            param,
+            inner,
+        } => {
+            let inner_condition = condition(sql, "h", source_type, inner, base_url)?;
+            let (st, p, rt) = (
+                sql.text(source_type),
+                sql.text(&param.code),
+                sql.text(rtype),
+            );
+            format!(
+                "EXISTS (SELECT 1 FROM idx_reference x JOIN resource h ON h.rkey = x.rkey WHERE x.rtype = {st} \
+                 AND x.param = {p} AND x.target_type = {rt} AND x.target_id = {alias}.id AND h.deleted = 0 AND {inner_condition})"
+            )
+        }
+        Filter::PatientCompartment { patient_id, params } => {
+            let id = sql.text(patient_id);
+            let mut alternatives = Vec::new();
+            if rtype == "Patient" {
+                alternatives.push(format!("{alias}.id = {id}"));
+            }
+            if !params.is_empty() {
+                let rt = sql.text(rtype);
+                let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
+                alternatives.push(format!(
+                    "{alias}.rkey IN (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {rt} AND x.param IN ({}) \
+                     AND x.target_type = 'Patient' AND x.target_id = {id})",
+                    list.join(", ")
+                ));
+            }
+            if alternatives.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("({})", alternatives.join(" OR "))
+            }
+        }
+    })
+}
+
+fn bad_value(param: &str, value: &str, expected: &str) -> Error {
+    Error::Invalid(format!("{param}={value}: expected {expected}"))
+}
+
+fn table_of(kind: SearchParamType) -> Option<&'static str> {
+    Some(match kind {
+        SearchParamType::String => "idx_string",
+        SearchParamType::Token => "idx_token",
+        SearchParamType::Reference => "idx_reference",
+        SearchParamType::Date => "idx_date",
+        SearchParamType::Number => "idx_number",
+        SearchParamType::Quantity => "idx_quantity",
+        SearchParamType::Uri => "idx_uri",
+        SearchParamType::Composite | SearchParamType::Special => return None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn param_condition(
+    sql: &mut Sql,
+    alias: &str,
+    rtype: &str,
+    param: &SearchParameter,
+    modifier: Option<&Modifier>,
+    values: &[String],
+    base_url: &str,
+) -> Result<String> {
+    let code = param.code.as_str();
+    if param.kind == SearchParamType::Composite {
+        return composite_condition(sql, alias, rtype, param, values, base_url);
+    }
+    let (table, index_param) = match (param.kind, modifier) {
+        (SearchParamType::Reference, Some(Modifier::Identifier)) => {
+            ("idx_token", format!("{code}:identifier"))
+        }
+        (kind, _) => (
+            table_of(kind).ok_or_else(|| {
+                Error::NotSupported(format!(
+                    "search parameter {code} ({kind:?}) is not supported"
+                ))
+            })?,
+            code.to_owned(),
+        ),
+    };
+    let rt = sql.text(rtype);
+    let p = sql.text(&index_param);
+    if let Some(Modifier::Missing) = modifier {
+        let missing = match values {
+            [v] if v == "true" => true,
+            [v] if v == "false" => false,
+            _ => {
+                return Err(bad_value(
+                    &format!("{code}:missing"),
+                    &values.join(","),
+                    "true or false",
+                ));
+            }
+        };
+        let exists = format!(
+            "EXISTS (SELECT 1 FROM {table} t WHERE t.rkey = {alias}.rkey AND t.param = {p} AND t.rtype = {rt})"
+        );
+        return Ok(if missing {
+            format!("NOT {exists}")
+        } else {
+            exists
+        });
+    }
+    let mut alternatives = Vec::new();
+    for value in values {
+        let predicate = match (param.kind, modifier) {
+            (_, Some(Modifier::Identifier)) => token_predicate(sql, value, None)?,
+            (SearchParamType::String, m) => string_predicate(sql, value, m, code)?,
+            (SearchParamType::Token, m) => token_predicate(sql, value, m)?,
+            (SearchParamType::Reference, m) => reference_predicate(sql, value, m, param, base_url)?,
+            (SearchParamType::Date, None) => {
+                let (prefix, date) = Prefix::split(value);
+                let (lo, hi) = date_range(date)
+                    .ok_or_else(|| bad_value(code, value, "a date, dateTime or instant"))?;
+                range_predicate(sql, &("t.lo".to_owned(), "t.hi".to_owned()), prefix, lo, hi)
+            }
+            (SearchParamType::Number, None) => number_predicate(sql, value, code)?,
+            (SearchParamType::Quantity, None) => quantity_predicate(sql, value, code)?,
+            (SearchParamType::Uri, m) => uri_predicate(sql, value, m, code)?,
+            (kind, Some(m)) => {
+                return Err(Error::NotSupported(format!(
+                    "modifier {m:?} is not supported on {code} ({kind:?} parameter)"
+                )));
+            }
+            (kind, None) => {
+                return Err(Error::NotSupported(format!(
+                    "search parameter {code} ({kind:?}) is not supported"
+                )));
+            }
+        };
+        alternatives.push(predicate);
+    }
+    let matching = format!(
+        "{alias}.rkey IN (SELECT t.rkey FROM {table} t WHERE t.rtype = {rt} AND t.param = {p} AND ({}))",
+        alternatives.join(" OR ")
+    );
+    Ok(match modifier {
+        Some(Modifier::Not) => format!("NOT ({matching})"),
+        _ => matching,
+    })
+}
+
+/// Composite values: `component1$component2`, each matched against components of the same
+/// instance (the same `grp`).
+fn composite_condition(
+    sql: &mut Sql,
+    alias: &str,
+    rtype: &str,
+    param: &SearchParameter,
+    values: &[String],
+    base_url: &str,
+) -> Result<String> {
+    let code = param.code.as_str();
+    let mut alternatives = Vec::new();
+    for value in values {
+        let parts: Vec<&str> = value.split('$').collect();
+        if parts.len() != param.components.len() {
+            return Err(bad_value(
+                code,
+                value,
+                &format!("{} components separated by '$'", param.components.len()),
+            ));
+        }
+        let rt = sql.text(rtype);
+        let mut from = Vec::new();
+        let mut conditions = Vec::new();
+        for (i, (component, part)) in param.components.iter().zip(&parts).enumerate() {
+            let table = table_of(component.kind).ok_or_else(|| {
+                Error::NotSupported(format!("composite {code} has an unsupported component"))
+            })?;
+            let predicate = match component.kind {
+                SearchParamType::String => string_predicate(sql, part, None, code)?,
+                SearchParamType::Token => token_predicate(sql, part, None)?,
+                SearchParamType::Reference => {
+                    reference_predicate(sql, part, None, param, base_url)?
+                }
+                SearchParamType::Date => {
+                    let (prefix, date) = Prefix::split(part);
+                    let (lo, hi) = date_range(date)
+                        .ok_or_else(|| bad_value(code, value, "a date in the date component"))?;
+                    range_predicate(sql, &("t.lo".to_owned(), "t.hi".to_owned()), prefix, lo, hi)
+                }
+                SearchParamType::Number => number_predicate(sql, part, code)?,
+                SearchParamType::Quantity => quantity_predicate(sql, part, code)?,
+                SearchParamType::Uri => uri_predicate(sql, part, None, code)?,
+                _ => {
+                    return Err(Error::NotSupported(format!(
+                        "composite {code} has an unsupported component"
+                    )));
+                }
+            };
+            let c = format!("c{i}");
+            let p = sql.text(&format!("{code}#{i}"));
+            from.push(format!("{table} {c}"));
+            conditions.push(format!(
+                "{c}.rtype = {rt} AND {c}.param = {p} AND ({})",
+                predicate.replace("t.", &format!("{c}."))
+            ));
+            if i > 0 {
+                conditions.push(format!("{c}.rkey = c0.rkey AND {c}.grp = c0.grp"));
+            }
+        }
+        alternatives.push(format!(
+            "{alias}.rkey IN (SELECT c0.rkey FROM {} WHERE {})",
+            from.join(", "),
+            conditions.join(" AND ")
+        ));
+    }
+    Ok(format!("({})", alternatives.join(" OR ")))
+}
+
+/// The smallest string greater than every string starting with `prefix` (in byte order).
+fn prefix_upper_bound(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+fn like_pattern(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+fn string_predicate(
+    sql: &mut Sql,
+    value: &str,
+    modifier: Option<&Modifier>,
+    code: &str,
+) -> Result<String> {
+    Ok(match modifier {
+        None => {
+            let norm = normalize_string(value);
+            let (lo, hi) = (sql.text(&norm), sql.text(&prefix_upper_bound(&norm)));
+            format!("(t.norm >= {lo} AND t.norm < {hi})")
+        }
+        Some(Modifier::Exact) => format!("t.exact = {}", sql.text(value)),
+        Some(Modifier::Contains) => {
+            let pattern = sql.text(&format!("%{}%", like_pattern(&normalize_string(value))));
+            format!("t.norm LIKE {pattern} ESCAPE '\\'")
+        }
+        Some(other) => {
+            return Err(Error::NotSupported(format!(
+                "modifier {other:?} is not supported on string parameter {code}"
+            )));
+        }
+    })
+}
+
+fn token_predicate(sql: &mut Sql, value: &str, modifier: Option<&Modifier>) -> Result<String> {
+    if let Some(Modifier::Text) = modifier {
+        let norm = normalize_string(value);
+        let (lo, hi) = (sql.text(&norm), sql.text(&prefix_upper_bound(&norm)));
+        return Ok(format!("(t.text >= {lo} AND t.text < {hi})"));
+    }
+    if let Some(m) = modifier.filter(|m| !matches!(m, Modifier::Not)) {
+        return Err(Error::NotSupported(format!(
+            "modifier {m:?} is not supported on token parameters"
+        )));
+    }
+    Ok(match value.split_once('|') {
+        None => format!("t.code = {}", sql.text(value)),
+        Some(("", code)) => format!("(t.system IS NULL AND t.code = {})", sql.text(code)),
+        Some((system, "")) => format!("t.system = {}", sql.text(system)),
+        Some((system, code)) => format!(
+            "(t.system = {} AND t.code = {})",
+            sql.text(system),
+            sql.text(code)
+        ),
+    })
+}
+
+fn reference_predicate(
+    sql: &mut Sql,
+    value: &str,
+    modifier: Option<&Modifier>,
+    param: &SearchParameter,
+    base_url: &str,
+) -> Result<String> {
+    let local = value
+        .strip_prefix(base_url)
+        .map(|rest| rest.trim_start_matches('/'))
+        .unwrap_or(value);
+    let type_modifier = match modifier {
+        Some(Modifier::Type(t)) => Some(t.as_str()),
+        None => None,
+        Some(other) => {
+            return Err(Error::NotSupported(format!(
+                "modifier {other:?} is not supported on reference parameter {}",
+                param.code
+            )));
+        }
+    };
+    if local.contains("://") || local.starts_with("urn:") {
+        return Ok(match local.split_once('|') {
+            Some((url, version)) => format!(
+                "(t.url = {} AND t.version = {})",
+                sql.text(url),
+                sql.text(version)
+            ),
+            None => format!("t.url = {}", sql.text(local)),
+        });
+    }
+    let segments: Vec<&str> = local.split('/').collect();
+    Ok(match segments.as_slice() {
+        [id] => match type_modifier {
+            Some(t) => format!(
+                "(t.target_type = {} AND t.target_id = {})",
+                sql.text(t),
+                sql.text(id)
+            ),
+            None => format!("t.target_id = {}", sql.text(id)),
+        },
+        [t, id] => format!(
+            "(t.target_type = {} AND t.target_id = {})",
+            sql.text(t),
+            sql.text(id)
+        ),
+        [t, id, "_history", version] => format!(
+            "(t.target_type = {} AND t.target_id = {} AND t.version = {})",
+            sql.text(t),
+            sql.text(id),
+            sql.text(version)
+        ),
+        _ => {
+            return Err(bad_value(
+                &param.code,
+                value,
+                "[type]/[id], [id] or an absolute URL",
+            ));
+        }
+    })
+}
+
+/// Range semantics of search.html#prefix for a target range `[lo, hi)` and a search range
+/// `[search_lo, search_hi)`.
+fn range_predicate(
+    sql: &mut Sql,
+    target: &(String, String),
+    prefix: Prefix,
+    search_lo: i64,
+    search_hi: i64,
+) -> String {
+    let (t_lo, t_hi) = target;
+    let (lo, hi) = (
+        sql.bind(Bind::Int(search_lo)),
+        sql.bind(Bind::Int(search_hi)),
+    );
+    match prefix {
+        Prefix::Eq => format!("({t_lo} >= {lo} AND {t_hi} <= {hi})"),
+        Prefix::Ne => format!("NOT ({t_lo} >= {lo} AND {t_hi} <= {hi})"),
+        Prefix::Gt => format!("{t_hi} > {hi}"),
+        Prefix::Lt => format!("{t_lo} < {lo}"),
+        Prefix::Ge => format!("{t_hi} > {lo}"),
+        Prefix::Le => format!("{t_lo} < {hi}"),
+        Prefix::Sa => format!("{t_lo} >= {hi}"),
+        Prefix::Eb => format!("{t_hi} <= {lo}"),
+        Prefix::Ap => {
+            // approximately: overlaps the search range widened by 10% of its distance from now
+            let now = crate::model::Instant::now().millis();
+            let gap = ((now - search_lo).abs() / 10).max(86_400_000);
+            let (alo, ahi) = (
+                sql.bind(Bind::Int(search_lo.saturating_sub(gap))),
+                sql.bind(Bind::Int(search_hi.saturating_add(gap))),
+            );
+            format!("({t_hi} > {alo} AND {t_lo} < {ahi})")
+        }
+    }
+}
+
+fn number_predicate(sql: &mut Sql, value: &str, code: &str) -> Result<String> {
+    let (prefix, number) = Prefix::split(value);
+    let (v, lo, hi) = number_range(number).ok_or_else(|| bad_value(code, value, "a number"))?;
+    Ok(number_value_predicate(sql, prefix, v, lo, hi))
+}
+
+fn number_value_predicate(sql: &mut Sql, prefix: Prefix, v: f64, lo: f64, hi: f64) -> String {
+    let mut b = |x: f64| sql.bind(Bind::Float(x));
+    match prefix {
+        Prefix::Eq => format!("(t.value >= {} AND t.value < {})", b(lo), b(hi)),
+        Prefix::Ne => format!("NOT (t.value >= {} AND t.value < {})", b(lo), b(hi)),
+        Prefix::Gt | Prefix::Sa => format!("t.value > {}", b(v)),
+        Prefix::Lt | Prefix::Eb => format!("t.value < {}", b(v)),
+        Prefix::Ge => format!("t.value >= {}", b(v)),
+        Prefix::Le => format!("t.value <= {}", b(v)),
+        Prefix::Ap => {
+            let (a, z) = ((v * 0.9).min(v * 1.1), (v * 0.9).max(v * 1.1));
+            format!("(t.value >= {} AND t.value <= {})", b(a), b(z))
+        }
+    }
+}
+
+fn quantity_predicate(sql: &mut Sql, value: &str, code: &str) -> Result<String> {
+    let mut parts = value.splitn(3, '|');
+    let number_part = parts.next().unwrap_or_default();
+    let system = parts.next().filter(|s| !s.is_empty());
+    let unit = parts.next().filter(|s| !s.is_empty());
+    let (prefix, number) = Prefix::split(number_part);
+    let (v, lo, hi) =
+        number_range(number).ok_or_else(|| bad_value(code, value, "[prefix]number|system|code"))?;
+    let mut predicate = number_value_predicate(sql, prefix, v, lo, hi);
+    match (system, unit) {
+        (Some(system), Some(unit)) => {
+            predicate += &format!(
+                " AND t.system = {} AND t.code = {}",
+                sql.text(system),
+                sql.text(unit)
+            );
+        }
+        (None, Some(unit)) => {
+            let u = sql.text(unit);
+            predicate += &format!(" AND (t.code = {u} OR t.unit = {u})");
+        }
+        (Some(system), None) => predicate += &format!(" AND t.system = {}", sql.text(system)),
+        (None, None) => {}
+    }
+    Ok(format!("({predicate})"))
+}
+
+fn uri_predicate(
+    sql: &mut Sql,
+    value: &str,
+    modifier: Option<&Modifier>,
+    code: &str,
+) -> Result<String> {
+    Ok(match modifier {
+        None => format!("t.value = {}", sql.text(value)),
+        Some(Modifier::Below) => {
+            let (lo, hi) = (sql.text(value), sql.text(&prefix_upper_bound(value)));
+            format!("(t.value >= {lo} AND t.value < {hi})")
+        }
+        Some(Modifier::Above) => {
+            let v = sql.text(value);
+            format!("(t.value = substr({v}, 1, length(t.value)))")
+        }
+        Some(other) => {
+            return Err(Error::NotSupported(format!(
+                "modifier {other:?} is not supported on uri parameter {code}"
+            )));
+        }
+    })
+}
+
+/// The SQL expression of a sort key for the resource row `r`, and whether it is numeric.
+fn sort_expression(sql: &mut Sql, rtype: &str, key: &SortKey) -> Result<String> {
+    Ok(match &key.field {
+        SortField::Id => "r.id".to_owned(),
+        SortField::LastUpdated => "r.last_updated".to_owned(),
+        SortField::Param(param) => {
+            let (table, column) = match param.kind {
+                SearchParamType::String => ("idx_string", "norm"),
+                SearchParamType::Token => ("idx_token", "code"),
+                SearchParamType::Reference => ("idx_reference", "target_id"),
+                SearchParamType::Date => ("idx_date", "lo"),
+                SearchParamType::Number => ("idx_number", "value"),
+                SearchParamType::Quantity => ("idx_quantity", "value"),
+                SearchParamType::Uri => ("idx_uri", "value"),
+                other => {
+                    return Err(Error::NotSupported(format!(
+                        "_sort on {} ({other:?}) is not supported",
+                        param.code
+                    )));
+                }
+            };
+            let aggregate = if key.descending { "MAX" } else { "MIN" };
+            let (rt, p) = (sql.text(rtype), sql.text(&param.code));
+            format!(
+                "(SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.rkey = r.rkey AND s.rtype = {rt} AND s.param = {p})"
+            )
+        }
+    })
+}
+
+/// A position in a result set: the sort key values and the rkey of the last row served.
+pub type Cursor = Vec<Bind>;
+
+/// One page of matches.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<MatchRow>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<Cursor>,
+}
+
+#[derive(Debug)]
+pub struct MatchRow {
+    pub rkey: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub body: String,
+}
+
+/// What to search: resource types (one, several or all), filters and order.
+#[derive(Debug)]
+pub struct Query<'a> {
+    /// Empty means every type (system search).
+    pub types: &'a [String],
+    pub filters: &'a [Filter],
+    pub sort: &'a [SortKey],
+    pub base_url: &'a str,
+}
+
+fn where_clause(sql: &mut Sql, query: &Query<'_>) -> Result<String> {
+    let mut conditions = vec!["r.deleted = 0".to_owned()];
+    match query.types {
+        [] => {}
+        [one] => conditions.push(format!("r.resource_type = {}", sql.text(one))),
+        many => {
+            let list: Vec<String> = many.iter().map(|t| sql.text(t)).collect();
+            conditions.push(format!("r.resource_type IN ({})", list.join(", ")));
+        }
+    }
+    for filter in query.filters {
+        // a filter on a parameter is evaluated per type for multi-type searches; the
+        // parameters allowed there are the common (Resource-level) ones
+        let rtype = match query.types {
+            [one] => one.as_str(),
+            _ => "Resource",
+        };
+        conditions.push(condition(sql, "r", rtype, filter, query.base_url)?);
+    }
+    Ok(conditions.join(" AND "))
+}
+
+/// Counts every match (for `Bundle.total`).
+#[tracing::instrument(name = "db.search_count", skip_all)]
+pub async fn count(conn: &mut AnyConnection, query: &Query<'_>) -> Result<i64> {
+    let mut sql = Sql::default();
+    let conditions = where_clause(&mut sql, query)?;
+    sql.text = format!("SELECT COUNT(*) AS n FROM resource r WHERE {conditions}");
+    Ok(sql.query().fetch_one(conn).await?.try_get("n")?)
+}
+
+/// One page of matches in the requested order, starting after `after`.
+#[tracing::instrument(name = "db.search", skip_all)]
+pub async fn page(
+    conn: &mut AnyConnection,
+    query: &Query<'_>,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Result<Page> {
+    let mut sql = Sql::default();
+    let conditions = where_clause(&mut sql, query)?;
+    let rtype = match query.types {
+        [one] => one.as_str(),
+        _ => "Resource",
+    };
+    let mut key_columns = Vec::new();
+    for (i, key) in query.sort.iter().enumerate() {
+        key_columns.push((
+            format!("k{i}"),
+            sort_expression(&mut sql, rtype, key)?,
+            key.descending,
+        ));
+    }
+    let select_keys: String = key_columns
+        .iter()
+        .map(|(name, expr, _)| format!(", {expr} AS {name}"))
+        .collect();
+    let mut outer_conditions = Vec::new();
+    if let Some(cursor) = after {
+        outer_conditions.push(keyset_condition(&mut sql, &key_columns, cursor)?);
+    }
+    let order: Vec<String> = key_columns
+        .iter()
+        .map(|(name, _, descending)| {
+            format!(
+                "({name} IS NULL), {name}{}",
+                if *descending { " DESC" } else { "" }
+            )
+        })
+        .chain(std::iter::once("rkey".to_owned()))
+        .collect();
+    sql.text = format!(
+        "SELECT m.*, v.body FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{select_keys} FROM resource r \
+         WHERE {conditions}) m JOIN resource_version v ON v.rkey = m.rkey AND v.version_id = m.version_id{} \
+         ORDER BY {} LIMIT {}",
+        if outer_conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", outer_conditions.join(" AND "))
+        },
+        order.join(", "),
+        limit + 1
+    );
+    let rows = sql.query().fetch_all(conn).await?;
+    let mut matches = Vec::with_capacity(rows.len().min(limit));
+    let mut next = None;
+    for (n, row) in rows.iter().enumerate() {
+        if n == limit {
+            let last = &rows[n - 1];
+            let mut cursor = Vec::new();
+            for (name, _, _) in &key_columns {
+                cursor.push(column_bind(last, name)?);
+            }
+            cursor.push(Bind::Int(last.try_get("rkey")?));
+            next = Some(cursor);
+            break;
+        }
+        matches.push(MatchRow {
+            rkey: row.try_get("rkey")?,
+            resource_type: row.try_get("resource_type")?,
+            id: row.try_get("id")?,
+            body: row.try_get("body")?,
+        });
+    }
+    Ok(Page {
+        rows: matches,
+        next,
+    })
+}
+
+fn column_bind(row: &sqlx::any::AnyRow, name: &str) -> Result<Bind> {
+    use sqlx::ValueRef;
+    let raw = row.try_get_raw(name)?;
+    if raw.is_null() {
+        return Ok(Bind::Null);
+    }
+    if let Ok(v) = row.try_get::<i64, _>(name) {
+        return Ok(Bind::Int(v));
+    }
+    if let Ok(v) = row.try_get::<f64, _>(name) {
+        return Ok(Bind::Float(v));
+    }
+    Ok(Bind::Text(row.try_get::<String, _>(name)?))
+}
+
+/// Rows strictly after the cursor in the order `(k0 IS NULL), k0, (k1 IS NULL), k1, ..., rkey`.
+fn keyset_condition(
+    sql: &mut Sql,
+    keys: &[(String, String, bool)],
+    cursor: &Cursor,
+) -> Result<String> {
+    if cursor.len() != keys.len() + 1 {
+        return Err(Error::Invalid(
+            "the paging cursor does not belong to this search".to_owned(),
+        ));
+    }
+    let Bind::Int(last_rkey) = cursor[keys.len()] else {
+        return Err(Error::Invalid("the paging cursor is malformed".to_owned()));
+    };
+    let mut alternatives = Vec::new();
+    let mut equal_so_far: Vec<String> = Vec::new();
+    for ((name, _, descending), value) in keys.iter().zip(cursor) {
+        let (after, equal) = match value {
+            Bind::Null => ("1 = 0".to_owned(), format!("m.{name} IS NULL")),
+            value => {
+                let p = sql.bind(value.clone());
+                let op = if *descending { "<" } else { ">" };
+                (
+                    format!("(m.{name} {op} {p} OR m.{name} IS NULL)"),
+                    format!("m.{name} = {p}"),
+                )
+            }
+        };
+        alternatives.push(conj(&equal_so_far, &after));
+        equal_so_far.push(equal);
+    }
+    let r = sql.bind(Bind::Int(last_rkey));
+    alternatives.push(conj(&equal_so_far, &format!("m.rkey > {r}")));
+    Ok(format!("({})", alternatives.join(" OR ")))
+}
+
+fn conj(prefix: &[String], last: &str) -> String {
+    if prefix.is_empty() {
+        last.to_owned()
+    } else {
+        format!("({} AND {last})", prefix.join(" AND "))
+    }
+}
+
+/// Resources that the given resources point to through `param` (for `_include`).
+#[tracing::instrument(name = "db.search_include", skip_all)]
+pub async fn included(
+    conn: &mut AnyConnection,
+    source_rkeys: &[i64],
+    param: &str,
+    target_type: Option<&str>,
+) -> Result<Vec<MatchRow>> {
+    if source_rkeys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::default();
+    let keys: Vec<String> = source_rkeys
+        .iter()
+        .map(|k| sql.bind(Bind::Int(*k)))
+        .collect();
+    let p = sql.text(param);
+    let type_condition = target_type
+        .map(|t| format!(" AND x.target_type = {}", sql.text(t)))
+        .unwrap_or_default();
+    sql.text = format!(
+        "SELECT r.rkey, r.resource_type, r.id, v.body FROM resource r JOIN resource_version v \
+         ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x \
+         WHERE x.rkey IN ({}) AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id)",
+        keys.join(", ")
+    );
+    rows_to_matches(sql.query().fetch_all(conn).await?)
+}
+
+/// Resources of `source_type` that point to the given resources through `param` (for `_revinclude`).
+#[tracing::instrument(name = "db.search_revinclude", skip_all)]
+pub async fn rev_included(
+    conn: &mut AnyConnection,
+    targets: &[(String, String)],
+    source_type: &str,
+    param: &str,
+) -> Result<Vec<MatchRow>> {
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::default();
+    let st = sql.text(source_type);
+    let p = sql.text(param);
+    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (t, id) in targets {
+        by_type.entry(t.as_str()).or_default().push(id.as_str());
+    }
+    let mut alternatives = Vec::new();
+    for (t, ids) in by_type {
+        let t = sql.text(t);
+        let ids: Vec<String> = ids.into_iter().map(|id| sql.text(id)).collect();
+        alternatives.push(format!(
+            "(x.target_type = {t} AND x.target_id IN ({}))",
+            ids.join(", ")
+        ));
+    }
+    sql.text = format!(
+        "SELECT r.rkey, r.resource_type, r.id, v.body FROM resource r JOIN resource_version v \
+         ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND r.resource_type = {st} AND r.rkey IN \
+         (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({}))",
+        alternatives.join(" OR ")
+    );
+    rows_to_matches(sql.query().fetch_all(conn).await?)
+}
+
+fn rows_to_matches(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<MatchRow>> {
+    rows.iter()
+        .map(|row| {
+            Ok(MatchRow {
+                rkey: row.try_get("rkey")?,
+                resource_type: row.try_get("resource_type")?,
+                id: row.try_get("id")?,
+                body: row.try_get("body")?,
+            })
+        })
+        .collect()
+}

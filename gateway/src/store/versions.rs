@@ -1,0 +1,255 @@
+//! Resource versions: reading the current one, a given one, history, and writing a new one.
+
+use fhir_profiles::search::IndexEntry;
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use super::{Backend, index};
+use crate::model::{Instant, VersionId};
+
+/// The current state of a logical resource, as locked for an update.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub rkey: i64,
+    pub version_id: VersionId,
+    pub last_updated: Instant,
+    pub deleted: bool,
+}
+
+/// One stored version.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    /// The position of this version in the order versions were written.
+    pub vkey: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: VersionId,
+    pub last_updated: Instant,
+    /// `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: String,
+    /// The version as served; `None` for a deletion.
+    pub body: Option<String>,
+}
+
+impl StoredVersion {
+    pub fn is_deleted(&self) -> bool {
+        self.body.is_none()
+    }
+
+    fn from_row(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(StoredVersion {
+            vkey: row.try_get("vkey")?,
+            resource_type: row.try_get("resource_type")?,
+            id: row.try_get("id")?,
+            version_id: VersionId::from_db(row.try_get("version_id")?),
+            last_updated: Instant::from_millis(row.try_get("last_updated")?),
+            method: row.try_get("method")?,
+            body: row.try_get("body")?,
+        })
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "v.vkey, r.resource_type, r.id, v.version_id, v.last_updated, v.method, v.body";
+
+/// The current state of a resource, locked until the transaction ends (PostgreSQL) so that
+/// concurrent updates of one resource are serialized. SQLite has a single writer.
+#[tracing::instrument(name = "db.current_for_update", skip_all)]
+pub async fn current_for_update(
+    conn: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<Current>, sqlx::Error> {
+    let lock = match Backend::of(conn) {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT rkey, version_id, last_updated, deleted FROM resource WHERE resource_type = $1 AND id = $2{lock}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| {
+        Ok(Current {
+            rkey: row.try_get("rkey")?,
+            version_id: VersionId::from_db(row.try_get("version_id")?),
+            last_updated: Instant::from_millis(row.try_get("last_updated")?),
+            deleted: row.try_get::<i16, _>("deleted")? != 0,
+        })
+    })
+    .transpose()
+}
+
+/// The current version of a resource (which may be a deletion).
+#[tracing::instrument(name = "db.read", skip_all)]
+pub async fn read_current(
+    conn: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<StoredVersion>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
+         ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.resource_type = $1 AND r.id = $2"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(StoredVersion::from_row).transpose()
+}
+
+/// One version of a resource.
+#[tracing::instrument(name = "db.vread", skip_all)]
+pub async fn read_version(
+    conn: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+    version: VersionId,
+) -> Result<Option<StoredVersion>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v ON v.rkey = r.rkey \
+         WHERE r.resource_type = $1 AND r.id = $2 AND v.version_id = $3"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(id)
+        .bind(version.get())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(StoredVersion::from_row).transpose()
+}
+
+/// A new version to store.
+#[derive(Debug)]
+pub struct VersionWrite<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub version_id: VersionId,
+    pub last_updated: Instant,
+    pub method: &'a str,
+    /// The version as served; `None` writes a deletion tombstone.
+    pub body: Option<&'a str>,
+    /// The search index of this version (ignored for a deletion).
+    pub index: &'a [IndexEntry],
+}
+
+/// Stores a version and makes it current, replacing the resource's search index.
+/// `current` is what [`current_for_update`] returned in the same transaction.
+#[tracing::instrument(name = "db.write_version", skip_all)]
+pub async fn write_version(
+    conn: &mut AnyConnection,
+    current: Option<&Current>,
+    write: &VersionWrite<'_>,
+) -> Result<(), sqlx::Error> {
+    let deleted = i16::from(write.body.is_none());
+    let rkey: i64 = match current {
+        None => {
+            sqlx::query_scalar(
+                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING rkey",
+            )
+            .bind(write.resource_type)
+            .bind(write.id)
+            .bind(write.version_id.get())
+            .bind(write.last_updated.millis())
+            .bind(deleted)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+        Some(current) => {
+            sqlx::query("UPDATE resource SET version_id = $1, last_updated = $2, deleted = $3 WHERE rkey = $4")
+                .bind(write.version_id.get())
+                .bind(write.last_updated.millis())
+                .bind(deleted)
+                .bind(current.rkey)
+                .execute(&mut *conn)
+                .await?;
+            index::delete(conn, current.rkey).await?;
+            current.rkey
+        }
+    };
+    sqlx::query(
+        "INSERT INTO resource_version (rkey, resource_type, version_id, last_updated, method, body) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(rkey)
+    .bind(write.resource_type)
+    .bind(write.version_id.get())
+    .bind(write.last_updated.millis())
+    .bind(write.method)
+    .bind(write.body)
+    .execute(&mut *conn)
+    .await?;
+    if write.body.is_some() {
+        index::insert(conn, rkey, write.resource_type, write.index).await?;
+    }
+    Ok(())
+}
+
+/// Which versions a history interaction covers.
+#[derive(Debug, Clone)]
+pub enum HistoryScope<'a> {
+    System,
+    Type(&'a str),
+    Instance(&'a str, &'a str),
+}
+
+/// Versions, newest first, written before `before_vkey` (a paging cursor), filtered by
+/// `_since` (written at or after) and `_at` (current at that instant).
+#[tracing::instrument(name = "db.history", skip_all)]
+pub async fn history(
+    conn: &mut AnyConnection,
+    scope: &HistoryScope<'_>,
+    since: Option<Instant>,
+    at: Option<Instant>,
+    before_vkey: Option<i64>,
+    limit: usize,
+) -> Result<Vec<StoredVersion>, sqlx::Error> {
+    let mut sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v JOIN resource r ON r.rkey = v.rkey WHERE 1 = 1"
+    );
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        format!("${n}")
+    };
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(_) => sql += &format!(" AND v.resource_type = {}", param()),
+        HistoryScope::Instance(..) => {
+            sql += &format!(" AND r.resource_type = {} AND r.id = {}", param(), param())
+        }
+    }
+    if since.is_some() {
+        sql += &format!(" AND v.last_updated >= {}", param());
+    }
+    if at.is_some() {
+        let p = param();
+        sql += &format!(
+            " AND v.last_updated <= {p} AND NOT EXISTS (SELECT 1 FROM resource_version n \
+             WHERE n.rkey = v.rkey AND n.version_id > v.version_id AND n.last_updated <= {p})"
+        );
+    }
+    if before_vkey.is_some() {
+        sql += &format!(" AND v.vkey < {}", param());
+    }
+    sql += &format!(" ORDER BY v.vkey DESC LIMIT {limit}");
+
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(resource_type) => query = query.bind(*resource_type),
+        HistoryScope::Instance(resource_type, id) => query = query.bind(*resource_type).bind(*id),
+    }
+    for value in [since, at].into_iter().flatten() {
+        query = query.bind(value.millis());
+    }
+    if let Some(vkey) = before_vkey {
+        query = query.bind(vkey);
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(StoredVersion::from_row).collect()
+}

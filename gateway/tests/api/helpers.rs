@@ -1,0 +1,179 @@
+use gateway::config::Config;
+use gateway::startup::Application;
+use serde_json::Value;
+use sqlx::Connection;
+
+/// Which database a test app runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Postgres,
+    Sqlite,
+}
+
+/// A gateway running on a free port with a database of its own.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// The PostgreSQL server tests use (a fresh database per test is created in it).
+fn postgres_server() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+pub async fn spawn_app(db: Db) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = Config::default();
+    config.server.port = 0;
+    config.server.workers = 2;
+    config.database.data_dir = dir.path().to_path_buf();
+    config.database.max_connections = 8;
+    if let Db::Postgres = db {
+        let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server()))
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth) or at TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        config.database.url = Some(format!("{}/{name}", postgres_server()).into());
+    }
+    adjust(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("the gateway builds");
+    let base = app.base_url().to_owned();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+/// Runs a test body against PostgreSQL and against SQLite.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app = $crate::helpers::spawn_app($crate::helpers::Db::Postgres).await;
+                ($body)(app).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::helpers::spawn_app($crate::helpers::Db::Sqlite).await;
+                ($body)(app).await;
+            }
+        }
+    };
+}
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .header("content-type", FHIR_JSON)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.send(reqwest::Method::POST, path, body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.send(reqwest::Method::PUT, path, body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a resource and returns its id.
+    pub async fn create(&self, resource: &Value) -> String {
+        let resource_type = resource["resourceType"].as_str().expect("resourceType");
+        let (status, body) = self.post(resource_type, resource).await;
+        assert_eq!(status, 201, "creating {resource}: {body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The ids of the matches in a searchset Bundle, in order.
+    pub async fn search_ids(&self, query: &str) -> Vec<String> {
+        let (status, bundle) = self.get_json(query).await;
+        assert_eq!(status, 200, "searching {query}: {bundle}");
+        match_ids(&bundle)
+    }
+}
+
+pub fn match_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The first issue of an OperationOutcome, for assertions.
+pub fn diagnostics(outcome: &Value) -> String {
+    assert_eq!(
+        outcome["resourceType"], "OperationOutcome",
+        "expected an OperationOutcome, got {outcome}"
+    );
+    let issues = outcome["issue"].as_array().cloned().unwrap_or_default();
+    issues
+        .iter()
+        .map(|issue| {
+            format!(
+                "{} (at {})",
+                issue["diagnostics"].as_str().unwrap_or(""),
+                issue["expression"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,191 @@
+//! Search: parameter types, modifiers, prefixes, chains, _has, includes, sorting, paging.
+
+use serde_json::json;
+
+use crate::both;
+use crate::helpers::{TestApp, match_ids};
+
+async fn fixture(app: &TestApp) -> (String, String, String, String) {
+    let ann = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Müller", "given": ["Ann"]}], "gender": "female",
+        "birthDate": "1970-03-04", "identifier": [{"system": "urn:mrn", "value": "1"}]})).await;
+    let bob = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Miller", "given": ["Bob"]}], "gender": "male",
+        "birthDate": "1985", "identifier": [{"system": "urn:mrn", "value": "2"}]})).await;
+    let hba1c = app.create(&json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}], "text": "Hemoglobin A1c"},
+        "subject": {"reference": format!("Patient/{ann}")}, "effectiveDateTime": "2020-06-01T10:00:00Z",
+        "valueQuantity": {"value": 7.20, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}})).await;
+    let bp = app.create(&json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": format!("Patient/{bob}")}, "effectivePeriod": {"start": "2021-01-01", "end": "2021-01-02"},
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                       "valueQuantity": {"value": 140, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]})).await;
+    (ann, bob, hba1c, bp)
+}
+
+both!(
+    parameter_types_modifiers_and_prefixes,
+    |app: TestApp| async move {
+        let (ann, bob, hba1c, bp) = fixture(&app).await;
+        let cases: Vec<(&str, Vec<&String>)> = vec![
+            ("Patient?name=mull", vec![&ann]),
+            ("Patient?name=muller", vec![&ann]),
+            ("Patient?family:exact=Müller", vec![&ann]),
+            ("Patient?family:exact=müller", vec![]),
+            ("Patient?name:contains=ill", vec![&bob]),
+            ("Patient?gender=female", vec![&ann]),
+            ("Patient?gender:not=female", vec![&bob]),
+            ("Patient?identifier=urn:mrn|2", vec![&bob]),
+            ("Patient?identifier=|2", vec![]),
+            ("Patient?birthdate=1970", vec![&ann]),
+            ("Patient?birthdate=ge1980", vec![&bob]),
+            ("Patient?birthdate=lt1980-01-01", vec![&ann]),
+            ("Patient?birthdate=1985-06-01", vec![]),
+            ("Patient?birthdate=1970-03-04,1985", vec![&ann, &bob]),
+            ("Patient?name=ann&gender=male", vec![]),
+            ("Observation?code=http://loinc.org|4548-4", vec![&hba1c]),
+            ("Observation?code:text=hemoglobin", vec![&hba1c]),
+            ("Observation?subject=Patient/".to_owned().leak(), vec![]),
+            ("Observation?value-quantity=7.2", vec![&hba1c]),
+            (
+                "Observation?value-quantity=gt7|http://unitsofmeasure.org|%",
+                vec![&hba1c],
+            ),
+            ("Observation?value-quantity=lt7", vec![]),
+            ("Observation?date=2020-06", vec![&hba1c]),
+            ("Observation?date=ge2021-01-01", vec![&bp]),
+            (
+                "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt130",
+                vec![&bp],
+            ),
+            (
+                "Observation?component-code-value-quantity=http://loinc.org|8480-6$lt130",
+                vec![],
+            ),
+            ("Observation?subject:missing=false", vec![&hba1c, &bp]),
+            ("Observation?subject.name=miller", vec![&bp]),
+            ("Observation?subject:Patient.gender=female", vec![&hba1c]),
+            ("Patient?_has:Observation:subject:code=4548-4", vec![&ann]),
+        ];
+        for (query, expected) in cases {
+            let mut ids = app.search_ids(query).await;
+            ids.sort();
+            let mut expected: Vec<String> = expected.into_iter().cloned().collect();
+            expected.sort();
+            assert_eq!(ids, expected, "{query}");
+        }
+        let ids = app.search_ids(&format!("Observation?subject={ann}")).await;
+        assert_eq!(ids, vec![hba1c.clone()]);
+        let ids = app
+            .search_ids(&format!("Observation?patient=Patient/{bob}"))
+            .await;
+        assert_eq!(ids, vec![bp.clone()]);
+        let ids = app
+            .search_ids(&format!("Observation?_id={hba1c},{bp}"))
+            .await;
+        assert_eq!(ids.len(), 2);
+        let ids = app.search_ids(&format!("Patient/{ann}/Observation")).await;
+        assert_eq!(ids, vec![hba1c.clone()], "Patient compartment search");
+    }
+);
+
+both!(
+    includes_sorting_totals_and_paging,
+    |app: TestApp| async move {
+        let (ann, bob, hba1c, bp) = fixture(&app).await;
+        let (_, bundle) = app
+            .get_json("Observation?_include=Observation:subject")
+            .await;
+        let included: Vec<&str> = bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["search"]["mode"] == "include")
+            .map(|e| e["resource"]["id"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(included.len(), 2, "both patients included once: {bundle}");
+        assert!(included.contains(&ann.as_str()) && included.contains(&bob.as_str()));
+        let (_, bundle) = app
+            .get_json(&format!(
+                "Patient?_id={ann}&_revinclude=Observation:subject"
+            ))
+            .await;
+        let revincluded: Vec<&str> = bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["search"]["mode"] == "include")
+            .map(|e| e["resource"]["id"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(revincluded, vec![hba1c.as_str()]);
+
+        assert_eq!(
+            app.search_ids("Patient?_sort=birthdate").await,
+            vec![ann.clone(), bob.clone()]
+        );
+        assert_eq!(
+            app.search_ids("Patient?_sort=-birthdate").await,
+            vec![bob.clone(), ann.clone()]
+        );
+        assert_eq!(
+            app.search_ids("Patient?_sort=family").await,
+            vec![bob.clone(), ann.clone()],
+            "miller < muller"
+        );
+        let _ = bp;
+
+        let (_, count) = app.get_json("Observation?_summary=count").await;
+        assert_eq!(count["total"], 2);
+        assert!(count.get("entry").is_none());
+
+        // 23 more patients, paged 5 at a time with stable next links and no duplicates
+        for n in 0..23 {
+            app.create(&json!({"resourceType": "Patient", "name": [{"family": format!("Page{n:02}")}], "birthDate": format!("19{:02}-01-01", 50 + n)})).await;
+        }
+        for query in [
+            "Patient?_count=5",
+            "Patient?_count=5&_sort=-birthdate",
+            "Patient?_count=5&_sort=family,_id",
+        ] {
+            let mut seen = Vec::new();
+            let (status, mut page) = app.get_json(query).await;
+            assert_eq!(status, 200);
+            assert_eq!(page["total"], 25, "{query}: the total counts every match");
+            loop {
+                let ids = match_ids(&page);
+                assert!(ids.len() <= 5);
+                seen.extend(ids);
+                let next = page["link"]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+                    .map(|l| l["url"].as_str().unwrap_or("").to_owned());
+                let Some(next) = next else { break };
+                let response = app.client.get(next).send().await.expect("next page");
+                page = response.json().await.expect("json");
+            }
+            let unique: std::collections::HashSet<&String> = seen.iter().collect();
+            assert_eq!(
+                (seen.len(), unique.len()),
+                (25, 25),
+                "{query}: every match exactly once"
+            );
+        }
+        let sorted = app.search_ids("Patient?_count=100&_sort=-birthdate").await;
+        let (_, first) = app.get_json(&format!("Patient/{}", sorted[0])).await;
+        assert_eq!(
+            first["birthDate"], "1985",
+            "descending birthdate puts 1985 first"
+        );
+
+        // POST _search with a form body equals GET
+        let response = app
+            .client
+            .post(app.url("Patient/_search"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("gender=female")
+            .send()
+            .await
+            .expect("post search");
+        let bundle: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(match_ids(&bundle), vec![ann.clone()]);
+    }
+);
