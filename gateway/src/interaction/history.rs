@@ -64,16 +64,15 @@ pub async fn history(
     scope: HistoryScope<'_>,
     params: HistoryParams,
 ) -> Result<Outcome> {
-    if let HistoryScope::Instance(resource_type, id) = scope {
-        if store::read_current(conn, resource_type, id)
+    if let HistoryScope::Instance(resource_type, id) = scope
+        && store::read_current(conn, resource_type, id)
             .await?
             .is_none()
-        {
-            return Err(Error::NotFound {
-                resource_type: resource_type.to_owned(),
-                id: id.to_owned(),
-            });
-        }
+    {
+        return Err(Error::NotFound {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+        });
     }
     let count = params
         .count

@@ -37,13 +37,13 @@ pub async fn patch(
             id: id.to_string(),
         });
     }
-    if let Some(expected) = if_match {
-        if expected != current.version_id {
-            return Err(Error::PreconditionFailed(format!(
-                "If-Match names version {expected} of {resource_type}/{id}, but the current version is {}",
-                current.version_id
-            )));
-        }
+    if let Some(expected) = if_match
+        && expected != current.version_id
+    {
+        return Err(Error::PreconditionFailed(format!(
+            "If-Match names version {expected} of {resource_type}/{id}, but the current version is {}",
+            current.version_id
+        )));
     }
     let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
         .await?

@@ -380,13 +380,13 @@ async fn transaction(
             }
             _ => None,
         };
-        if let (Some(full_url), Some(target)) = (&entry.full_url, target) {
-            if replacements.insert(full_url.clone(), target).is_some() {
-                return Err(entry_error(
-                    entry.index,
-                    &Error::Invalid(format!("fullUrl {full_url} appears in more than one entry")),
-                ));
-            }
+        if let (Some(full_url), Some(target)) = (&entry.full_url, target)
+            && replacements.insert(full_url.clone(), target).is_some()
+        {
+            return Err(entry_error(
+                entry.index,
+                &Error::Invalid(format!("fullUrl {full_url} appears in more than one entry")),
+            ));
         }
     }
     // 2. rewrite references to other entries and conditional references
@@ -616,12 +616,12 @@ fn collect_conditional_references(value: &Json, out: &mut Vec<String>) {
     match value {
         Json::Object(object) => {
             for entry in object {
-                if entry.key.as_str() == "reference" {
-                    if let Some(reference) = entry.value.as_str() {
-                        if reference.contains('?') && !reference.contains("://") {
-                            out.push(reference.to_owned());
-                        }
-                    }
+                if entry.key.as_str() == "reference"
+                    && let Some(reference) = entry.value.as_str()
+                    && reference.contains('?')
+                    && !reference.contains("://")
+                {
+                    out.push(reference.to_owned());
                 }
                 collect_conditional_references(&entry.value, out);
             }

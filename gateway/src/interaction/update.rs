@@ -108,12 +108,12 @@ pub async fn conditional_update(
             .await
         }
         [id] => {
-            if let Some(body_id) = resource::id_of(&body) {
-                if body_id != id.as_str() {
-                    return Err(Error::Invalid(format!(
-                        "the body's id ({body_id}) differs from the id of the resource matching {criteria} ({id})"
-                    )));
-                }
+            if let Some(body_id) = resource::id_of(&body)
+                && body_id != id.as_str()
+            {
+                return Err(Error::Invalid(format!(
+                    "the body's id ({body_id}) differs from the id of the resource matching {criteria} ({id})"
+                )));
             }
             let mut body = body;
             set_id(&mut body, id);
@@ -126,9 +126,9 @@ pub async fn conditional_update(
 }
 
 fn set_id(body: &mut Json, id: &ResourceId) {
-    if let Some(object) = body.as_object_mut() {
-        if object.get_unique("id").ok().flatten().is_none() {
-            object.insert("id".into(), Json::String(id.as_str().into()));
-        }
+    if let Some(object) = body.as_object_mut()
+        && object.get_unique("id").ok().flatten().is_none()
+    {
+        object.insert("id".into(), Json::String(id.as_str().into()));
     }
 }

@@ -546,12 +546,12 @@ fn validate_operation(
             "$validate on {resource_type} was given a {actual}"
         )));
     }
-    if let (Some(id), Some(body_id)) = (id, resource::id_of(&resource)) {
-        if body_id != id.as_str() {
-            return Err(Error::Invalid(format!(
-                "the id in the URL ({id}) differs from the id in the body ({body_id})"
-            )));
-        }
+    if let (Some(id), Some(body_id)) = (id, resource::id_of(&resource))
+        && body_id != id.as_str()
+    {
+        return Err(Error::Invalid(format!(
+            "the id in the URL ({id}) differs from the id in the body ({body_id})"
+        )));
     }
     let issues = fhir_profiles::validate::validate_resource(&resource);
     let has_errors = issues.iter().any(|i| {
@@ -592,10 +592,9 @@ fn unwrap_parameters(body: fhir_profiles::Json) -> Result<fhir_profiles::Json> {
             .flatten()
             .and_then(|n| n.as_str())
             == Some("resource")
+            && let Some(resource) = object.get_unique("resource").ok().flatten()
         {
-            if let Some(resource) = object.get_unique("resource").ok().flatten() {
-                return Ok(resource.clone());
-            }
+            return Ok(resource.clone());
         }
     }
     Err(Error::Invalid(

@@ -85,10 +85,10 @@ impl Prefix {
             ("ap", Prefix::Ap),
         ];
         for (text, prefix) in prefixes {
-            if let Some(rest) = value.strip_prefix(text) {
-                if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
-                    return (prefix, rest);
-                }
+            if let Some(rest) = value.strip_prefix(text)
+                && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.')
+            {
+                return (prefix, rest);
             }
         }
         (Prefix::Eq, value)
@@ -925,7 +925,7 @@ pub async fn included(
          WHERE x.rkey IN ({}) AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id)",
         keys.join(", ")
     );
-    rows_to_matches(sql.query().fetch_all(conn).await?)
+    rows_to_matches(&sql.query().fetch_all(conn).await?)
 }
 
 /// Resources of `source_type` that point to the given resources through `param` (for `_revinclude`).
@@ -962,10 +962,10 @@ pub async fn rev_included(
          (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({}))",
         alternatives.join(" OR ")
     );
-    rows_to_matches(sql.query().fetch_all(conn).await?)
+    rows_to_matches(&sql.query().fetch_all(conn).await?)
 }
 
-fn rows_to_matches(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<MatchRow>> {
+fn rows_to_matches(rows: &[sqlx::any::AnyRow]) -> Result<Vec<MatchRow>> {
     rows.iter()
         .map(|row| {
             Ok(MatchRow {

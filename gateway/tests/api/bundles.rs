@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::both;
 use crate::helpers::{TestApp, diagnostics};
 
-fn transaction(entries: Vec<serde_json::Value>) -> serde_json::Value {
+fn transaction(entries: &[serde_json::Value]) -> serde_json::Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
@@ -13,7 +13,7 @@ both!(
     transactions_resolve_references_and_are_atomic,
     |app: TestApp| async move {
         let existing = app.create(&json!({"resourceType": "Practitioner", "identifier": [{"system": "urn:npi", "value": "99"}]})).await;
-        let bundle = transaction(vec![
+        let bundle = transaction(&[
             json!({"fullUrl": "urn:uuid:0b9d5a8e-0000-4000-8000-000000000001",
                "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}], "generalPractitioner": [{"reference": "Practitioner?identifier=urn:npi|99"}]},
                "request": {"method": "POST", "url": "Patient"}}),
@@ -51,7 +51,7 @@ both!(
 
         // a failing entry rolls everything back
         let before = app.get_json("Patient?_summary=count").await.1["total"].clone();
-        let failing = transaction(vec![
+        let failing = transaction(&[
             json!({"resource": {"resourceType": "Patient", "name": [{"family": "Lost"}]}, "request": {"method": "POST", "url": "Patient"}}),
             json!({"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}}),
         ]);
@@ -147,10 +147,10 @@ fn collect_references(value: &serde_json::Value, found: &mut impl FnMut(&str)) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, value) in map {
-                if key == "reference" {
-                    if let Some(reference) = value.as_str() {
-                        found(reference);
-                    }
+                if key == "reference"
+                    && let Some(reference) = value.as_str()
+                {
+                    found(reference);
                 }
                 collect_references(value, found);
             }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, and the whole test suite against real
+# PostgreSQL (127.0.0.1:5432, or $TEST_POSTGRES_URL) and SQLite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# PostgreSQL must be up (it is on every development and CI machine; start it if it is down)
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+  fi
+fi
+
+# the official FHIR R4 examples (npm registry), for the round-trip and validation tests
+bash fhir-profiles/scripts/fetch-examples.sh
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo nextest run --workspace --no-fail-fast
