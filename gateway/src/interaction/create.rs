@@ -33,12 +33,10 @@ pub async fn create(
                             "a search match vanished inside its transaction"
                         ))
                     })?;
+                let location =
+                    ctx.version_url(resource_type.as_str(), id.as_str(), stored.version_id);
                 let mut outcome = Outcome::version(stored);
-                outcome.location = Some(ctx.version_url(
-                    resource_type.as_str(),
-                    id.as_str(),
-                    outcome.version.unwrap_or(crate::model::VersionId::FIRST),
-                ));
+                outcome.location = Some(location);
                 return Ok(outcome);
             }
             _ => {

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::both;
-use crate::helpers::{FHIR_JSON, TestApp, diagnostics};
+use crate::helpers::{FHIR_JSON, TestApp};
 
 fn patient(family: &str) -> serde_json::Value {
     json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Ann"]}], "birthDate": "1980-05-01",
@@ -320,5 +320,4 @@ both!(prefer_return_and_metadata, |app: TestApp| async move {
 
     let (status, ready) = app.get_json("../health/ready").await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("pass")));
-    let _ = diagnostics;
 });

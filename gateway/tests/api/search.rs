@@ -44,7 +44,7 @@ both!(
             ("Patient?name=ann&gender=male", vec![]),
             ("Observation?code=http://loinc.org|4548-4", vec![&hba1c]),
             ("Observation?code:text=hemoglobin", vec![&hba1c]),
-            ("Observation?subject=Patient/".to_owned().leak(), vec![]),
+            ("Observation?subject=Patient/unknown", vec![]),
             ("Observation?value-quantity=7.2", vec![&hba1c]),
             (
                 "Observation?value-quantity=gt7|http://unitsofmeasure.org|%",
