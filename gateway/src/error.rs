@@ -72,6 +72,11 @@ impl Error {
         }
     }
 
+    /// A conflict with a concurrent transaction, resolved by running the transaction again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Database(e) if crate::store::is_transient(e))
+    }
+
     fn is_server_error(&self) -> bool {
         matches!(self, Error::Database(_) | Error::Internal(_))
     }

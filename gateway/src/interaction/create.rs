@@ -2,7 +2,8 @@
 //!
 //! The server assigns the id (any `id` in the body is ignored, as the spec says). With
 //! `If-None-Exist: [search parameters]`, an existing match is returned instead (200, no new
-//! version); more than one match is 412 Precondition Failed.
+//! version); more than one match is 412 Precondition Failed. Concurrent conditional creates
+//! with the same criteria are serialized (`store::lock`), so they cannot both create.
 
 use fhir_profiles::Json;
 use sqlx::AnyConnection;
@@ -22,6 +23,7 @@ pub async fn create(
 ) -> Result<Outcome> {
     check_body(&body, resource_type)?;
     if let Some(criteria) = if_none_exist {
+        store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
         let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
         match matches.as_slice() {
             [] => {}

@@ -34,7 +34,7 @@ pub enum ReturnPreference {
     OperationOutcome,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Request {
     Create {
         resource_type: ResourceType,
@@ -90,7 +90,16 @@ impl Request {
     }
 }
 
+/// The id a creating entry ends up with.
 #[derive(Debug)]
+enum Assigned {
+    /// A new resource gets this id.
+    New(ResourceId),
+    /// `ifNoneExist` matched this existing resource: nothing is written.
+    Existing(ResourceId),
+}
+
+#[derive(Debug, Clone)]
 struct Entry {
     index: usize,
     full_url: Option<String>,
@@ -98,8 +107,11 @@ struct Entry {
     request: Request,
 }
 
-fn entry_error(index: usize, error: &Error) -> Error {
-    match error {
+/// Names the failing entry in an error. Conflicts with concurrent transactions stay as they
+/// are, so that the whole Bundle is run again (`Store::write`).
+fn entry_error(index: usize, error: Error) -> Error {
+    match &error {
+        Error::Database(_) if error.is_transient() => error,
         Error::Database(_) | Error::Internal(_) => {
             Error::Internal(anyhow::anyhow!("bundle entry {index}: {error}"))
         }
@@ -169,7 +181,7 @@ fn parse_entries(bundle: &Json, ctx: &Context) -> Result<(bool, Vec<Entry>)> {
     }
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
-        parsed.push(parse_entry(index, entry, ctx).map_err(|e| entry_error(index, &e))?);
+        parsed.push(parse_entry(index, entry, ctx).map_err(|e| entry_error(index, e))?);
     }
     Ok((is_transaction, parsed))
 }
@@ -276,9 +288,9 @@ pub async fn process(
     let (is_transaction, entries) = parse_entries(&bundle, ctx)?;
     drop(bundle);
     if is_transaction {
-        let mut tx = store.begin().await?;
-        let responses = transaction(&mut tx, ctx, entries).await?;
-        tx.commit().await?;
+        let responses = store
+            .write(async |tx| transaction(tx, ctx, entries.clone()).await)
+            .await?;
         Ok(response_bundle(
             "transaction-response",
             responses,
@@ -288,14 +300,10 @@ pub async fn process(
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.index;
-            let result = async {
-                let mut tx = store.begin().await?;
-                let outcome = run(&mut tx, ctx, entry).await?;
-                tx.commit().await?;
-                Ok::<_, Error>(outcome)
-            }
-            .await;
-            responses.push((index, result.map_err(|e| entry_error(index, &e))));
+            let result = store
+                .write(async |tx| run(tx, ctx, entry.clone()).await)
+                .await;
+            responses.push((index, result.map_err(|e| entry_error(index, e))));
         }
         responses.sort_by_key(|(index, _)| *index);
         Ok(response_bundle("batch-response", responses, preference))
@@ -309,7 +317,29 @@ async fn transaction(
 ) -> Result<Vec<(usize, Result<Outcome>)>> {
     // 1. the id every entry's fullUrl stands for
     let mut replacements: HashMap<String, String> = HashMap::new();
-    let mut assigned: HashMap<usize, Option<ResourceId>> = HashMap::new();
+    let mut assigned: HashMap<usize, Assigned> = HashMap::new();
+    // conditional creates and updates are serialized against concurrent ones on the same
+    // criteria; taking every lock first, in one order, keeps two Bundles from deadlocking
+    let mut keys: Vec<String> = entries
+        .iter()
+        .filter_map(|entry| match &entry.request {
+            Request::Create {
+                resource_type,
+                if_none_exist: Some(criteria),
+            }
+            | Request::ConditionalUpdate {
+                resource_type,
+                criteria,
+                ..
+            } => Some(format!("{resource_type}?{criteria}")),
+            _ => None,
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in &keys {
+        store::lock(conn, key).await?;
+    }
     for entry in &entries {
         let target = match &entry.request {
             Request::Create {
@@ -320,11 +350,11 @@ async fn transaction(
                     Some(criteria) => {
                         let found = search::matching_ids(conn, ctx, resource_type, criteria, 2)
                             .await
-                            .map_err(|e| entry_error(entry.index, &e))?;
+                            .map_err(|e| entry_error(entry.index, e))?;
                         if found.len() > 1 {
                             return Err(entry_error(
                                 entry.index,
-                                &Error::PreconditionFailed(format!(
+                                Error::PreconditionFailed(format!(
                                     "ifNoneExist {criteria} matches more than one {resource_type}"
                                 )),
                             ));
@@ -333,15 +363,14 @@ async fn transaction(
                     }
                     None => None,
                 };
-                let id = existing.clone().unwrap_or_else(ResourceId::generate);
-                assigned.insert(
-                    entry.index,
-                    if existing.is_some() {
-                        None
-                    } else {
-                        Some(id.clone())
-                    },
-                );
+                let (id, assignment) = match existing {
+                    Some(id) => (id.clone(), Assigned::Existing(id)),
+                    None => {
+                        let id = ResourceId::generate();
+                        (id.clone(), Assigned::New(id))
+                    }
+                };
+                assigned.insert(entry.index, assignment);
                 Some(format!("{resource_type}/{id}"))
             }
             Request::Update {
@@ -354,7 +383,7 @@ async fn transaction(
             } => {
                 let found = search::matching_ids(conn, ctx, resource_type, criteria, 2)
                     .await
-                    .map_err(|e| entry_error(entry.index, &e))?;
+                    .map_err(|e| entry_error(entry.index, e))?;
                 match found.as_slice() {
                     [id] => Some(format!("{resource_type}/{id}")),
                     [] => {
@@ -365,13 +394,13 @@ async fn transaction(
                             .map(ResourceId::parse)
                             .transpose()?
                             .unwrap_or_else(ResourceId::generate);
-                        assigned.insert(entry.index, Some(id.clone()));
+                        assigned.insert(entry.index, Assigned::New(id.clone()));
                         Some(format!("{resource_type}/{id}"))
                     }
                     _ => {
                         return Err(entry_error(
                             entry.index,
-                            &Error::PreconditionFailed(format!(
+                            Error::PreconditionFailed(format!(
                                 "{criteria} matches more than one {resource_type}"
                             )),
                         ));
@@ -385,7 +414,7 @@ async fn transaction(
         {
             return Err(entry_error(
                 entry.index,
-                &Error::Invalid(format!("fullUrl {full_url} appears in more than one entry")),
+                Error::Invalid(format!("fullUrl {full_url} appears in more than one entry")),
             ));
         }
     }
@@ -401,10 +430,10 @@ async fn transaction(
                 }
                 let (type_part, criteria) = reference.split_once('?').unwrap_or((&reference, ""));
                 let resource_type =
-                    ResourceType::parse(type_part).map_err(|e| entry_error(entry.index, &e))?;
+                    ResourceType::parse(type_part).map_err(|e| entry_error(entry.index, e))?;
                 let found = search::matching_ids(conn, ctx, &resource_type, criteria, 2)
                     .await
-                    .map_err(|e| entry_error(entry.index, &e))?;
+                    .map_err(|e| entry_error(entry.index, e))?;
                 match found.as_slice() {
                     [id] => {
                         conditional.insert(reference.clone(), format!("{resource_type}/{id}"));
@@ -412,7 +441,7 @@ async fn transaction(
                     [] => {
                         return Err(entry_error(
                             entry.index,
-                            &Error::PreconditionFailed(format!(
+                            Error::PreconditionFailed(format!(
                                 "the conditional reference {reference} matches no resource"
                             )),
                         ));
@@ -420,7 +449,7 @@ async fn transaction(
                     _ => {
                         return Err(entry_error(
                             entry.index,
-                            &Error::PreconditionFailed(format!(
+                            Error::PreconditionFailed(format!(
                                 "the conditional reference {reference} matches more than one resource"
                             )),
                         ));
@@ -436,33 +465,11 @@ async fn transaction(
     for entry in entries {
         let index = entry.index;
         let outcome = match (&entry.request, assigned.get(&index)) {
-            (Request::Create { resource_type, .. }, Some(None)) => {
+            (Request::Create { resource_type, .. }, Some(Assigned::Existing(id))) => {
                 // ifNoneExist matched: answer with the existing resource
-                let target = replacements
-                    .get(entry.full_url.as_deref().unwrap_or(""))
-                    .cloned();
-                let id = match target.as_deref().and_then(|t| t.split_once('/')) {
-                    Some((_, id)) => ResourceId::parse(id)?,
-                    None => {
-                        let criteria = match &entry.request {
-                            Request::Create {
-                                if_none_exist: Some(c),
-                                ..
-                            } => c.clone(),
-                            _ => String::new(),
-                        };
-                        search::matching_ids(conn, ctx, resource_type, &criteria, 1)
-                            .await?
-                            .into_iter()
-                            .next()
-                            .ok_or_else(|| {
-                                Error::Internal(anyhow::anyhow!("ifNoneExist match vanished"))
-                            })?
-                    }
-                };
-                read::read(conn, resource_type, &id).await
+                read::read(conn, resource_type, id).await
             }
-            (Request::Create { resource_type, .. }, Some(Some(id))) => {
+            (Request::Create { resource_type, .. }, Some(Assigned::New(id))) => {
                 let resource = entry
                     .resource
                     .ok_or_else(|| Error::Invalid("POST needs a resource".to_owned()))?;
@@ -474,7 +481,7 @@ async fn transaction(
                     Err(e) => Err(e),
                 }
             }
-            (Request::ConditionalUpdate { resource_type, .. }, Some(Some(id))) => {
+            (Request::ConditionalUpdate { resource_type, .. }, Some(Assigned::New(id))) => {
                 let mut resource = entry
                     .resource
                     .ok_or_else(|| Error::Invalid("PUT needs a resource".to_owned()))?;
@@ -501,7 +508,7 @@ async fn transaction(
         };
         match outcome {
             Ok(outcome) => responses.push((index, Ok(outcome))),
-            Err(error) => return Err(entry_error(index, &error)),
+            Err(error) => return Err(entry_error(index, error)),
         }
     }
     responses.sort_by_key(|(index, _)| *index);

@@ -76,26 +76,25 @@ pub async fn conditional_update(
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
     check_body(&body, resource_type)?;
+    store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
     let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
     match matches.as_slice() {
         [] => {
-            let id = match resource::id_of(&body) {
+            let (id, current) = match resource::id_of(&body) {
                 Some(body_id) => {
                     let id = ResourceId::parse(body_id)?;
-                    if store::current_for_update(conn, resource_type.as_str(), id.as_str())
-                        .await?
-                        .is_some_and(|c| !c.deleted)
-                    {
+                    let current =
+                        store::current_for_update(conn, resource_type.as_str(), id.as_str())
+                            .await?;
+                    if current.as_ref().is_some_and(|c| !c.deleted) {
                         return Err(Error::Conflict(format!(
                             "no {resource_type} matches {criteria}, but the body's id {id} is taken by another resource"
                         )));
                     }
-                    id
+                    (id, current)
                 }
-                None => ResourceId::generate(),
+                None => (ResourceId::generate(), None),
             };
-            let current =
-                store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
             store_version(
                 conn,
                 ctx,

@@ -205,16 +205,13 @@ async fn create_resource(
     let (preference, _) = preferences(req.headers());
     let criteria = if_none_exist(req.headers())?;
     let body = resource_body(&req, payload, &state).await?;
-    let mut tx = state.store.begin().await?;
-    let outcome = create::create(
-        &mut tx,
-        &state.ctx,
-        &resource_type,
-        body,
-        criteria.as_deref(),
-    )
-    .await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| {
+            let body = body.clone();
+            create::create(tx, &state.ctx, &resource_type, body, criteria.as_deref()).await
+        })
+        .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -230,9 +227,13 @@ async fn update_resource(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let body = resource_body(&req, payload, &state).await?;
-    let mut tx = state.store.begin().await?;
-    let outcome = update::update(&mut tx, &state.ctx, &resource_type, &id, body, expected).await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| {
+            let body = body.clone();
+            update::update(tx, &state.ctx, &resource_type, &id, body, expected).await
+        })
+        .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -249,17 +250,14 @@ async fn conditional_update(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let body = resource_body(&req, payload, &state).await?;
-    let mut tx = state.store.begin().await?;
-    let outcome = update::conditional_update(
-        &mut tx,
-        &state.ctx,
-        &resource_type,
-        &criteria,
-        body,
-        expected,
-    )
-    .await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| {
+            let body = body.clone();
+            update::conditional_update(tx, &state.ctx, &resource_type, &criteria, body, expected)
+                .await
+        })
+        .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -290,9 +288,10 @@ async fn delete_resource(
 ) -> Result<HttpResponse> {
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let (preference, _) = preferences(req.headers());
-    let mut tx = state.store.begin().await?;
-    let outcome = delete::delete(&mut tx, &state.ctx, &resource_type, &id).await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| delete::delete(tx, &state.ctx, &resource_type, &id).await)
+        .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -305,10 +304,12 @@ async fn conditional_delete(
     let resource_type = ResourceType::parse(&path)?;
     let criteria = conditional_criteria(&req, "delete")?;
     let (preference, _) = preferences(req.headers());
-    let mut tx = state.store.begin().await?;
-    let outcome =
-        delete::conditional_delete(&mut tx, &state.ctx, &resource_type, &criteria).await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| {
+            delete::conditional_delete(tx, &state.ctx, &resource_type, &criteria).await
+        })
+        .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -325,9 +326,10 @@ async fn patch_resource(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
-    let mut tx = state.store.begin().await?;
-    let outcome = patch::patch(&mut tx, &state.ctx, &resource_type, &id, &body, expected).await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| patch::patch(tx, &state.ctx, &resource_type, &id, &body, expected).await)
+        .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -345,17 +347,13 @@ async fn conditional_patch(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
-    let mut tx = state.store.begin().await?;
-    let outcome = patch::conditional_patch(
-        &mut tx,
-        &state.ctx,
-        &resource_type,
-        &criteria,
-        &body,
-        expected,
-    )
-    .await?;
-    tx.commit().await?;
+    let outcome = state
+        .store
+        .write(async |tx| {
+            patch::conditional_patch(tx, &state.ctx, &resource_type, &criteria, &body, expected)
+                .await
+        })
+        .await?;
     Ok(respond(outcome, preference))
 }
 

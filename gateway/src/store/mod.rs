@@ -26,6 +26,39 @@ pub use versions::{
 
 use crate::config::DatabaseConfig;
 
+/// How often [`Store::write`] runs a transaction that conflicts with concurrent ones.
+pub const ATTEMPTS: u32 = 5;
+
+/// Whether a database error is a conflict between concurrent transactions that running the
+/// whole transaction again resolves: a serialization failure or deadlock (PostgreSQL), a
+/// unique key taken by a transaction that committed first (two creates of one client-chosen
+/// id), or a busy database (SQLite).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "23505" | "5" | "261" | "517")
+        ),
+        _ => false,
+    }
+}
+
+/// Serializes, until the end of the transaction, every transaction that takes the same `key`
+/// (a PostgreSQL advisory lock on a hash of it). Conditional creates and updates take one on
+/// their criteria, so two concurrent `If-None-Exist` creates of the same resource cannot both
+/// miss each other. SQLite has a single writer, so there is nothing to do.
+pub async fn lock(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error> {
+    if Backend::of(conn) == Backend::Postgres {
+        sqlx::query(
+            "SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS l",
+        )
+        .bind(key)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -153,6 +186,40 @@ impl Store {
     /// Starts a write transaction: everything done through it commits together or not at all.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         self.write.begin().await
+    }
+
+    /// Runs `work` in a write transaction and commits it. When the database reports a conflict
+    /// with a concurrent transaction (see [`is_transient`]), the whole transaction is rolled
+    /// back and run again, up to [`ATTEMPTS`] times; `work` must therefore be repeatable
+    /// (it may only have effects through the connection it is given).
+    pub async fn write<T>(
+        &self,
+        mut work: impl AsyncFnMut(&mut AnyConnection) -> crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin().await?;
+            let result = match work(&mut tx).await {
+                Ok(value) => tx.commit().await.map(|()| value).map_err(Into::into),
+                Err(error) => Err(error), // dropping `tx` rolls it back
+            };
+            match result {
+                Err(error) if error.is_transient() && attempt < ATTEMPTS => {
+                    tracing::warn!(
+                        attempt,
+                        "transaction conflicted with a concurrent one; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) if error.is_transient() => {
+                    return Err(crate::error::Error::Conflict(format!(
+                        "the request conflicted with concurrent requests {ATTEMPTS} times; retry it"
+                    )));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A connection for reading.

@@ -35,10 +35,16 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     config.database.data_dir = dir.path().to_path_buf();
     config.database.max_connections = 8;
     if let Db::Postgres = db {
-        let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        // named after this test process, so later runs can drop what it leaves behind
+        let name = format!(
+            "gw_test_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
         let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server()))
             .await
             .expect("PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth) or at TEST_POSTGRES_URL");
+        drop_databases_of_finished_tests(&mut admin).await;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await
@@ -55,6 +61,29 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
         base,
         client: reqwest::Client::new(),
         _dir: dir,
+    }
+}
+
+/// Drops the databases of test processes that have exited (each test process runs one test
+/// and its database lives as long as the process).
+async fn drop_databases_of_finished_tests(admin: &mut sqlx::PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'gw\\_test\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let finished =
+            pid.is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if finished && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            // audited: `name` is a database name made only of [A-Za-z0-9_]
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *admin)
+            .await;
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod bundles;
+mod concurrency;
 mod crud;
 mod errors;
 mod examples;
