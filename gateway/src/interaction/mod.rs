@@ -16,7 +16,7 @@ pub mod transaction;
 pub mod update;
 
 use fhir_profiles::Json;
-use fhir_profiles::search::index_entries;
+use fhir_profiles::search::{IndexEntry, index_entries};
 use sqlx::AnyConnection;
 
 use crate::config::Config;
@@ -110,6 +110,72 @@ impl Method {
     }
 }
 
+/// A new version, ready to be written: `id` and `meta` stamped, indexed, printed.
+#[derive(Debug)]
+pub(crate) struct PreparedVersion {
+    resource_type: ResourceType,
+    id: ResourceId,
+    version: VersionId,
+    last_updated: Instant,
+    method: Method,
+    text: String,
+    index: Vec<IndexEntry>,
+    created: bool,
+}
+
+impl PreparedVersion {
+    /// Assigns the version, stamps `id` and `meta` and indexes a checked resource.
+    pub(crate) fn new(
+        resource_type: &ResourceType,
+        id: &ResourceId,
+        current: Option<&Current>,
+        mut body: Json,
+        method: Method,
+    ) -> PreparedVersion {
+        let version = current.map_or(VersionId::FIRST, |c| c.version_id.next());
+        let last_updated = Instant::now();
+        resource::stamp(&mut body, id, version, last_updated);
+        PreparedVersion {
+            resource_type: resource_type.clone(),
+            id: id.clone(),
+            version,
+            last_updated,
+            method,
+            index: index_entries(resource_type.as_str(), &body),
+            text: resource::to_text(&body),
+            created: current.is_none_or(|c| c.deleted),
+        }
+    }
+
+    fn write(&self) -> VersionWrite<'_> {
+        VersionWrite {
+            resource_type: self.resource_type.as_str(),
+            id: self.id.as_str(),
+            version_id: self.version,
+            last_updated: self.last_updated,
+            method: self.method.as_str(),
+            body: Some(&self.text),
+            index: &self.index,
+        }
+    }
+
+    /// The outcome of the write (201 for a new resource, 200 otherwise) with `Location` and
+    /// `ETag`.
+    pub(crate) fn outcome(self, ctx: &Context) -> Outcome {
+        Outcome {
+            status: if self.created { 201 } else { 200 },
+            location: Some(ctx.version_url(
+                self.resource_type.as_str(),
+                self.id.as_str(),
+                self.version,
+            )),
+            version: Some(self.version),
+            last_modified: Some(self.last_updated),
+            body: Body::Resource(self.text),
+        }
+    }
+}
+
 /// Stores a new version of a checked resource: assigns the version, stamps `id` and `meta`,
 /// indexes it and writes it, all inside the caller's transaction. Returns the outcome of a
 /// write (201 for a new resource, 200 otherwise) with `Location` and `ETag`.
@@ -119,36 +185,22 @@ pub(crate) async fn store_version(
     resource_type: &ResourceType,
     id: &ResourceId,
     current: Option<&Current>,
-    mut body: Json,
+    body: Json,
     method: Method,
 ) -> Result<Outcome> {
-    let version = current.map_or(VersionId::FIRST, |c| c.version_id.next());
-    let last_updated = Instant::now();
-    resource::stamp(&mut body, id, version, last_updated);
-    let index = index_entries(resource_type.as_str(), &body);
-    let text = resource::to_text(&body);
-    store::write_version(
-        conn,
-        current,
-        &VersionWrite {
-            resource_type: resource_type.as_str(),
-            id: id.as_str(),
-            version_id: version,
-            last_updated,
-            method: method.as_str(),
-            body: Some(&text),
-            index: &index,
-        },
-    )
-    .await?;
-    let created = current.is_none_or(|c| c.deleted);
-    Ok(Outcome {
-        status: if created { 201 } else { 200 },
-        location: Some(ctx.version_url(resource_type.as_str(), id.as_str(), version)),
-        version: Some(version),
-        last_modified: Some(last_updated),
-        body: Body::Resource(text),
-    })
+    let prepared = PreparedVersion::new(resource_type, id, current, body, method);
+    store::write_version(conn, current, &prepared.write()).await?;
+    Ok(prepared.outcome(ctx))
+}
+
+/// Stores the first versions of new resources (ids that do not exist) in a few statements.
+pub(crate) async fn store_new_versions(
+    conn: &mut AnyConnection,
+    prepared: &[PreparedVersion],
+) -> Result<()> {
+    let writes: Vec<VersionWrite<'_>> = prepared.iter().map(PreparedVersion::write).collect();
+    store::write_new_versions(conn, &writes).await?;
+    Ok(())
 }
 
 /// Checks a resource body for a write: the right type, structurally valid.

@@ -17,8 +17,8 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::{
-    Body, Context, Method, Outcome, check_body, create, delete, patch, read, search, store_version,
-    update,
+    Body, Context, Method, Outcome, PreparedVersion, check_body, create, delete, patch, read,
+    search, store_new_versions, store_version, update,
 };
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
@@ -462,24 +462,28 @@ async fn transaction(
     // 3. run the entries in the prescribed order
     entries.sort_by_key(|e| (e.request.rank(), e.index));
     let mut responses = Vec::with_capacity(entries.len());
+    // creates of new resources are written together, in a few statements
+    let mut pending: Vec<(usize, PreparedVersion)> = Vec::new();
     for entry in entries {
         let index = entry.index;
+        if let (Request::Create { resource_type, .. }, Some(Assigned::New(id))) =
+            (&entry.request, assigned.get(&index))
+        {
+            let resource = entry.resource.ok_or_else(|| {
+                entry_error(index, Error::Invalid("POST needs a resource".to_owned()))
+            })?;
+            check_body(&resource, resource_type).map_err(|e| entry_error(index, e))?;
+            pending.push((
+                index,
+                PreparedVersion::new(resource_type, id, None, resource, Method::Post),
+            ));
+            continue;
+        }
+        flush(conn, ctx, &mut pending, &mut responses).await?;
         let outcome = match (&entry.request, assigned.get(&index)) {
             (Request::Create { resource_type, .. }, Some(Assigned::Existing(id))) => {
                 // ifNoneExist matched: answer with the existing resource
                 read::read(conn, resource_type, id).await
-            }
-            (Request::Create { resource_type, .. }, Some(Assigned::New(id))) => {
-                let resource = entry
-                    .resource
-                    .ok_or_else(|| Error::Invalid("POST needs a resource".to_owned()))?;
-                match check_body(&resource, resource_type) {
-                    Ok(()) => {
-                        store_version(conn, ctx, resource_type, id, None, resource, Method::Post)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
             }
             (Request::ConditionalUpdate { resource_type, .. }, Some(Assigned::New(id))) => {
                 let mut resource = entry
@@ -511,8 +515,30 @@ async fn transaction(
             Err(error) => return Err(entry_error(index, error)),
         }
     }
+    flush(conn, ctx, &mut pending, &mut responses).await?;
     responses.sort_by_key(|(index, _)| *index);
     Ok(responses)
+}
+
+/// Writes the pending creates and records their responses.
+async fn flush(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    pending: &mut Vec<(usize, PreparedVersion)>,
+    responses: &mut Vec<(usize, Result<Outcome>)>,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (indices, versions): (Vec<usize>, Vec<PreparedVersion>) = pending.drain(..).unzip();
+    store_new_versions(conn, &versions).await?;
+    responses.extend(
+        indices
+            .into_iter()
+            .zip(versions)
+            .map(|(index, version)| (index, Ok(version.outcome(ctx)))),
+    );
+    Ok(())
 }
 
 fn set_id(resource: &mut Json, id: &ResourceId) {

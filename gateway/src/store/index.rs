@@ -32,25 +32,33 @@ pub(super) async fn delete(conn: &mut AnyConnection, rkey: i64) -> Result<(), sq
     Ok(())
 }
 
-/// Inserts the index rows of a resource, batched per table.
+/// The index rows of one resource version.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub rkey: i64,
+    pub resource_type: &'a str,
+    pub entries: &'a [IndexEntry],
+}
+
+/// Inserts the index rows of one or many resources, batched per table.
 pub(super) async fn insert(
     conn: &mut AnyConnection,
-    rkey: i64,
-    resource_type: &str,
-    entries: &[IndexEntry],
+    resources: &[Rows<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut by_table: [Vec<&IndexEntry>; 7] = Default::default();
-    for entry in entries {
-        let table = match entry.value {
-            IndexValue::String { .. } => 0,
-            IndexValue::Token { .. } => 1,
-            IndexValue::Reference { .. } => 2,
-            IndexValue::Date { .. } => 3,
-            IndexValue::Number { .. } => 4,
-            IndexValue::Quantity { .. } => 5,
-            IndexValue::Uri { .. } => 6,
-        };
-        by_table[table].push(entry);
+    let mut by_table: [Vec<(i64, &str, &IndexEntry)>; 7] = Default::default();
+    for rows in resources {
+        for entry in rows.entries {
+            let table = match entry.value {
+                IndexValue::String { .. } => 0,
+                IndexValue::Token { .. } => 1,
+                IndexValue::Reference { .. } => 2,
+                IndexValue::Date { .. } => 3,
+                IndexValue::Number { .. } => 4,
+                IndexValue::Quantity { .. } => 5,
+                IndexValue::Uri { .. } => 6,
+            };
+            by_table[table].push((rows.rkey, rows.resource_type, entry));
+        }
     }
     for (table, rows) in TABLES.iter().zip(by_table) {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -66,53 +74,14 @@ pub(super) async fn insert(
             // QueryBuilder<Any> writes `?` placeholders, which PostgreSQL refuses: number them
             let mut sql = Sql::default();
             let mut rows_sql = Vec::with_capacity(chunk.len());
-            for entry in chunk {
+            for (rkey, resource_type, entry) in chunk {
                 let mut values = vec![
-                    sql.bind(Bind::Int(rkey)),
-                    sql.bind(Bind::Text(resource_type.to_owned())),
+                    sql.bind(Bind::Int(*rkey)),
+                    sql.bind(Bind::Text((*resource_type).to_owned())),
                     sql.bind(Bind::Text(entry.param.clone())),
                     sql.bind(Bind::Int(i64::from(entry.group))),
                 ];
-                let text = |v: &Option<String>| v.clone().map_or(Bind::Null, Bind::Text);
-                let binds: Vec<Bind> = match &entry.value {
-                    IndexValue::String { normalized, exact } => {
-                        vec![Bind::Text(normalized.clone()), Bind::Text(exact.clone())]
-                    }
-                    IndexValue::Token {
-                        system,
-                        code,
-                        text: display,
-                    } => vec![text(system), text(code), text(display)],
-                    IndexValue::Reference {
-                        target_type,
-                        target_id,
-                        version,
-                        url,
-                    } => {
-                        vec![text(target_type), text(target_id), text(version), text(url)]
-                    }
-                    IndexValue::Date { start, end } => vec![Bind::Int(*start), Bind::Int(*end)],
-                    IndexValue::Number { value, low, high } => {
-                        vec![Bind::Float(*value), Bind::Float(*low), Bind::Float(*high)]
-                    }
-                    IndexValue::Quantity {
-                        value,
-                        low,
-                        high,
-                        system,
-                        code,
-                        unit,
-                    } => vec![
-                        Bind::Float(*value),
-                        Bind::Float(*low),
-                        Bind::Float(*high),
-                        text(system),
-                        text(code),
-                        text(unit),
-                    ],
-                    IndexValue::Uri { value } => vec![Bind::Text(value.clone())],
-                };
-                values.extend(binds.into_iter().map(|b| sql.bind(b)));
+                values.extend(binds(entry).into_iter().map(|b| sql.bind(b)));
                 rows_sql.push(format!("({})", values.join(", ")));
             }
             sql.text = format!(
@@ -123,4 +92,45 @@ pub(super) async fn insert(
         }
     }
     Ok(())
+}
+
+/// The values of an index row after its common columns.
+fn binds(entry: &IndexEntry) -> Vec<Bind> {
+    let text = |v: &Option<String>| v.clone().map_or(Bind::Null, Bind::Text);
+    match &entry.value {
+        IndexValue::String { normalized, exact } => {
+            vec![Bind::Text(normalized.clone()), Bind::Text(exact.clone())]
+        }
+        IndexValue::Token {
+            system,
+            code,
+            text: display,
+        } => vec![text(system), text(code), text(display)],
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            version,
+            url,
+        } => vec![text(target_type), text(target_id), text(version), text(url)],
+        IndexValue::Date { start, end } => vec![Bind::Int(*start), Bind::Int(*end)],
+        IndexValue::Number { value, low, high } => {
+            vec![Bind::Float(*value), Bind::Float(*low), Bind::Float(*high)]
+        }
+        IndexValue::Quantity {
+            value,
+            low,
+            high,
+            system,
+            code,
+            unit,
+        } => vec![
+            Bind::Float(*value),
+            Bind::Float(*low),
+            Bind::Float(*high),
+            text(system),
+            text(code),
+            text(unit),
+        ],
+        IndexValue::Uri { value } => vec![Bind::Text(value.clone())],
+    }
 }

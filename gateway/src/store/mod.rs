@@ -21,7 +21,7 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Transaction}
 
 pub use versions::{
     Current, HistoryScope, StoredVersion, VersionWrite, current_for_update, history, read_current,
-    read_version, write_version,
+    read_version, write_new_versions, write_version,
 };
 
 use crate::config::DatabaseConfig;

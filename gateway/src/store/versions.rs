@@ -3,6 +3,9 @@
 use fhir_profiles::search::IndexEntry;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
+use std::collections::HashMap;
+
+use super::search::{Bind, Sql};
 use super::{Backend, index};
 use crate::model::{Instant, VersionId};
 
@@ -184,9 +187,95 @@ pub async fn write_version(
     .execute(&mut *conn)
     .await?;
     if write.body.is_some() {
-        index::insert(conn, rkey, write.resource_type, write.index).await?;
+        index::insert(
+            conn,
+            &[index::Rows {
+                rkey,
+                resource_type: write.resource_type,
+                entries: write.index,
+            }],
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// Rows per multi-row INSERT of resources and versions (at most 6 bind parameters each).
+const WRITES_PER_STATEMENT: usize = 1000;
+
+/// Stores the first versions of many new resources at once: a few multi-row INSERTs
+/// instead of several statements per resource (transaction Bundles, bulk intake). Every
+/// write must be of a resource that does not exist yet and must carry a body.
+#[tracing::instrument(name = "db.write_new_versions", skip_all)]
+pub async fn write_new_versions(
+    conn: &mut AnyConnection,
+    writes: &[VersionWrite<'_>],
+) -> Result<(), sqlx::Error> {
+    let mut rkeys: HashMap<(&str, &str), i64> = HashMap::with_capacity(writes.len());
+    for chunk in writes.chunks(WRITES_PER_STATEMENT) {
+        let mut sql = Sql::default();
+        let mut rows = Vec::with_capacity(chunk.len());
+        for write in chunk {
+            let values = [
+                sql.bind(Bind::Text(write.resource_type.to_owned())),
+                sql.bind(Bind::Text(write.id.to_owned())),
+                sql.bind(Bind::Int(write.version_id.get())),
+                sql.bind(Bind::Int(write.last_updated.millis())),
+            ];
+            rows.push(format!("({}, 0)", values.join(", ")));
+        }
+        sql.text = format!(
+            "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted) \
+             VALUES {} RETURNING rkey, resource_type, id",
+            rows.join(", ")
+        );
+        let position: HashMap<(&str, &str), usize> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ((w.resource_type, w.id), i))
+            .collect();
+        // RETURNING gives no order guarantee: match the rows by their key
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let (rkey, resource_type, id): (i64, String, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let write = position
+                .get(&(resource_type.as_str(), id.as_str()))
+                .map(|&i| &chunk[i])
+                .ok_or_else(|| sqlx::Error::Protocol("INSERT returned an unknown row".into()))?;
+            rkeys.insert((write.resource_type, write.id), rkey);
+        }
+    }
+    let rkey_of = |write: &VersionWrite<'_>| rkeys[&(write.resource_type, write.id)];
+    for chunk in writes.chunks(WRITES_PER_STATEMENT) {
+        let mut sql = Sql::default();
+        let mut rows = Vec::with_capacity(chunk.len());
+        for write in chunk {
+            let values = [
+                sql.bind(Bind::Int(rkey_of(write))),
+                sql.bind(Bind::Text(write.resource_type.to_owned())),
+                sql.bind(Bind::Int(write.version_id.get())),
+                sql.bind(Bind::Int(write.last_updated.millis())),
+                sql.bind(Bind::Text(write.method.to_owned())),
+                sql.bind(write.body.map_or(Bind::Null, |b| Bind::Text(b.to_owned()))),
+            ];
+            rows.push(format!("({})", values.join(", ")));
+        }
+        sql.text = format!(
+            "INSERT INTO resource_version (rkey, resource_type, version_id, last_updated, method, body) \
+             VALUES {}",
+            rows.join(", ")
+        );
+        sql.query().execute(&mut *conn).await?;
+    }
+    let index_rows: Vec<index::Rows<'_>> = writes
+        .iter()
+        .map(|write| index::Rows {
+            rkey: rkey_of(write),
+            resource_type: write.resource_type,
+            entries: write.index,
+        })
+        .collect();
+    index::insert(conn, &index_rows).await
 }
 
 /// Which versions a history interaction covers.
