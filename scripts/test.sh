@@ -14,6 +14,12 @@ fi
 # the official FHIR R4 examples (npm registry), for the round-trip and validation tests
 bash fhir-profiles/scripts/fetch-examples.sh
 
+# independent FHIR clients (Python) for the client smoke test
+if [ ! -x .cache/venv/bin/python3 ]; then
+  python3 -m venv .cache/venv
+fi
+.cache/venv/bin/pip install --quiet --disable-pip-version-check -r gateway/tests/clients/requirements.txt
+
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 
 cargo fmt --all -- --check

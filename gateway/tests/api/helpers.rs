@@ -28,6 +28,13 @@ pub async fn spawn_app(db: Db) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        // the gateway's own log, to see why a test failed: TEST_LOG=warn cargo nextest run ...
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = Config::default();
     config.server.port = 0;

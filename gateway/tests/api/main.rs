@@ -6,6 +6,7 @@
 mod helpers;
 
 mod bundles;
+mod clients;
 mod concurrency;
 mod crud;
 mod errors;

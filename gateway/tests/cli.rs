@@ -1,0 +1,168 @@
+//! The `fhir-gateway` binary: help on every subcommand, the effective configuration, and a
+//! graceful shutdown on SIGTERM that lets an in-flight request finish.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_fhir-gateway");
+
+fn run(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env_remove("FHIR_GATEWAY_CONFIG")
+        .output()
+        .expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [&["--help"][..], &["serve", "--help"], &["config", "--help"]] {
+        let (ok, out) = run(args);
+        assert!(ok, "{args:?} fails");
+        assert!(out.contains("Usage: fhir-gateway"), "{args:?}: {out}");
+        assert!(out.contains("--help"), "{args:?}: {out}");
+    }
+    let (_, top) = run(&["--help"]);
+    assert!(top.contains("serve") && top.contains("config"), "{top}");
+}
+
+#[test]
+fn config_prints_the_effective_configuration_without_secrets() {
+    let output = Command::new(BINARY)
+        .arg("config")
+        .env("FHIR_GATEWAY_DATABASE__URL", "postgres://u:hunter2@db/fhir")
+        .env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "17")
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success());
+    let out = String::from_utf8_lossy(&output.stdout);
+    let config: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(config["search"]["default_count"], 17);
+    assert!(
+        !out.contains("hunter2"),
+        "the database password is printed: {out}"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn start(data_dir: &Path, port: u16) -> Child {
+    let child = Command::new(BINARY)
+        .arg("serve")
+        .env_remove("FHIR_GATEWAY_CONFIG")
+        .env_remove("FHIR_GATEWAY_DATABASE__URL")
+        .env("FHIR_GATEWAY_SERVER__PORT", port.to_string())
+        .env("FHIR_GATEWAY_SERVER__SHUTDOWN_TIMEOUT_SECS", "20")
+        .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
+        .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the gateway starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn wait(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_stops_accepting_but_finishes_the_request_in_flight() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let port = free_port();
+    let mut gateway = start(dir.path(), port);
+
+    // a create whose body is still arriving when the signal comes
+    let body = r#"{"resourceType":"Patient","id":"ignored","name":[{"family":"InFlight"}]}"#;
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "POST /fhir/Patient HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/fhir+json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    )
+    .expect("send the first half");
+    stream.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&gateway, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // no new connections once stopping
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a stopping gateway still accepts connections"
+    );
+
+    // the request in flight completes
+    stream.write_all(tail.as_bytes()).expect("send the rest");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let location = response
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .expect("a Location header")
+        .to_owned();
+
+    let status = wait(&mut gateway, Duration::from_secs(30));
+    assert!(status.success(), "the gateway exits cleanly: {status}");
+
+    // nothing lost: the resource is there after a restart
+    let mut gateway = start(dir.path(), port);
+    let path = location
+        .split_once(&format!(":{port}"))
+        .map(|(_, p)| p)
+        .expect("a local Location");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("InFlight"), "{response}");
+    signal(&gateway, "INT");
+    assert!(wait(&mut gateway, Duration::from_secs(30)).success());
+}
