@@ -114,6 +114,33 @@ impl Expression {
         out
     }
 
+    /// Evaluates the expression and finds where in the resource each resulting node sits.
+    ///
+    /// A node that is not part of the resource (a literal, or the boolean of `exists()`)
+    /// has no location.
+    pub fn select<'a>(&'a self, resource: &'a Json) -> Vec<(Node<'a>, Option<Location>)> {
+        let nodes = self.evaluate(resource);
+        let locations = locate(resource, &nodes);
+        nodes.into_iter().zip(locations).collect()
+    }
+
+    /// For an expression that ends in a member step (`Patient.name.given`), evaluates what
+    /// precedes that step (`Patient.name`) and returns it with the member's name (`given`).
+    /// A list that is still empty is found this way through the element that will hold it.
+    pub fn evaluate_parent<'a>(&'a self, resource: &'a Json) -> Option<(Vec<Node<'a>>, &'a str)> {
+        let Expr::Member(receiver, name, _) = &self.root else {
+            return None;
+        };
+        let root = Node::resource(resource);
+        let cx = Context {
+            resource: root,
+            model: Model::r4(),
+        };
+        let mut out = Vec::new();
+        cx.eval(receiver, std::slice::from_ref(&root), &mut out);
+        Some((out, name))
+    }
+
     /// Evaluates the expression on `context` (`$this`) within `resource` (`%resource`),
     /// appending the result to `out`. A composite search parameter's components are
     /// evaluated this way, relative to each node of the composite's base expression.
@@ -135,7 +162,7 @@ impl Expression {
 #[derive(Clone, Copy)]
 pub struct Node<'a> {
     value: &'a Json,
-    ty: Option<TypeId>,
+    pub(crate) ty: Option<TypeId>,
 }
 
 impl fmt::Debug for Node<'_> {
@@ -192,16 +219,119 @@ impl<'a> Node<'a> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Locations: where a node sits in its resource.
+// ---------------------------------------------------------------------------------------
+
+/// One step from a JSON value into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The member with this key (`valueQuantity`, `_birthDate`).
+    Member(Box<str>),
+    /// The item at this position of an array (counting `null` items).
+    Item(usize),
+}
+
+/// Where a node sits in the resource it was selected from: the steps from the resource to
+/// it. Shown as a JSON Pointer (RFC 6901), e.g. `/name/0/given/1`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location(Vec<Step>);
+
+impl Location {
+    /// The steps from the resource to the node; empty for the resource itself.
+    pub fn steps(&self) -> &[Step] {
+        &self.0
+    }
+
+    /// The value at this location, if it is still there.
+    pub fn resolve<'a>(&self, resource: &'a Json) -> Option<&'a Json> {
+        self.0.iter().try_fold(resource, |value, step| match step {
+            Step::Member(key) => values(value.as_object()?, key).next(),
+            Step::Item(index) => value.as_array()?.get(*index),
+        })
+    }
+}
+
+impl From<Vec<Step>> for Location {
+    fn from(steps: Vec<Step>) -> Location {
+        Location(steps)
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for step in &self.0 {
+            match step {
+                Step::Member(key) => write!(f, "/{}", key.replace('~', "~0").replace('/', "~1"))?,
+                Step::Item(index) => write!(f, "/{index}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each node sits in `resource` (found by identity, not by value: two equal strings
+/// at different places are told apart). Nodes that are not part of `resource` have none.
+pub fn locate(resource: &Json, nodes: &[Node<'_>]) -> Vec<Option<Location>> {
+    let mut wanted: HashMap<*const Json, Vec<usize>> = HashMap::new();
+    for (index, node) in nodes.iter().enumerate() {
+        wanted
+            .entry(std::ptr::from_ref(node.value))
+            .or_default()
+            .push(index);
+    }
+    let mut found = vec![None; nodes.len()];
+    let mut remaining = wanted.len();
+    let mut steps = Vec::new();
+    locate_in(resource, &mut steps, &wanted, &mut found, &mut remaining);
+    found
+}
+
+fn locate_in(
+    value: &Json,
+    steps: &mut Vec<Step>,
+    wanted: &HashMap<*const Json, Vec<usize>>,
+    found: &mut [Option<Location>],
+    remaining: &mut usize,
+) {
+    if *remaining == 0 {
+        return;
+    }
+    if let Some(indexes) = wanted.get(&std::ptr::from_ref(value)) {
+        for index in indexes {
+            found[*index] = Some(Location(steps.clone()));
+        }
+        *remaining -= 1;
+    }
+    match value {
+        Json::Object(object) => {
+            for entry in object.entries() {
+                steps.push(Step::Member(entry.key.as_str().into()));
+                locate_in(&entry.value, steps, wanted, found, remaining);
+                steps.pop();
+            }
+        }
+        Json::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                steps.push(Step::Item(index));
+                locate_in(item, steps, wanted, found, remaining);
+                steps.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The type model: every type and inline element reachable from the resource types.
 // ---------------------------------------------------------------------------------------
 
 /// An index into [`Model::types`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct TypeId(u32);
+pub(crate) struct TypeId(u32);
 
 /// What a member step leads to.
 #[derive(Debug, Clone, Copy)]
-enum Slot {
+pub(crate) enum Slot {
     Typed(TypeId),
     /// An element of type `Resource` (`contained`, `Bundle.entry.resource`): the type is
     /// read from the value's `resourceType`.
@@ -209,27 +339,30 @@ enum Slot {
 }
 
 #[derive(Debug)]
-enum Child {
+pub(crate) enum Child {
     Single(Slot),
     /// A choice element `value[x]`: JSON key suffix (`Quantity`) -> type.
     Choice(Box<[(Box<str>, Slot)]>),
 }
 
 #[derive(Debug)]
-struct TypeInfo {
+pub(crate) struct TypeInfo {
     /// The type code: `Observation`, `Quantity`, `dateTime`, or `BackboneElement`/`Element`.
-    name: Box<str>,
+    pub(crate) name: Box<str>,
+    /// Where its elements are defined: the type name, or the path of an inline element
+    /// (`Patient.contact`), so that `{path}.{element}` names an element definition.
+    pub(crate) path: Box<str>,
     /// The named types this is an instance of, itself first (for a named type).
-    ancestors: Vec<TypeId>,
+    pub(crate) ancestors: Vec<TypeId>,
     is_resource: bool,
-    children: HashMap<Box<str>, Child>,
+    pub(crate) children: HashMap<Box<str>, Child>,
 }
 
 #[derive(Debug)]
-struct Model {
+pub(crate) struct Model {
     types: Vec<TypeInfo>,
     /// Named types (resources and data types) by name.
-    by_name: HashMap<Box<str>, TypeId>,
+    pub(crate) by_name: HashMap<Box<str>, TypeId>,
     boolean: TypeId,
     string: TypeId,
     integer: TypeId,
@@ -237,7 +370,7 @@ struct Model {
 }
 
 impl Model {
-    fn r4() -> &'static Model {
+    pub(crate) fn r4() -> &'static Model {
         static MODEL: OnceLock<Model> = OnceLock::new();
         MODEL.get_or_init(|| Model::build(Definitions::r4()))
     }
@@ -282,11 +415,11 @@ impl Model {
         }
     }
 
-    fn info(&self, ty: TypeId) -> &TypeInfo {
+    pub(crate) fn info(&self, ty: TypeId) -> &TypeInfo {
         &self.types[ty.0 as usize]
     }
 
-    fn resource_type_of(&self, value: &Json) -> Option<TypeId> {
+    pub(crate) fn resource_type_of(&self, value: &Json) -> Option<TypeId> {
         let name = values(value.as_object()?, "resourceType")
             .next()?
             .as_str()?;
@@ -296,7 +429,7 @@ impl Model {
             .filter(|ty| self.info(*ty).is_resource)
     }
 
-    fn slot_type(&self, slot: Slot, value: &Json) -> Option<TypeId> {
+    pub(crate) fn slot_type(&self, slot: Slot, value: &Json) -> Option<TypeId> {
         match slot {
             Slot::Typed(ty) => Some(ty),
             Slot::AnyResource => self.resource_type_of(value),
@@ -330,6 +463,7 @@ impl ModelBuilder<'_> {
         let is_resource = named.is_some_and(|t| t.kind == crate::definitions::TypeKind::Resource);
         self.types.push(TypeInfo {
             name: name.into(),
+            path: path.into(),
             ancestors: Vec::new(),
             is_resource,
             children: HashMap::new(),
@@ -387,7 +521,7 @@ impl ModelBuilder<'_> {
     }
 }
 
-fn capitalize(code: &str) -> String {
+pub(crate) fn capitalize(code: &str) -> String {
     let mut chars = code.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
@@ -1779,6 +1913,90 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(LiteralReference::parse(text), expected, "parts of {text:?}");
+        }
+    }
+
+    #[test]
+    fn selected_nodes_are_located_in_the_resource() {
+        let resource = json(
+            r#"{"resourceType":"Patient","name":[{"given":["Ann","Ann"]},{"family":"Ann","given":[null,"Bo"],"_given":[{"id":"x"},null]}],
+                "a/b~c":"odd","contained":[{"resourceType":"Observation","valueQuantity":{"value":1.50}}]}"#,
+        );
+        let cases: [(&str, &[Option<&str>]); 9] = [
+            ("Patient.name.given[1]", &[Some("/name/0/given/1")]),
+            (
+                "Patient.name.given",
+                &[
+                    Some("/name/0/given/0"),
+                    Some("/name/0/given/1"),
+                    Some("/name/1/given/1"),
+                ],
+            ),
+            ("Patient.name[1].family", &[Some("/name/1/family")]),
+            ("Patient", &[Some("")]),
+            (
+                "Patient.contained.value",
+                &[Some("/contained/0/valueQuantity")],
+            ),
+            (
+                "Patient.name.where(family = 'Ann') | Patient.name.first()",
+                &[Some("/name/1"), Some("/name/0")],
+            ),
+            ("Patient.name.exists()", &[None]),
+            ("'Ann'", &[None]),
+            ("Patient.`a/b~c`", &[Some("/a~1b~0c")]),
+        ];
+        for (text, expected) in cases {
+            let expression = Expression::parse(text).expect("parses");
+            let selected = expression.select(&resource);
+            let locations: Vec<Option<String>> = selected
+                .iter()
+                .map(|(_, location)| location.as_ref().map(ToString::to_string))
+                .collect();
+            let expected: Vec<Option<String>> =
+                expected.iter().map(|e| e.map(str::to_owned)).collect();
+            assert_eq!(locations, expected, "locations of `{text}`");
+            for (node, location) in &selected {
+                if let Some(location) = location {
+                    assert!(
+                        location
+                            .resolve(&resource)
+                            .is_some_and(|value| std::ptr::eq(value, node.value())),
+                        "`{text}`: {location} leads back to the node"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_parent_of_a_member_step_is_evaluated() {
+        let resource = json(r#"{"resourceType":"Patient","name":[{"family":"A"},{"family":"B"}]}"#);
+        let identifier = Expression::parse("Patient.identifier").expect("parses");
+        let (parents, name) = identifier
+            .evaluate_parent(&resource)
+            .expect("ends in a member step");
+        assert_eq!(name, "identifier");
+        assert_eq!(
+            parents.iter().map(|n| n.type_name()).collect::<Vec<_>>(),
+            [Some("Patient")],
+            "an empty list is found through its holder"
+        );
+        let given = Expression::parse("Patient.name[1].given").expect("parses");
+        let (parents, name) = given.evaluate_parent(&resource).expect("member step");
+        assert_eq!((parents.len(), name), (1, "given"));
+        assert_eq!(
+            locate(&resource, &parents)[0]
+                .as_ref()
+                .map(ToString::to_string),
+            Some("/name/1".to_owned())
+        );
+        for text in ["Patient.name.first()", "Patient.name[0]", "Patient", "'x'"] {
+            let expression = Expression::parse(text).expect("parses");
+            assert!(
+                expression.evaluate_parent(&resource).is_none(),
+                "`{text}` does not end in a member step"
+            );
         }
     }
 

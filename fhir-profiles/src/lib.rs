@@ -5,7 +5,9 @@
 //!
 //! - [`definitions`]: resource and data type structure, required value sets;
 //! - [`validate`]: structural validation of a resource, reporting every issue;
-//! - [`fhirpath`]: the subset of FHIRPath that the search parameter expressions use;
+//! - [`fhirpath`]: the subset of FHIRPath that the search parameter expressions use, and
+//!   where in a resource the nodes it selects sit;
+//! - [`fhirpatch`]: FHIRPath Patch (a Parameters resource of operations) applied to a resource;
 //! - [`search`]: the search parameter registry and the index values of a resource;
 //! - [`compartment`]: the Patient compartment definition.
 //!
@@ -14,6 +16,7 @@
 
 pub mod compartment;
 pub mod definitions;
+pub mod fhirpatch;
 pub mod fhirpath;
 pub mod search;
 pub mod validate;

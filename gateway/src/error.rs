@@ -20,6 +20,9 @@ pub enum Error {
     /// The resource failed validation; every issue is reported.
     #[error("the resource is not valid ({} issues)", .0.len())]
     InvalidResource(Vec<Issue>),
+    /// A patch applied, but its result is not a valid resource; every issue is reported.
+    #[error("the patched resource is not valid ({} issues)", .0.len())]
+    InvalidPatchResult(Vec<Issue>),
     /// A search parameter, modifier or feature the server does not support (strict handling).
     #[error("{0}")]
     NotSupported(String),
@@ -58,7 +61,9 @@ impl Error {
     /// The FHIR `IssueType` code of this error.
     fn issue_code(&self) -> &'static str {
         match self {
-            Error::Invalid(_) | Error::InvalidResource(_) => "invalid",
+            Error::Invalid(_) | Error::InvalidResource(_) | Error::InvalidPatchResult(_) => {
+                "invalid"
+            }
             Error::NotSupported(_) | Error::UnknownResourceType(_) | Error::MethodNotAllowed(_) => {
                 "not-supported"
             }
@@ -84,7 +89,9 @@ impl Error {
     /// The OperationOutcome describing this error.
     pub fn operation_outcome(&self) -> Value {
         let issues: Vec<Value> = match self {
-            Error::InvalidResource(issues) => issues.iter().map(issue_json).collect(),
+            Error::InvalidResource(issues) | Error::InvalidPatchResult(issues) => {
+                issues.iter().map(issue_json).collect()
+            }
             _ => {
                 let diagnostics = if self.is_server_error() {
                     "the server could not complete the request; the incident is logged".to_owned()
@@ -145,7 +152,9 @@ impl ResponseError for Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unprocessable(_) | Error::InvalidPatchResult(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -205,6 +214,8 @@ mod tests {
             (Error::UnsupportedMediaType("x".into()), 415),
             (Error::PayloadTooLarge("x".into()), 413),
             (Error::MethodNotAllowed("x".into()), 405),
+            (Error::Unprocessable("x".into()), 422),
+            (Error::InvalidPatchResult(Vec::new()), 422),
         ];
         for (error, status) in cases {
             assert_eq!(

@@ -83,7 +83,7 @@ pub fn capability_statement(ctx: &Context) -> Value {
         "implementation": {"description": "FHIR R4 interoperability gateway", "url": ctx.base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

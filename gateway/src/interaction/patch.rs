@@ -1,11 +1,18 @@
-//! `patch` with JSON Patch (http.html#patch, RFC 6902), and conditional patch.
+//! `patch` and conditional patch (http.html#patch), with JSON Patch (RFC 6902) or FHIRPath
+//! Patch (fhirpatch.html: a Parameters resource of operations).
 //!
-//! The patched resource is checked like any update. The id and `resourceType` cannot be
-//! changed by a patch. `If-Match` makes it version-aware.
+//! The patched resource is checked like any update; a result that is not valid answers 422
+//! with every issue. The id and `resourceType` cannot be changed by a patch. `If-Match`
+//! makes it version-aware.
 //!
-//! JSON Patch is applied to a `serde_json` rendering of the resource, so decimal literals
-//! in a patched resource are rewritten in their shortest form (`1.50` becomes `1.5`).
+//! FHIRPath Patch works on the stored JSON as it is, so everything it does not touch stays
+//! exactly as written. JSON Patch is applied to a `serde_json` rendering of the resource,
+//! so decimal literals in a resource patched that way are rewritten in their shortest form
+//! (`1.50` becomes `1.5`).
 
+use fhir_profiles::Json;
+use fhir_profiles::fhirpatch::{FhirPatch, PatchError};
+use json_syntax::Parse;
 use sqlx::AnyConnection;
 
 use super::{Context, Method, Outcome, check_body, search, store_version};
@@ -13,19 +20,50 @@ use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::{resource, store};
 
-/// `PATCH [base]/[type]/[id]` with an `application/json-patch+json` body.
+/// The changes a PATCH asks for, in one of the two formats.
+#[derive(Debug)]
+pub enum PatchDocument {
+    /// `application/json-patch+json`.
+    JsonPatch(json_patch::Patch),
+    /// `application/fhir+json`: a Parameters resource of FHIRPath Patch operations.
+    FhirPath(FhirPatch),
+}
+
+impl PatchDocument {
+    /// Reads a JSON Patch document.
+    pub fn json_patch(body: &[u8]) -> Result<PatchDocument> {
+        serde_json::from_slice(body)
+            .map(PatchDocument::JsonPatch)
+            .map_err(|e| Error::Invalid(format!("the body is not a JSON Patch document: {e}")))
+    }
+
+    /// Reads a FHIRPath Patch from a Parameters resource, which must be valid as a resource
+    /// and as a patch (400 otherwise).
+    pub fn fhirpath(parameters: &Json) -> Result<PatchDocument> {
+        if resource::resource_type_of(parameters)?.as_str() != "Parameters" {
+            return Err(Error::Invalid(
+                "a FHIRPath Patch is a Parameters resource".to_owned(),
+            ));
+        }
+        resource::validate(parameters)?;
+        FhirPatch::parse(parameters)
+            .map(PatchDocument::FhirPath)
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+/// `PATCH [base]/[type]/[id]`
 pub async fn patch(
     conn: &mut AnyConnection,
     ctx: &Context,
     resource_type: &ResourceType,
     id: &ResourceId,
-    patch_body: &[u8],
+    document: &PatchDocument,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
-    let operations: json_patch::Patch = serde_json::from_slice(patch_body)
-        .map_err(|e| Error::Invalid(format!("the body is not a JSON Patch document: {e}")))?;
-    let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
-    let Some(current) = current else {
+    let found =
+        store::current_with_body_for_update(conn, resource_type.as_str(), id.as_str()).await?;
+    let Some((current, stored)) = found else {
         return Err(Error::NotFound {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
@@ -45,28 +83,42 @@ pub async fn patch(
             current.version_id
         )));
     }
-    let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
-        .await?
-        .and_then(|v| v.body)
-        .ok_or_else(|| {
-            Error::Internal(anyhow::anyhow!(
-                "current version of a locked resource has no body"
-            ))
-        })?;
-    let mut document: serde_json::Value = serde_json::from_str(&stored)
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("stored JSON")))?;
-    json_patch::patch(&mut document, &operations)
-        .map_err(|e| Error::Unprocessable(format!("the patch cannot be applied: {e}")))?;
-    if document.get("id").and_then(|v| v.as_str()) != Some(id.as_str()) {
+    let stored = stored.ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "the current version of a resource that is not deleted has no body"
+        ))
+    })?;
+    let body = match document {
+        PatchDocument::JsonPatch(operations) => {
+            let mut document: serde_json::Value = serde_json::from_str(&stored)
+                .map_err(|e| Error::Internal(anyhow::Error::new(e).context("stored JSON")))?;
+            json_patch::patch(&mut document, operations)
+                .map_err(|e| Error::Unprocessable(format!("the patch cannot be applied: {e}")))?;
+            resource::parse_json(
+                document.to_string().as_bytes(),
+                ctx.config.limits.max_json_depth,
+            )?
+        }
+        PatchDocument::FhirPath(operations) => {
+            let (mut document, _) = Json::parse_str(&stored)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("stored JSON does not parse: {e}")))?;
+            operations.apply(&mut document).map_err(|e| match e {
+                PatchError::Malformed(message) => Error::Invalid(message),
+                PatchError::Unprocessable(message) => Error::Unprocessable(message),
+            })?;
+            document
+        }
+    };
+    if resource::id_of(&body) != Some(id.as_str()) {
         return Err(Error::Unprocessable(
             "a patch must not change or remove the resource id".to_owned(),
         ));
     }
-    let body = resource::parse_json(
-        document.to_string().as_bytes(),
-        ctx.config.limits.max_json_depth,
-    )?;
-    check_body(&body, resource_type)?;
+    check_body(&body, resource_type).map_err(|e| match e {
+        Error::InvalidResource(issues) => Error::InvalidPatchResult(issues),
+        Error::Invalid(message) => Error::Unprocessable(message),
+        other => other,
+    })?;
     store_version(
         conn,
         ctx,
@@ -85,7 +137,7 @@ pub async fn conditional_patch(
     ctx: &Context,
     resource_type: &ResourceType,
     criteria: &str,
-    patch_body: &[u8],
+    document: &PatchDocument,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
     let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
@@ -94,7 +146,7 @@ pub async fn conditional_patch(
             resource_type: resource_type.to_string(),
             id: format!("?{criteria}"),
         }),
-        [id] => patch(conn, ctx, resource_type, id, patch_body, if_match).await,
+        [id] => patch(conn, ctx, resource_type, id, document, if_match).await,
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}"
         ))),

@@ -9,6 +9,10 @@
 //!
 //! A batch runs each entry on its own; a failing entry gets an OperationOutcome in its
 //! response and the others still apply.
+//!
+//! A PATCH entry carries its patch as the entry's resource: a Parameters resource for a
+//! FHIRPath Patch (whose values take part in reference rewriting like any resource), or a
+//! Binary whose base64 `data` is a JSON Patch.
 
 use std::collections::HashMap;
 
@@ -16,6 +20,7 @@ use fhir_profiles::Json;
 use serde_json::json;
 use sqlx::AnyConnection;
 
+use super::patch::PatchDocument;
 use super::{
     Body, Context, Method, Outcome, PreparedVersion, check_body, create, delete, patch, read,
     search, store_new_versions, store_version, update,
@@ -55,6 +60,11 @@ enum Request {
         id: ResourceId,
         if_match: Option<VersionId>,
     },
+    ConditionalPatch {
+        resource_type: ResourceType,
+        criteria: String,
+        if_match: Option<VersionId>,
+    },
     Delete {
         resource_type: ResourceType,
         id: ResourceId,
@@ -84,7 +94,10 @@ impl Request {
         match self {
             Request::Delete { .. } | Request::ConditionalDelete { .. } => 0,
             Request::Create { .. } => 1,
-            Request::Update { .. } | Request::ConditionalUpdate { .. } | Request::Patch { .. } => 2,
+            Request::Update { .. }
+            | Request::ConditionalUpdate { .. }
+            | Request::Patch { .. }
+            | Request::ConditionalPatch { .. } => 2,
             Request::Read { .. } | Request::VRead { .. } | Request::Search { .. } => 3,
         }
     }
@@ -140,6 +153,16 @@ fn entry_error(index: usize, error: Error) -> Error {
             Error::PreconditionFailed(format!("Bundle.entry[{index}]: {m}"))
         }
         Error::Unprocessable(m) => Error::Unprocessable(format!("Bundle.entry[{index}]: {m}")),
+        Error::InvalidPatchResult(issues) => {
+            let mut issues = issues.clone();
+            for issue in &mut issues {
+                issue.diagnostics = format!(
+                    "Bundle.entry[{index}]: the patched resource: {}",
+                    issue.diagnostics
+                );
+            }
+            Error::InvalidPatchResult(issues)
+        }
         other => Error::Invalid(format!("Bundle.entry[{index}]: {other}")),
     }
 }
@@ -232,6 +255,11 @@ fn parse_entry(index: usize, entry: &Json, ctx: &Context) -> Result<Entry> {
             id: ResourceId::parse(id)?,
             if_match,
         },
+        ("PATCH", [t], Some(q)) => Request::ConditionalPatch {
+            resource_type: resource_type(t)?,
+            criteria: q.to_owned(),
+            if_match,
+        },
         ("DELETE", [t, id], None) => Request::Delete {
             resource_type: resource_type(t)?,
             id: ResourceId::parse(id)?,
@@ -266,6 +294,7 @@ fn parse_entry(index: usize, entry: &Json, ctx: &Context) -> Result<Entry> {
             | Request::Update { .. }
             | Request::ConditionalUpdate { .. }
             | Request::Patch { .. }
+            | Request::ConditionalPatch { .. }
     );
     if needs_resource && resource.is_none() {
         return Err(Error::Invalid(format!("{method} {url} needs a resource")));
@@ -592,11 +621,17 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             id,
             if_match,
         } => {
-            let resource = entry
-                .resource
-                .ok_or_else(|| Error::Invalid("PATCH needs a resource".to_owned()))?;
-            let patch_document = patch_from_binary(&resource)?;
-            patch::patch(conn, ctx, &resource_type, &id, &patch_document, if_match).await
+            let document = patch_document(entry.resource.as_ref())?;
+            patch::patch(conn, ctx, &resource_type, &id, &document, if_match).await
+        }
+        Request::ConditionalPatch {
+            resource_type,
+            criteria,
+            if_match,
+        } => {
+            let document = patch_document(entry.resource.as_ref())?;
+            patch::conditional_patch(conn, ctx, &resource_type, &criteria, &document, if_match)
+                .await
         }
         Request::Delete { resource_type, id } => {
             delete::delete(conn, ctx, &resource_type, &id).await
@@ -623,26 +658,41 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
     }
 }
 
-/// A JSON Patch in a Bundle entry travels as a Binary resource with base64 `data`.
-fn patch_from_binary(resource: &Json) -> Result<Vec<u8>> {
+/// The patch a PATCH entry carries: a FHIRPath Patch is the entry's Parameters resource; a
+/// JSON Patch travels as a Binary resource with base64 `data`.
+fn patch_document(resource: Option<&Json>) -> Result<PatchDocument> {
     use base64::Engine;
+    let resource = resource.ok_or_else(|| Error::Invalid("PATCH needs a resource".to_owned()))?;
     let object = resource
         .as_object()
         .ok_or_else(|| Error::Invalid("PATCH entry resource must be an object".to_owned()))?;
-    if get_str(object, "resourceType") != Some("Binary") {
-        return Err(Error::NotSupported(
-            "a PATCH entry must carry a Binary resource holding a JSON Patch".to_owned(),
-        ));
+    match get_str(object, "resourceType") {
+        Some("Parameters") => PatchDocument::fhirpath(resource),
+        Some("Binary") => {
+            if let Some(content_type) = get_str(object, "contentType")
+                && content_type.split(';').next().map(str::trim) != Some("application/json-patch+json")
+            {
+                return Err(Error::NotSupported(format!(
+                    "a Binary in a PATCH entry must hold application/json-patch+json, not {content_type}"
+                )));
+            }
+            let data = get_str(object, "data").ok_or_else(|| {
+                Error::Invalid("the Binary of a PATCH entry has no data".to_owned())
+            })?;
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "the Binary data of a PATCH entry is not base64: {e}"
+                    ))
+                })?;
+            PatchDocument::json_patch(&body)
+        }
+        _ => Err(Error::NotSupported(
+            "a PATCH entry must carry a Parameters resource (FHIRPath Patch) or a Binary holding a JSON Patch"
+                .to_owned(),
+        )),
     }
-    let data = get_str(object, "data")
-        .ok_or_else(|| Error::Invalid("the Binary of a PATCH entry has no data".to_owned()))?;
-    base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "the Binary data of a PATCH entry is not base64: {e}"
-            ))
-        })
 }
 
 fn collect_conditional_references(value: &Json, out: &mut Vec<String>) {

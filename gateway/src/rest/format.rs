@@ -96,8 +96,18 @@ pub fn check_content_type(req: &HttpRequest) -> Result<()> {
     }
 }
 
-/// Checks the `Content-Type` of a PATCH: JSON Patch.
-pub fn check_patch_content_type(req: &HttpRequest) -> Result<()> {
+/// The format of a PATCH body, told by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchFormat {
+    /// `application/json-patch+json`
+    JsonPatch,
+    /// `application/fhir+json` (or `application/json`): a Parameters resource of FHIRPath
+    /// Patch operations.
+    FhirPath,
+}
+
+/// The format of a PATCH body: JSON Patch or FHIRPath Patch (415 for anything else).
+pub fn patch_format(req: &HttpRequest) -> Result<PatchFormat> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -110,12 +120,15 @@ pub fn check_patch_content_type(req: &HttpRequest) -> Result<()> {
         .trim()
         .to_ascii_lowercase();
     match media.as_str() {
-        "application/json-patch+json" => Ok(()),
-        "application/fhir+json" => Err(Error::UnsupportedMediaType(
-            "FHIRPath Patch (a Parameters resource) is not supported yet; send application/json-patch+json".to_owned(),
+        "application/json-patch+json" => Ok(PatchFormat::JsonPatch),
+        "application/fhir+json" | "application/json" | "application/json+fhir" => {
+            Ok(PatchFormat::FhirPath)
+        }
+        "" => Err(Error::UnsupportedMediaType(
+            "Content-Type is missing; send application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath Patch)".to_owned(),
         )),
         _ => Err(Error::UnsupportedMediaType(format!(
-            "Content-Type {content_type:?} is not supported for PATCH; send application/json-patch+json"
+            "Content-Type {content_type:?} is not supported for PATCH; send application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath Patch)"
         ))),
     }
 }

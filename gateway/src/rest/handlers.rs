@@ -3,10 +3,12 @@
 
 use actix_web::{HttpRequest, HttpResponse, Scope, web};
 
+use super::format::PatchFormat;
 use super::{
     AppState, format, if_match, if_none_exist, not_modified, preferences, read_body, respond,
 };
 use crate::error::{Error, Result, validation_outcome};
+use crate::interaction::patch::PatchDocument;
 use crate::interaction::search::{Scope as SearchScope, SearchRequest};
 use crate::interaction::transaction::ReturnPreference;
 use crate::interaction::{
@@ -313,7 +315,34 @@ async fn conditional_delete(
     Ok(respond(outcome, preference))
 }
 
-/// `PATCH [base]/[type]/[id]` (JSON Patch)
+/// Reads the body of a PATCH as the format its `Content-Type` names.
+async fn patch_document(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<PatchDocument> {
+    let format = format::patch_format(req)?;
+    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    match format {
+        PatchFormat::JsonPatch => PatchDocument::json_patch(&body),
+        PatchFormat::FhirPath => {
+            if body.is_empty() {
+                return Err(Error::Invalid(
+                    "the request has no body; send a Parameters resource".to_owned(),
+                ));
+            }
+            if body.trim_ascii_start().starts_with(b"[") {
+                return Err(Error::Invalid(
+                    "a JSON Patch document is sent as application/json-patch+json; application/fhir+json takes a FHIRPath Patch (a Parameters resource)".to_owned(),
+                ));
+            }
+            let parameters = resource::parse_json(&body, state.ctx.config.limits.max_json_depth)?;
+            PatchDocument::fhirpath(&parameters)
+        }
+    }
+}
+
+/// `PATCH [base]/[type]/[id]` (JSON Patch or FHIRPath Patch)
 async fn patch_resource(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -322,13 +351,14 @@ async fn patch_resource(
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
-    format::check_patch_content_type(&req)?;
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
-    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    let document = patch_document(&req, payload, &state).await?;
     let outcome = state
         .store
-        .write(async |tx| patch::patch(tx, &state.ctx, &resource_type, &id, &body, expected).await)
+        .write(async |tx| {
+            patch::patch(tx, &state.ctx, &resource_type, &id, &document, expected).await
+        })
         .await?;
     Ok(respond(outcome, preference))
 }
@@ -343,15 +373,21 @@ async fn conditional_patch(
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
     let criteria = conditional_criteria(&req, "patch")?;
-    format::check_patch_content_type(&req)?;
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
-    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    let document = patch_document(&req, payload, &state).await?;
     let outcome = state
         .store
         .write(async |tx| {
-            patch::conditional_patch(tx, &state.ctx, &resource_type, &criteria, &body, expected)
-                .await
+            patch::conditional_patch(
+                tx,
+                &state.ctx,
+                &resource_type,
+                &criteria,
+                &document,
+                expected,
+            )
+            .await
         })
         .await?;
     Ok(respond(outcome, preference))

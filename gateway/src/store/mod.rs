@@ -20,8 +20,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Transaction};
 
 pub use versions::{
-    Current, HistoryScope, StoredVersion, VersionWrite, current_for_update, history, read_current,
-    read_version, write_new_versions, write_version,
+    Current, HistoryScope, StoredVersion, VersionWrite, current_for_update,
+    current_with_body_for_update, history, read_current, read_version, write_new_versions,
+    write_version,
 };
 
 use crate::config::DatabaseConfig;

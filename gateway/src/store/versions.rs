@@ -85,6 +85,40 @@ pub async fn current_for_update(
     .transpose()
 }
 
+/// The current state of a resource and the body of its current version (`None` for a
+/// deletion), in one read, locked like [`current_for_update`]: what a patch starts from.
+#[tracing::instrument(name = "db.current_with_body_for_update", skip_all)]
+pub async fn current_with_body_for_update(
+    conn: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<(Current, Option<String>)>, sqlx::Error> {
+    let lock = match Backend::of(conn) {
+        Backend::Postgres => " FOR UPDATE OF r",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT r.rkey, r.version_id, r.last_updated, r.deleted, v.body FROM resource r \
+         JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = r.version_id \
+         WHERE r.resource_type = $1 AND r.id = $2{lock}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| {
+        let current = Current {
+            rkey: row.try_get("rkey")?,
+            version_id: VersionId::from_db(row.try_get("version_id")?),
+            last_updated: Instant::from_millis(row.try_get("last_updated")?),
+            deleted: row.try_get::<i16, _>("deleted")? != 0,
+        };
+        Ok((current, row.try_get("body")?))
+    })
+    .transpose()
+}
+
 /// The current version of a resource (which may be a deletion).
 #[tracing::instrument(name = "db.read", skip_all)]
 pub async fn read_current(

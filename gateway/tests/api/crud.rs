@@ -255,7 +255,7 @@ both!(
             .expect("patch");
         assert_eq!(
             bad.status().as_u16(),
-            400,
+            422,
             "a patch that makes the resource invalid is refused"
         );
 

@@ -11,4 +11,5 @@ mod concurrency;
 mod crud;
 mod errors;
 mod examples;
+mod patch;
 mod search;
