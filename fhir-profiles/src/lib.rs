@@ -9,7 +9,8 @@
 //!   where in a resource the nodes it selects sit;
 //! - [`fhirpatch`]: FHIRPath Patch (a Parameters resource of operations) applied to a resource;
 //! - [`search`]: the search parameter registry and the index values of a resource;
-//! - [`compartment`]: the Patient compartment definition.
+//! - [`compartment`]: the Patient compartment definition;
+//! - [`subset`]: `_summary` and `_elements`, the parts of a resource a client can ask for.
 //!
 //! Resources are handled as [`json_syntax::Value`], which keeps numbers exactly as
 //! written (`1.50` stays `1.50`) and members in their original order.
@@ -19,6 +20,7 @@ pub mod definitions;
 pub mod fhirpatch;
 pub mod fhirpath;
 pub mod search;
+pub mod subset;
 pub mod validate;
 
 pub use definitions::Definitions;

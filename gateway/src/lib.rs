@@ -15,4 +15,5 @@ pub mod resource;
 pub mod rest;
 pub mod startup;
 pub mod store;
+pub mod subset;
 pub mod telemetry;

@@ -2,15 +2,18 @@
 //!
 //! Newest first, with `_since`, `_at` and `_count`; the `next` link carries a keyset cursor
 //! (the position of the last version served), so pages stay stable while writes go on.
+//! `_summary` and `_elements` subset every resource in the Bundle ([`crate::subset`]).
 
 use serde_json::json;
 use sqlx::AnyConnection;
 
+use super::search::Handling;
 use super::{Body, Context, Outcome};
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::model::Instant;
 use crate::store::{self, HistoryScope};
+use crate::subset::{self, ResultParams, SearchMode, Subset};
 
 /// Parameters of a history request.
 #[derive(Debug, Default)]
@@ -19,12 +22,25 @@ pub struct HistoryParams {
     pub at: Option<Instant>,
     pub count: Option<usize>,
     pub before: Option<i64>,
+    /// `_summary=true|text|data` or `_elements`.
+    pub subset: Option<Subset>,
+    /// `_summary` and `_elements` as applied, for the links.
+    pub result_params: Vec<(String, String)>,
 }
 
 impl HistoryParams {
-    pub fn parse(query: &str) -> Result<HistoryParams> {
+    /// Parses the query of a history of `resource_types` (empty: the system history).
+    pub fn parse(
+        query: &str,
+        resource_types: &[&str],
+        handling: Handling,
+    ) -> Result<HistoryParams> {
         let mut params = HistoryParams::default();
+        let mut result_params = ResultParams::default();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if result_params.take(&name, &value, resource_types, handling)? {
+                continue;
+            }
             let instant = || {
                 Instant::parse_fhir(&value).ok_or_else(|| {
                     Error::Invalid(format!(
@@ -53,6 +69,8 @@ impl HistoryParams {
                 }
             }
         }
+        params.subset = result_params.subset_outside_search()?;
+        params.result_params = result_params.applied();
         Ok(params)
     }
 }
@@ -106,6 +124,9 @@ pub async fn history(
         if let Some(at) = params.at {
             query.append_pair("_at", &at.to_fhir());
         }
+        for (name, value) in &params.result_params {
+            query.append_pair(name, value);
+        }
         query.append_pair("_count", &count.to_string());
         if let Some(before) = before.or(params.before) {
             query.append_pair("_page", &before.to_string());
@@ -132,7 +153,19 @@ pub async fn history(
             "request": {"method": version.method, "url": request_url},
             "response": {"status": status, "etag": version.version_id.etag(), "lastModified": version.last_updated.to_fhir()},
         });
-        bundle.entry_with(Some(&url), version.body.as_deref(), &members);
+        let body = version
+            .body
+            .as_deref()
+            .map(|text| {
+                subset::serve(
+                    text,
+                    params.subset.as_ref(),
+                    &version.resource_type,
+                    SearchMode::Match,
+                )
+            })
+            .transpose()?;
+        bundle.entry_with(Some(&url), body.as_deref(), &members);
     }
     Ok(Outcome {
         status: 200,

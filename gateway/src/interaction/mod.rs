@@ -203,7 +203,8 @@ pub(crate) async fn store_new_versions(
     Ok(())
 }
 
-/// Checks a resource body for a write: the right type, structurally valid.
+/// Checks a resource body for a write: the right type, structurally valid, and not a
+/// subset (`SUBSETTED` in `meta.tag`), which would overwrite what it left out.
 pub(crate) fn check_body(body: &Json, expected: &ResourceType) -> Result<()> {
     let actual = resource::resource_type_of(body)?;
     if &actual != expected {
@@ -211,5 +212,11 @@ pub(crate) fn check_body(body: &Json, expected: &ResourceType) -> Result<()> {
             "the body is a {actual} but the request is for {expected}"
         )));
     }
-    resource::validate(body)
+    resource::validate(body)?;
+    if fhir_profiles::subset::is_subsetted(body) {
+        return Err(Error::Unprocessable(
+            "the resource is tagged SUBSETTED: a subset of a resource cannot be stored".to_owned(),
+        ));
+    }
+    Ok(())
 }

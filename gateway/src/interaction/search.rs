@@ -4,7 +4,8 @@
 //! parameters follow `Prefer: handling`), the matches are read one keyset page at a time,
 //! and the answer is a `searchset` Bundle with `self` and `next` links, the matches, any
 //! `_include`d / `_revinclude`d resources, and (lenient handling) an OperationOutcome
-//! naming what was ignored.
+//! naming what was ignored. `_summary` and `_elements` subset the resources served
+//! ([`crate::subset`]): `_summary` every resource, `_elements` the matches.
 
 use std::collections::HashSet;
 
@@ -20,6 +21,7 @@ use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType};
 use crate::store::search::{self as sql, Cursor, Filter, Modifier, Query, SortField, SortKey};
+use crate::subset::{self, ResultParams, SearchMode, Subset};
 
 /// How unknown or unsupported search parameters are treated (`Prefer: handling=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +39,7 @@ pub enum Total {
     Accurate,
 }
 
-/// `_summary` (only `count` changes the result here; see the CapabilityStatement).
+/// Whether the search returns its matches or only their number (`_summary=count`, `_count=0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Summary {
     False,
@@ -64,6 +66,8 @@ pub struct SearchRequest {
     revincludes: Vec<Include>,
     total: Total,
     summary: Summary,
+    /// `_summary=true|text|data` or `_elements`.
+    subset: Option<Subset>,
     /// What was ignored (lenient handling), for the OperationOutcome entry.
     ignored: Vec<String>,
     /// The parameters that were applied, for the `self` and `next` links.
@@ -104,6 +108,7 @@ impl SearchRequest {
             revincludes: Vec::new(),
             total: Total::Accurate,
             summary: Summary::False,
+            subset: None,
             ignored: Vec::new(),
             applied: Vec::new(),
         };
@@ -141,7 +146,13 @@ impl SearchRequest {
             [one] => one.clone(),
             _ => "Resource".to_owned(),
         };
+        let types = request.types.clone();
+        let types: Vec<&str> = types.iter().map(String::as_str).collect();
+        let mut result_params = ResultParams::default();
         for (name, value) in pairs {
+            if result_params.take(&name, &value, &types, handling)? {
+                continue;
+            }
             let result = request.apply(ctx, &base_type, &name, &value);
             match (result, handling) {
                 (Ok(()), _) => {}
@@ -151,6 +162,12 @@ impl SearchRequest {
                 (Err(error), _) => return Err(error),
             }
         }
+        if result_params.summary() == Some(subset::Summary::Count) {
+            request.summary = Summary::Count;
+        }
+        request.subset = result_params.subset()?;
+        request.applied.extend(result_params.applied());
+        request.ignored.append(&mut result_params.ignored);
         Ok(request)
     }
 
@@ -192,25 +209,8 @@ impl SearchRequest {
                 };
                 self.applied.push((name.to_owned(), value.to_owned()));
             }
-            "_summary" => {
-                match value {
-                    "count" => self.summary = Summary::Count,
-                    "false" => self.summary = Summary::False,
-                    "true" | "text" | "data" => {
-                        return Err(Error::NotSupported(format!(
-                            "_summary={value} is not supported yet; full resources are returned"
-                        )));
-                    }
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "_summary={value}: expected true, text, data, count or false"
-                        )));
-                    }
-                }
-                self.applied.push((name.to_owned(), value.to_owned()));
-            }
-            "_elements" | "_contained" | "_containedType" | "_text" | "_content" | "_list"
-            | "_query" | "_filter" => {
+            "_contained" | "_containedType" | "_text" | "_content" | "_list" | "_query"
+            | "_filter" => {
                 return Err(Error::NotSupported(format!("{name} is not supported")));
             }
             "_sort" => {
@@ -511,18 +511,21 @@ pub async fn search(
         .iter()
         .map(|r| (r.resource_type.clone(), r.id.clone()))
         .collect();
+    let subset = request.subset.as_ref();
     for row in &page.rows {
+        let body = subset::serve(&row.body, subset, &row.resource_type, SearchMode::Match)?;
         bundle.entry(
             &ctx.resource_url(&row.resource_type, &row.id),
-            &row.body,
+            &body,
             Some("match"),
         );
     }
     let included = includes(conn, &request, &page.rows, &mut seen).await?;
     for row in &included {
+        let body = subset::serve(&row.body, subset, &row.resource_type, SearchMode::Include)?;
         bundle.entry(
             &ctx.resource_url(&row.resource_type, &row.id),
-            &row.body,
+            &body,
             Some("include"),
         );
     }

@@ -17,6 +17,7 @@ use crate::interaction::{
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::resource;
 use crate::store::HistoryScope;
+use crate::subset;
 
 type State = web::Data<AppState>;
 
@@ -157,11 +158,14 @@ async fn read_resource(
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    let (_, handling) = preferences(req.headers());
+    let subset = subset::from_read_query(req.query_string(), resource_type.as_str(), handling)?;
     let mut conn = state.store.reader().await?;
     let outcome = read::read(&mut conn, &resource_type, &id).await?;
     Ok(if not_modified(&req, &outcome) {
         not_modified_response(&outcome)
     } else {
+        let outcome = subset::outcome(outcome, subset.as_ref(), resource_type.as_str())?;
         respond(outcome, ReturnPreference::Representation)
     })
 }
@@ -186,11 +190,14 @@ async fn vread_resource(
         ResourceId::parse(&path.1)?,
         VersionId::parse(&path.2)?,
     );
+    let (_, handling) = preferences(req.headers());
+    let subset = subset::from_read_query(req.query_string(), resource_type.as_str(), handling)?;
     let mut conn = state.store.reader().await?;
     let outcome = read::vread(&mut conn, &resource_type, &id, version).await?;
     Ok(if not_modified(&req, &outcome) {
         not_modified_response(&outcome)
     } else {
+        let outcome = subset::outcome(outcome, subset.as_ref(), resource_type.as_str())?;
         respond(outcome, ReturnPreference::Representation)
     })
 }
@@ -509,7 +516,12 @@ async fn run_history(
     scope: HistoryScope<'_>,
 ) -> Result<HttpResponse> {
     negotiate(req)?;
-    let params = history::HistoryParams::parse(req.query_string())?;
+    let (_, handling) = preferences(req.headers());
+    let resource_types = match scope {
+        HistoryScope::System => Vec::new(),
+        HistoryScope::Type(t) | HistoryScope::Instance(t, _) => vec![t],
+    };
+    let params = history::HistoryParams::parse(req.query_string(), &resource_types, handling)?;
     let mut conn = state.store.reader().await?;
     let outcome = history::history(&mut conn, &state.ctx, scope, params).await?;
     Ok(respond(outcome, ReturnPreference::Representation))

@@ -13,3 +13,4 @@ mod errors;
 mod examples;
 mod patch;
 mod search;
+mod summary;
