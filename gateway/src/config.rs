@@ -45,6 +45,28 @@ pub struct DatabaseConfig {
     pub data_dir: PathBuf,
     /// Maximum connections in the pool (PostgreSQL; SQLite uses one writer and this many readers).
     pub max_connections: u32,
+    /// SQLite only: when a commit reaches the disk.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `synchronous` setting (the database runs in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Every commit is on disk before it is acknowledged (survives a power loss).
+    Full,
+    /// Commits reach the disk at checkpoints: they survive a crash of the gateway, not of the
+    /// machine. Much faster on slow disks; for tests and throw-away data.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Normal => "NORMAL",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +122,7 @@ impl Default for Config {
                 url: None,
                 data_dir: PathBuf::from(".data"),
                 max_connections: 16,
+                sqlite_synchronous: SqliteSynchronous::Full,
             },
             limits: LimitsConfig {
                 max_body_bytes: 32 * 1024 * 1024,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Transaction};
 
 pub use versions::{
     Current, HistoryScope, StoredVersion, VersionWrite, current_for_update,
@@ -25,7 +25,7 @@ pub use versions::{
     write_version,
 };
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, SqliteSynchronous};
 
 /// How often [`Store::write`] runs a transaction that conflicts with concurrent ones.
 pub const ATTEMPTS: u32 = 5;
@@ -58,6 +58,33 @@ pub async fn lock(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error
         .await?;
     }
     Ok(())
+}
+
+/// The settings every SQLite connection starts with.
+fn sqlite_pragmas(
+    synchronous: SqliteSynchronous,
+) -> impl for<'c> Fn(
+    &'c mut AnyConnection,
+    sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'c, Result<(), sqlx::Error>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |conn, _meta| {
+        // audited: the synchronous level is one of two constants
+        let sql = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA busy_timeout = 10000; \
+             PRAGMA foreign_keys = ON;",
+            synchronous.pragma()
+        );
+        Box::pin(async move {
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(conn)
+                .await
+                .map(|_| ())
+        })
+    }
 }
 
 /// Which database the store runs on.
@@ -112,7 +139,12 @@ impl Store {
                 }
             }
             Some(url) if url.expose_secret().starts_with("sqlite:") => {
-                Self::connect_sqlite(url.expose_secret(), config.max_connections).await?
+                Self::connect_sqlite(
+                    url.expose_secret(),
+                    config.max_connections,
+                    config.sqlite_synchronous,
+                )
+                .await?
             }
             Some(_) => anyhow::bail!("database.url must start with postgres:// or sqlite:"),
             None => {
@@ -123,6 +155,7 @@ impl Store {
                 Self::connect_sqlite(
                     &format!("sqlite://{}?mode=rwc", path.display()),
                     config.max_connections,
+                    config.sqlite_synchronous,
                 )
                 .await?
             }
@@ -131,27 +164,18 @@ impl Store {
         Ok(store)
     }
 
-    async fn connect_sqlite(url: &str, readers: u32) -> anyhow::Result<Store> {
+    async fn connect_sqlite(
+        url: &str,
+        readers: u32,
+        synchronous: SqliteSynchronous,
+    ) -> anyhow::Result<Store> {
         let options = AnyConnectOptions::from_str(url)
             .context("parsing the SQLite URL")?
             .log_statements(tracing::log::LevelFilter::Trace);
-        fn pragmas(
-            conn: &mut AnyConnection,
-            _meta: sqlx::pool::PoolConnectionMetadata,
-        ) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>> {
-            Box::pin(async move {
-                sqlx::raw_sql(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-                     PRAGMA foreign_keys = ON;",
-                )
-                .execute(conn)
-                .await
-                .map(|_| ())
-            })
-        }
+        let pragmas = sqlite_pragmas(synchronous);
         let write = AnyPoolOptions::new()
             .max_connections(1)
-            .after_connect(pragmas)
+            .after_connect(pragmas.clone())
             .connect_with(options.clone())
             .await
             .context("opening the SQLite database")?;
