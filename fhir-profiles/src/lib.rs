@@ -4,7 +4,9 @@
 //! `hl7.fhir.r4.examples@4.0.1` and committed, so building needs no network.
 //!
 //! - [`definitions`]: resource and data type structure, required value sets;
-//! - [`validate`]: structural validation of a resource, reporting every issue;
+//! - [`validate`]: structural validation of a resource, reporting every issue, and the
+//!   check of the profiles it claims;
+//! - [`profile`]: the resource profiles of the package (`vitalsigns`, `bp`, ...);
 //! - [`fhirpath`]: the subset of FHIRPath that the search parameter expressions use;
 //! - [`search`]: the search parameter registry and the index values of a resource;
 //! - [`compartment`]: the Patient compartment definition.
@@ -15,6 +17,7 @@
 pub mod compartment;
 pub mod definitions;
 pub mod fhirpath;
+pub mod profile;
 pub mod search;
 pub mod validate;
 
