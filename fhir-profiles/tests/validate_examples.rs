@@ -513,13 +513,22 @@ fn a_large_bundle_of_clinical_resources_validates_quickly() {
         "the large bundle is valid: {:?}",
         issues.first()
     );
+    let started = Instant::now();
+    let profile_issues = validate_profiles(&reparsed, UnknownProfile::Warn, None);
+    let checking_profiles = started.elapsed();
+    assert!(
+        profile_issues.is_empty(),
+        "the large bundle's resources conform to what they claim: {:?}",
+        profile_issues.first()
+    );
     println!(
         "a bundle of {entry_count} resources, {:.1} MB compact: validated in {:.3} s \
-         ({:.0} resources/s, {:.1} MB/s); parsing it took {:.3} s",
+         ({:.0} resources/s, {:.1} MB/s), profile claims checked in {:.3} s; parsing it took {:.3} s",
         text.len() as f64 / 1e6,
         validating.as_secs_f64(),
         entry_count as f64 / validating.as_secs_f64(),
         text.len() as f64 / 1e6 / validating.as_secs_f64(),
+        checking_profiles.as_secs_f64(),
         parsing.as_secs_f64()
     );
 }

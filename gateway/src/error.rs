@@ -20,6 +20,10 @@ pub enum Error {
     /// The resource failed validation; every issue is reported.
     #[error("the resource is not valid ({} issues)", .0.len())]
     InvalidResource(Vec<Issue>),
+    /// The resource is well-formed but breaks a profile it claims (or that `$validate` was
+    /// asked to check); every issue is reported.
+    #[error("the resource does not conform to its profiles ({} issues)", .0.len())]
+    ProfileViolation(Vec<Issue>),
     /// A search parameter, modifier or feature the server does not support (strict handling).
     #[error("{0}")]
     NotSupported(String),
@@ -59,6 +63,7 @@ impl Error {
     fn issue_code(&self) -> &'static str {
         match self {
             Error::Invalid(_) | Error::InvalidResource(_) => "invalid",
+            Error::ProfileViolation(_) => "processing",
             Error::NotSupported(_) | Error::UnknownResourceType(_) | Error::MethodNotAllowed(_) => {
                 "not-supported"
             }
@@ -79,7 +84,9 @@ impl Error {
     /// The OperationOutcome describing this error.
     pub fn operation_outcome(&self) -> Value {
         let issues: Vec<Value> = match self {
-            Error::InvalidResource(issues) => issues.iter().map(issue_json).collect(),
+            Error::InvalidResource(issues) | Error::ProfileViolation(issues) => {
+                issues.iter().map(issue_json).collect()
+            }
             _ => {
                 let diagnostics = if self.is_server_error() {
                     "the server could not complete the request; the incident is logged".to_owned()
@@ -140,7 +147,9 @@ impl ResponseError for Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unprocessable(_) | Error::ProfileViolation(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,6 +209,7 @@ mod tests {
             (Error::UnsupportedMediaType("x".into()), 415),
             (Error::PayloadTooLarge("x".into()), 413),
             (Error::MethodNotAllowed("x".into()), 405),
+            (Error::ProfileViolation(Vec::new()), 422),
         ];
         for (error, status) in cases {
             assert_eq!(

@@ -151,13 +151,14 @@ pub(crate) async fn store_version(
     })
 }
 
-/// Checks a resource body for a write: the right type, structurally valid.
-pub(crate) fn check_body(body: &Json, expected: &ResourceType) -> Result<()> {
+/// Checks a resource body for a write: the right type, structurally valid, conforming to
+/// the profiles it claims.
+pub(crate) fn check_body(ctx: &Context, body: &Json, expected: &ResourceType) -> Result<()> {
     let actual = resource::resource_type_of(body)?;
     if &actual != expected {
         return Err(Error::Invalid(format!(
             "the body is a {actual} but the request is for {expected}"
         )));
     }
-    resource::validate(body)
+    resource::validate(body, ctx.config.validation.unknown_profile, None).map(drop)
 }

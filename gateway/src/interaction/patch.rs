@@ -66,7 +66,7 @@ pub async fn patch(
         document.to_string().as_bytes(),
         ctx.config.limits.max_json_depth,
     )?;
-    check_body(&body, resource_type)?;
+    check_body(ctx, &body, resource_type)?;
     store_version(
         conn,
         ctx,

@@ -9,4 +9,5 @@ mod bundles;
 mod crud;
 mod errors;
 mod examples;
+mod profiles;
 mod search;
