@@ -547,11 +547,12 @@ fn values<'j>(constraint: &Constraint, object: &'j Object, parent: &str) -> (Vec
                 Some(bare) => (true, bare),
                 None => (false, key),
             };
-            let Some(suffix) = bare
+            let Some(type_code) = bare
                 .strip_prefix(constraint.name.as_str())
                 .filter(|suffix| suffix.starts_with(|c: char| c.is_ascii_uppercase()))
+                .and_then(type_code)
             else {
-                continue;
+                continue; // another element (`valueSet` beside `value[x]`), or not a type
             };
             if companion {
                 if !object.contains_key(bare) {
@@ -561,7 +562,7 @@ fn values<'j>(constraint: &Constraint, object: &'j Object, parent: &str) -> (Vec
                 items.push(Item {
                     value: &entry.value,
                     expression: format!("{parent}.{key}"),
-                    type_code: Some(type_code(suffix)),
+                    type_code: Some(type_code),
                 });
             }
         }
@@ -607,28 +608,24 @@ fn member<'j>(object: &'j Object, key: &str) -> Option<&'j str> {
 }
 
 /// The type a choice member's suffix names: `Quantity` for `Quantity`, `dateTime` for
-/// `DateTime`.
-fn type_code(suffix: &str) -> String {
+/// `DateTime`; `None` if it names no R4 type.
+fn type_code(suffix: &str) -> Option<String> {
     let definitions = Definitions::r4();
     if definitions
         .type_definition(suffix)
         .is_some_and(|t| t.kind != TypeKind::PrimitiveType)
     {
-        return suffix.to_owned();
+        return Some(suffix.to_owned());
     }
     let mut chars = suffix.chars();
     let lowered: String = chars
         .next()
         .map(|first| first.to_lowercase().chain(chars).collect())
         .unwrap_or_default();
-    if definitions
+    definitions
         .type_definition(&lowered)
         .is_some_and(|t| t.kind == TypeKind::PrimitiveType)
-    {
-        lowered
-    } else {
-        suffix.to_owned()
-    }
+        .then_some(lowered)
 }
 
 impl Condition {
@@ -874,6 +871,20 @@ mod tests {
             .collect();
         assert!(observation_profiles.contains(&VITALSIGNS));
         assert!(!observation_profiles.contains(&url("lipidprofile").as_str()));
+    }
+
+    #[test]
+    fn choice_members_are_typed_by_their_suffix() {
+        for (suffix, expected) in [
+            ("Quantity", Some("Quantity")),
+            ("CodeableConcept", Some("CodeableConcept")),
+            ("DateTime", Some("dateTime")),
+            ("String", Some("string")),
+            ("Set", None),
+            ("Foo", None),
+        ] {
+            assert_eq!(type_code(suffix).as_deref(), expected, "{suffix}");
+        }
     }
 
     #[test]
