@@ -12,6 +12,14 @@ CompartmentDefinition) and writes compact JSON into fhir-profiles/r4/:
 - search-parameters.json every SearchParameter, one entry per (base, code), with the
                          expression narrowed to the branches of that base
 - compartment-patient.json  resource type -> the parameters linking it to a Patient
+- profiles.json          the resource profiles of the package (StructureDefinitions with
+                         derivation `constraint`: vitalsigns, bp, shareablevalueset, ...)
+                         keyed by canonical URL, each as a tree of the elements its snapshot
+                         constrains beyond the base resource: cardinality, fixed and pattern
+                         values, required bindings (their value sets go to valuesets.json),
+                         types of choice elements, and slices with the conditions that
+                         select their items. The snapshot holds the whole chain of base
+                         profiles, so bp carries the constraints of vitalsigns.
 
 Usage: extract.py [PACKAGE_DIR]   (without it, the package is fetched with `npm pack`)
 The output is deterministic, so a re-run on the same package changes nothing.
@@ -146,7 +154,8 @@ def codesystem_codes(cs):
     return codes
 
 
-def valuesets(pkg, required):
+def terminology(pkg):
+    """Every ValueSet and CodeSystem of the package, by (resourceType, url)."""
     by_url = {}
     for r in bundle_resources(pkg, "Bundle-valuesets.json"):
         if r["resourceType"] in ("ValueSet", "CodeSystem"):
@@ -156,7 +165,10 @@ def valuesets(pkg, required):
         if fname.startswith(("ValueSet-", "CodeSystem-")) and fname.endswith(".json"):
             r = load(pkg, fname)
             by_url.setdefault((r["resourceType"], r.get("url")), r)
+    return by_url
 
+
+def valuesets(by_url, required):
     def expand(url, seen):
         if url in seen:
             return None
@@ -191,6 +203,229 @@ def valuesets(pkg, required):
         if codes:
             out[url] = codes
     return out
+
+
+def valueset_systems(by_url, url, seen=frozenset()):
+    """The code systems a value set draws its codes from."""
+    vs = by_url.get(("ValueSet", url))
+    if vs is None or url in seen:
+        return set()
+    systems = set()
+    for inc in vs.get("compose", {}).get("include", []):
+        if "system" in inc:
+            systems.add(inc["system"])
+        for nested in inc.get("valueSet", []):
+            systems |= valueset_systems(by_url, strip_version(nested), seen | {url})
+    return systems
+
+
+# Types whose values a required binding constrains: a code, a Coding, a CodeableConcept (one
+# of its codings) and a Quantity (its code); a string or uri only when it is the element's
+# only type.
+BINDABLE = ("code", "Coding", "CodeableConcept", "Quantity")
+BINDABLE_SINGLE = ("string", "uri")
+
+
+def cardinality_max(value):
+    return float("inf") if value == "*" else int(value)
+
+
+class ProfileCompiler:
+    """Turns the snapshot of one resource profile into a tree of the elements it constrains
+    beyond the base resource (and its data types)."""
+
+    def __init__(self, sd, core, notes):
+        self.sd = sd
+        self.core = core
+        self.notes = notes
+        self.value_sets = set()
+        elements = sd["snapshot"]["element"]
+        self.by_id = {el["id"]: el for el in elements}
+        self.children = {}
+        self.slices = {}
+        for el in elements[1:]:
+            parent, last = el["id"].rsplit(".", 1)
+            if parent not in self.by_id:
+                raise SystemExit(f"{sd['url']}: {el['id']} has no parent in the snapshot")
+            if ":" in last:
+                name, slice_name = last.split(":", 1)
+                if "/" in slice_name:
+                    self.note(f"{el['id']}: a reslice, not enforced")
+                    continue
+                self.slices.setdefault(f"{parent}.{name}", []).append(el["id"])
+            else:
+                self.children.setdefault(parent, []).append(el["id"])
+
+    def note(self, text):
+        self.notes.append(f"{self.sd['id']}: {text}")
+
+    def compile(self):
+        root = self.sd["snapshot"]["element"][0]["id"]
+        elements = [n for n in (self.node(c, False) for c in self.children.get(root, [])) if n]
+        for sliced, slice_ids in self.slices.items():
+            if sliced not in self.by_id:
+                self.note(f"{', '.join(slice_ids)}: slices of an element missing from the snapshot, not enforced")
+        return elements
+
+    def node(self, element_id, is_slice):
+        el = self.by_id[element_id]
+        base = self.core.get(el["base"]["path"], {})
+        name = el["path"].rsplit(".", 1)[-1]
+        node = {"name": name[:-3] if name.endswith("[x]") else name}
+        if name.endswith("[x]"):
+            node["choice"] = True
+        if is_slice:
+            node["sliceName"] = el["sliceName"]
+        shape = len(node)
+
+        tighter = el["min"] > el["base"]["min"] or cardinality_max(el["max"]) < cardinality_max(el["base"]["max"])
+        if is_slice or tighter:
+            node["min"] = el["min"]
+            node["max"] = el["max"]
+        types = [t["code"] for t in el.get("type", [])]
+        if name.endswith("[x]") and set(types) < {t["code"] for t in base.get("type", [])}:
+            node["types"] = types
+        for key, value in el.items():
+            if key.startswith("fixed"):
+                node["fixed"] = value
+            elif key.startswith("pattern"):
+                node["pattern"] = value
+        binding = self.binding(el, base, types)
+        if binding:
+            node["binding"] = binding
+        children = [n for n in (self.node(c, False) for c in self.children.get(element_id, [])) if n]
+        if children:
+            node["children"] = children
+        slicing = self.slicing(el, element_id)
+        if slicing:
+            node["slicing"] = slicing
+        return node if is_slice or len(node) > shape else None
+
+    def binding(self, el, base, types):
+        binding = el.get("binding", {})
+        if binding.get("strength") != "required" or not binding.get("valueSet"):
+            return None
+        url = strip_version(binding["valueSet"])
+        base_binding = base.get("binding", {})
+        if base_binding.get("strength") == "required" and strip_version(base_binding.get("valueSet")) == url:
+            return None  # the base definition's binding, checked with the structure
+        bindable = [t for t in types if t in BINDABLE]
+        if len(types) == 1:
+            bindable += [t for t in types if t in BINDABLE_SINGLE]
+        if not bindable:
+            return None
+        self.value_sets.add(url)
+        return {"valueSet": url, "types": bindable}
+
+    def slicing(self, el, element_id):
+        slice_ids = self.slices.get(element_id, [])
+        if not slice_ids:
+            return None
+        if "slicing" not in el:
+            self.note(f"{element_id}: slices without a slicing, not enforced")
+            return None
+        discriminators = el["slicing"].get("discriminator", [])
+        slices = []
+        for slice_id in slice_ids:
+            conditions = [self.condition(slice_id, d) for d in discriminators]
+            if not conditions or None in conditions:
+                self.note(f"{element_id}: discriminator {discriminators} not supported, slices not enforced")
+                return None
+            node = self.node(slice_id, True)
+            node["match"] = conditions
+            slices.append(node)
+        return {
+            "rules": el["slicing"].get("rules", "open"),
+            "ordered": el["slicing"].get("ordered", False),
+            "slices": slices,
+        }
+
+    def condition(self, slice_id, discriminator):
+        kind, path = discriminator["type"], discriminator["path"]
+        if "(" in path or kind == "profile":
+            return None
+        segments = [] if path == "$this" else path.split(".")
+        if kind == "type":
+            if path != "$this":
+                return None
+            el = self.at(slice_id, segments, lambda el: el.get("type"))
+            return el and {"path": path, "type": [t["code"] for t in el["type"]]}
+        if kind == "exists":
+            el = self.at(slice_id, segments, lambda el: True)
+            return el and {"path": path, "exists": el["max"] != "0" and el["min"] > 0}
+        el = self.at(slice_id, segments, lambda el: any(k.startswith(("fixed", "pattern")) for k in el))
+        if el:
+            for key, value in el.items():
+                if key.startswith("fixed"):
+                    return {"path": path, "fixed": value}
+                if key.startswith("pattern"):
+                    return {"path": path, "pattern": value}
+        if path == "url":  # an extension slice: its url is the canonical of its definition
+            profiles = [p for t in self.by_id[slice_id].get("type", []) for p in t.get("profile", [])]
+            if len(profiles) == 1:
+                return {"path": path, "fixed": profiles[0]}
+        return None
+
+    def at(self, element_id, segments, wanted):
+        """The element at a discriminator path below a slice that has what is wanted, looking
+        also into the required slices of sliced elements on the way."""
+        if not segments:
+            el = self.by_id.get(element_id)
+            return el if el and wanted(el) else None
+        next_id = f"{element_id}.{segments[0]}"
+        candidates = [next_id] + [s for s in self.slices.get(next_id, []) if self.by_id[s]["min"] > 0]
+        for candidate in candidates:
+            if candidate in self.by_id:
+                found = self.at(candidate, segments[1:], wanted)
+                if found:
+                    return found
+        return None
+
+
+def profiles(pkg):
+    """The resource profiles of the package, compiled; the value sets their bindings need;
+    and notes on what is not enforced."""
+    core = {}
+    for sd in bundle_resources(pkg, "Bundle-types.json") + bundle_resources(pkg, "Bundle-resources.json"):
+        if sd["resourceType"] == "StructureDefinition" and sd.get("derivation") != "constraint":
+            for el in sd["snapshot"]["element"]:
+                core[el["path"]] = el
+    out, value_sets, notes = {}, set(), []
+    for sd in bundle_resources(pkg, "Bundle-profiles-others.json"):
+        if sd.get("derivation") != "constraint" or sd["kind"] != "resource":
+            continue
+        compiler = ProfileCompiler(sd, core, notes)
+        out[sd["url"]] = {
+            "name": sd["name"],
+            "version": sd["version"],
+            "type": sd["type"],
+            "base": sd["baseDefinition"],
+            "elements": compiler.compile(),
+        }
+        value_sets |= compiler.value_sets
+    return out, value_sets, notes
+
+
+def finish_bindings(profiles_out, expanded, by_url, notes):
+    """Keeps the bindings whose value set could be enumerated and names its code system when
+    there is one; drops (and notes) the others."""
+
+    def walk(nodes, profile):
+        for node in nodes:
+            binding = node.get("binding")
+            if binding:
+                if binding["valueSet"] not in expanded:
+                    notes.append(f"{profile}: {binding['valueSet']} cannot be enumerated, binding not enforced")
+                    del node["binding"]
+                else:
+                    systems = valueset_systems(by_url, binding["valueSet"])
+                    if len(systems) == 1:
+                        binding["system"] = systems.pop()
+            walk(node.get("children", []), profile)
+            walk(node.get("slicing", {}).get("slices", []), profile)
+
+    for url, profile in profiles_out.items():
+        walk(profile["elements"], url.rsplit("/", 1)[-1])
 
 
 def split_expression(expr):
@@ -274,10 +509,17 @@ def main(argv):
     os.makedirs(OUT, exist_ok=True)
     types = structure(pkg)
     required = {e["requiredBinding"] for t in types.values() for e in t["elements"] if "requiredBinding" in e}
+    profiles_out, profile_value_sets, notes = profiles(pkg)
+    by_url = terminology(pkg)
+    expanded = valuesets(by_url, required | profile_value_sets)
+    finish_bindings(profiles_out, expanded, by_url, notes)
     write("structure.json", types)
-    write("valuesets.json", valuesets(pkg, required))
+    write("valuesets.json", expanded)
+    write("profiles.json", profiles_out)
     write("search-parameters.json", search_parameters(pkg, set(types)))
     write("compartment-patient.json", compartment(pkg))
+    for note in notes:
+        print(f"not enforced: {note}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 //! `hl7.fhir.r4.examples@4.0.1` and committed, so building needs no network.
 //!
 //! - [`definitions`]: resource and data type structure, required value sets;
-//! - [`validate`]: structural validation of a resource, reporting every issue;
+//! - [`validate`]: structural validation of a resource, reporting every issue, and the
+//!   check of the profiles it claims;
+//! - [`profile`]: the resource profiles of the package (`vitalsigns`, `bp`, ...);
 //! - [`fhirpath`]: the subset of FHIRPath that the search parameter expressions use, and
 //!   where in a resource the nodes it selects sit;
 //! - [`fhirpatch`]: FHIRPath Patch (a Parameters resource of operations) applied to a resource;
@@ -19,6 +21,7 @@ pub mod compartment;
 pub mod definitions;
 pub mod fhirpatch;
 pub mod fhirpath;
+pub mod profile;
 pub mod search;
 pub mod subset;
 pub mod validate;

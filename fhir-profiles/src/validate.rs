@@ -27,6 +27,11 @@
 //! (`SimpleQuantity` is checked as `Quantity`), no reference resolution (`dom-3`) and no check
 //! of the XHTML narrative beyond its starting with `<div`.
 //!
+//! Profiles are checked separately, by [`validate_profiles`]: each resource (the root, a
+//! contained resource, a Bundle entry) against the profiles of [`crate::profile`] it claims in
+//! `meta.profile`, so that a caller can tell a malformed resource from one that breaks a
+//! profile it claims.
+//!
 //! The definitions are compiled once, on first use, into a `Schema`: per type and backbone element, a
 //! hash map from JSON member name (`valueQuantity`, `_birthDate`) to what to check. The
 //! location of an issue is kept as a stack of borrowed path segments and only rendered to a
@@ -41,6 +46,7 @@ use json_syntax::object::Object;
 use regex::Regex;
 
 use crate::definitions::{Definitions, ElementDefinition, Max, TypeKind};
+use crate::profile::{Profile, Profiles, Resolution};
 
 /// How bad an issue is (R4 `IssueSeverity`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,166 @@ pub fn validate_resource(resource: &Json) -> Vec<Issue> {
     };
     validator.resource(resource, false);
     validator.issues
+}
+
+/// What to do with a profile claimed in `meta.profile` that is not shipped in
+/// `r4/profiles.json` (or is asked for in another version than the shipped one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownProfile {
+    /// Say nothing: the claim is the client's business (what most servers do).
+    Ignore,
+    /// Report a warning issue, which does not make the resource invalid.
+    #[default]
+    Warn,
+    /// Report an error issue: only resources whose every claim can be checked are valid.
+    Reject,
+}
+
+/// Checks a resource, and every resource inside it (contained resources, Bundle entries,
+/// Parameters), against the profiles each claims in `meta.profile`, and the root also against
+/// `nominated` (the `profile` of `$validate`). A claim of an unknown profile is treated as
+/// `unknown` says. An empty list means every claim holds.
+pub fn validate_profiles(
+    resource: &Json,
+    unknown: UnknownProfile,
+    nominated: Option<&Profile>,
+) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    let root = resource
+        .as_object()
+        .and_then(|object| object.get("resourceType").next())
+        .and_then(Json::as_str)
+        .unwrap_or("Resource");
+    if let Some(profile) = nominated {
+        profile.check(resource, root, &mut issues);
+    }
+    let mut claims = ProfileClaims {
+        profiles: Profiles::r4(),
+        unknown,
+        issues,
+        path: vec![Segment::Name(root)],
+    };
+    claims.resource(resource, root, nominated.map(Profile::url));
+    claims.issues
+}
+
+/// The walk of [`validate_profiles`] through a resource and the resources inside it.
+struct ProfileClaims<'a> {
+    profiles: &'static Profiles,
+    unknown: UnknownProfile,
+    issues: Vec<Issue>,
+    /// Where the walk is, below the root resource; rendered only where a resource is found.
+    path: Vec<Segment<'a>>,
+}
+
+impl<'a> ProfileClaims<'a> {
+    /// A resource at `expression`: its claims, then the resources inside it. `checked` is a
+    /// profile it was already checked against.
+    fn resource(&mut self, resource: &'a Json, expression: &str, checked: Option<&str>) {
+        let Json::Object(object) = resource else {
+            return;
+        };
+        let claims = object
+            .get("meta")
+            .next()
+            .and_then(Json::as_object)
+            .and_then(|meta| meta.get("profile").next())
+            .and_then(Json::as_array)
+            .unwrap_or_default();
+        let mut seen: Vec<&str> = checked.into_iter().collect();
+        for (index, claim) in claims.iter().enumerate() {
+            let Some(claim) = claim.as_str() else {
+                continue; // not a canonical: the structural check reports it
+            };
+            match self.profiles.resolve(claim) {
+                Resolution::Known(profile) => {
+                    if !seen.contains(&profile.url()) {
+                        seen.push(profile.url());
+                        profile.check(resource, expression, &mut self.issues);
+                    }
+                }
+                Resolution::OtherVersion(profile) => self.unknown_claim(
+                    expression,
+                    index,
+                    &format!(
+                        "profile {claim} is not known to this server, which has version {} of {}",
+                        profile.version(),
+                        profile.url()
+                    ),
+                ),
+                Resolution::Unknown => self.unknown_claim(
+                    expression,
+                    index,
+                    &format!("profile {claim} is not known to this server"),
+                ),
+            }
+        }
+        self.inside(resource);
+    }
+
+    /// The resources nested anywhere in a value.
+    fn inside(&mut self, value: &'a Json) {
+        if self.path.len() >= MAX_DEPTH as usize {
+            return; // reported by the structural check
+        }
+        match value {
+            Json::Object(object) => {
+                for entry in object.entries() {
+                    if matches!(entry.value, Json::Object(_) | Json::Array(_)) {
+                        self.path.push(Segment::Name(entry.key.as_str()));
+                        self.nested(&entry.value);
+                        self.path.pop();
+                    }
+                }
+            }
+            Json::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    if matches!(item, Json::Object(_) | Json::Array(_)) {
+                        self.path.push(Segment::Index(index));
+                        self.nested(item);
+                        self.path.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn nested(&mut self, value: &'a Json) {
+        let is_resource = value.as_object().is_some_and(|object| {
+            object
+                .get("resourceType")
+                .next()
+                .is_some_and(Json::is_string)
+        });
+        if is_resource {
+            let expression = render(&self.path);
+            self.resource(value, &expression, None);
+        } else {
+            self.inside(value);
+        }
+    }
+
+    fn unknown_claim(&mut self, expression: &str, index: usize, why: &str) {
+        let (severity, consequence) = match self.unknown {
+            UnknownProfile::Ignore => return,
+            UnknownProfile::Warn => (
+                IssueSeverity::Warning,
+                "the resource was not checked against it",
+            ),
+            UnknownProfile::Reject => (
+                IssueSeverity::Error,
+                "this server accepts only profiles it can check",
+            ),
+        };
+        self.issues.push(Issue {
+            severity,
+            code: "not-supported",
+            expression: format!("{expression}.meta.profile[{index}]"),
+            diagnostics: format!("{why}; {consequence}"),
+        });
+    }
 }
 
 /// How many JSON objects deep a resource may nest; deeper content is reported once and not
@@ -937,24 +1103,7 @@ impl<'a> Validator<'a> {
 
     /// The location being checked, as FHIRPath.
     fn expression(&self) -> String {
-        let mut expression = String::with_capacity(64);
-        for segment in &self.path {
-            match segment {
-                Segment::Name(name) => {
-                    if !expression.is_empty() {
-                        expression.push('.');
-                    }
-                    expression.push_str(name);
-                }
-                Segment::Index(index) => {
-                    let _ = write!(expression, "[{index}]");
-                }
-            }
-        }
-        if expression.is_empty() {
-            expression.push_str("Resource");
-        }
-        expression
+        render(&self.path)
     }
 
     /// Reports an issue at the current location; `diagnostics` receives that location.
@@ -1003,6 +1152,28 @@ impl<'a> Validator<'a> {
             issue.severity = IssueSeverity::Fatal;
         }
     }
+}
+
+/// A location as FHIRPath: `Patient.name[0].given`, `Resource` for the root of a non-resource.
+fn render(path: &[Segment<'_>]) -> String {
+    let mut expression = String::with_capacity(64);
+    for segment in path {
+        match segment {
+            Segment::Name(name) => {
+                if !expression.is_empty() {
+                    expression.push('.');
+                }
+                expression.push_str(name);
+            }
+            Segment::Index(index) => {
+                let _ = write!(expression, "[{index}]");
+            }
+        }
+    }
+    if expression.is_empty() {
+        expression.push_str("Resource");
+    }
+    expression
 }
 
 /// `\s` of the definitions' (Java) regexes; a no-break space is content, as in the HL7
@@ -1694,5 +1865,160 @@ mod tests {
         let issues = found(&resource);
         assert_eq!(issues.len(), 1, "one issue for the whole depth: {issues:?}");
         assert_eq!(issues[0].0, "too-costly");
+    }
+
+    const VITALS_MISSING_CATEGORY: &str = r#"{"resourceType": "Observation",
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1"]},
+        "status": "final", "code": {"text": "heart rate"}, "subject": {"reference": "Patient/1"},
+        "effectiveDateTime": "2020-01-01", "valueQuantity": {"value": 60, "system": "http://unitsofmeasure.org", "code": "/min"}}"#;
+
+    /// (severity, code, expression) of each profile issue.
+    fn profile_issues(
+        text: &str,
+        unknown: UnknownProfile,
+        nominated: Option<&str>,
+    ) -> Vec<(IssueSeverity, &'static str, String)> {
+        let nominated = nominated.map(|url| Profiles::r4().get(url).expect("a shipped profile"));
+        validate_profiles(&parse(text), unknown, nominated)
+            .into_iter()
+            .map(|issue| (issue.severity, issue.code, issue.expression))
+            .collect()
+    }
+
+    #[test]
+    fn claimed_profiles_are_checked_with_or_without_a_version() {
+        assert!(
+            found(VITALS_MISSING_CATEGORY).is_empty(),
+            "structurally valid: the category is only required by the profile"
+        );
+        assert_eq!(
+            profile_issues(VITALS_MISSING_CATEGORY, UnknownProfile::Ignore, None),
+            [(
+                IssueSeverity::Error,
+                "required",
+                "Observation.category".to_owned()
+            )]
+        );
+        let unversioned = VITALS_MISSING_CATEGORY.replace("|4.0.1", "");
+        assert_eq!(
+            profile_issues(&unversioned, UnknownProfile::Ignore, None).len(),
+            1
+        );
+        let twice = VITALS_MISSING_CATEGORY.replace(
+            r#"["http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1"]"#,
+            r#"["http://hl7.org/fhir/StructureDefinition/vitalsigns", "http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1"]"#,
+        );
+        assert_eq!(
+            profile_issues(&twice, UnknownProfile::Ignore, None).len(),
+            1,
+            "a profile claimed twice is checked once"
+        );
+        let unclaimed = VITALS_MISSING_CATEGORY.replace(
+            r#""meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1"]},"#,
+            "",
+        );
+        assert_eq!(
+            profile_issues(&unclaimed, UnknownProfile::Reject, None),
+            [],
+            "without a claim, nothing to check"
+        );
+    }
+
+    #[test]
+    fn unknown_profiles_are_ignored_warned_about_or_rejected() {
+        let other_version = VITALS_MISSING_CATEGORY.replace("|4.0.1", "|3.0.2");
+        let unknown = VITALS_MISSING_CATEGORY.replace(
+            "http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1",
+            "http://example.org/StructureDefinition/mine",
+        );
+        for text in [&other_version, &unknown] {
+            assert_eq!(profile_issues(text, UnknownProfile::Ignore, None), []);
+            assert_eq!(
+                profile_issues(text, UnknownProfile::Warn, None),
+                [(
+                    IssueSeverity::Warning,
+                    "not-supported",
+                    "Observation.meta.profile[0]".to_owned()
+                )]
+            );
+            assert_eq!(
+                profile_issues(text, UnknownProfile::Reject, None),
+                [(
+                    IssueSeverity::Error,
+                    "not-supported",
+                    "Observation.meta.profile[0]".to_owned()
+                )]
+            );
+        }
+        let issues = validate_profiles(&parse(&other_version), UnknownProfile::Warn, None);
+        assert_eq!(
+            issues[0].diagnostics,
+            "profile http://hl7.org/fhir/StructureDefinition/vitalsigns|3.0.2 is not known to this server, \
+             which has version 4.0.1 of http://hl7.org/fhir/StructureDefinition/vitalsigns; \
+             the resource was not checked against it"
+        );
+    }
+
+    #[test]
+    fn a_nominated_profile_is_checked_without_a_claim_and_only_once_with_one() {
+        let unclaimed = VITALS_MISSING_CATEGORY.replace(
+            r#""meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1"]},"#,
+            "",
+        );
+        let vitalsigns = "http://hl7.org/fhir/StructureDefinition/vitalsigns";
+        let expected = [(
+            IssueSeverity::Error,
+            "required",
+            "Observation.category".to_owned(),
+        )];
+        assert_eq!(
+            profile_issues(&unclaimed, UnknownProfile::Warn, Some(vitalsigns)),
+            expected
+        );
+        assert_eq!(
+            profile_issues(
+                VITALS_MISSING_CATEGORY,
+                UnknownProfile::Warn,
+                Some(vitalsigns)
+            ),
+            expected
+        );
+    }
+
+    #[test]
+    fn resources_inside_resources_are_checked_against_their_own_claims() {
+        let bundle = format!(
+            r#"{{"resourceType": "Bundle", "type": "collection", "entry": [
+                {{"resource": {{"resourceType": "Patient"}}}},
+                {{"resource": {VITALS_MISSING_CATEGORY}}}]}}"#
+        );
+        assert_eq!(
+            profile_issues(&bundle, UnknownProfile::Warn, None),
+            [(
+                IssueSeverity::Error,
+                "required",
+                "Bundle.entry[1].resource.category".to_owned()
+            )]
+        );
+        let contained = format!(
+            r#"{{"resourceType": "DiagnosticReport", "status": "final", "code": {{"text": "x"}},
+                "contained": [{VITALS_MISSING_CATEGORY}],
+                "meta": {{"profile": ["http://example.org/unknown"]}}}}"#
+        );
+        assert_eq!(
+            profile_issues(&contained, UnknownProfile::Warn, None),
+            [
+                (
+                    IssueSeverity::Warning,
+                    "not-supported",
+                    "DiagnosticReport.meta.profile[0]".to_owned()
+                ),
+                (
+                    IssueSeverity::Error,
+                    "required",
+                    "DiagnosticReport.contained[0].category".to_owned()
+                ),
+            ]
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! Validates every resource of the official R4 examples package (`hl7.fhir.r4.examples@4.0.1`):
-//! each must pass, except the few listed in [`KNOWN_INVALID`], which must still fail.
+//! Validates every resource of the official R4 examples package (`hl7.fhir.r4.examples@4.0.1`),
+//! structurally and against the shipped profiles it (or a resource inside it) claims in
+//! `meta.profile`: each must pass, except the few listed in [`KNOWN_INVALID`], which must still
+//! fail.
 //!
 //! The package is read from `$FHIR_R4_EXAMPLES_DIR`, by default
 //! `<workspace>/.cache/hl7.fhir.r4.examples/package` (`fhir-profiles/scripts/fetch-examples.sh`
@@ -9,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fhir_profiles::Json;
-use fhir_profiles::validate::{Issue, validate_resource};
+use fhir_profiles::profile::Profiles;
+use fhir_profiles::validate::{
+    Issue, IssueSeverity, UnknownProfile, validate_profiles, validate_resource,
+};
 use json_syntax::Parse;
 
 /// Official examples that really are invalid R4, with why. Each must still fail validation,
@@ -94,6 +99,8 @@ struct Checked {
     validating: Duration,
     /// For a valid example: what a mutated copy revealed (the validator missing a problem).
     missed: Vec<String>,
+    /// How many resources in the file (itself and those inside it) claim a shipped profile.
+    shipped_claims: usize,
 }
 
 fn check(path: &Path) -> Checked {
@@ -111,7 +118,15 @@ fn check(path: &Path) -> Checked {
         .and_then(Json::as_str)
         .is_some_and(|name| fhir_profiles::Definitions::r4().is_resource_type(name));
     let started = Instant::now();
-    let issues = is_resource.then(|| validate_resource(&resource));
+    let issues = is_resource.then(|| {
+        let mut issues = validate_resource(&resource);
+        issues.extend(
+            validate_profiles(&resource, UnknownProfile::Warn, None)
+                .into_iter()
+                .filter(|issue| issue.severity == IssueSeverity::Error),
+        );
+        issues
+    });
     let validating = started.elapsed();
     let missed = match &issues {
         Some(issues) if issues.is_empty() => mutants_fail(&resource),
@@ -123,6 +138,33 @@ fn check(path: &Path) -> Checked {
         issues,
         validating,
         missed,
+        shipped_claims: shipped_claims(&resource),
+    }
+}
+
+/// How many resources in a value claim (in `meta.profile`) a profile that is shipped.
+fn shipped_claims(value: &Json) -> usize {
+    match value {
+        Json::Object(object) => {
+            let claims = object
+                .get("meta")
+                .next()
+                .and_then(Json::as_object)
+                .and_then(|meta| meta.get("profile").next())
+                .and_then(Json::as_array)
+                .unwrap_or_default();
+            let own = claims
+                .iter()
+                .filter_map(Json::as_str)
+                .any(|claim| Profiles::r4().get(claim).is_some());
+            usize::from(own)
+                + object
+                    .iter()
+                    .map(|entry| shipped_claims(&entry.value))
+                    .sum::<usize>()
+        }
+        Json::Array(items) => items.iter().map(shipped_claims).sum(),
+        _ => 0,
     }
 }
 
@@ -278,8 +320,10 @@ fn every_official_r4_example_is_valid_except_the_known_invalid_ones() {
         .iter()
         .filter(|c| c.issues.as_ref().is_some_and(Vec::is_empty))
         .count();
+    let claiming: usize = resources.iter().map(|c| c.shipped_claims).sum();
     println!(
-        "{passed} of {} example resources pass ({} files skipped as not resources); \
+        "{passed} of {} example resources pass ({} files skipped as not resources), \
+         {claiming} resources in them claim a shipped profile; \
          validated {:.1} MB in {:.2} s of validation time ({:.1} MB/s per thread)",
         resources.len(),
         checked.len() - resources.len(),
@@ -341,11 +385,61 @@ fn every_official_r4_example_is_valid_except_the_known_invalid_ones() {
         }
     }
     assert!(
+        claiming > 3000,
+        "the package's ValueSets, CodeSystems and vital signs claim shipped profiles; found {claiming} claims"
+    );
+    assert!(
         unexpected.is_empty(),
         "{} unexpected outcomes:\n{}",
         unexpected.len(),
         unexpected.join("\n")
     );
+}
+
+/// The vital signs examples claim only `vitalsigns`, but each is an instance of a more
+/// specific profile derived from it (`bp`, `bmi`, ...): each must conform to that one too,
+/// and must fail it once its vital signs category is taken away.
+#[test]
+fn the_vital_signs_examples_conform_to_their_specific_profiles() {
+    let cases = [
+        ("Observation-blood-pressure.json", "bp"),
+        ("Observation-blood-pressure-dar.json", "bp"),
+        ("Observation-blood-pressure-cancel.json", "bp"),
+        ("Observation-bmi.json", "bmi"),
+        ("Observation-body-height.json", "bodyheight"),
+        ("Observation-body-length.json", "bodyheight"),
+        ("Observation-body-temperature.json", "bodytemp"),
+        ("Observation-head-circumference.json", "headcircum"),
+        ("Observation-heart-rate.json", "heartrate"),
+        ("Observation-respiratory-rate.json", "resprate"),
+        ("Observation-satO2.json", "oxygensat"),
+        ("Observation-vitals-panel.json", "vitalspanel"),
+    ];
+    let dir = examples_dir();
+    for (file, id) in cases {
+        let url = format!("http://hl7.org/fhir/StructureDefinition/{id}");
+        let profile = Profiles::r4()
+            .get(&url)
+            .unwrap_or_else(|| panic!("{url} is shipped"));
+        let text = std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|error| panic!("reading {file}: {error}"));
+        let (mut resource, _) = Json::parse_str(&text).expect("a well-formed example");
+        let mut issues = Vec::new();
+        profile.check(&resource, "Observation", &mut issues);
+        assert!(
+            issues.is_empty(),
+            "{file} conforms to {id}, found {issues:#?}"
+        );
+        let removed = resource
+            .as_object_mut()
+            .and_then(|object| object.remove("category").next());
+        assert!(removed.is_some(), "{file} has a category");
+        profile.check(&resource, "Observation", &mut issues);
+        assert!(
+            matches!(issues.as_slice(), [issue] if issue.expression == "Observation.category"),
+            "{file} without category fails {id} once, found {issues:#?}"
+        );
+    }
 }
 
 /// Builds a collection Bundle of about 20 MB from the package's clinical examples, checks
@@ -419,13 +513,22 @@ fn a_large_bundle_of_clinical_resources_validates_quickly() {
         "the large bundle is valid: {:?}",
         issues.first()
     );
+    let started = Instant::now();
+    let profile_issues = validate_profiles(&reparsed, UnknownProfile::Warn, None);
+    let checking_profiles = started.elapsed();
+    assert!(
+        profile_issues.is_empty(),
+        "the large bundle's resources conform to what they claim: {:?}",
+        profile_issues.first()
+    );
     println!(
         "a bundle of {entry_count} resources, {:.1} MB compact: validated in {:.3} s \
-         ({:.0} resources/s, {:.1} MB/s); parsing it took {:.3} s",
+         ({:.0} resources/s, {:.1} MB/s), profile claims checked in {:.3} s; parsing it took {:.3} s",
         text.len() as f64 / 1e6,
         validating.as_secs_f64(),
         entry_count as f64 / validating.as_secs_f64(),
         text.len() as f64 / 1e6 / validating.as_secs_f64(),
+        checking_profiles.as_secs_f64(),
         parsing.as_secs_f64()
     );
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fhir_profiles::validate::UnknownProfile;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,6 +17,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub limits: LimitsConfig,
     pub search: SearchConfig,
+    pub validation: ValidationConfig,
     pub log: LogConfig,
 }
 
@@ -91,6 +93,14 @@ pub struct SearchConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// What to do with a profile claimed in `meta.profile` that the server does not ship:
+    /// `ignore`, `warn` (a warning in `$validate`; writes accept the resource) or `reject`.
+    pub unknown_profile: UnknownProfile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `gateway=debug,sqlx=warn`.
     pub filter: String,
@@ -132,6 +142,9 @@ impl Default for Config {
             search: SearchConfig {
                 default_count: 50,
                 max_count: 1000,
+            },
+            validation: ValidationConfig {
+                unknown_profile: UnknownProfile::Warn,
             },
             log: LogConfig {
                 filter: "info".to_owned(),
@@ -220,6 +233,30 @@ mod tests {
             assert!(
                 Config::load(None).is_err(),
                 "unknown settings are errors, not silently ignored"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_unknown_profile_policy_is_one_of_three() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.validation.unknown_profile,
+                UnknownProfile::Warn,
+                "unknown profiles are warned about by default"
+            );
+            jail.create_file("gw.toml", "[validation]\nunknown_profile = \"reject\"\n")?;
+            let config = Config::load(Some(Path::new("gw.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.validation.unknown_profile, UnknownProfile::Reject);
+            jail.set_env("FHIR_GATEWAY_VALIDATION__UNKNOWN_PROFILE", "ignore");
+            let config = Config::load(Some(Path::new("gw.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.validation.unknown_profile, UnknownProfile::Ignore);
+            jail.set_env("FHIR_GATEWAY_VALIDATION__UNKNOWN_PROFILE", "strict");
+            assert!(
+                Config::load(None).is_err(),
+                "only ignore, warn and reject are accepted"
             );
             Ok(())
         });

@@ -23,6 +23,10 @@ pub enum Error {
     /// A patch applied, but its result is not a valid resource; every issue is reported.
     #[error("the patched resource is not valid ({} issues)", .0.len())]
     InvalidPatchResult(Vec<Issue>),
+    /// The resource is well-formed but breaks a profile it claims (or that `$validate` was
+    /// asked to check); every issue is reported.
+    #[error("the resource does not conform to its profiles ({} issues)", .0.len())]
+    ProfileViolation(Vec<Issue>),
     /// A search parameter, modifier or feature the server does not support (strict handling).
     #[error("{0}")]
     NotSupported(String),
@@ -64,6 +68,7 @@ impl Error {
             Error::Invalid(_) | Error::InvalidResource(_) | Error::InvalidPatchResult(_) => {
                 "invalid"
             }
+            Error::ProfileViolation(_) => "processing",
             Error::NotSupported(_) | Error::UnknownResourceType(_) | Error::MethodNotAllowed(_) => {
                 "not-supported"
             }
@@ -89,9 +94,9 @@ impl Error {
     /// The OperationOutcome describing this error.
     pub fn operation_outcome(&self) -> Value {
         let issues: Vec<Value> = match self {
-            Error::InvalidResource(issues) | Error::InvalidPatchResult(issues) => {
-                issues.iter().map(issue_json).collect()
-            }
+            Error::InvalidResource(issues)
+            | Error::InvalidPatchResult(issues)
+            | Error::ProfileViolation(issues) => issues.iter().map(issue_json).collect(),
             _ => {
                 let diagnostics = if self.is_server_error() {
                     "the server could not complete the request; the incident is logged".to_owned()
@@ -152,7 +157,7 @@ impl ResponseError for Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Unprocessable(_) | Error::InvalidPatchResult(_) => {
+            Error::Unprocessable(_) | Error::InvalidPatchResult(_) | Error::ProfileViolation(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -216,6 +221,7 @@ mod tests {
             (Error::MethodNotAllowed("x".into()), 405),
             (Error::Unprocessable("x".into()), 422),
             (Error::InvalidPatchResult(Vec::new()), 422),
+            (Error::ProfileViolation(Vec::new()), 422),
         ];
         for (error, status) in cases {
             assert_eq!(

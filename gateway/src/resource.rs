@@ -3,7 +3,10 @@
 //! with the server's `id` and `meta`.
 
 use fhir_profiles::Json;
-use fhir_profiles::validate::{IssueSeverity, validate_resource};
+use fhir_profiles::profile::Profile;
+use fhir_profiles::validate::{
+    Issue, IssueSeverity, UnknownProfile, validate_profiles, validate_resource,
+};
 use json_syntax::{Parse, Print};
 
 use crate::error::{Error, Result};
@@ -85,16 +88,30 @@ pub fn id_of(resource: &Json) -> Option<&str> {
         .as_str()
 }
 
-/// Checks a resource against the R4 structure definitions, reporting every issue at once.
-pub fn validate(resource: &Json) -> Result<()> {
-    let issues = validate_resource(resource);
-    if issues
-        .iter()
-        .any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
-    {
-        return Err(Error::InvalidResource(issues));
+/// Checks a resource against the R4 structure definitions and against the profiles it (or a
+/// resource inside it) claims in `meta.profile`, and `nominated` if given, reporting every
+/// issue at once: a malformed resource is [`Error::InvalidResource`] (400, its profile issues
+/// included), a well-formed one that breaks a profile [`Error::ProfileViolation`] (422).
+/// Returns the issues that are not errors (a warning about a profile the server does not
+/// ship).
+pub fn validate(
+    resource: &Json,
+    unknown_profile: UnknownProfile,
+    nominated: Option<&Profile>,
+) -> Result<Vec<Issue>> {
+    let is_error = |i: &Issue| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal);
+    let mut issues = validate_resource(resource);
+    let malformed = issues.iter().any(is_error);
+    let profile_issues = validate_profiles(resource, unknown_profile, nominated);
+    let breaks_profile = profile_issues.iter().any(is_error);
+    issues.extend(profile_issues);
+    if malformed {
+        Err(Error::InvalidResource(issues))
+    } else if breaks_profile {
+        Err(Error::ProfileViolation(issues))
+    } else {
+        Ok(issues)
     }
-    Ok(())
 }
 
 /// Sets the server-assigned `id`, `meta.versionId` and `meta.lastUpdated`, keeping every

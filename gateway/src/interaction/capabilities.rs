@@ -2,6 +2,7 @@
 //! listing exactly what this server does.
 
 use fhir_profiles::Definitions;
+use fhir_profiles::profile::{Profile, Profiles};
 use fhir_profiles::search::{Registry, SearchParamType};
 use serde_json::{Value, json};
 
@@ -55,7 +56,7 @@ pub fn capability_statement(ctx: &Context) -> Value {
                 .filter(|p| p.kind == SearchParamType::Reference)
                 .map(|p| format!("{resource_type}:{}", p.code))
                 .collect();
-            json!({
+            let mut resource = json!({
                 "type": resource_type,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
                 "interaction": interactions.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
@@ -70,7 +71,17 @@ pub fn capability_statement(ctx: &Context) -> Value {
                 "searchInclude": includes,
                 "searchRevInclude": ["*"],
                 "searchParam": params,
-            })
+            });
+            // the profiles a resource may claim and have checked
+            let supported: Vec<&str> = Profiles::r4()
+                .of_type(resource_type)
+                .into_iter()
+                .map(Profile::url)
+                .collect();
+            if !supported.is_empty() {
+                resource["supportedProfile"] = json!(supported);
+            }
+            resource
         })
         .collect();
     json!({

@@ -21,7 +21,7 @@ pub async fn create(
     body: Json,
     if_none_exist: Option<&str>,
 ) -> Result<Outcome> {
-    check_body(&body, resource_type)?;
+    check_body(ctx, &body, resource_type)?;
     if let Some(criteria) = if_none_exist {
         store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
         let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;

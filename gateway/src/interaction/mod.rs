@@ -203,16 +203,17 @@ pub(crate) async fn store_new_versions(
     Ok(())
 }
 
-/// Checks a resource body for a write: the right type, structurally valid, and not a
-/// subset (`SUBSETTED` in `meta.tag`), which would overwrite what it left out.
-pub(crate) fn check_body(body: &Json, expected: &ResourceType) -> Result<()> {
+/// Checks a resource body for a write: the right type, structurally valid, conforming to
+/// the profiles it claims, and not a subset (`SUBSETTED` in `meta.tag`), which would
+/// overwrite what it left out.
+pub(crate) fn check_body(ctx: &Context, body: &Json, expected: &ResourceType) -> Result<()> {
     let actual = resource::resource_type_of(body)?;
     if &actual != expected {
         return Err(Error::Invalid(format!(
             "the body is a {actual} but the request is for {expected}"
         )));
     }
-    resource::validate(body)?;
+    resource::validate(body, ctx.config.validation.unknown_profile, None)?;
     if fhir_profiles::subset::is_subsetted(body) {
         return Err(Error::Unprocessable(
             "the resource is tagged SUBSETTED: a subset of a resource cannot be stored".to_owned(),

@@ -12,6 +12,7 @@
 
 use fhir_profiles::Json;
 use fhir_profiles::fhirpatch::{FhirPatch, PatchError};
+use fhir_profiles::validate::UnknownProfile;
 use json_syntax::Parse;
 use sqlx::AnyConnection;
 
@@ -45,7 +46,8 @@ impl PatchDocument {
                 "a FHIRPath Patch is a Parameters resource".to_owned(),
             ));
         }
-        resource::validate(parameters)?;
+        // the patch document itself: its structure only (profiles it may claim do not matter)
+        resource::validate(parameters, UnknownProfile::Ignore, None)?;
         FhirPatch::parse(parameters)
             .map(PatchDocument::FhirPath)
             .map_err(|e| Error::Invalid(e.to_string()))
@@ -114,7 +116,7 @@ pub async fn patch(
             "a patch must not change or remove the resource id".to_owned(),
         ));
     }
-    check_body(&body, resource_type).map_err(|e| match e {
+    check_body(ctx, &body, resource_type).map_err(|e| match e {
         Error::InvalidResource(issues) => Error::InvalidPatchResult(issues),
         Error::Invalid(message) => Error::Unprocessable(message),
         other => other,

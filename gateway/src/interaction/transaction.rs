@@ -128,12 +128,16 @@ fn entry_error(index: usize, error: Error) -> Error {
         Error::Database(_) | Error::Internal(_) => {
             Error::Internal(anyhow::anyhow!("bundle entry {index}: {error}"))
         }
-        Error::InvalidResource(issues) => {
+        Error::InvalidResource(issues) | Error::ProfileViolation(issues) => {
             let mut issues = issues.clone();
             for issue in &mut issues {
                 issue.expression = format!("Bundle.entry[{index}].resource.{}", issue.expression);
             }
-            Error::InvalidResource(issues)
+            if matches!(error, Error::InvalidResource(_)) {
+                Error::InvalidResource(issues)
+            } else {
+                Error::ProfileViolation(issues)
+            }
         }
         Error::Invalid(m) => Error::Invalid(format!("Bundle.entry[{index}]: {m}")),
         Error::NotSupported(m) => Error::NotSupported(format!("Bundle.entry[{index}]: {m}")),
@@ -501,7 +505,7 @@ async fn transaction(
             let resource = entry.resource.ok_or_else(|| {
                 entry_error(index, Error::Invalid("POST needs a resource".to_owned()))
             })?;
-            check_body(&resource, resource_type).map_err(|e| entry_error(index, e))?;
+            check_body(ctx, &resource, resource_type).map_err(|e| entry_error(index, e))?;
             pending.push((
                 index,
                 PreparedVersion::new(resource_type, id, None, resource, Method::Post),
@@ -521,7 +525,7 @@ async fn transaction(
                 set_id(&mut resource, id);
                 let current =
                     store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
-                match check_body(&resource, resource_type) {
+                match check_body(ctx, &resource, resource_type) {
                     Ok(()) => {
                         store_version(
                             conn,

@@ -23,7 +23,7 @@ pub async fn update(
     body: Json,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
-    check_body(&body, resource_type)?;
+    check_body(ctx, &body, resource_type)?;
     match resource::id_of(&body) {
         Some(body_id) if body_id == id.as_str() => {}
         Some(body_id) => {
@@ -75,7 +75,7 @@ pub async fn conditional_update(
     body: Json,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
-    check_body(&body, resource_type)?;
+    check_body(ctx, &body, resource_type)?;
     store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
     let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
     match matches.as_slice() {

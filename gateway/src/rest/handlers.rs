@@ -2,6 +2,7 @@
 //! runs one interaction (in a transaction for writes) and answers through [`respond`].
 
 use actix_web::{HttpRequest, HttpResponse, Scope, web};
+use fhir_profiles::profile::Profiles;
 
 use super::format::PatchFormat;
 use super::{
@@ -554,7 +555,8 @@ async fn history_instance(
     .await
 }
 
-/// `POST [base]/[type]/$validate` with the resource (or a Parameters with `resource`)
+/// `POST [base]/[type]/$validate` with the resource (or a Parameters with `resource`, and
+/// optionally `profile`; `?profile=` works too)
 async fn validate_type(
     req: HttpRequest,
     path: web::Path<String>,
@@ -564,7 +566,7 @@ async fn validate_type(
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
     let body = resource_body(&req, payload, &state).await?;
-    validate_operation(&resource_type, None, body)
+    validate_operation(&req, &state, &resource_type, None, body)
 }
 
 /// `POST [base]/[type]/[id]/$validate`
@@ -577,15 +579,38 @@ async fn validate_instance(
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let body = resource_body(&req, payload, &state).await?;
-    validate_operation(&resource_type, Some(&id), body)
+    validate_operation(&req, &state, &resource_type, Some(&id), body)
 }
 
+/// [`$validate`](http://hl7.org/fhir/R4/resource-operation-validate.html): 200 with the
+/// warnings (or "valid"), else the issues with 400 (malformed) or 422 (breaks a profile).
 fn validate_operation(
+    req: &HttpRequest,
+    state: &AppState,
     resource_type: &ResourceType,
     id: Option<&ResourceId>,
     body: fhir_profiles::Json,
 ) -> Result<HttpResponse> {
-    let resource = unwrap_parameters(body)?;
+    let ValidateInput { resource, profile } = validate_input(body)?;
+    let query_profile = form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "profile")
+        .map(|(_, v)| v.into_owned());
+    let profile = match (profile, query_profile) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::Invalid(format!(
+                "$validate was given two profiles, {a} in the Parameters and {b} in the URL"
+            )));
+        }
+        (profile, query_profile) => profile.or(query_profile),
+    };
+    let nominated = match profile.as_deref() {
+        Some(url) => Some(Profiles::r4().get(url).ok_or_else(|| {
+            Error::NotSupported(format!(
+                "profile {url} is not known to this server, so it cannot validate against it"
+            ))
+        })?),
+        None => None,
+    };
     let actual = resource::resource_type_of(&resource)?;
     if &actual != resource_type {
         return Err(Error::Invalid(format!(
@@ -599,51 +624,66 @@ fn validate_operation(
             "the id in the URL ({id}) differs from the id in the body ({body_id})"
         )));
     }
-    let issues = fhir_profiles::validate::validate_resource(&resource);
-    let has_errors = issues.iter().any(|i| {
-        matches!(
-            i.severity,
-            fhir_profiles::validate::IssueSeverity::Error
-                | fhir_profiles::validate::IssueSeverity::Fatal
-        )
-    });
-    let status = if has_errors { 400 } else { 200 };
+    let warnings = resource::validate(
+        &resource,
+        state.ctx.config.validation.unknown_profile,
+        nominated,
+    )?;
     Ok(respond(
-        Outcome::json(status, validation_outcome(&issues)),
+        Outcome::json(200, validation_outcome(&warnings)),
         ReturnPreference::Representation,
     ))
 }
 
-/// `$validate` takes the resource itself or a Parameters with a `resource` parameter.
-fn unwrap_parameters(body: fhir_profiles::Json) -> Result<fhir_profiles::Json> {
+/// What `$validate` was given: the resource and the profile to check it against.
+struct ValidateInput {
+    resource: fhir_profiles::Json,
+    profile: Option<String>,
+}
+
+/// `$validate` takes the resource itself or a Parameters with a `resource` parameter and
+/// optionally a `profile` (`valueUri` or `valueCanonical`).
+fn validate_input(body: fhir_profiles::Json) -> Result<ValidateInput> {
     let is_parameters = body
         .as_object()
         .and_then(|o| o.get_unique("resourceType").ok().flatten())
         .and_then(|v| v.as_str())
         == Some("Parameters");
     if !is_parameters {
-        return Ok(body);
+        return Ok(ValidateInput {
+            resource: body,
+            profile: None,
+        });
     }
     let parameters = body
         .as_object()
         .and_then(|o| o.get_unique("parameter").ok().flatten())
         .and_then(|p| p.as_array());
+    let (mut resource, mut profile) = (None, None);
     for parameter in parameters.into_iter().flatten() {
         let Some(object) = parameter.as_object() else {
             continue;
         };
-        if object
-            .get_unique("name")
-            .ok()
-            .flatten()
-            .and_then(|n| n.as_str())
-            == Some("resource")
-            && let Some(resource) = object.get_unique("resource").ok().flatten()
-        {
-            return Ok(resource.clone());
+        let member = |key: &str| object.get_unique(key).ok().flatten();
+        match member("name").and_then(|n| n.as_str()) {
+            Some("resource") => resource = resource.or_else(|| member("resource").cloned()),
+            Some("profile") => {
+                let value = member("valueUri")
+                    .or_else(|| member("valueCanonical"))
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| {
+                        Error::Invalid(
+                            "the profile parameter of $validate needs a valueUri or valueCanonical"
+                                .to_owned(),
+                        )
+                    })?;
+                profile = Some(value.to_owned());
+            }
+            _ => {}
         }
     }
-    Err(Error::Invalid(
-        "the Parameters for $validate have no resource parameter".to_owned(),
-    ))
+    let resource = resource.ok_or_else(|| {
+        Error::Invalid("the Parameters for $validate have no resource parameter".to_owned())
+    })?;
+    Ok(ValidateInput { resource, profile })
 }

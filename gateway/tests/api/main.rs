@@ -12,5 +12,6 @@ mod crud;
 mod errors;
 mod examples;
 mod patch;
+mod profiles;
 mod search;
 mod summary;
