@@ -224,6 +224,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_configuration_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhir-gateway.toml");
+        let config = Config::load(Some(&path)).expect("deploy/fhir-gateway.toml loads");
+        assert_eq!(
+            config.server.base_url.as_deref(),
+            Some("https://fhir.example.org/fhir")
+        );
+        assert!(config.database.url.is_none(), "no secret in the example");
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "0");
