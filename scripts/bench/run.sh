@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The server benchmarks of BENCHMARKS.md, end to end, against a release build on PostgreSQL:
+#   (a) ingest of the Synthea bundles with 8 concurrent clients
+#   (b) read by id at 32 concurrent connections
+#   (c) the search mix (Patient by name; Observation by patient + code + date; with _include)
+# Usage: scripts/bench/run.sh [SYNTHEA_DIR] (default ../shared/data/synthea-r4)
+# Needs wrk (apt-get install wrk), python3, and PostgreSQL on 127.0.0.1:5432 (it creates and
+# drops the database fhir_bench). DURATION (default 30s) sets each wrk run's length.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${1:-../shared/data/synthea-r4}
+DURATION=${DURATION:-30s}
+PORT=${PORT:-8190}
+PG=postgres://postgres@127.0.0.1:5432
+OUT=target/bench
+
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
+cargo build --release --bin fhir-gateway
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench" -c "CREATE DATABASE fhir_bench"
+
+FHIR_GATEWAY_DATABASE__URL="$PG/fhir_bench" FHIR_GATEWAY_SERVER__PORT=$PORT \
+  FHIR_GATEWAY_LOG__FILTER=warn target/release/fhir-gateway serve &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
+
+echo "== machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== (a) ingest, 8 clients"
+python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
+# what autovacuum would do shortly after a bulk load; without statistics the planner
+# guesses 1 row per index lookup
+psql "$PG/fhir_bench" -qc "VACUUM ANALYZE"
+python3 scripts/bench/prepare.py --base "http://127.0.0.1:$PORT/fhir" --out "$OUT"
+
+echo "== (b) read by id, 32 connections"
+wrk -t2 -c32 -d"$DURATION" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/reads.txt"
+echo "== (c) search mix, 8 connections"
+wrk -t2 -c8 -d"$DURATION" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/searches.txt"
+echo "== (c) search mix, 32 connections"
+wrk -t2 -c32 -d"$DURATION" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/searches.txt"
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench WITH (FORCE)" || true
