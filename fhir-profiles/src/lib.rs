@@ -7,7 +7,8 @@
 //! - [`validate`]: structural validation of a resource, reporting every issue;
 //! - [`fhirpath`]: the subset of FHIRPath that the search parameter expressions use;
 //! - [`search`]: the search parameter registry and the index values of a resource;
-//! - [`compartment`]: the Patient compartment definition.
+//! - [`compartment`]: the Patient compartment definition;
+//! - [`terminology`]: code system hierarchies and value set expansions of the package.
 //!
 //! Resources are handled as [`json_syntax::Value`], which keeps numbers exactly as
 //! written (`1.50` stays `1.50`) and members in their original order.
@@ -16,6 +17,7 @@ pub mod compartment;
 pub mod definitions;
 pub mod fhirpath;
 pub mod search;
+pub mod terminology;
 pub mod validate;
 
 pub use definitions::Definitions;
