@@ -8,7 +8,8 @@
 //! - [`fhirpath`]: the subset of FHIRPath that the search parameter expressions use;
 //! - [`search`]: the search parameter registry and the index values of a resource;
 //! - [`compartment`]: the Patient compartment definition;
-//! - [`terminology`]: code system hierarchies and value set expansions of the package.
+//! - [`terminology`]: code system hierarchies and value set expansions of the package;
+//! - [`text`]: the words of a resource for `_text` and `_content`.
 //!
 //! Resources are handled as [`json_syntax::Value`], which keeps numbers exactly as
 //! written (`1.50` stays `1.50`) and members in their original order.
@@ -18,6 +19,7 @@ pub mod definitions;
 pub mod fhirpath;
 pub mod search;
 pub mod terminology;
+pub mod text;
 pub mod validate;
 
 pub use definitions::Definitions;
