@@ -17,6 +17,7 @@ pub mod update;
 
 use fhir_profiles::Json;
 use fhir_profiles::search::index_entries;
+use fhir_profiles::text::resource_words;
 use sqlx::AnyConnection;
 
 use crate::config::Config;
@@ -126,6 +127,7 @@ pub(crate) async fn store_version(
     let last_updated = Instant::now();
     resource::stamp(&mut body, id, version, last_updated);
     let index = index_entries(resource_type.as_str(), &body);
+    let words = resource_words(&body);
     let text = resource::to_text(&body);
     store::write_version(
         conn,
@@ -138,6 +140,7 @@ pub(crate) async fn store_version(
             method: method.as_str(),
             body: Some(&text),
             index: &index,
+            words: &words,
         },
     )
     .await?;

@@ -1,6 +1,7 @@
 //! Writing the search index rows of a resource version (`idx_*` tables).
 
 use fhir_profiles::search::{IndexEntry, IndexValue};
+use fhir_profiles::text::Word;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::search::{Bind, Sql};
@@ -20,7 +21,7 @@ const TABLES: [&str; 7] = [
 
 /// Removes every index row of a resource.
 pub(super) async fn delete(conn: &mut AnyConnection, rkey: i64) -> Result<(), sqlx::Error> {
-    for table in TABLES {
+    for table in TABLES.into_iter().chain(["idx_word"]) {
         // audited: `table` comes from the constant TABLES
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE rkey = $1"
@@ -121,6 +122,35 @@ pub(super) async fn insert(
             );
             sql.query().execute(&mut *conn).await?;
         }
+    }
+    Ok(())
+}
+
+/// Inserts the words of a resource (`_text`, `_content`) into `idx_word`.
+pub(super) async fn insert_words(
+    conn: &mut AnyConnection,
+    rkey: i64,
+    resource_type: &str,
+    words: &[Word],
+) -> Result<(), sqlx::Error> {
+    for chunk in words.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = Sql::default();
+        // the same rkey and type for every row
+        let key = sql.bind(Bind::Int(rkey));
+        let rtype = sql.bind(Bind::Text(resource_type.to_owned()));
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|word| {
+                let text = sql.bind(Bind::Text(word.word.clone()));
+                let narrative = if word.narrative { 1 } else { 0 };
+                format!("({key}, {rtype}, {text}, {narrative})")
+            })
+            .collect();
+        sql.text = format!(
+            "INSERT INTO idx_word (rkey, rtype, word, narrative) VALUES {}",
+            rows.join(", ")
+        );
+        sql.query().execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Resource versions: reading the current one, a given one, history, and writing a new one.
 
 use fhir_profiles::search::IndexEntry;
+use fhir_profiles::text::Word;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::{Backend, index};
@@ -134,6 +135,8 @@ pub struct VersionWrite<'a> {
     pub body: Option<&'a str>,
     /// The search index of this version (ignored for a deletion).
     pub index: &'a [IndexEntry],
+    /// The words of this version for `_text` and `_content` (ignored for a deletion).
+    pub words: &'a [Word],
 }
 
 /// Stores a version and makes it current, replacing the resource's search index.
@@ -185,6 +188,7 @@ pub async fn write_version(
     .await?;
     if write.body.is_some() {
         index::insert(conn, rkey, write.resource_type, write.index).await?;
+        index::insert_words(conn, rkey, write.resource_type, write.words).await?;
     }
     Ok(())
 }
