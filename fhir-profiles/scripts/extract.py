@@ -9,6 +9,9 @@ CompartmentDefinition) and writes compact JSON into fhir-profiles/r4/:
                          (cardinality, types, summary flag, required binding)
 - valuesets.json         the codes of every value set bound `required` that can be
                          enumerated from the package's own CodeSystems
+- terminology.json       every complete CodeSystem as an is-a hierarchy (code -> parents)
+                         and every ValueSet expandable from the package (system -> codes),
+                         for the token search modifiers :in, :not-in, :above and :below
 - search-parameters.json every SearchParameter, one entry per (base, code), with the
                          expression narrowed to the branches of that base
 - compartment-patient.json  resource type -> the parameters linking it to a Patient
@@ -154,8 +157,8 @@ def codesystem_codes(cs):
     return codes
 
 
-def terminology(pkg):
-    """Every ValueSet and CodeSystem of the package, by (resourceType, url)."""
+def terminology_resources(pkg):
+    """(resourceType, url) -> resource, for every ValueSet and CodeSystem of the package."""
     by_url = {}
     for r in bundle_resources(pkg, "Bundle-valuesets.json"):
         if r["resourceType"] in ("ValueSet", "CodeSystem"):
@@ -428,6 +431,178 @@ def finish_bindings(profiles_out, expanded, by_url, notes):
         walk(profile["elements"], url.rsplit("/", 1)[-1])
 
 
+def concept_parents(cs):
+    """code -> set of parent codes (is-a), from concept nesting and the `child`, `parent`
+    and `subsumedBy` properties; every code of the system is a key."""
+    parents = {}
+
+    def walk(concepts, parent):
+        for c in concepts:
+            mine = parents.setdefault(c["code"], set())
+            if parent is not None:
+                mine.add(parent)
+            for prop in c.get("property", []):
+                value = prop.get("valueCode")
+                if value is None:
+                    continue
+                if prop["code"] == "child":
+                    parents.setdefault(value, set()).add(c["code"])
+                elif prop["code"] in ("parent", "subsumedBy"):
+                    mine.add(value)
+            walk(c.get("concept", []), c["code"])
+
+    walk(cs.get("concept", []), None)
+    return parents
+
+
+def concept_properties(cs):
+    """code -> {property code: set of values as text}."""
+    out = {}
+
+    def walk(concepts):
+        for c in concepts:
+            props = out.setdefault(c["code"], {})
+            for prop in c.get("property", []):
+                for key, value in prop.items():
+                    if key.startswith("value"):
+                        props.setdefault(prop["code"], set()).add(str(value).lower() if isinstance(value, bool) else str(value))
+            walk(c.get("concept", []))
+
+    walk(cs.get("concept", []))
+    return out
+
+
+def terminology(by_url):
+    """Every complete CodeSystem of the package (its is-a hierarchy) and every ValueSet that
+    can be expanded from the package alone, for the token modifiers :in, :not-in, :above
+    and :below.
+
+    A ValueSet expands when each include and exclude is a list of concepts, a whole
+    CodeSystem of the package whose content is complete, a filter on such a system
+    (`concept` is-a / descendent-of / is-not-a, or `property = value`), or another value
+    set that expands; includes that name several sources are intersected, as compose
+    requires. Otherwise the package's own `expansion`, if it has one, is used.
+    """
+    systems = {url: cs for (kind, url), cs in by_url.items() if kind == "CodeSystem" and cs.get("content") == "complete"}
+    parents = {url: concept_parents(cs) for url, cs in systems.items()}
+    children = {}
+    for url, table in parents.items():
+        down = children.setdefault(url, {})
+        for code, ups in table.items():
+            for up in ups:
+                down.setdefault(up, set()).add(code)
+
+    def descendants(system, code):
+        found, stack = set(), [code]
+        while stack:
+            for child in children[system].get(stack.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    stack.append(child)
+        found.discard(code)
+        return found
+
+    def filtered(system, f):
+        table = parents.get(system)
+        if table is None:
+            return None
+        prop, op, value = f.get("property"), f.get("op"), f.get("value")
+        if prop == "concept" and op == "is-a":
+            return ({value} | descendants(system, value)) if value in table else set()
+        if prop == "concept" and op == "descendent-of":
+            return descendants(system, value) if value in table else set()
+        if prop == "concept" and op == "is-not-a":
+            return set(table) - {value} - descendants(system, value)
+        if op == "=":
+            props = concept_properties(systems[system])
+            return {code for code, p in props.items() if value in p.get(prop, ())}
+        return None
+
+    def source(inc, seen):
+        """The (system, code) pairs one include or exclude selects, or None."""
+        sets = []
+        system = inc.get("system")
+        if system is not None:
+            if "concept" in inc:
+                sets.append({(system, c["code"]) for c in inc["concept"]})
+            elif inc.get("filter"):
+                codes = None
+                for f in inc["filter"]:
+                    selected = filtered(system, f)
+                    if selected is None:
+                        return None
+                    codes = selected if codes is None else codes & selected
+                sets.append({(system, c) for c in codes})
+            elif system in parents:
+                sets.append({(system, c) for c in parents[system]})
+            else:
+                return None
+        for nested in inc.get("valueSet", []):
+            sub = expand(strip_version(nested), seen)
+            if sub is None:
+                return None
+            sets.append(sub)
+        if not sets:
+            return None
+        result = sets[0]
+        for other in sets[1:]:
+            result = result & other
+        return result
+
+    cache = {}
+
+    def expand(url, seen):
+        if url in cache:
+            return cache[url]
+        if url in seen:
+            return None
+        vs = by_url.get(("ValueSet", url))
+        if vs is None:
+            return None
+        seen = seen | {url}
+        result = set()
+        compose = vs.get("compose", {})
+        for inc in compose.get("include", []):
+            selected = source(inc, seen)
+            if selected is None:
+                result = None
+                break
+            result |= selected
+        if result is not None:
+            for exc in compose.get("exclude", []):
+                selected = source(exc, seen)
+                if selected is None:
+                    result = None
+                    break
+                result -= selected
+        if result is None and vs.get("expansion"):
+            result = set()
+            stack = list(vs["expansion"].get("contains", []))
+            while stack:
+                c = stack.pop()
+                if c.get("system") and c.get("code"):
+                    result.add((c["system"], c["code"]))
+                stack.extend(c.get("contains", []))
+        cache[url] = result or None
+        return cache[url]
+
+    value_sets = {}
+    for kind, url in sorted(by_url):
+        if kind != "ValueSet" or not url:
+            continue
+        pairs = expand(url, frozenset())
+        if pairs:
+            by_system = {}
+            for system, code in pairs:
+                by_system.setdefault(system, []).append(code)
+            value_sets[url] = {system: sorted(codes) for system, codes in by_system.items()}
+    code_systems = {
+        url: {code: sorted(ups) for code, ups in table.items() if ups}
+        for url, table in parents.items()
+    }
+    return {"codeSystems": code_systems, "valueSets": value_sets}
+
+
 def split_expression(expr):
     """Split a FHIRPath union at top level (outside parentheses and quotes)."""
     parts, depth, quote, cur = [], 0, False, ""
@@ -510,12 +685,13 @@ def main(argv):
     types = structure(pkg)
     required = {e["requiredBinding"] for t in types.values() for e in t["elements"] if "requiredBinding" in e}
     profiles_out, profile_value_sets, notes = profiles(pkg)
-    by_url = terminology(pkg)
+    by_url = terminology_resources(pkg)
     expanded = valuesets(by_url, required | profile_value_sets)
     finish_bindings(profiles_out, expanded, by_url, notes)
     write("structure.json", types)
     write("valuesets.json", expanded)
     write("profiles.json", profiles_out)
+    write("terminology.json", terminology(by_url))
     write("search-parameters.json", search_parameters(pkg, set(types)))
     write("compartment-patient.json", compartment(pkg))
     for note in notes:

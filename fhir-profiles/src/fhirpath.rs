@@ -204,6 +204,38 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Calls `visit` with the name and node of each member of this node's JSON object, in
+    /// order, repeating members once per item. Types come from the definitions: a choice
+    /// member (`valueString`) gets the type its suffix names, a primitive's extension
+    /// member (`_given`) is an `Element`, and an unknown member has no type.
+    pub fn for_each_child(&self, mut visit: impl FnMut(&'a str, Node<'a>)) {
+        let Some(object) = self.value.as_object() else {
+            return;
+        };
+        let model = Model::r4();
+        let info = self.ty.map(|ty| model.info(ty));
+        for entry in object.entries() {
+            let key = entry.key.as_str();
+            let slot = match key.strip_prefix('_') {
+                Some(_) => model.by_name.get("Element").copied().map(Slot::Typed),
+                None => info.and_then(|info| child_slot(info, key)),
+            };
+            let typed = |value: &'a Json| Node {
+                value,
+                ty: slot.and_then(|slot| model.slot_type(slot, value)),
+            };
+            match &entry.value {
+                Json::Null => {}
+                Json::Array(items) => {
+                    for item in items.iter().filter(|i| !matches!(i, Json::Null)) {
+                        visit(key, typed(item));
+                    }
+                }
+                single => visit(key, typed(single)),
+            }
+        }
+    }
+
     fn boolean(value: bool) -> Node<'static> {
         static TRUE: Json = Json::Boolean(true);
         static FALSE: Json = Json::Boolean(false);
@@ -519,6 +551,25 @@ impl ModelBuilder<'_> {
         info.ancestors = ancestors;
         info.children = children;
     }
+}
+
+/// The slot of the JSON member `key` of a value of type `info`: a plain element by its
+/// name, a choice element (`value[x]`) by its name and type suffix (`valueQuantity`).
+fn child_slot(info: &TypeInfo, key: &str) -> Option<Slot> {
+    match info.children.get(key) {
+        Some(Child::Single(slot)) => return Some(*slot),
+        Some(Child::Choice(_)) => return None,
+        None => {}
+    }
+    key.char_indices()
+        .filter(|(i, c)| *i > 0 && c.is_ascii_uppercase())
+        .find_map(|(i, _)| match info.children.get(&key[..i]) {
+            Some(Child::Choice(options)) => options
+                .iter()
+                .find(|(suffix, _)| suffix.as_ref() == &key[i..])
+                .map(|(_, slot)| *slot),
+            _ => None,
+        })
 }
 
 pub(crate) fn capitalize(code: &str) -> String {

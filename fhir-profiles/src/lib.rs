@@ -12,7 +12,9 @@
 //! - [`fhirpatch`]: FHIRPath Patch (a Parameters resource of operations) applied to a resource;
 //! - [`search`]: the search parameter registry and the index values of a resource;
 //! - [`compartment`]: the Patient compartment definition;
-//! - [`subset`]: `_summary` and `_elements`, the parts of a resource a client can ask for.
+//! - [`subset`]: `_summary` and `_elements`, the parts of a resource a client can ask for;
+//! - [`terminology`]: code system hierarchies and value set expansions of the package;
+//! - [`text`]: the words of a resource for `_text` and `_content`.
 //!
 //! Resources are handled as [`json_syntax::Value`], which keeps numbers exactly as
 //! written (`1.50` stays `1.50`) and members in their original order.
@@ -24,6 +26,8 @@ pub mod fhirpath;
 pub mod profile;
 pub mod search;
 pub mod subset;
+pub mod terminology;
+pub mod text;
 pub mod validate;
 
 pub use definitions::Definitions;

@@ -13,7 +13,7 @@
 //! | parameter | node types | index value |
 //! |---|---|---|
 //! | string | `string`, `markdown` and other string primitives; `HumanName` (family, given, prefix, suffix, text); `Address` (line, city, district, state, postalCode, country, text) | one [`IndexValue::String`] per part |
-//! | token | `code` and other string primitives, `boolean`; `Coding`; `CodeableConcept` (each coding, and its text alone); `Identifier` (system, value, `type.text`); `ContactPoint` (value, no system) | [`IndexValue::Token`] |
+//! | token | `code` and other string primitives, `boolean`; `Coding`; `CodeableConcept` (each coding, and its text alone); `Identifier` (system, value, `type.text`; `:of-type` entries, below); `ContactPoint` (value, no system) | [`IndexValue::Token`] |
 //! | reference | `Reference` (literal reference; its `identifier` under `"{code}:identifier"`); `canonical`, `uri` (`url\|version` split) | [`IndexValue::Reference`] |
 //! | date | `date`, `dateTime`, `instant`; `Period`; `Timing` (outer limits of events and `repeat.boundsPeriod`) | [`IndexValue::Date`] |
 //! | number | `integer`, `decimal` and their kin | [`IndexValue::Number`] |
@@ -43,7 +43,9 @@
 //!   chained searches into the Bundle's first entry, which the index does not model.
 //! - **Period** without start and end, and a Period or date that does not parse, yield
 //!   nothing. A Period's end covers its whole precision (`end: 2020-01` ends on 1 February).
-//! - **Identifier `:of-type`** is not indexed (it would need the type coding as well).
+//! - **Identifier `:of-type`**: a token parameter's `Identifier` also yields, for each
+//!   `type.coding` with system and code, an entry under `"{code}:of-type"` whose `system`
+//!   is `"{type system}|{type code}"` and whose `code` is the identifier's value.
 //! - **DocumentReference `relationship`**: the R4 definition swaps its two component
 //!   expressions (the reference component `relatesto` reads `code`, the token `relation`
 //!   reads `target`); the registry puts them right (a known R4 erratum).
@@ -507,7 +509,12 @@ fn convert(kind: SearchParamType, node: &Node<'_>, sink: &mut Sink<'_>) {
                     sink.push_token(None, None, Some(text));
                 }
             }
-            ("Identifier", Some(identifier)) => push_identifier(identifier, sink),
+            ("Identifier", Some(identifier)) => {
+                push_identifier(identifier, sink);
+                if sink.group == 0 {
+                    push_identifier_of_type(identifier, sink);
+                }
+            }
             ("ContactPoint", Some(contact)) => {
                 sink.push_token(None, string(contact, "value"), None)
             }
@@ -632,6 +639,40 @@ fn push_identifier(identifier: &Object, sink: &mut Sink<'_>) {
         string(identifier, "value"),
         type_text,
     );
+}
+
+/// The entries for `:of-type` (search.html#modifiers): one per coding of
+/// `Identifier.type` that has a system and a code, when the identifier has a value, under
+/// `"{code}:of-type"` with `system` = `"{type system}|{type code}"` and `code` = the value.
+fn push_identifier_of_type(identifier: &Object, sink: &mut Sink<'_>) {
+    let Some(value) = string(identifier, "value") else {
+        return;
+    };
+    let codings = field(identifier, "type")
+        .and_then(Json::as_object)
+        .and_then(|t| field(t, "coding"))
+        .into_iter()
+        .flat_map(items)
+        .filter_map(Json::as_object);
+    let param = format!("{}:of-type", sink.param);
+    for coding in codings {
+        if let (Some(system), Some(code)) = (string(coding, "system"), string(coding, "code")) {
+            sink.entries.push(IndexEntry {
+                param: param.clone(),
+                group: 0,
+                value: IndexValue::Token {
+                    system: Some(of_type_system(system, code)),
+                    code: Some(value.to_owned()),
+                    text: None,
+                },
+            });
+        }
+    }
+}
+
+/// How the type of an identifier is kept in an `:of-type` entry's `system`.
+pub fn of_type_system(type_system: &str, type_code: &str) -> String {
+    format!("{type_system}|{type_code}")
 }
 
 fn push_literal_reference(text: &str, sink: &mut Sink<'_>) {
@@ -1287,7 +1328,55 @@ mod tests {
                 Has("deceased", 0, code("false")),
                 Nothing("death-date"),
                 Nothing("_text"),
+                Nothing("identifier:of-type"),
             ],
+        );
+    }
+
+    #[test]
+    fn identifier_types_yield_of_type_entries() {
+        let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+        check(
+            "typed identifiers",
+            r#"{"resourceType": "Patient",
+                "identifier": [
+                    {"system": "urn:mrn", "value": "446053",
+                     "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"},
+                                         {"system": "http://local", "code": "hospital-no"},
+                                         {"code": "no-system"}]}},
+                    {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]}}
+                ],
+                "generalPractitioner": [{"identifier": {"value": "x", "type": {"coding": [{"system": "http://s", "code": "c"}]}}}]}"#,
+            vec![
+                Has(
+                    "identifier",
+                    0,
+                    token(Some("urn:mrn"), Some("446053"), None),
+                ),
+                Has(
+                    "identifier:of-type",
+                    0,
+                    token(Some(&of_type_system(v2, "MR")), Some("446053"), None),
+                ),
+                Has(
+                    "identifier:of-type",
+                    0,
+                    token(
+                        Some(&of_type_system("http://local", "hospital-no")),
+                        Some("446053"),
+                        None,
+                    ),
+                ),
+                Nothing("general-practitioner:identifier:of-type"),
+            ],
+        );
+        let entries = entries_of(
+            r#"{"resourceType": "Patient", "identifier": [{"value": "1", "type": {"coding": [{"code": "no-system"}]}},
+                {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]}}]}"#,
+        );
+        assert!(
+            !entries.iter().any(|e| e.param == "identifier:of-type"),
+            "a type needs system and code, and the identifier a value: {entries:?}"
         );
     }
 

@@ -15,6 +15,7 @@ use std::time::Instant;
 use fhir_profiles::Json;
 use fhir_profiles::compartment::patient_references;
 use fhir_profiles::search::{IndexEntry, IndexValue, index_entries};
+use fhir_profiles::text::{MAX_WORDS, resource_words};
 use json_syntax::Parse;
 
 fn examples_dir() -> PathBuf {
@@ -137,6 +138,56 @@ fn indexes_every_official_example() {
         elapsed.as_secs_f64() * 1000.0,
         resources.len() as f64 / elapsed.as_secs_f64(),
         (clinical.len() * rounds) as f64 / clinical_elapsed.as_secs_f64(),
+    );
+}
+
+#[test]
+fn words_of_every_official_example() {
+    let resources = load_examples();
+    let started = Instant::now();
+    let mut counts: Vec<usize> = resources
+        .iter()
+        .map(|(_, _, resource)| resource_words(resource).len())
+        .collect();
+    let elapsed = started.elapsed();
+    counts.sort_unstable();
+    let at = |fraction: f64| counts[((counts.len() - 1) as f64 * fraction) as usize];
+    eprintln!(
+        "words of {} resources in {:.0} ms ({:.0} resources/s): mean {:.1}, median {}, p99 {}, {} at the cap of {MAX_WORDS}",
+        counts.len(),
+        elapsed.as_secs_f64() * 1000.0,
+        counts.len() as f64 / elapsed.as_secs_f64(),
+        counts.iter().sum::<usize>() as f64 / counts.len() as f64,
+        at(0.5),
+        at(0.99),
+        counts.iter().filter(|n| **n == MAX_WORDS).count(),
+    );
+
+    let words_of = |file: &str| {
+        let (_, _, resource) = resources
+            .iter()
+            .find(|(name, _, _)| name == file)
+            .unwrap_or_else(|| panic!("expected {file} in the examples package"));
+        resource_words(resource)
+    };
+    let patient = words_of("Patient-example.json");
+    let has = |words: &[fhir_profiles::text::Word], word: &str, narrative: bool| {
+        words
+            .iter()
+            .any(|w| w.word == word && w.narrative == narrative)
+    };
+    assert!(
+        has(&patient, "chalmers", true) && has(&patient, "pleasantville", true),
+        "Patient/example's narrative names Chalmers of Pleasantville: {patient:?}"
+    );
+    let condition = words_of("Condition-example.json");
+    assert!(
+        has(&condition, "severe", true) && has(&condition, "burnt", false),
+        "Condition/example: `severe` in the narrative, `burnt` in code.text: {condition:?}"
+    );
+    assert!(
+        !condition.iter().any(|w| w.word == "39065001"),
+        "codes are not words"
     );
 }
 

@@ -47,7 +47,7 @@ pub fn capability_statement(ctx: &Context) -> Value {
         .map(|resource_type| {
             let mut params: Vec<Value> = registry
                 .for_type(resource_type)
-                .filter(|p| is_searchable(p.kind) && !matches!(p.code.as_str(), "_text" | "_content" | "_query" | "_list"))
+                .filter(|p| is_searchable(p.kind) && !matches!(p.code.as_str(), "_query" | "_list"))
                 .map(|p| json!({"name": p.code, "definition": p.url, "type": type_name(p.kind)}))
                 .collect();
             params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -106,7 +106,11 @@ pub fn capability_statement(ctx: &Context) -> Value {
                 {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"},
                 {"name": "_tag", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-tag"},
                 {"name": "_profile", "type": "uri", "definition": "http://hl7.org/fhir/SearchParameter/Resource-profile"},
-                {"name": "_security", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-security"}
+                {"name": "_security", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-security"},
+                {"name": "_text", "type": "string", "definition": "http://hl7.org/fhir/SearchParameter/DomainResource-text",
+                 "documentation": "words of the narrative: words AND-ed, OR, parentheses, \"whole words\"; each word matches the words it starts"},
+                {"name": "_content", "type": "string", "definition": "http://hl7.org/fhir/SearchParameter/Resource-content",
+                 "documentation": "words of the narrative and of every string and markdown element, same syntax as _text"}
             ],
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}

@@ -39,6 +39,7 @@ pub async fn delete(
             method: Method::Delete.as_str(),
             body: None,
             index: &[],
+            words: &[],
         },
     )
     .await?;

@@ -17,6 +17,7 @@ pub mod update;
 
 use fhir_profiles::Json;
 use fhir_profiles::search::{IndexEntry, index_entries};
+use fhir_profiles::text::{Word, resource_words};
 use sqlx::AnyConnection;
 
 use crate::config::Config;
@@ -120,6 +121,7 @@ pub(crate) struct PreparedVersion {
     method: Method,
     text: String,
     index: Vec<IndexEntry>,
+    words: Vec<Word>,
     created: bool,
 }
 
@@ -142,6 +144,7 @@ impl PreparedVersion {
             last_updated,
             method,
             index: index_entries(resource_type.as_str(), &body),
+            words: resource_words(&body),
             text: resource::to_text(&body),
             created: current.is_none_or(|c| c.deleted),
         }
@@ -156,6 +159,7 @@ impl PreparedVersion {
             method: self.method.as_str(),
             body: Some(&self.text),
             index: &self.index,
+            words: &self.words,
         }
     }
 

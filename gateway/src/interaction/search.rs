@@ -20,7 +20,9 @@ use super::{Body, Context, Outcome};
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType};
-use crate::store::search::{self as sql, Cursor, Filter, Modifier, Query, SortField, SortKey};
+use crate::store::search::{
+    self as sql, Cursor, Filter, Modifier, Query, SortField, SortKey, TextQuery,
+};
 use crate::subset::{self, ResultParams, SearchMode, Subset};
 
 /// How unknown or unsupported search parameters are treated (`Prefer: handling=`).
@@ -209,8 +211,7 @@ impl SearchRequest {
                 };
                 self.applied.push((name.to_owned(), value.to_owned()));
             }
-            "_contained" | "_containedType" | "_text" | "_content" | "_list" | "_query"
-            | "_filter" => {
+            "_contained" | "_containedType" | "_list" | "_query" | "_filter" => {
                 return Err(Error::NotSupported(format!("{name} is not supported")));
             }
             "_sort" => {
@@ -369,6 +370,27 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Filt
     match code {
         "_id" if modifier.is_none() => return Ok(Filter::Id(values)),
         "_lastUpdated" if modifier.is_none() => return Ok(Filter::LastUpdated(values)),
+        "_text" | "_content" => {
+            if resource_type != "Resource" {
+                lookup(resource_type, code)?;
+            }
+            if let Some(modifier) = modifier {
+                return Err(Error::NotSupported(format!(
+                    "modifier :{modifier} is not supported on {code}"
+                )));
+            }
+            let queries = values
+                .iter()
+                .map(|v| parse_text_query(name, v))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Filter::Text {
+                narrative_only: code == "_text",
+                query: match <[TextQuery; 1]>::try_from(queries) {
+                    Ok([one]) => one,
+                    Err(many) => TextQuery::Any(many),
+                },
+            });
+        }
         _ => {}
     }
     let param = lookup(resource_type, code)?;
@@ -382,6 +404,9 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Filt
         Some("identifier") => Some(Modifier::Identifier),
         Some("above") => Some(Modifier::Above),
         Some("below") => Some(Modifier::Below),
+        Some("in") if param.kind == SearchParamType::Token => Some(Modifier::In),
+        Some("not-in") if param.kind == SearchParamType::Token => Some(Modifier::NotIn),
+        Some("of-type") if param.kind == SearchParamType::Token => Some(Modifier::OfType),
         Some(t)
             if param.kind == SearchParamType::Reference
                 && t.starts_with(|c: char| c.is_ascii_uppercase()) =>
@@ -394,11 +419,215 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Filt
             )));
         }
     };
+    // values that need the package's terminology are checked here, so that an unknown
+    // value set or code system is a 400 naming it whatever the handling
+    for value in &values {
+        match (&modifier, param.kind) {
+            (Some(Modifier::In | Modifier::NotIn), _) => {
+                sql::value_set(value)?;
+            }
+            (Some(Modifier::Above | Modifier::Below), SearchParamType::Token) => {
+                sql::subsumption_concept(value)?;
+            }
+            (Some(Modifier::OfType), _) => {
+                sql::of_type_value(value)?;
+            }
+            _ => {}
+        }
+    }
     Ok(Filter::Param {
         param,
         modifier,
         values,
     })
+}
+
+/// The most words one `_text`/`_content` value may hold.
+const MAX_TEXT_WORDS: usize = 32;
+
+/// Parses a `_text`/`_content` value (search.html#text) into words combined with AND and
+/// OR: words separated by spaces must all occur (`AND` may be written), `OR` between words
+/// or groups takes either, parentheses group, and a word matches every indexed word it
+/// starts. A "quoted phrase" matches its words as whole words, in any order and place.
+/// `and`/`or` in lower case are operators too (the spec's example writes
+/// `(bone OR liver) and metastases`).
+fn parse_text_query(name: &str, value: &str) -> Result<TextQuery> {
+    let tokens = text_tokens(value);
+    let mut parser = TextParser {
+        name,
+        tokens: &tokens,
+        position: 0,
+        words: 0,
+    };
+    let query = parser.any()?;
+    if let Some(token) = parser.tokens.get(parser.position) {
+        return Err(parser.error(&format!("unexpected {token}")));
+    }
+    if parser.words == 0 {
+        return Err(Error::Invalid(format!(
+            "{name}={value}: no word to search for"
+        )));
+    }
+    Ok(query)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TextToken {
+    Open,
+    Close,
+    And,
+    Or,
+    Term(String),
+    Phrase(String),
+}
+
+impl std::fmt::Display for TextToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextToken::Open => f.write_str("("),
+            TextToken::Close => f.write_str(")"),
+            TextToken::And => f.write_str("AND"),
+            TextToken::Or => f.write_str("OR"),
+            TextToken::Term(text) => f.write_str(text),
+            TextToken::Phrase(text) => write!(f, "\"{text}\""),
+        }
+    }
+}
+
+fn text_tokens(value: &str) -> Vec<TextToken> {
+    let mut tokens = Vec::new();
+    let mut chars = value.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '(' => tokens.push(TextToken::Open),
+            ')' => tokens.push(TextToken::Close),
+            '"' => {
+                let end = value[start + 1..]
+                    .find('"')
+                    .map_or(value.len(), |i| start + 1 + i);
+                tokens.push(TextToken::Phrase(value[start + 1..end].to_owned()));
+                while chars.next_if(|(i, _)| *i <= end).is_some() {}
+            }
+            _ => {
+                let mut end = value.len();
+                while let Some((i, c)) = chars.peek() {
+                    if c.is_whitespace() || matches!(c, '(' | ')' | '"') {
+                        end = *i;
+                        break;
+                    }
+                    chars.next();
+                }
+                let term = &value[start..end];
+                tokens.push(match term {
+                    "AND" | "and" => TextToken::And,
+                    "OR" | "or" => TextToken::Or,
+                    _ => TextToken::Term(term.to_owned()),
+                });
+            }
+        }
+    }
+    tokens
+}
+
+struct TextParser<'t> {
+    name: &'t str,
+    tokens: &'t [TextToken],
+    position: usize,
+    words: usize,
+}
+
+impl TextParser<'_> {
+    fn error(&self, what: &str) -> Error {
+        Error::Invalid(format!(
+            "{}: {what}; expected words, \"quoted words\", OR and parentheses",
+            self.name
+        ))
+    }
+
+    fn peek(&self) -> Option<&TextToken> {
+        self.tokens.get(self.position)
+    }
+
+    /// `all (OR all)*`
+    fn any(&mut self) -> Result<TextQuery> {
+        let mut alternatives = vec![self.all()?];
+        while self.peek() == Some(&TextToken::Or) {
+            self.position += 1;
+            alternatives.push(self.all()?);
+        }
+        Ok(flatten(alternatives, TextQuery::Any))
+    }
+
+    /// `primary ((AND)? primary)*`
+    fn all(&mut self) -> Result<TextQuery> {
+        let mut parts = vec![self.primary()?];
+        loop {
+            match self.peek() {
+                Some(TextToken::And) => {
+                    self.position += 1;
+                    parts.push(self.primary()?);
+                }
+                Some(TextToken::Open | TextToken::Term(_) | TextToken::Phrase(_)) => {
+                    parts.push(self.primary()?)
+                }
+                _ => break,
+            }
+        }
+        Ok(flatten(parts, TextQuery::All))
+    }
+
+    fn primary(&mut self) -> Result<TextQuery> {
+        let token = self
+            .peek()
+            .cloned()
+            .ok_or_else(|| self.error("the value ends too early"))?;
+        self.position += 1;
+        let (text, whole) = match token {
+            TextToken::Open => {
+                let inner = self.any()?;
+                if self.peek() != Some(&TextToken::Close) {
+                    return Err(self.error("a parenthesis is not closed"));
+                }
+                self.position += 1;
+                return Ok(inner);
+            }
+            TextToken::Term(text) => (text, false),
+            TextToken::Phrase(text) => (text, true),
+            other => return Err(self.error(&format!("unexpected {other}"))),
+        };
+        let words = fhir_profiles::text::term_words(&text);
+        self.words += words.len();
+        if self.words > MAX_TEXT_WORDS {
+            return Err(self.error(&format!("more than {MAX_TEXT_WORDS} words")));
+        }
+        // a term without letters or digits (`-`) has no words: it adds no condition
+        let words = words
+            .into_iter()
+            .map(|word| TextQuery::Word { word, whole })
+            .collect();
+        Ok(flatten(words, TextQuery::All))
+    }
+}
+
+/// One part as itself, several as `combine(parts)`: nested combinations of the same kind
+/// are merged, and parts without words (`All([])`, no condition) left out; nothing left is
+/// `All([])`.
+fn flatten(parts: Vec<TextQuery>, combine: fn(Vec<TextQuery>) -> TextQuery) -> TextQuery {
+    let mut flat = Vec::with_capacity(parts.len());
+    for part in parts {
+        match (combine(Vec::new()), part) {
+            (_, TextQuery::All(inner)) if inner.is_empty() => {}
+            (TextQuery::All(_), TextQuery::All(inner))
+            | (TextQuery::Any(_), TextQuery::Any(inner)) => flat.extend(inner),
+            (_, part) => flat.push(part),
+        }
+    }
+    match flat.len() {
+        0 => TextQuery::All(Vec::new()),
+        1 => flat.pop().unwrap_or(TextQuery::All(Vec::new())),
+        _ => combine(flat),
+    }
 }
 
 /// Splits OR-ed values at commas that are not escaped (`\,`).
@@ -648,6 +877,83 @@ mod tests {
     }
 
     #[test]
+    fn text_queries_parse_into_words_and_or() {
+        let word = |w: &str| TextQuery::Word {
+            word: w.to_owned(),
+            whole: false,
+        };
+        let whole = |w: &str| TextQuery::Word {
+            word: w.to_owned(),
+            whole: true,
+        };
+        let cases = [
+            ("Bone", word("bone")),
+            (
+                "bone metastases",
+                TextQuery::All(vec![word("bone"), word("metastases")]),
+            ),
+            (
+                "bone AND metastases",
+                TextQuery::All(vec![word("bone"), word("metastases")]),
+            ),
+            (
+                "bone OR liver",
+                TextQuery::Any(vec![word("bone"), word("liver")]),
+            ),
+            (
+                "(bone OR liver) and metastases",
+                TextQuery::All(vec![
+                    TextQuery::Any(vec![word("bone"), word("liver")]),
+                    word("metastases"),
+                ]),
+            ),
+            (
+                "a b OR c",
+                TextQuery::Any(vec![TextQuery::All(vec![word("a"), word("b")]), word("c")]),
+            ),
+            (
+                "\"Heart attack\" müller",
+                TextQuery::All(vec![whole("heart"), whole("attack"), word("muller")]),
+            ),
+            (
+                "heart-attack",
+                TextQuery::All(vec![word("heart"), word("attack")]),
+            ),
+            ("((x))", word("x")),
+            ("- bone", word("bone")),
+            ("(-) OR bone", word("bone")),
+            (
+                "\"unterminated quote",
+                TextQuery::All(vec![whole("unterminated"), whole("quote")]),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                parse_text_query("_content", text).expect(text),
+                expected,
+                "{text}"
+            );
+        }
+        for (text, expected) in [
+            ("(bone", "not closed"),
+            ("bone)", "unexpected )"),
+            ("OR bone", "unexpected OR"),
+            ("bone AND", "ends too early"),
+            ("()", "unexpected )"),
+            ("- ,", "no word"),
+            ("  ", "ends too early"),
+        ] {
+            let error = parse_text_query("_content", text)
+                .expect_err(text)
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{text:?}: expected {expected:?} in {error:?}"
+            );
+        }
+    }
+
+    #[test]
     fn criteria_parse_into_filters() {
         let ok = [
             ("Patient", "name", "smith"),
@@ -662,6 +968,24 @@ mod tests {
                 "http://loinc.org|8480-6$gt100",
             ),
             ("Patient", "identifier:missing", "true"),
+            ("Patient", "_content", "bone OR liver"),
+            ("Patient", "_text", "x"),
+            ("Resource", "_content", "x"),
+            (
+                "Observation",
+                "status:in",
+                "http://hl7.org/fhir/ValueSet/observation-status",
+            ),
+            (
+                "Observation",
+                "status:below",
+                "http://hl7.org/fhir/observation-status|amended",
+            ),
+            (
+                "Patient",
+                "identifier:of-type",
+                "http://terminology.hl7.org/CodeSystem/v2-0203|MR|1",
+            ),
         ];
         for (t, name, value) in ok {
             assert!(
@@ -674,6 +998,28 @@ mod tests {
             ("Patient", "name:fuzzy", "x", "not supported"),
             ("Patient", "name.family", "x", "not a reference"),
             ("Patient", "name", "", "empty"),
+            ("Patient", "_content:exact", "x", "not supported"),
+            ("Bundle", "_text", "x", "unknown"),
+            (
+                "Patient",
+                "name:in",
+                "http://hl7.org/fhir/ValueSet/x",
+                "not supported",
+            ),
+            (
+                "Patient",
+                "gender:in",
+                "http://x/vs",
+                "unknown value set http://x/vs",
+            ),
+            ("Patient", "gender:below", "male", "system|code"),
+            (
+                "Patient",
+                "gender:above",
+                "http://x|male",
+                "unknown code system http://x",
+            ),
+            ("Patient", "identifier:of-type", "a|b", "all three"),
         ];
         for (t, name, value, expected) in bad {
             let error = parse_filter(t, name, value)

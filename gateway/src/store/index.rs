@@ -1,6 +1,7 @@
 //! Writing the search index rows of a resource version (`idx_*` tables).
 
 use fhir_profiles::search::{IndexEntry, IndexValue};
+use fhir_profiles::text::Word;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::search::{Bind, Sql};
@@ -20,7 +21,7 @@ const TABLES: [&str; 7] = [
 
 /// Removes every index row of a resource.
 pub(super) async fn delete(conn: &mut AnyConnection, rkey: i64) -> Result<(), sqlx::Error> {
-    for table in TABLES {
+    for table in TABLES.into_iter().chain(["idx_word"]) {
         // audited: `table` comes from the constant TABLES
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE rkey = $1"
@@ -38,6 +39,8 @@ pub(super) struct Rows<'a> {
     pub rkey: i64,
     pub resource_type: &'a str,
     pub entries: &'a [IndexEntry],
+    /// The words for `_content` and `_text` (`idx_word`).
+    pub words: &'a [Word],
 }
 
 /// Inserts the index rows of one or many resources, batched per table.
@@ -90,6 +93,33 @@ pub(super) async fn insert(
             );
             sql.query().execute(&mut *conn).await?;
         }
+    }
+    insert_words(conn, resources).await
+}
+
+/// Inserts the `_content`/`_text` word rows of one or many resources.
+async fn insert_words(conn: &mut AnyConnection, resources: &[Rows<'_>]) -> Result<(), sqlx::Error> {
+    let rows: Vec<(i64, &str, &Word)> = resources
+        .iter()
+        .flat_map(|r| r.words.iter().map(move |w| (r.rkey, r.resource_type, w)))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = Sql::default();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(rkey, resource_type, word)| {
+                let key = sql.bind(Bind::Int(*rkey));
+                let rtype = sql.bind(Bind::Text((*resource_type).to_owned()));
+                let text = sql.bind(Bind::Text(word.word.clone()));
+                let narrative = i32::from(word.narrative);
+                format!("({key}, {rtype}, {text}, {narrative})")
+            })
+            .collect();
+        sql.text = format!(
+            "INSERT INTO idx_word (rkey, rtype, word, narrative) VALUES {}",
+            values.join(", ")
+        );
+        sql.query().execute(&mut *conn).await?;
     }
     Ok(())
 }

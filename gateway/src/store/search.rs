@@ -6,8 +6,9 @@
 //! after the fact. Paging is keyset paging on the sort keys and `rkey`; no OFFSET scans.
 
 use fhir_profiles::search::{
-    SearchParamType, SearchParameter, date_range, normalize_string, number_range,
+    SearchParamType, SearchParameter, date_range, normalize_string, number_range, of_type_system,
 };
+use fhir_profiles::terminology::Terminology;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 
 use crate::error::{Error, Result};
@@ -106,8 +107,27 @@ pub enum Modifier {
     Identifier,
     Above,
     Below,
+    /// `:in` a value set (token parameters; the value is the value set's canonical URL).
+    In,
+    /// `:not-in` a value set: no coding of the element is in it.
+    NotIn,
+    /// `:of-type` (identifiers: `type system|type code|value`).
+    OfType,
     /// A type modifier on a reference (`subject:Patient`).
     Type(String),
+}
+
+/// A `_text` or `_content` search: words combined with AND and OR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextQuery {
+    /// Resources with a word that starts with `word` (equals it when `whole`); `word` is in
+    /// the indexed form (`fhir_profiles::text::term_words`).
+    Word {
+        word: String,
+        whole: bool,
+    },
+    All(Vec<TextQuery>),
+    Any(Vec<TextQuery>),
 }
 
 /// One condition of a search.
@@ -136,6 +156,11 @@ pub enum Filter {
         source_type: String,
         param: &'static SearchParameter,
         inner: Box<Filter>,
+    },
+    /// `_text` (the narrative only) or `_content` (the whole resource).
+    Text {
+        narrative_only: bool,
+        query: TextQuery,
     },
     /// Resources in the compartment of `Patient/{0}`, linked by the given parameters.
     PatientCompartment {
@@ -237,6 +262,10 @@ pub fn condition(
                  AND x.param = {p} AND x.target_type = {rt} AND x.target_id = {alias}.id AND h.deleted = 0 AND {inner_condition})"
             )
         }
+        Filter::Text {
+            narrative_only,
+            query,
+        } => text_condition(sql, alias, rtype, *narrative_only, query),
         Filter::PatientCompartment { patient_id, params } => {
             let id = sql.text(patient_id);
             let mut alternatives = Vec::new();
@@ -259,6 +288,53 @@ pub fn condition(
             }
         }
     })
+}
+
+/// The condition of a text search on the resource row `{alias}`: each word is a range
+/// (or, for whole words, an equality) on `idx_word_value`. A search over every type has no
+/// type to lead the index with, so it checks each resource's words instead.
+fn text_condition(
+    sql: &mut Sql,
+    alias: &str,
+    rtype: &str,
+    narrative_only: bool,
+    query: &TextQuery,
+) -> String {
+    let (parts, joiner, empty) = match query {
+        TextQuery::Word { word, whole } => {
+            let matching = if *whole {
+                format!("w.word = {}", sql.text(word))
+            } else {
+                let (lo, hi) = (sql.text(word), sql.text(&prefix_upper_bound(word)));
+                format!("w.word >= {lo} AND w.word < {hi}")
+            };
+            let narrative = if narrative_only {
+                " AND w.narrative = 1"
+            } else {
+                ""
+            };
+            return if rtype == "Resource" {
+                format!(
+                    "EXISTS (SELECT 1 FROM idx_word w WHERE w.rkey = {alias}.rkey AND {matching}{narrative})"
+                )
+            } else {
+                let rt = sql.text(rtype);
+                format!(
+                    "{alias}.rkey IN (SELECT w.rkey FROM idx_word w WHERE w.rtype = {rt} AND {matching}{narrative})"
+                )
+            };
+        }
+        TextQuery::All(parts) => (parts, " AND ", "1 = 1"),
+        TextQuery::Any(parts) => (parts, " OR ", "1 = 0"),
+    };
+    if parts.is_empty() {
+        return empty.to_owned();
+    }
+    let conditions: Vec<String> = parts
+        .iter()
+        .map(|part| text_condition(sql, alias, rtype, narrative_only, part))
+        .collect();
+    format!("({})", conditions.join(joiner))
 }
 
 fn bad_value(param: &str, value: &str, expected: &str) -> Error {
@@ -295,6 +371,9 @@ fn param_condition(
     let (table, index_param) = match (param.kind, modifier) {
         (SearchParamType::Reference, Some(Modifier::Identifier)) => {
             ("idx_token", format!("{code}:identifier"))
+        }
+        (SearchParamType::Token, Some(Modifier::OfType)) => {
+            ("idx_token", format!("{code}:of-type"))
         }
         (kind, _) => (
             table_of(kind).ok_or_else(|| {
@@ -362,7 +441,7 @@ fn param_condition(
         alternatives.join(" OR ")
     );
     Ok(match modifier {
-        Some(Modifier::Not) => format!("NOT ({matching})"),
+        Some(Modifier::Not | Modifier::NotIn) => format!("NOT ({matching})"),
         _ => matching,
     })
 }
@@ -478,15 +557,45 @@ fn string_predicate(
 }
 
 fn token_predicate(sql: &mut Sql, value: &str, modifier: Option<&Modifier>) -> Result<String> {
-    if let Some(Modifier::Text) = modifier {
-        let norm = normalize_string(value);
-        let (lo, hi) = (sql.text(&norm), sql.text(&prefix_upper_bound(&norm)));
-        return Ok(format!("(t.text >= {lo} AND t.text < {hi})"));
-    }
-    if let Some(m) = modifier.filter(|m| !matches!(m, Modifier::Not)) {
-        return Err(Error::NotSupported(format!(
-            "modifier {m:?} is not supported on token parameters"
-        )));
+    match modifier {
+        None | Some(Modifier::Not) => {}
+        Some(Modifier::Text) => {
+            let norm = normalize_string(value);
+            let (lo, hi) = (sql.text(&norm), sql.text(&prefix_upper_bound(&norm)));
+            return Ok(format!("(t.text >= {lo} AND t.text < {hi})"));
+        }
+        Some(Modifier::In | Modifier::NotIn) => {
+            let expansion = value_set(value)?;
+            let systems: Vec<(&str, &[String])> = expansion
+                .systems
+                .iter()
+                .map(|(system, codes)| (system.as_str(), codes.as_slice()))
+                .collect();
+            return Ok(codes_predicate(sql, &systems));
+        }
+        Some(Modifier::Above | Modifier::Below) => {
+            let (system, code) = subsumption_concept(value)?;
+            let terminology = Terminology::r4();
+            let codes = match modifier {
+                Some(Modifier::Above) => terminology.ancestors(system, code),
+                _ => terminology.descendants(system, code),
+            }
+            .ok_or_else(|| unknown_code_system(system))?;
+            return Ok(codes_predicate(sql, &[(system, &codes)]));
+        }
+        Some(Modifier::OfType) => {
+            let (type_system, type_code, identifier) = of_type_value(value)?;
+            return Ok(format!(
+                "(t.code = {} AND t.system = {})",
+                sql.text(identifier),
+                sql.text(&of_type_system(type_system, type_code))
+            ));
+        }
+        Some(m) => {
+            return Err(Error::NotSupported(format!(
+                "modifier {m:?} is not supported on token parameters"
+            )));
+        }
     }
     Ok(match value.split_once('|') {
         None => format!("t.code = {}", sql.text(value)),
@@ -498,6 +607,77 @@ fn token_predicate(sql: &mut Sql, value: &str, modifier: Option<&Modifier>) -> R
             sql.text(code)
         ),
     })
+}
+
+/// Codes of some systems: `((t.system = s OR t.system IS NULL) AND t.code IN (c1, ...)) OR ...`.
+/// A token without a system is a `code` element, whose system is the one its binding
+/// implies: it matches by its code.
+fn codes_predicate(sql: &mut Sql, systems: &[(&str, &[String])]) -> String {
+    let alternatives: Vec<String> = systems
+        .iter()
+        .filter(|(_, codes)| !codes.is_empty())
+        .map(|(system, codes)| {
+            let system = sql.text(system);
+            let codes: Vec<String> = codes.iter().map(|c| sql.text(c)).collect();
+            format!(
+                "((t.system = {system} OR t.system IS NULL) AND t.code IN ({}))",
+                codes.join(", ")
+            )
+        })
+        .collect();
+    if alternatives.is_empty() {
+        "1 = 0".to_owned()
+    } else {
+        format!("({})", alternatives.join(" OR "))
+    }
+}
+
+/// The expansion of the value set a `:in`/`:not-in` value names.
+pub fn value_set(url: &str) -> Result<&'static fhir_profiles::terminology::ValueSetExpansion> {
+    Terminology::r4().value_set(url).ok_or_else(|| {
+        Error::Invalid(format!(
+            "unknown value set {url}: :in and :not-in take the canonical URL of a value set \
+             that the gateway can expand (those of the FHIR R4 package over its own code systems)"
+        ))
+    })
+}
+
+/// The `system|code` of a token `:above`/`:below` value, whose system must be known.
+pub fn subsumption_concept(value: &str) -> Result<(&str, &str)> {
+    match value.split_once('|') {
+        Some((system, code)) if !system.is_empty() && !code.is_empty() => {
+            if Terminology::r4().knows_system(system) {
+                Ok((system, code))
+            } else {
+                Err(unknown_code_system(system))
+            }
+        }
+        _ => Err(Error::Invalid(format!(
+            "{value}: :above and :below on a token take system|code"
+        ))),
+    }
+}
+
+fn unknown_code_system(system: &str) -> Error {
+    Error::Invalid(format!(
+        "unknown code system {system}: :above and :below need a code system whose hierarchy \
+         the gateway knows (the complete code systems of the FHIR R4 package)"
+    ))
+}
+
+/// The parts of an `:of-type` value: `type system|type code|identifier value`.
+pub fn of_type_value(value: &str) -> Result<(&str, &str, &str)> {
+    let mut parts = value.splitn(3, '|');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(system), Some(code), Some(identifier))
+            if !system.is_empty() && !code.is_empty() && !identifier.is_empty() =>
+        {
+            Ok((system, code, identifier))
+        }
+        _ => Err(Error::Invalid(format!(
+            "{value}: :of-type takes [type system]|[type code]|[identifier value], all three given"
+        ))),
+    }
 }
 
 fn reference_predicate(
@@ -660,8 +840,11 @@ fn uri_predicate(
             format!("(t.value >= {lo} AND t.value < {hi})")
         }
         Some(Modifier::Above) => {
-            let v = sql.text(value);
-            format!("(t.value = substr({v}, 1, length(t.value)))")
+            let candidates: Vec<String> = uri_ancestors(value)
+                .iter()
+                .map(|candidate| sql.text(candidate))
+                .collect();
+            format!("t.value IN ({})", candidates.join(", "))
         }
         Some(other) => {
             return Err(Error::NotSupported(format!(
@@ -669,6 +852,35 @@ fn uri_predicate(
             )));
         }
     })
+}
+
+/// The URLs a uri `:above` value matches (search.html#uri): the value and each of its
+/// parents in the path, with and without a trailing `/`
+/// (`http://a.org/fhir/ValueSet/1` -> `http://a.org/fhir/ValueSet/1`,
+/// `http://a.org/fhir/ValueSet[/]`, `http://a.org/fhir[/]`, `http://a.org[/]`). A value
+/// without a `scheme://authority` (a URN) has no parents.
+fn uri_ancestors(value: &str) -> Vec<String> {
+    let mut candidates = vec![value.to_owned()];
+    let Some(authority_start) = value.find("://").map(|i| i + 3) else {
+        return candidates;
+    };
+    let path_start = value[authority_start..]
+        .find('/')
+        .map_or(value.len(), |i| authority_start + i);
+    let mut end = value.len();
+    while end > path_start {
+        end = value[..end]
+            .rfind('/')
+            .filter(|i| *i >= path_start)
+            .unwrap_or(path_start);
+        let parent = &value[..end];
+        for candidate in [parent.to_owned(), format!("{parent}/")] {
+            if !candidates.contains(&candidate) {
+                candidates.push(candidate);
+            }
+        }
+    }
+    candidates
 }
 
 /// The SQL expression of a sort key for the resource row `r`, and whether it is numeric.
@@ -976,4 +1188,85 @@ fn rows_to_matches(rows: &[sqlx::any::AnyRow]) -> Result<Vec<MatchRow>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_above_candidates_are_the_path_parents() {
+        assert_eq!(
+            uri_ancestors("http://a.org/fhir/ValueSet/1/_history/5"),
+            [
+                "http://a.org/fhir/ValueSet/1/_history/5",
+                "http://a.org/fhir/ValueSet/1/_history",
+                "http://a.org/fhir/ValueSet/1/_history/",
+                "http://a.org/fhir/ValueSet/1",
+                "http://a.org/fhir/ValueSet/1/",
+                "http://a.org/fhir/ValueSet",
+                "http://a.org/fhir/ValueSet/",
+                "http://a.org/fhir",
+                "http://a.org/fhir/",
+                "http://a.org",
+                "http://a.org/",
+            ]
+        );
+        assert_eq!(
+            uri_ancestors("http://a.org/fhir/"),
+            [
+                "http://a.org/fhir/",
+                "http://a.org/fhir",
+                "http://a.org",
+                "http://a.org/"
+            ]
+        );
+        assert_eq!(uri_ancestors("http://a.org"), ["http://a.org"]);
+        assert_eq!(uri_ancestors("urn:oid:1.2.3"), ["urn:oid:1.2.3"]);
+    }
+
+    #[test]
+    fn text_conditions_use_the_word_index() {
+        let query = TextQuery::All(vec![
+            TextQuery::Any(vec![
+                TextQuery::Word {
+                    word: "bone".into(),
+                    whole: false,
+                },
+                TextQuery::Word {
+                    word: "liver".into(),
+                    whole: true,
+                },
+            ]),
+            TextQuery::Word {
+                word: "meta".into(),
+                whole: false,
+            },
+        ]);
+        let mut sql = Sql::default();
+        let condition = text_condition(&mut sql, "r", "Condition", true, &query);
+        assert_eq!(
+            condition,
+            "((r.rkey IN (SELECT w.rkey FROM idx_word w WHERE w.rtype = $3 AND w.word >= $1 AND w.word < $2 AND w.narrative = 1) \
+             OR r.rkey IN (SELECT w.rkey FROM idx_word w WHERE w.rtype = $5 AND w.word = $4 AND w.narrative = 1)) \
+             AND r.rkey IN (SELECT w.rkey FROM idx_word w WHERE w.rtype = $8 AND w.word >= $6 AND w.word < $7 AND w.narrative = 1))"
+        );
+        assert_eq!(sql.binds[0], Bind::Text("bone".into()));
+        assert_eq!(sql.binds[1], Bind::Text("bone\u{10FFFF}".into()));
+        let mut sql = Sql::default();
+        let every_type = text_condition(
+            &mut sql,
+            "r",
+            "Resource",
+            false,
+            &TextQuery::Word {
+                word: "x".into(),
+                whole: true,
+            },
+        );
+        assert_eq!(
+            every_type,
+            "EXISTS (SELECT 1 FROM idx_word w WHERE w.rkey = r.rkey AND w.word = $1)"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Resource versions: reading the current one, a given one, history, and writing a new one.
 
 use fhir_profiles::search::IndexEntry;
+use fhir_profiles::text::Word;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use std::collections::HashMap;
@@ -171,6 +172,8 @@ pub struct VersionWrite<'a> {
     pub body: Option<&'a str>,
     /// The search index of this version (ignored for a deletion).
     pub index: &'a [IndexEntry],
+    /// The words of this version for `_text` and `_content` (ignored for a deletion).
+    pub words: &'a [Word],
 }
 
 /// Stores a version and makes it current, replacing the resource's search index.
@@ -227,6 +230,7 @@ pub async fn write_version(
                 rkey,
                 resource_type: write.resource_type,
                 entries: write.index,
+                words: write.words,
             }],
         )
         .await?;
@@ -307,6 +311,7 @@ pub async fn write_new_versions(
             rkey: rkey_of(write),
             resource_type: write.resource_type,
             entries: write.index,
+            words: write.words,
         })
         .collect();
     index::insert(conn, &index_rows).await

@@ -14,4 +14,5 @@ mod examples;
 mod patch;
 mod profiles;
 mod search;
+mod search_modifiers;
 mod summary;
