@@ -16,6 +16,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub limits: LimitsConfig,
     pub search: SearchConfig,
+    pub validation: ValidationConfig,
     pub log: LogConfig,
 }
 
@@ -69,6 +70,14 @@ pub struct SearchConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Also ask the fhir-sdk R4B model whether it accepts each incoming resource (after the
+    /// R4 validator passed it); a refusal becomes a warning, never a rejection.
+    pub r4b_check: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `gateway=debug,sqlx=warn`.
     pub filter: String,
@@ -110,6 +119,7 @@ impl Default for Config {
                 default_count: 50,
                 max_count: 1000,
             },
+            validation: ValidationConfig { r4b_check: true },
             log: LogConfig {
                 filter: "info".to_owned(),
                 format: "json".to_owned(),
@@ -183,6 +193,26 @@ mod tests {
                 "the file overrides the defaults"
             );
             assert_eq!(config.limits.max_json_depth, 64, "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_r4b_check_is_on_unless_switched_off() {
+        figment::Jail::expect_with(|jail| {
+            assert!(
+                Config::load(None)
+                    .map_err(|e| e.to_string())?
+                    .validation
+                    .r4b_check
+            );
+            jail.set_env("FHIR_GATEWAY_VALIDATION__R4B_CHECK", "false");
+            assert!(
+                !Config::load(None)
+                    .map_err(|e| e.to_string())?
+                    .validation
+                    .r4b_check
+            );
             Ok(())
         });
     }

@@ -3,7 +3,7 @@
 //! with the server's `id` and `meta`.
 
 use fhir_profiles::Json;
-use fhir_profiles::validate::{IssueSeverity, validate_resource};
+use fhir_profiles::validate::{Issue, IssueSeverity, validate_resource};
 use json_syntax::{Parse, Print};
 
 use crate::error::{Error, Result};
@@ -85,8 +85,16 @@ pub fn id_of(resource: &Json) -> Option<&str> {
         .as_str()
 }
 
-/// Checks a resource against the R4 structure definitions, reporting every issue at once.
-pub fn validate(resource: &Json) -> Result<()> {
+/// Checks a resource against the R4 structure definitions, reporting every issue at once;
+/// then, if `r4b_check` is on and the resource passed, asks the fhir-sdk R4B model for a
+/// second opinion. Returns the issues that are not errors (the second opinion's warnings),
+/// for the client to see in an OperationOutcome.
+///
+/// The second opinion never rejects: on the official R4 examples its only refusal of a
+/// resource that passed R4 validation was a valid R4 `Evidence` (R4B reworked that type),
+/// and the R4B model also refuses valid R4 such as an `Expression.language` outside its
+/// closed list (extensible in R4) or a decimal beyond `f64`. See `r4b_check`.
+pub fn validate(resource: &Json, r4b_check: bool) -> Result<Vec<Issue>> {
     let issues = validate_resource(resource);
     if issues
         .iter()
@@ -94,7 +102,49 @@ pub fn validate(resource: &Json) -> Result<()> {
     {
         return Err(Error::InvalidResource(issues));
     }
-    Ok(())
+    if !r4b_check {
+        return Ok(issues);
+    }
+    let report = r4b_check::check(&to_text(resource));
+    if let Some(refusal) = &report.refusal {
+        // The location only: the model's message may quote the resource's values.
+        tracing::info!(
+            expression = %refusal.expression,
+            "the fhir-sdk R4B model refuses a resource that passed R4 validation"
+        );
+    }
+    Ok(issues.into_iter().chain(second_opinion(report)).collect())
+}
+
+/// The R4B model's report as OperationOutcome issues: a warning for a refusal, information
+/// for each resource it could not judge.
+fn second_opinion(report: r4b_check::Report) -> Vec<Issue> {
+    let refusal = report.refusal.map(|refusal| Issue {
+        severity: IssueSeverity::Warning,
+        code: refusal.issue_type(),
+        diagnostics: format!(
+            "the fhir-sdk R4B model refuses this ({}); the resource passed R4 validation and is \
+             accepted as sent, but software reading it as R4B may refuse it",
+            refusal.message
+        ),
+        expression: refusal.expression,
+    });
+    let not_checked = report.not_checked.into_iter().map(|skipped| Issue {
+        severity: IssueSeverity::Information,
+        code: "informational",
+        diagnostics: match skipped.why {
+            r4b_check::Unchecked::RemovedInR4b => format!(
+                "not checked against the fhir-sdk R4B model: R4B has no {}",
+                skipped.resource_type
+            ),
+            r4b_check::Unchecked::RedefinedInR4b => format!(
+                "not checked against the fhir-sdk R4B model: R4B redefined {}",
+                skipped.resource_type
+            ),
+        },
+        expression: skipped.expression,
+    });
+    refusal.into_iter().chain(not_checked).collect()
 }
 
 /// Sets the server-assigned `id`, `meta.versionId` and `meta.lastUpdated`, keeping every
@@ -164,6 +214,43 @@ mod tests {
         assert_eq!(
             to_text(&resource),
             r#"{"resourceType":"Observation","id":"abc","meta":{"versionId":"2","lastUpdated":"1970-01-01T00:00:00.000Z","profile":["x"]},"status":"final","valueQuantity":{"value":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn the_r4b_model_gives_a_second_opinion() {
+        // Valid R4 (Expression.language has an extensible binding), outside the R4B model's list.
+        let resource = parse_json(
+            br#"{"resourceType":"PlanDefinition","status":"draft","action":[{"condition":[{"kind":"applicability","expression":{"language":"text/x-custom","expression":"x"}}]}]}"#,
+            64,
+        )
+        .expect("valid JSON");
+        let issues = validate(&resource, true).expect("a warning, not an error");
+        assert!(
+            matches!(issues.as_slice(), [issue] if issue.severity == IssueSeverity::Warning
+                && issue.code == "code-invalid"
+                && issue.expression == "PlanDefinition.action[0].condition[0].expression.language"
+                && issue.diagnostics.contains("text/x-custom")),
+            "{issues:?}"
+        );
+        assert_eq!(validate(&resource, false).expect("valid"), Vec::new());
+
+        let removed = parse_json(
+            br#"{"resourceType":"MedicinalProduct","name":[{"productName":"x"}]}"#,
+            64,
+        )
+        .expect("valid JSON");
+        let issues = validate(&removed, true).expect("valid R4");
+        assert!(
+            matches!(issues.as_slice(), [issue] if issue.severity == IssueSeverity::Information
+                && issue.diagnostics.contains("R4B has no MedicinalProduct")),
+            "{issues:?}"
+        );
+
+        let invalid = parse_json(br#"{"resourceType":"Patient","gender":"x"}"#, 64).expect("JSON");
+        assert!(
+            matches!(validate(&invalid, true), Err(Error::InvalidResource(issues)) if issues.len() == 1),
+            "R4 errors come from the R4 validator alone"
         );
     }
 

@@ -20,7 +20,7 @@ pub async fn create(
     body: Json,
     if_none_exist: Option<&str>,
 ) -> Result<Outcome> {
-    check_body(&body, resource_type)?;
+    let issues = check_body(ctx, &body, resource_type)?;
     if let Some(criteria) = if_none_exist {
         let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
         match matches.as_slice() {
@@ -47,5 +47,7 @@ pub async fn create(
         }
     }
     let id = ResourceId::generate();
-    store_version(conn, ctx, resource_type, &id, None, body, Method::Post).await
+    store_version(conn, ctx, resource_type, &id, None, body, Method::Post)
+        .await
+        .map(|outcome| outcome.with_issues(issues))
 }

@@ -17,6 +17,7 @@ pub mod update;
 
 use fhir_profiles::Json;
 use fhir_profiles::search::index_entries;
+use fhir_profiles::validate::Issue;
 use sqlx::AnyConnection;
 
 use crate::config::Config;
@@ -65,6 +66,10 @@ pub struct Outcome {
     pub version: Option<VersionId>,
     pub last_modified: Option<Instant>,
     pub body: Body,
+    /// Warnings and information about the resource written (the second opinion of
+    /// `resource::validate`), shown when the client asks for an OperationOutcome and in
+    /// Bundle `entry.response.outcome`.
+    pub issues: Vec<Issue>,
 }
 
 impl Outcome {
@@ -75,6 +80,7 @@ impl Outcome {
             version: None,
             last_modified: None,
             body: Body::Json(body),
+            issues: Vec::new(),
         }
     }
 
@@ -86,7 +92,13 @@ impl Outcome {
             version: Some(stored.version_id),
             last_modified: Some(stored.last_updated),
             body: stored.body.map_or(Body::None, Body::Resource),
+            issues: Vec::new(),
         }
+    }
+
+    /// This outcome with the issues found while checking the resource.
+    pub fn with_issues(self, issues: Vec<Issue>) -> Outcome {
+        Outcome { issues, ..self }
     }
 }
 
@@ -148,16 +160,22 @@ pub(crate) async fn store_version(
         version: Some(version),
         last_modified: Some(last_updated),
         body: Body::Resource(text),
+        issues: Vec::new(),
     })
 }
 
-/// Checks a resource body for a write: the right type, structurally valid.
-pub(crate) fn check_body(body: &Json, expected: &ResourceType) -> Result<()> {
+/// Checks a resource body for a write: the right type, structurally valid. Returns the
+/// issues that are not errors.
+pub(crate) fn check_body(
+    ctx: &Context,
+    body: &Json,
+    expected: &ResourceType,
+) -> Result<Vec<Issue>> {
     let actual = resource::resource_type_of(body)?;
     if &actual != expected {
         return Err(Error::Invalid(format!(
             "the body is a {actual} but the request is for {expected}"
         )));
     }
-    resource::validate(body)
+    resource::validate(body, ctx.config.validation.r4b_check)
 }

@@ -66,7 +66,7 @@ pub async fn patch(
         document.to_string().as_bytes(),
         ctx.config.limits.max_json_depth,
     )?;
-    check_body(&body, resource_type)?;
+    let issues = check_body(ctx, &body, resource_type)?;
     store_version(
         conn,
         ctx,
@@ -77,6 +77,7 @@ pub async fn patch(
         Method::Patch,
     )
     .await
+    .map(|outcome| outcome.with_issues(issues))
 }
 
 /// `PATCH [base]/[type]?[search parameters]`: patches the single match.

@@ -486,6 +486,7 @@ pub async fn search(
             version: None,
             last_modified: None,
             body: Body::Bundle(bundle.finish()),
+            issues: Vec::new(),
         });
     }
 
@@ -541,6 +542,7 @@ pub async fn search(
         version: None,
         last_modified: None,
         body: Body::Bundle(bundle.finish()),
+        issues: Vec::new(),
     })
 }
 

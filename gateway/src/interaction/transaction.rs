@@ -21,7 +21,7 @@ use super::{
     update,
 };
 use crate::bundle::BundleWriter;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, validation_outcome};
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::store::{self, Store};
 
@@ -466,10 +466,11 @@ async fn transaction(
                 let resource = entry
                     .resource
                     .ok_or_else(|| Error::Invalid("POST needs a resource".to_owned()))?;
-                match check_body(&resource, resource_type) {
-                    Ok(()) => {
+                match check_body(ctx, &resource, resource_type) {
+                    Ok(issues) => {
                         store_version(conn, ctx, resource_type, id, None, resource, Method::Post)
                             .await
+                            .map(|outcome| outcome.with_issues(issues))
                     }
                     Err(e) => Err(e),
                 }
@@ -481,19 +482,18 @@ async fn transaction(
                 set_id(&mut resource, id);
                 let current =
                     store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
-                match check_body(&resource, resource_type) {
-                    Ok(()) => {
-                        store_version(
-                            conn,
-                            ctx,
-                            resource_type,
-                            id,
-                            current.as_ref(),
-                            resource,
-                            Method::Put,
-                        )
-                        .await
-                    }
+                match check_body(ctx, &resource, resource_type) {
+                    Ok(issues) => store_version(
+                        conn,
+                        ctx,
+                        resource_type,
+                        id,
+                        current.as_ref(),
+                        resource,
+                        Method::Put,
+                    )
+                    .await
+                    .map(|outcome| outcome.with_issues(issues)),
                     Err(e) => Err(e),
                 }
             }
@@ -741,6 +741,9 @@ fn response_bundle(
                     }
                     _ => None,
                 };
+                if !outcome.issues.is_empty() && response.get("outcome").is_none() {
+                    response["outcome"] = validation_outcome(&outcome.issues);
+                }
                 bundle.entry_with(None, resource.as_deref(), &json!({"response": response}));
             }
             Err(error) => {
@@ -756,6 +759,7 @@ fn response_bundle(
         version: None,
         last_modified: None,
         body: Body::Bundle(bundle.finish()),
+        issues: Vec::new(),
     }
 }
 

@@ -518,7 +518,7 @@ async fn validate_type(
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
     let body = resource_body(&req, payload, &state).await?;
-    validate_operation(&resource_type, None, body)
+    validate_operation(&state, &resource_type, None, body)
 }
 
 /// `POST [base]/[type]/[id]/$validate`
@@ -531,10 +531,11 @@ async fn validate_instance(
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let body = resource_body(&req, payload, &state).await?;
-    validate_operation(&resource_type, Some(&id), body)
+    validate_operation(&state, &resource_type, Some(&id), body)
 }
 
 fn validate_operation(
+    state: &State,
     resource_type: &ResourceType,
     id: Option<&ResourceId>,
     body: fhir_profiles::Json,
@@ -553,15 +554,12 @@ fn validate_operation(
             "the id in the URL ({id}) differs from the id in the body ({body_id})"
         )));
     }
-    let issues = fhir_profiles::validate::validate_resource(&resource);
-    let has_errors = issues.iter().any(|i| {
-        matches!(
-            i.severity,
-            fhir_profiles::validate::IssueSeverity::Error
-                | fhir_profiles::validate::IssueSeverity::Fatal
-        )
-    });
-    let status = if has_errors { 400 } else { 200 };
+    let (status, issues) =
+        match resource::validate(&resource, state.ctx.config.validation.r4b_check) {
+            Ok(issues) => (200, issues),
+            Err(Error::InvalidResource(issues)) => (400, issues),
+            Err(other) => return Err(other),
+        };
     Ok(respond(
         Outcome::json(status, validation_outcome(&issues)),
         ReturnPreference::Representation,

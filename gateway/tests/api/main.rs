@@ -10,3 +10,4 @@ mod crud;
 mod errors;
 mod examples;
 mod search;
+mod second_opinion;
