@@ -92,8 +92,8 @@ pub const REDEFINED_IN_R4B: &[&str] = &["Evidence", "EvidenceVariable"];
 /// How much of the model's message a [`Refusal`] keeps (serde lists every allowed code).
 pub const MAX_MESSAGE_CHARS: usize = 300;
 
-/// How many extra parses locating a refusal may take; beyond it, the deepest location found
-/// so far is reported.
+/// How many parses with parts removed locating a refusal may take; beyond it, the deepest
+/// location found so far is reported.
 const MAX_LOCATE_PARSES: usize = 256;
 
 /// Whether the R4B model's opinion on a resource of this type is worth asking for: `None`
@@ -158,7 +158,7 @@ pub fn check(text: &str) -> Report {
         }
         Some(message) => message,
     };
-    let path = Locator { parses: 0 }.locate(&value, &message);
+    let (path, message) = Locator { parses: 0 }.locate(&value, message);
     Report {
         refusal: Some(Refusal {
             expression: render(&root_type, &path),
@@ -239,63 +239,46 @@ fn render(root: &str, path: &[Step]) -> String {
     expression
 }
 
-/// Removes, below the root, every resource of a type R4B lacks or redefined (in
-/// `contained`, `Bundle.entry.resource` or `Parameters.parameter.resource`), recording where
-/// it was. Array items are removed from the array, members from their object.
+/// Replaces, below the root, every resource of a type R4B lacks or redefined (in
+/// `contained`, `Bundle.entry.resource` or `Parameters.parameter.resource`) with a minimal
+/// resource the model accepts, so that the rest keeps its locations; records where it was.
 fn set_aside_unchecked_resources(
     value: &mut Value,
     path: &mut Vec<Step>,
     root: &str,
     not_checked: &mut Vec<NotChecked>,
 ) {
-    match value {
-        Value::Object(object) => {
-            let mut removed = Vec::new();
-            for (key, child) in object.iter_mut() {
-                path.push(Step::Member(key.clone()));
-                if let Some((name, why)) = unchecked_resource(child) {
-                    not_checked.push(NotChecked {
-                        expression: render(root, path),
-                        resource_type: name.to_owned(),
-                        why,
-                    });
-                    removed.push(key.clone());
-                } else {
-                    set_aside_unchecked_resources(child, path, root, not_checked);
-                }
-                path.pop();
-            }
-            for key in removed {
-                object.remove(&key);
-            }
+    let children: Vec<(Step, &mut Value)> = match value {
+        Value::Object(object) => object
+            .iter_mut()
+            .map(|(key, child)| (Step::Member(key.clone()), child))
+            .collect(),
+        Value::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .map(|(index, child)| (Step::Item(index), child))
+            .collect(),
+        _ => return,
+    };
+    for (step, child) in children {
+        path.push(step);
+        if let Some((name, why)) = unchecked_resource(child) {
+            not_checked.push(NotChecked {
+                expression: render(root, path),
+                resource_type: name,
+                why,
+            });
+            *child = serde_json::json!({"resourceType": "Basic", "code": {}});
+        } else {
+            set_aside_unchecked_resources(child, path, root, not_checked);
         }
-        Value::Array(items) => {
-            let mut index = 0;
-            let mut original_index = 0;
-            while index < items.len() {
-                path.push(Step::Item(original_index));
-                if let Some((name, why)) = unchecked_resource(&items[index]) {
-                    not_checked.push(NotChecked {
-                        expression: render(root, path),
-                        resource_type: name.to_owned(),
-                        why,
-                    });
-                    items.remove(index);
-                } else {
-                    set_aside_unchecked_resources(&mut items[index], path, root, not_checked);
-                    index += 1;
-                }
-                path.pop();
-                original_index += 1;
-            }
-        }
-        _ => {}
+        path.pop();
     }
 }
 
-fn unchecked_resource(value: &Value) -> Option<(&str, Unchecked)> {
+fn unchecked_resource(value: &Value) -> Option<(String, Unchecked)> {
     let name = value.as_object()?.get("resourceType")?.as_str()?;
-    Some((name, unchecked(name)?))
+    Some((name.to_owned(), unchecked(name)?))
 }
 
 /// Finds where a refusal comes from, by parsing copies with parts removed (a small delta
@@ -305,30 +288,27 @@ struct Locator {
 }
 
 impl Locator {
-    /// The path from `root` to the culprit: inside the innermost nested resource that
-    /// fails on its own if there is one (a smaller place to look, found in one pass over
-    /// the nested resources), else found by removing parts of `root`.
-    fn locate(&mut self, root: &Value, message: &str) -> Vec<Step> {
+    /// The path from `root` to the culprit and the model's message about it: inside the
+    /// innermost nested resource that fails on its own if there is one (a smaller place to
+    /// look, found in one pass over the nested resources), else found by removing parts of
+    /// `root`.
+    fn locate(&mut self, root: &Value, message: String) -> (Vec<Step>, String) {
         let mut path = Vec::new();
         if let Some((mut nested_path, nested_message)) =
-            self.failing_nested_resource(root, &mut path)
+            Self::failing_nested_resource(root, &mut path)
+            && let Some(nested) = at(root, &nested_path)
         {
-            if let Some(nested) = at(root, &nested_path) {
-                nested_path.extend(self.locate(nested, &nested_message));
-            }
-            return nested_path;
+            let (rest, message) = self.locate(nested, nested_message);
+            nested_path.extend(rest);
+            return (nested_path, message);
         }
-        self.find(root, &mut path, message);
-        path
+        self.find(root, &mut path, &message);
+        (path, message)
     }
 
     /// The first nested resource (in document order, outermost first) that the model
     /// refuses on its own, with its message.
-    fn failing_nested_resource(
-        &mut self,
-        value: &Value,
-        path: &mut Vec<Step>,
-    ) -> Option<(Vec<Step>, String)> {
+    fn failing_nested_resource(value: &Value, path: &mut Vec<Step>) -> Option<(Vec<Step>, String)> {
         let children: Vec<(Step, &Value)> = match value {
             Value::Object(object) => object
                 .iter()
@@ -346,12 +326,13 @@ impl Locator {
             let is_resource = child
                 .as_object()
                 .is_some_and(|object| object.contains_key("resourceType"));
-            if is_resource && self.parses < MAX_LOCATE_PARSES {
-                self.parses += 1;
+            if is_resource {
+                // Not counted against the budget: these parses add up to one pass over
+                // the resource per level of nesting.
                 if let Some(message) = parse(child.clone()) {
                     return Some((path.clone(), message));
                 }
-            } else if let Some(found) = self.failing_nested_resource(child, path) {
+            } else if let Some(found) = Self::failing_nested_resource(child, path) {
                 return Some(found);
             }
             path.pop();
@@ -615,6 +596,13 @@ mod tests {
         );
         assert_eq!(report.refusal, None);
         assert_eq!(report.not_checked[0].expression, "Patient.contained[0]");
+        let report = check(
+            r#"{"resourceType":"Patient","contained":[{"resourceType":"MedicinalProductIndication"},{"resourceType":"Binary","contentType":"text/plain","data":"A==="}]}"#,
+        );
+        assert_eq!(
+            report.refusal.map(|refusal| refusal.expression),
+            Some("Patient.contained[1].data".to_owned())
+        );
     }
 
     #[test]
@@ -628,6 +616,23 @@ mod tests {
         ] {
             assert_eq!(check(text), Report::default(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_refusal_in_a_large_bundle_is_found() {
+        let mut entries: Vec<Value> = (0..2000)
+            .map(|i| serde_json::json!({"resource": {"resourceType": "Patient", "id": format!("p{i}")}}))
+            .collect();
+        entries[1500]["resource"]["photo"] = serde_json::json!([{"data": "A==="}]);
+        let bundle =
+            serde_json::json!({"resourceType": "Bundle", "type": "collection", "entry": entries});
+        assert_eq!(
+            refusal(&bundle.to_string()),
+            Some((
+                "Bundle.entry[1500].resource.photo[0].data".to_owned(),
+                "Invalid symbol 61, offset 1.".to_owned()
+            ))
+        );
     }
 
     #[test]
