@@ -9,7 +9,11 @@
 //!
 //! Only the verdict is used. The typed value is dropped at once: fhir-sdk drops unknown
 //! elements and `null`s, stores decimals as `f64` and normalizes date-times, so its output
-//! must never be stored or served.
+//! must never be stored or served. Nor does it see everything: besides unknown elements and
+//! nulls, it accepts any bad value inside a choice element (`valueBoolean: "yes"`), because
+//! serde reads a flattened `Option` that fails as absent. What it does catch that the R4
+//! validator does not: base64 that matches R4's pattern but does not decode (`AA=A`), and
+//! times with a second of 60 anywhere but at 23:59:60 UTC (where leap seconds go).
 //!
 //! **Architecture Invariant:** this crate is the only place that instantiates serde for the
 //! fhir-sdk models, and it does so once: `Resource` from `serde_json` (text and
