@@ -97,6 +97,9 @@ pub struct ValidationConfig {
     /// What to do with a profile claimed in `meta.profile` that the server does not ship:
     /// `ignore`, `warn` (a warning in `$validate`; writes accept the resource) or `reject`.
     pub unknown_profile: UnknownProfile,
+    /// Also ask the fhir-sdk R4B model whether it accepts each incoming resource (after the
+    /// R4 validator passed it); a refusal becomes a warning, never a rejection.
+    pub r4b_check: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +148,7 @@ impl Default for Config {
             },
             validation: ValidationConfig {
                 unknown_profile: UnknownProfile::Warn,
+                r4b_check: true,
             },
             log: LogConfig {
                 filter: "info".to_owned(),
@@ -232,6 +236,26 @@ mod tests {
             Some("https://fhir.example.org/fhir")
         );
         assert!(config.database.url.is_none(), "no secret in the example");
+    }
+
+    #[test]
+    fn the_r4b_check_is_on_unless_switched_off() {
+        figment::Jail::expect_with(|jail| {
+            assert!(
+                Config::load(None)
+                    .map_err(|e| e.to_string())?
+                    .validation
+                    .r4b_check
+            );
+            jail.set_env("FHIR_GATEWAY_VALIDATION__R4B_CHECK", "false");
+            assert!(
+                !Config::load(None)
+                    .map_err(|e| e.to_string())?
+                    .validation
+                    .r4b_check
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -133,6 +133,18 @@ pub fn information_outcome(diagnostics: &str) -> Value {
     json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": diagnostics}]})
 }
 
+/// An OperationOutcome for a successful interaction: the issues found on the way (warnings
+/// about the resource) followed by `diagnostics` as information.
+pub fn success_outcome(diagnostics: &str, issues: &[Issue]) -> Value {
+    let mut outcome = information_outcome(diagnostics);
+    if !issues.is_empty() {
+        let mut all: Vec<Value> = issues.iter().map(issue_json).collect();
+        all.push(outcome["issue"][0].take());
+        outcome["issue"] = Value::Array(all);
+    }
+    outcome
+}
+
 /// An OperationOutcome listing validation issues that are not errors (or `All OK`).
 pub fn validation_outcome(issues: &[Issue]) -> Value {
     if issues.is_empty() {

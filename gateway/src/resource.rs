@@ -4,11 +4,10 @@
 
 use fhir_profiles::Json;
 use fhir_profiles::profile::Profile;
-use fhir_profiles::validate::{
-    Issue, IssueSeverity, UnknownProfile, validate_profiles, validate_resource,
-};
+use fhir_profiles::validate::{Issue, IssueSeverity, validate_profiles, validate_resource};
 use json_syntax::{Parse, Print};
 
+use crate::config::ValidationConfig;
 use crate::error::{Error, Result};
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
 
@@ -92,26 +91,74 @@ pub fn id_of(resource: &Json) -> Option<&str> {
 /// resource inside it) claims in `meta.profile`, and `nominated` if given, reporting every
 /// issue at once: a malformed resource is [`Error::InvalidResource`] (400, its profile issues
 /// included), a well-formed one that breaks a profile [`Error::ProfileViolation`] (422).
-/// Returns the issues that are not errors (a warning about a profile the server does not
-/// ship).
+/// Then, if `config.r4b_check` is on and the resource passed, asks the fhir-sdk R4B model for
+/// a second opinion. Returns the issues that are not errors (a profile the server does not
+/// ship, the second opinion's warnings), for the client to see in an OperationOutcome.
+///
+/// The second opinion never rejects: on the official R4 examples its only refusal of a
+/// resource that passed R4 validation was a valid R4 `Evidence` (R4B reworked that type),
+/// and the R4B model also refuses valid R4 such as an `Expression.language` outside its
+/// closed list (extensible in R4) or a decimal beyond `f64`. See `r4b_check`.
 pub fn validate(
     resource: &Json,
-    unknown_profile: UnknownProfile,
+    config: &ValidationConfig,
     nominated: Option<&Profile>,
 ) -> Result<Vec<Issue>> {
     let is_error = |i: &Issue| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal);
     let mut issues = validate_resource(resource);
     let malformed = issues.iter().any(is_error);
-    let profile_issues = validate_profiles(resource, unknown_profile, nominated);
+    let profile_issues = validate_profiles(resource, config.unknown_profile, nominated);
     let breaks_profile = profile_issues.iter().any(is_error);
     issues.extend(profile_issues);
     if malformed {
-        Err(Error::InvalidResource(issues))
-    } else if breaks_profile {
-        Err(Error::ProfileViolation(issues))
-    } else {
-        Ok(issues)
+        return Err(Error::InvalidResource(issues));
     }
+    if breaks_profile {
+        return Err(Error::ProfileViolation(issues));
+    }
+    if !config.r4b_check {
+        return Ok(issues);
+    }
+    let report = r4b_check::check(&to_text(resource));
+    if let Some(refusal) = &report.refusal {
+        // The location only: the model's message may quote the resource's values.
+        tracing::info!(
+            expression = %refusal.expression,
+            "the fhir-sdk R4B model refuses a resource that passed R4 validation"
+        );
+    }
+    Ok(issues.into_iter().chain(second_opinion(report)).collect())
+}
+
+/// The R4B model's report as OperationOutcome issues: a warning for a refusal, information
+/// for each resource it could not judge.
+fn second_opinion(report: r4b_check::Report) -> Vec<Issue> {
+    let refusal = report.refusal.map(|refusal| Issue {
+        severity: IssueSeverity::Warning,
+        code: refusal.issue_type(),
+        diagnostics: format!(
+            "the fhir-sdk R4B model refuses this ({}); the resource passed R4 validation and is \
+             accepted as sent, but software reading it as R4B may refuse it",
+            refusal.message
+        ),
+        expression: refusal.expression,
+    });
+    let not_checked = report.not_checked.into_iter().map(|skipped| Issue {
+        severity: IssueSeverity::Information,
+        code: "informational",
+        diagnostics: match skipped.why {
+            r4b_check::Unchecked::RemovedInR4b => format!(
+                "not checked against the fhir-sdk R4B model: R4B has no {}",
+                skipped.resource_type
+            ),
+            r4b_check::Unchecked::RedefinedInR4b => format!(
+                "not checked against the fhir-sdk R4B model: R4B redefined {}",
+                skipped.resource_type
+            ),
+        },
+        expression: skipped.expression,
+    });
+    refusal.into_iter().chain(not_checked).collect()
 }
 
 /// Sets the server-assigned `id`, `meta.versionId` and `meta.lastUpdated`, keeping every
@@ -163,6 +210,14 @@ pub fn to_text(resource: &Json) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhir_profiles::validate::UnknownProfile;
+
+    fn checks(r4b_check: bool) -> ValidationConfig {
+        ValidationConfig {
+            unknown_profile: UnknownProfile::Warn,
+            r4b_check,
+        }
+    }
 
     #[test]
     fn stamping_keeps_what_the_client_wrote() {
@@ -181,6 +236,46 @@ mod tests {
         assert_eq!(
             to_text(&resource),
             r#"{"resourceType":"Observation","id":"abc","meta":{"versionId":"2","lastUpdated":"1970-01-01T00:00:00.000Z","profile":["x"]},"status":"final","valueQuantity":{"value":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn the_r4b_model_gives_a_second_opinion() {
+        // Valid R4 (Expression.language has an extensible binding), outside the R4B model's list.
+        let resource = parse_json(
+            br#"{"resourceType":"PlanDefinition","status":"draft","action":[{"condition":[{"kind":"applicability","expression":{"language":"text/x-custom","expression":"x"}}]}]}"#,
+            64,
+        )
+        .expect("valid JSON");
+        let issues = validate(&resource, &checks(true), None).expect("a warning, not an error");
+        assert!(
+            matches!(issues.as_slice(), [issue] if issue.severity == IssueSeverity::Warning
+                && issue.code == "code-invalid"
+                && issue.expression == "PlanDefinition.action[0].condition[0].expression.language"
+                && issue.diagnostics.contains("text/x-custom")),
+            "{issues:?}"
+        );
+        assert_eq!(
+            validate(&resource, &checks(false), None).expect("valid"),
+            Vec::new()
+        );
+
+        let removed = parse_json(
+            br#"{"resourceType":"MedicinalProduct","name":[{"productName":"x"}]}"#,
+            64,
+        )
+        .expect("valid JSON");
+        let issues = validate(&removed, &checks(true), None).expect("valid R4");
+        assert!(
+            matches!(issues.as_slice(), [issue] if issue.severity == IssueSeverity::Information
+                && issue.diagnostics.contains("R4B has no MedicinalProduct")),
+            "{issues:?}"
+        );
+
+        let invalid = parse_json(br#"{"resourceType":"Patient","gender":"x"}"#, 64).expect("JSON");
+        assert!(
+            matches!(validate(&invalid, &checks(true), None), Err(Error::InvalidResource(issues)) if issues.len() == 1),
+            "R4 errors come from the R4 validator alone"
         );
     }
 

@@ -29,7 +29,7 @@ echo "== (a) ingest, 8 clients"
 python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
 # what autovacuum would do shortly after a bulk load; without statistics the planner
 # guesses 1 row per index lookup
-psql "$PG/fhir_bench" -qc "VACUUM ANALYZE"
+psql "$PG/fhir_bench" -qc "VACUUM ANALYZE" -c "CHECKPOINT"
 python3 scripts/bench/prepare.py --base "http://127.0.0.1:$PORT/fhir" --out "$OUT"
 
 echo "== (b) read by id, 32 connections"

@@ -21,7 +21,7 @@ pub async fn create(
     body: Json,
     if_none_exist: Option<&str>,
 ) -> Result<Outcome> {
-    check_body(ctx, &body, resource_type)?;
+    let issues = check_body(ctx, &body, resource_type)?;
     if let Some(criteria) = if_none_exist {
         store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
         let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
@@ -49,5 +49,7 @@ pub async fn create(
         }
     }
     let id = ResourceId::generate();
-    store_version(conn, ctx, resource_type, &id, None, body, Method::Post).await
+    store_version(conn, ctx, resource_type, &id, None, body, Method::Post)
+        .await
+        .map(|outcome| outcome.with_issues(issues))
 }

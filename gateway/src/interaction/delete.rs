@@ -51,6 +51,7 @@ pub async fn delete(
         body: Body::Json(information_outcome(&format!(
             "deleted {resource_type}/{id} (version {version})"
         ))),
+        issues: Vec::new(),
     })
 }
 

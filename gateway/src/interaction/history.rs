@@ -173,5 +173,6 @@ pub async fn history(
         version: None,
         last_modified: None,
         body: Body::Bundle(bundle.finish()),
+        issues: Vec::new(),
     })
 }

@@ -18,6 +18,7 @@ pub mod update;
 use fhir_profiles::Json;
 use fhir_profiles::search::{IndexEntry, index_entries};
 use fhir_profiles::text::{Word, resource_words};
+use fhir_profiles::validate::Issue;
 use sqlx::AnyConnection;
 
 use crate::config::Config;
@@ -66,6 +67,10 @@ pub struct Outcome {
     pub version: Option<VersionId>,
     pub last_modified: Option<Instant>,
     pub body: Body,
+    /// Warnings and information about the resource written (the second opinion of
+    /// `resource::validate`), shown when the client asks for an OperationOutcome and in
+    /// Bundle `entry.response.outcome`.
+    pub issues: Vec<Issue>,
 }
 
 impl Outcome {
@@ -76,6 +81,7 @@ impl Outcome {
             version: None,
             last_modified: None,
             body: Body::Json(body),
+            issues: Vec::new(),
         }
     }
 
@@ -87,7 +93,13 @@ impl Outcome {
             version: Some(stored.version_id),
             last_modified: Some(stored.last_updated),
             body: stored.body.map_or(Body::None, Body::Resource),
+            issues: Vec::new(),
         }
+    }
+
+    /// This outcome with the issues found while checking the resource.
+    pub fn with_issues(self, issues: Vec<Issue>) -> Outcome {
+        Outcome { issues, ..self }
     }
 }
 
@@ -176,6 +188,7 @@ impl PreparedVersion {
             version: Some(self.version),
             last_modified: Some(self.last_updated),
             body: Body::Resource(self.text),
+            issues: Vec::new(),
         }
     }
 }
@@ -209,19 +222,23 @@ pub(crate) async fn store_new_versions(
 
 /// Checks a resource body for a write: the right type, structurally valid, conforming to
 /// the profiles it claims, and not a subset (`SUBSETTED` in `meta.tag`), which would
-/// overwrite what it left out.
-pub(crate) fn check_body(ctx: &Context, body: &Json, expected: &ResourceType) -> Result<()> {
+/// overwrite what it left out. Returns the issues that are not errors.
+pub(crate) fn check_body(
+    ctx: &Context,
+    body: &Json,
+    expected: &ResourceType,
+) -> Result<Vec<Issue>> {
     let actual = resource::resource_type_of(body)?;
     if &actual != expected {
         return Err(Error::Invalid(format!(
             "the body is a {actual} but the request is for {expected}"
         )));
     }
-    resource::validate(body, ctx.config.validation.unknown_profile, None)?;
+    let issues = resource::validate(body, &ctx.config.validation, None)?;
     if fhir_profiles::subset::is_subsetted(body) {
         return Err(Error::Unprocessable(
             "the resource is tagged SUBSETTED: a subset of a resource cannot be stored".to_owned(),
         ));
     }
-    Ok(())
+    Ok(issues)
 }

@@ -17,6 +17,7 @@ use json_syntax::Parse;
 use sqlx::AnyConnection;
 
 use super::{Context, Method, Outcome, check_body, search, store_version};
+use crate::config::ValidationConfig;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::{resource, store};
@@ -47,7 +48,11 @@ impl PatchDocument {
             ));
         }
         // the patch document itself: its structure only (profiles it may claim do not matter)
-        resource::validate(parameters, UnknownProfile::Ignore, None)?;
+        let structure_only = ValidationConfig {
+            unknown_profile: UnknownProfile::Ignore,
+            r4b_check: false,
+        };
+        resource::validate(parameters, &structure_only, None)?;
         FhirPatch::parse(parameters)
             .map(PatchDocument::FhirPath)
             .map_err(|e| Error::Invalid(e.to_string()))
@@ -116,7 +121,7 @@ pub async fn patch(
             "a patch must not change or remove the resource id".to_owned(),
         ));
     }
-    check_body(ctx, &body, resource_type).map_err(|e| match e {
+    let issues = check_body(ctx, &body, resource_type).map_err(|e| match e {
         Error::InvalidResource(issues) => Error::InvalidPatchResult(issues),
         Error::Invalid(message) => Error::Unprocessable(message),
         other => other,
@@ -131,6 +136,7 @@ pub async fn patch(
         Method::Patch,
     )
     .await
+    .map(|outcome| outcome.with_issues(issues))
 }
 
 /// `PATCH [base]/[type]?[search parameters]`: patches the single match.

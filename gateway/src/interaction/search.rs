@@ -715,6 +715,7 @@ pub async fn search(
             version: None,
             last_modified: None,
             body: Body::Bundle(bundle.finish()),
+            issues: Vec::new(),
         });
     }
 
@@ -773,6 +774,7 @@ pub async fn search(
         version: None,
         last_modified: None,
         body: Body::Bundle(bundle.finish()),
+        issues: Vec::new(),
     })
 }
 

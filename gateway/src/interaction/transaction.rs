@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use fhir_profiles::Json;
+use fhir_profiles::validate::Issue;
 use serde_json::json;
 use sqlx::AnyConnection;
 
@@ -26,7 +27,7 @@ use super::{
     search, store_new_versions, store_version, update,
 };
 use crate::bundle::BundleWriter;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, validation_outcome};
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::store::{self, Store};
 
@@ -496,7 +497,7 @@ async fn transaction(
     entries.sort_by_key(|e| (e.request.rank(), e.index));
     let mut responses = Vec::with_capacity(entries.len());
     // creates of new resources are written together, in a few statements
-    let mut pending: Vec<(usize, PreparedVersion)> = Vec::new();
+    let mut pending: Vec<(usize, PreparedVersion, Vec<Issue>)> = Vec::new();
     for entry in entries {
         let index = entry.index;
         if let (Request::Create { resource_type, .. }, Some(Assigned::New(id))) =
@@ -505,10 +506,12 @@ async fn transaction(
             let resource = entry.resource.ok_or_else(|| {
                 entry_error(index, Error::Invalid("POST needs a resource".to_owned()))
             })?;
-            check_body(ctx, &resource, resource_type).map_err(|e| entry_error(index, e))?;
+            let issues =
+                check_body(ctx, &resource, resource_type).map_err(|e| entry_error(index, e))?;
             pending.push((
                 index,
                 PreparedVersion::new(resource_type, id, None, resource, Method::Post),
+                issues,
             ));
             continue;
         }
@@ -526,18 +529,17 @@ async fn transaction(
                 let current =
                     store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
                 match check_body(ctx, &resource, resource_type) {
-                    Ok(()) => {
-                        store_version(
-                            conn,
-                            ctx,
-                            resource_type,
-                            id,
-                            current.as_ref(),
-                            resource,
-                            Method::Put,
-                        )
-                        .await
-                    }
+                    Ok(issues) => store_version(
+                        conn,
+                        ctx,
+                        resource_type,
+                        id,
+                        current.as_ref(),
+                        resource,
+                        Method::Put,
+                    )
+                    .await
+                    .map(|outcome| outcome.with_issues(issues)),
                     Err(e) => Err(e),
                 }
             }
@@ -557,19 +559,24 @@ async fn transaction(
 async fn flush(
     conn: &mut AnyConnection,
     ctx: &Context,
-    pending: &mut Vec<(usize, PreparedVersion)>,
+    pending: &mut Vec<(usize, PreparedVersion, Vec<Issue>)>,
     responses: &mut Vec<(usize, Result<Outcome>)>,
 ) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    let (indices, versions): (Vec<usize>, Vec<PreparedVersion>) = pending.drain(..).unzip();
+    let (versions, answers): (Vec<PreparedVersion>, Vec<(usize, Vec<Issue>)>) = pending
+        .drain(..)
+        .map(|(index, version, issues)| (version, (index, issues)))
+        .unzip();
     store_new_versions(conn, &versions).await?;
     responses.extend(
-        indices
+        answers
             .into_iter()
             .zip(versions)
-            .map(|(index, version)| (index, Ok(version.outcome(ctx)))),
+            .map(|((index, issues), version)| {
+                (index, Ok(version.outcome(ctx).with_issues(issues)))
+            }),
     );
     Ok(())
 }
@@ -828,6 +835,9 @@ fn response_bundle(
                     }
                     _ => None,
                 };
+                if !outcome.issues.is_empty() && response.get("outcome").is_none() {
+                    response["outcome"] = validation_outcome(&outcome.issues);
+                }
                 bundle.entry_with(None, resource.as_deref(), &json!({"response": response}));
             }
             Err(error) => {
@@ -843,6 +853,7 @@ fn response_bundle(
         version: None,
         last_modified: None,
         body: Body::Bundle(bundle.finish()),
+        issues: Vec::new(),
     }
 }
 

@@ -624,11 +624,7 @@ fn validate_operation(
             "the id in the URL ({id}) differs from the id in the body ({body_id})"
         )));
     }
-    let warnings = resource::validate(
-        &resource,
-        state.ctx.config.validation.unknown_profile,
-        nominated,
-    )?;
+    let warnings = resource::validate(&resource, &state.ctx.config.validation, nominated)?;
     Ok(respond(
         Outcome::json(200, validation_outcome(&warnings)),
         ReturnPreference::Representation,

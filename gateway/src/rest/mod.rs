@@ -10,7 +10,7 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use crate::error::{Error, Result, information_outcome};
+use crate::error::{Error, Result, success_outcome};
 use crate::interaction::search::Handling;
 use crate::interaction::transaction::ReturnPreference;
 use crate::interaction::{Body, Context, Outcome};
@@ -139,10 +139,11 @@ pub(crate) fn respond(outcome: Outcome, preference: ReturnPreference) -> HttpRes
     let body = match (outcome.body, preference) {
         (Body::None, _) => return response.finish(),
         (Body::Resource(_), ReturnPreference::Minimal) => return response.finish(),
-        (Body::Resource(_), ReturnPreference::OperationOutcome) => {
-            information_outcome(&format!("the interaction succeeded ({})", outcome.status))
-                .to_string()
-        }
+        (Body::Resource(_), ReturnPreference::OperationOutcome) => success_outcome(
+            &format!("the interaction succeeded ({})", outcome.status),
+            &outcome.issues,
+        )
+        .to_string(),
         (Body::Resource(text) | Body::Bundle(text), _) => text,
         (Body::Json(value), _) => value.to_string(),
     };

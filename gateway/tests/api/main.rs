@@ -15,4 +15,5 @@ mod patch;
 mod profiles;
 mod search;
 mod search_modifiers;
+mod second_opinion;
 mod summary;
