@@ -216,7 +216,7 @@ contract AnchorRegistryTest is TestBase {
 
     function test_RevertWhen_InclusionPathIsTooLong() public {
         (bytes32[] memory leaves, bytes32 root) = _tree(keccak256("long"), 6);
-        bytes32[] memory path = _withExtraHash(ReferenceMerkleTree.path(leaves, 4));
+        bytes32[] memory path = ReferenceMerkleTree.append(ReferenceMerkleTree.path(leaves, 4), ROOT);
         vm.expectRevert(abi.encodeWithSelector(IAnchorRegistry.AnchorRegistryWrongPathLength.selector, 2, 3));
         registry.verifyInclusion(leaves[4], 4, 6, path, root);
     }
@@ -370,7 +370,7 @@ contract AnchorRegistryTest is TestBase {
     function test_RevertWhen_BatchInclusionPathHasTheWrongLength() public {
         (bytes32[] memory leaves, bytes32 root) = _tree(keccak256("batch 0"), 4);
         _anchor(GATEWAY, 0, 4, root);
-        bytes32[] memory path = _withExtraHash(ReferenceMerkleTree.path(leaves, 3));
+        bytes32[] memory path = ReferenceMerkleTree.append(ReferenceMerkleTree.path(leaves, 3), ROOT);
         vm.expectRevert(abi.encodeWithSelector(IAnchorRegistry.AnchorRegistryWrongPathLength.selector, 2, 3));
         registry.verifyBatchInclusion(GATEWAY, 0, leaves[3], 3, path);
     }
@@ -407,13 +407,5 @@ contract AnchorRegistryTest is TestBase {
             leaves[i] = ReferenceMerkleTree.leafHash(abi.encode(seed, i));
         }
         root = ReferenceMerkleTree.root(leaves);
-    }
-
-    function _withExtraHash(bytes32[] memory path) internal pure returns (bytes32[] memory longer) {
-        longer = new bytes32[](path.length + 1);
-        for (uint256 i = 0; i < path.length; ++i) {
-            longer[i] = path[i];
-        }
-        longer[path.length] = ROOT;
     }
 }

@@ -54,8 +54,8 @@ library ReferenceMerkleTree {
         uint256 n = end - start;
         if (n == 1) return new bytes32[](0);
         uint256 k = _largestPowerOfTwoBelow(n);
-        if (m < k) return _append(_path(d, m, start, start + k), _mth(d, start + k, end));
-        return _append(_path(d, m - k, start + k, end), _mth(d, start, start + k));
+        if (m < k) return append(_path(d, m, start, start + k), _mth(d, start + k, end));
+        return append(_path(d, m - k, start + k, end), _mth(d, start, start + k));
     }
 
     /// @dev the largest power of two strictly below n (n > 1)
@@ -66,7 +66,8 @@ library ReferenceMerkleTree {
         }
     }
 
-    function _append(bytes32[] memory list, bytes32 last) private pure returns (bytes32[] memory longer) {
+    /// @dev a copy of `list` with `last` appended
+    function append(bytes32[] memory list, bytes32 last) internal pure returns (bytes32[] memory longer) {
         longer = new bytes32[](list.length + 1);
         for (uint256 i = 0; i < list.length; ++i) {
             longer[i] = list[i];

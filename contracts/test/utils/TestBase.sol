@@ -20,8 +20,8 @@ abstract contract TestBase {
         _targetContracts.push(target);
     }
 
-    /// @dev `value` mapped into [min, max] (inclusive), keeping small values where they are so
-    /// that the fuzzer's edge cases (0, 1, max) still reach the edges of the range.
+    /// @dev `value` mapped into [min, max] (inclusive): a value already in range is kept, others
+    /// wrap around from `min`, so the fuzzer's edge cases (0, 1, max) still reach the range's edges.
     function _bound(uint256 value, uint256 min, uint256 max) internal pure returns (uint256) {
         require(min <= max, "_bound: min > max");
         if (value >= min && value <= max) return value;

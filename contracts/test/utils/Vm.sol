@@ -3,8 +3,8 @@ pragma solidity 0.8.37;
 
 /// @notice The Foundry cheatcodes these tests use, declared from Foundry's cheatcode reference
 /// (https://getfoundry.sh/reference/cheatcodes/overview). forge-std, which declares all of
-/// them, is distributed only through git; this project's toolchain comes from npm and builds
-/// offline, so the few it needs are declared here. forge executes calls to this interface at
+/// them, is published by its authors through git only; this project's toolchain comes from npm
+/// and builds offline, so the few it needs are declared here. forge executes calls to this interface at
 /// `VM_ADDRESS`; a wrong signature fails the test that calls it ("unknown cheatcode").
 interface Vm {
     // environment
