@@ -20,6 +20,11 @@ if [ ! -x .cache/venv/bin/python3 ]; then
 fi
 .cache/venv/bin/pip install --quiet --disable-pip-version-check -r gateway/tests/clients/requirements.txt
 
+# --- contracts/ (issue 3): npm ci of the Foundry/solcjs toolchain when missing or stale, then
+# forge fmt --check, the forge tests against .gas-snapshot, and the artifact drift check
+bash contracts/scripts/test.sh
+# --- end contracts/ ---
+
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 
 cargo fmt --all -- --check
