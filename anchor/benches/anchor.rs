@@ -24,7 +24,7 @@ fn leaves() -> Vec<Leaf> {
         .collect()
 }
 
-/// A laboratory Observation of about 1.5 KB, as a gateway would store it.
+/// A laboratory Observation of 1.4 KB, as a gateway would store it.
 const OBSERVATION: &str = r#"{
   "resourceType": "Observation",
   "id": "f001",
@@ -51,7 +51,7 @@ fn content(c: &mut Criterion) {
         json_syntax::Value::parse_str(OBSERVATION).expect("the benchmark resource parses");
     let mut group = c.benchmark_group("content_hash");
     group.throughput(Throughput::Bytes(OBSERVATION.len() as u64));
-    group.bench_function("observation_1.5KB", |b| {
+    group.bench_function("observation_1.4KB", |b| {
         b.iter(|| content_hash(black_box(&observation)))
     });
     group.finish();
