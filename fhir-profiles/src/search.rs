@@ -326,6 +326,14 @@ impl Registry {
         self.parameters.get(index)
     }
 
+    /// A parameter every resource has (defined on `Resource` or `DomainResource`: `_tag`,
+    /// `_profile`, `_security`, `_source`, `_text`, ...), for searches across types.
+    pub fn common(&self, code: &str) -> Option<&SearchParameter> {
+        self.parameters
+            .iter()
+            .find(|p| p.code == code && matches!(p.base.as_str(), "Resource" | "DomainResource"))
+    }
+
     /// Every parameter of `resource_type`, inherited ones included, sorted by code.
     /// Empty for an unknown type.
     pub fn for_type(&self, resource_type: &str) -> impl Iterator<Item = &SearchParameter> + '_ {

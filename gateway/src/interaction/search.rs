@@ -280,8 +280,15 @@ fn parse_include(value: &str, iterate: bool) -> Result<Include> {
     })
 }
 
+/// The definition of `code` on `resource_type`; across types (`Resource`), the parameters
+/// every resource has (`_tag`, `_profile`, `_security`, `_source`, ...).
 fn lookup(resource_type: &str, code: &str) -> Result<&'static SearchParameter> {
-    registry().get(resource_type, code).ok_or_else(|| {
+    let found = if resource_type == "Resource" {
+        registry().common(code)
+    } else {
+        registry().get(resource_type, code)
+    };
+    found.ok_or_else(|| {
         Error::NotSupported(format!(
             "unknown search parameter {code:?} for {resource_type}"
         ))

@@ -354,6 +354,18 @@ fn table_of(kind: SearchParamType) -> Option<&'static str> {
     })
 }
 
+/// `{column} = [rtype] AND `, which lets an index row lookup use the index that leads with
+/// the resource type; nothing for a search across types (`rtype` is `Resource`), where the
+/// parameter is a common one (`_tag`, `_profile`, ...) and the row's own type is whatever
+/// it is.
+fn type_is(sql: &mut Sql, column: &str, rtype: &str) -> String {
+    if rtype == "Resource" {
+        String::new()
+    } else {
+        format!("{column} = {} AND ", sql.text(rtype))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn param_condition(
     sql: &mut Sql,
@@ -384,7 +396,7 @@ fn param_condition(
             code.to_owned(),
         ),
     };
-    let rt = sql.text(rtype);
+    let of_type = type_is(sql, "t.rtype", rtype);
     let p = sql.text(&index_param);
     if let Some(Modifier::Missing) = modifier {
         let missing = match values {
@@ -399,7 +411,7 @@ fn param_condition(
             }
         };
         let exists = format!(
-            "EXISTS (SELECT 1 FROM {table} t WHERE t.rkey = {alias}.rkey AND t.param = {p} AND t.rtype = {rt})"
+            "EXISTS (SELECT 1 FROM {table} t WHERE {of_type}t.rkey = {alias}.rkey AND t.param = {p})"
         );
         return Ok(if missing {
             format!("NOT {exists}")
@@ -437,7 +449,7 @@ fn param_condition(
         alternatives.push(predicate);
     }
     let matching = format!(
-        "{alias}.rkey IN (SELECT t.rkey FROM {table} t WHERE t.rtype = {rt} AND t.param = {p} AND ({}))",
+        "{alias}.rkey IN (SELECT t.rkey FROM {table} t WHERE {of_type}t.param = {p} AND ({}))",
         alternatives.join(" OR ")
     );
     Ok(match modifier {
@@ -467,7 +479,6 @@ fn composite_condition(
                 &format!("{} components separated by '$'", param.components.len()),
             ));
         }
-        let rt = sql.text(rtype);
         let mut from = Vec::new();
         let mut conditions = Vec::new();
         for (i, (component, part)) in param.components.iter().zip(&parts).enumerate() {
@@ -498,8 +509,9 @@ fn composite_condition(
             let c = format!("c{i}");
             let p = sql.text(&format!("{code}#{i}"));
             from.push(format!("{table} {c}"));
+            let of_type = type_is(sql, &format!("{c}.rtype"), rtype);
             conditions.push(format!(
-                "{c}.rtype = {rt} AND {c}.param = {p} AND ({})",
+                "{of_type}{c}.param = {p} AND ({})",
                 predicate.replace("t.", &format!("{c}."))
             ));
             if i > 0 {
@@ -905,9 +917,10 @@ fn sort_expression(sql: &mut Sql, rtype: &str, key: &SortKey) -> Result<String> 
                 }
             };
             let aggregate = if key.descending { "MAX" } else { "MIN" };
-            let (rt, p) = (sql.text(rtype), sql.text(&param.code));
+            let of_type = type_is(sql, "s.rtype", rtype);
+            let p = sql.text(&param.code);
             format!(
-                "(SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.rkey = r.rkey AND s.rtype = {rt} AND s.param = {p})"
+                "(SELECT {aggregate}(s.{column}) FROM {table} s WHERE {of_type}s.rkey = r.rkey AND s.param = {p})"
             )
         }
     })

@@ -189,3 +189,59 @@ both!(
         assert_eq!(match_ids(&bundle), vec![ann.clone()]);
     }
 );
+
+both!(common_parameters_across_types, |app: TestApp| async move {
+    let meta = json!({"tag": [{"system": "urn:t", "code": "x"}],
+                          "security": [{"system": "urn:s", "code": "R"}],
+                          "profile": ["http://example.org/p"]});
+    let patient = app
+        .create(&json!({"resourceType": "Patient", "meta": meta, "name": [{"family": "Tagged"}]}))
+        .await;
+    let observation = app
+            .create(&json!({"resourceType": "Observation", "meta": {"tag": [{"system": "urn:t", "code": "x"}]},
+                            "status": "final", "code": {"text": "t"}}))
+            .await;
+    let _untagged = app
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Plain"}]}))
+        .await;
+    let mut both = vec![patient.clone(), observation.clone()];
+    both.sort();
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    assert_eq!(sorted(app.search_ids("?_tag=urn:t|x").await), both);
+    assert_eq!(
+        sorted(
+            app.search_ids("?_type=Patient,Observation&_tag=urn:t|x")
+                .await
+        ),
+        both
+    );
+    assert_eq!(
+        app.search_ids("?_type=Patient&_tag=urn:t|x").await,
+        vec![patient.clone()]
+    );
+    assert_eq!(
+        app.search_ids("?_security=urn:s|R").await,
+        vec![patient.clone()]
+    );
+    assert_eq!(
+        app.search_ids("?_profile=http://example.org/p").await,
+        vec![patient.clone()]
+    );
+    assert_eq!(
+        sorted(app.search_ids("?_tag:missing=false").await),
+        both,
+        ":missing across types"
+    );
+    // a parameter that is not common to every type is refused across types (strict)
+    let response = app
+        .client
+        .get(app.url("?name=Tagged"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
+});
