@@ -15,10 +15,11 @@ fi
 bash fhir-profiles/scripts/fetch-examples.sh
 
 # independent FHIR clients (Python) for the client smoke test
-if [ ! -x .cache/venv/bin/python3 ]; then
+if ! .cache/venv/bin/python3 -m pip --version >/dev/null 2>&1; then
+  rm -rf .cache/venv
   python3 -m venv .cache/venv
 fi
-.cache/venv/bin/pip install --quiet --disable-pip-version-check -r gateway/tests/clients/requirements.txt
+.cache/venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r gateway/tests/clients/requirements.txt
 
 # --- contracts/ (issue 3): npm ci of the Foundry/solcjs toolchain when missing or stale, then
 # forge fmt --check, the forge tests against .gas-snapshot, and the artifact drift check
