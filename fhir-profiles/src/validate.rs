@@ -352,6 +352,8 @@ enum PrimitiveKind {
     LongText,
     /// `date`, `dateTime`, `instant`: also a day that exists.
     Temporal,
+    /// `base64Binary`: also decodes (the R4 regex admits `AA=A`).
+    Base64,
     Xhtml,
 }
 
@@ -364,6 +366,7 @@ impl PrimitiveKind {
             PrimitiveKind::Text
             | PrimitiveKind::LongText
             | PrimitiveKind::Temporal
+            | PrimitiveKind::Base64
             | PrimitiveKind::Xhtml => "a string",
         }
     }
@@ -547,6 +550,7 @@ impl Builder {
             "string" | "markdown" => PrimitiveKind::LongText,
             "date" | "dateTime" | "instant" => PrimitiveKind::Temporal,
             "xhtml" => PrimitiveKind::Xhtml,
+            "base64Binary" => PrimitiveKind::Base64,
             _ => PrimitiveKind::Text,
         };
         let regex = match kind {
@@ -588,6 +592,15 @@ fn upper_first(code: &str) -> String {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
     }
+}
+
+/// Whether a `base64Binary` value (whitespace allowed between groups) decodes.
+fn decodes_as_base64(text: &str) -> bool {
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .is_ok()
 }
 
 /// The regexes of the definitions are written for Java (and XML Schema), where `\s` is ASCII
@@ -993,6 +1006,7 @@ impl<'a> Validator<'a> {
                 PrimitiveKind::Text
                 | PrimitiveKind::LongText
                 | PrimitiveKind::Temporal
+                | PrimitiveKind::Base64
                 | PrimitiveKind::Xhtml,
                 Json::String(text),
             ) => self.text(primitive, member, text.as_str()),
@@ -1071,6 +1085,15 @@ impl<'a> Validator<'a> {
         {
             self.report("value", |_| {
                 format!("{} is not a valid {}", quoted(text), primitive.code)
+            });
+            return;
+        }
+        if primitive.kind == PrimitiveKind::Base64 && !decodes_as_base64(text) {
+            self.report("value", |_| {
+                format!(
+                    "{} is not valid base64 (padding only at the end)",
+                    quoted(text)
+                )
             });
             return;
         }
@@ -1269,6 +1292,26 @@ mod tests {
         );
         assert_eq!(rust_regex(r"\S*"), r"[^\t\n\x0B\x0C\r ]*");
         assert_eq!(rust_regex(r"[0-9a-zA-Z\+/=]"), r"[0-9a-zA-Z\+/=]");
+    }
+
+    #[test]
+    fn base64_must_decode() {
+        let with = |data: &str| {
+            format!(r#"{{"resourceType":"Binary","contentType":"text/plain","data":"{data}"}}"#)
+        };
+        assert_eq!(found(&with("aGVsbG8=")), Vec::new());
+        assert_eq!(
+            found(&with("aGVs bG8=")),
+            Vec::new(),
+            "whitespace between groups"
+        );
+        for bad in ["AA=A", "=AAA"] {
+            assert_eq!(
+                found(&with(bad)),
+                vec![("value", "Binary.data".to_owned())],
+                "{bad}"
+            );
+        }
     }
 
     #[test]
