@@ -149,6 +149,9 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
                 "status": if backlog.is_some() { "pass" } else { "warn" },
                 "unsealedLeaves": backlog.map(|b| b.unsealed_leaves),
                 "sealedBatchesAwaitingSubmission": backlog.map(|b| b.sealed_batches),
+                "oldestSealedBatchAgeSecs": backlog
+                    .and_then(|b| b.oldest_sealed_at)
+                    .map(|at| (crate::model::Instant::now().millis() - at.millis()).max(0) / 1000),
             }],
         },
     });

@@ -276,24 +276,33 @@ pub async fn leaf_of(
 }
 
 /// The state of the log, for `/health/ready`: leaves not yet in a batch, and sealed batches
-/// not yet submitted to a chain (the chain client's backlog).
+/// not yet submitted to a chain (the chain client's backlog) with the oldest one's sealing
+/// time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
     pub unsealed_leaves: i64,
     pub sealed_batches: i64,
+    pub oldest_sealed_at: Option<Instant>,
 }
 
 pub async fn backlog(conn: &mut AnyConnection) -> Result<Backlog, sqlx::Error> {
+    // two counts, each answered by an index (the partial one, then the unique log_index)
     let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM log_leaf WHERE log_index IS NULL OR log_index >= \
-             (SELECT COALESCE(MAX(first_index + size), 0) FROM log_batch)) AS unsealed_leaves, \
-         (SELECT COUNT(*) FROM log_batch WHERE state = 'sealed') AS sealed_batches",
+        "SELECT (SELECT COUNT(*) FROM log_leaf WHERE log_index IS NULL) AS unsequenced, \
+         (SELECT COUNT(*) FROM log_leaf WHERE log_index >= \
+             (SELECT COALESCE(MAX(first_index + size), 0) FROM log_batch)) AS unbatched, \
+         (SELECT COUNT(*) FROM log_batch WHERE state = 'sealed') AS sealed_batches, \
+         (SELECT MIN(sealed_at) FROM log_batch WHERE state = 'sealed') AS oldest_sealed_at",
     )
     .fetch_one(conn)
     .await?;
     Ok(Backlog {
-        unsealed_leaves: row.try_get("unsealed_leaves")?,
+        unsealed_leaves: row.try_get::<i64, _>("unsequenced")?
+            + row.try_get::<i64, _>("unbatched")?,
         sealed_batches: row.try_get("sealed_batches")?,
+        oldest_sealed_at: row
+            .try_get::<Option<i64>, _>("oldest_sealed_at")?
+            .map(Instant::from_millis),
     })
 }
 

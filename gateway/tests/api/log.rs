@@ -363,6 +363,7 @@ on_both!(a_proof_is_pending_until_sealed, |db| async move {
         ready["checks"]["log:backlog"][0]["sealedBatchesAwaitingSubmission"],
         1
     );
+    assert!(ready["checks"]["log:backlog"][0]["oldestSealedBatchAgeSecs"].is_u64());
 });
 
 on_both!(
