@@ -407,3 +407,28 @@ on_both!(
         }
     }
 );
+
+on_both!(
+    a_version_without_a_content_hash_is_not_stored,
+    |db| async move {
+        // RFC 8785 has no form for a number beyond a double: no leaf, so no version and no 2xx
+        let app = app(db, 10, 3600).await;
+        let response = app
+        .client
+        .post(app.url("Observation"))
+        .header("content-type", crate::helpers::FHIR_JSON)
+        .body(r#"{"resourceType":"Observation","id":"x","status":"final","code":{"text":"big"},"valueQuantity":{"value":1e400}}"#)
+        .send()
+        .await
+        .expect("request sent");
+        let status = response.status().as_u16();
+        let outcome: Value = response.json().await.expect("an OperationOutcome");
+        assert_eq!(status, 422, "{outcome}");
+        assert!(
+            crate::helpers::diagnostics(&outcome).contains("RFC 8785"),
+            "{outcome}"
+        );
+        let (status, bundle) = app.get_json("Observation?_summary=count").await;
+        assert_eq!((status, bundle["total"].as_u64()), (200, Some(0)));
+    }
+);
