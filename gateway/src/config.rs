@@ -19,6 +19,7 @@ pub struct Config {
     pub search: SearchConfig,
     pub validation: ValidationConfig,
     pub log: LogConfig,
+    pub ledger: LedgerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +112,20 @@ pub struct LogConfig {
     pub format: String,
 }
 
+/// The anchored log's sequencer and sealer (the `[ledger]` section: `[log]` is the
+/// diagnostic log).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Most leaves in a batch; a full batch is sealed at once.
+    pub batch_max_size: u64,
+    /// Seconds after which a batch that is not full is sealed (counted from its oldest
+    /// version's write).
+    pub batch_max_age_secs: u64,
+    /// Milliseconds between two runs of the sequencer and sealer.
+    pub interval_ms: u64,
+}
+
 fn serialize_secret<S: serde::Serializer>(
     secret: &Option<SecretString>,
     s: S,
@@ -154,6 +169,11 @@ impl Default for Config {
                 filter: "info".to_owned(),
                 format: "json".to_owned(),
             },
+            ledger: LedgerConfig {
+                batch_max_size: 10_000,
+                batch_max_age_secs: 12,
+                interval_ms: 1000,
+            },
         }
     }
 }
@@ -192,6 +212,14 @@ impl Config {
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "json" | "pretty"),
             "log.format must be json or pretty"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.ledger.batch_max_size),
+            "ledger.batch_max_size must be between 1 and 1000000"
+        );
+        anyhow::ensure!(
+            self.ledger.interval_ms >= 10,
+            "ledger.interval_ms must be at least 10"
         );
         if let Some(base) = &self.server.base_url {
             anyhow::ensure!(

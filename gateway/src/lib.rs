@@ -13,6 +13,7 @@ pub mod interaction;
 pub mod model;
 pub mod resource;
 pub mod rest;
+pub mod sequencer;
 pub mod startup;
 pub mod store;
 pub mod subset;

@@ -10,9 +10,10 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, LedgerConfig};
 use crate::interaction::Context;
 use crate::rest::{self, AppState};
+use crate::sequencer::Sequencer;
 use crate::store::Store;
 
 /// A built, bound, not yet running gateway.
@@ -22,6 +23,7 @@ pub struct Application {
     base_url: String,
     server: Server,
     store: Store,
+    ledger: LedgerConfig,
 }
 
 impl Application {
@@ -90,6 +92,7 @@ impl Application {
             base_url,
             server: server.run(),
             store,
+            ledger: config.ledger.clone(),
         })
     }
 
@@ -101,10 +104,14 @@ impl Application {
         &self.base_url
     }
 
-    /// Serves until SIGINT/SIGTERM, letting in-flight requests finish, then closes the store.
+    /// Serves (and runs the anchored log's sequencer) until SIGINT/SIGTERM, letting in-flight
+    /// requests finish, then stops the sequencer and closes the store.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(base_url = %self.base_url, "fhir-gateway listening");
-        self.server.await?;
+        let sequencer = Sequencer::spawn(self.store.clone(), self.ledger.clone());
+        let served = self.server.await;
+        sequencer.stop().await;
+        served?;
         self.store.close().await;
         tracing::info!("fhir-gateway stopped");
         Ok(())
@@ -129,9 +136,24 @@ async fn live() -> HttpResponse {
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let database = state.store.ping().await;
+    // the anchored log's backlog is information, not a reason to stop taking writes
+    let backlog = match state.store.reader().await {
+        Ok(mut conn) => crate::store::log::backlog(&mut conn).await.ok(),
+        Err(_) => None,
+    };
     let body = json!({
         "status": if database { "pass" } else { "fail" },
-        "checks": {"database": [{"status": if database { "pass" } else { "fail" }, "backend": format!("{:?}", state.store.backend())}]},
+        "checks": {
+            "database": [{"status": if database { "pass" } else { "fail" }, "backend": format!("{:?}", state.store.backend())}],
+            "log:backlog": [{
+                "status": if backlog.is_some() { "pass" } else { "warn" },
+                "unsealedLeaves": backlog.map(|b| b.unsealed_leaves),
+                "sealedBatchesAwaitingSubmission": backlog.map(|b| b.sealed_batches),
+                "oldestSealedBatchAgeSecs": backlog
+                    .and_then(|b| b.oldest_sealed_at)
+                    .map(|at| (crate::model::Instant::now().millis() - at.millis()).max(0) / 1000),
+            }],
+        },
     });
     let mut response = if database {
         HttpResponse::Ok()

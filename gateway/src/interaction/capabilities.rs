@@ -113,7 +113,9 @@ pub fn capability_statement(ctx: &Context) -> Value {
                  "documentation": "words of the narrative and of every string and markdown element, same syntax as _text"}
             ],
             "operation": [
-                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                {"name": "proof", "definition": "urn:fhir-gateway:OperationDefinition:proof",
+                 "documentation": "GET [type]/[id]/$proof or [type]/[id]/_history/[vid]/$proof: the version's leaf in the anchored log (content hash, salt, log index, batch, RFC 9162 inclusion path, anchor); the Parameters layout is in the gateway's README"}
             ],
         }],
     })

@@ -1,11 +1,12 @@
 //! `delete` and conditional delete (http.html#delete, http.html#cdelete).
 //!
 //! A delete writes a new version that is a tombstone; history keeps every earlier version.
-//! Deleting a deleted or unknown resource succeeds without writing anything.
+//! Deleting a deleted or unknown resource succeeds without writing anything. The tombstone's
+//! log leaf hashes [`proof::deletion_record`].
 
 use sqlx::AnyConnection;
 
-use super::{Body, Context, Method, Outcome, search};
+use super::{Body, Context, Method, Outcome, proof, search};
 use crate::error::{Error, Result, information_outcome};
 use crate::model::{Instant, ResourceId, ResourceType};
 use crate::store::{self, VersionWrite};
@@ -28,6 +29,12 @@ pub async fn delete(
     };
     let version = current.version_id.next();
     let last_updated = Instant::now();
+    let leaf = proof::leaf_of(&proof::deletion_record(
+        resource_type,
+        id,
+        version,
+        last_updated,
+    ))?;
     store::write_version(
         conn,
         Some(&current),
@@ -40,6 +47,7 @@ pub async fn delete(
             body: None,
             index: &[],
             words: &[],
+            leaf: &leaf,
         },
     )
     .await?;

@@ -10,6 +10,7 @@ pub mod create;
 pub mod delete;
 pub mod history;
 pub mod patch;
+pub mod proof;
 pub mod read;
 pub mod search;
 pub mod transaction;
@@ -134,22 +135,25 @@ pub(crate) struct PreparedVersion {
     text: String,
     index: Vec<IndexEntry>,
     words: Vec<Word>,
+    leaf: anchor::Leaf,
     created: bool,
 }
 
 impl PreparedVersion {
-    /// Assigns the version, stamps `id` and `meta` and indexes a checked resource.
+    /// Assigns the version, stamps `id` and `meta`, indexes a checked resource and makes its
+    /// log leaf (the content hash of the version exactly as it will be served).
     pub(crate) fn new(
         resource_type: &ResourceType,
         id: &ResourceId,
         current: Option<&Current>,
         mut body: Json,
         method: Method,
-    ) -> PreparedVersion {
+    ) -> Result<PreparedVersion> {
         let version = current.map_or(VersionId::FIRST, |c| c.version_id.next());
         let last_updated = Instant::now();
         resource::stamp(&mut body, id, version, last_updated);
-        PreparedVersion {
+        Ok(PreparedVersion {
+            leaf: proof::leaf_of(&body)?,
             resource_type: resource_type.clone(),
             id: id.clone(),
             version,
@@ -159,7 +163,7 @@ impl PreparedVersion {
             words: resource_words(&body),
             text: resource::to_text(&body),
             created: current.is_none_or(|c| c.deleted),
-        }
+        })
     }
 
     fn write(&self) -> VersionWrite<'_> {
@@ -172,6 +176,7 @@ impl PreparedVersion {
             body: Some(&self.text),
             index: &self.index,
             words: &self.words,
+            leaf: &self.leaf,
         }
     }
 
@@ -205,7 +210,7 @@ pub(crate) async fn store_version(
     body: Json,
     method: Method,
 ) -> Result<Outcome> {
-    let prepared = PreparedVersion::new(resource_type, id, current, body, method);
+    let prepared = PreparedVersion::new(resource_type, id, current, body, method)?;
     store::write_version(conn, current, &prepared.write()).await?;
     Ok(prepared.outcome(ctx))
 }

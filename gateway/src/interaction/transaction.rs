@@ -510,7 +510,8 @@ async fn transaction(
                 check_body(ctx, &resource, resource_type).map_err(|e| entry_error(index, e))?;
             pending.push((
                 index,
-                PreparedVersion::new(resource_type, id, None, resource, Method::Post),
+                PreparedVersion::new(resource_type, id, None, resource, Method::Post)
+                    .map_err(|e| entry_error(index, e))?,
                 issues,
             ));
             continue;

@@ -13,7 +13,7 @@ use crate::interaction::patch::PatchDocument;
 use crate::interaction::search::{Scope as SearchScope, SearchRequest};
 use crate::interaction::transaction::ReturnPreference;
 use crate::interaction::{
-    Outcome, capabilities, create, delete, history, patch, read, search, transaction, update,
+    Outcome, capabilities, create, delete, history, patch, proof, read, search, transaction, update,
 };
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::resource;
@@ -84,6 +84,11 @@ pub(super) fn scope(base_path: &str) -> Scope {
                 .default_service(not_allowed()),
         )
         .service(
+            web::resource("/{type}/{id}/$proof")
+                .route(web::get().to(proof_current))
+                .default_service(not_allowed()),
+        )
+        .service(
             web::resource("/{type}/{id}/_history")
                 .route(web::get().to(history_instance))
                 .default_service(not_allowed()),
@@ -91,6 +96,11 @@ pub(super) fn scope(base_path: &str) -> Scope {
         .service(
             web::resource("/{type}/{id}/_history/{vid}")
                 .route(web::get().to(vread_resource))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/{type}/{id}/_history/{vid}/$proof")
+                .route(web::get().to(proof_version))
                 .default_service(not_allowed()),
         )
         .service(
@@ -201,6 +211,36 @@ async fn vread_resource(
         let outcome = subset::outcome(outcome, subset.as_ref(), resource_type.as_str())?;
         respond(outcome, ReturnPreference::Representation)
     })
+}
+
+/// `GET [base]/[type]/[id]/$proof`: the log entry of the current version
+async fn proof_current(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
+    let mut conn = state.store.reader().await?;
+    let outcome = proof::proof(&mut conn, &state.ctx, &resource_type, &id, None).await?;
+    Ok(respond(outcome, ReturnPreference::Representation))
+}
+
+/// `GET [base]/[type]/[id]/_history/[vid]/$proof`: the log entry of one version
+async fn proof_version(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: State,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let (resource_type, id, version) = (
+        ResourceType::parse(&path.0)?,
+        ResourceId::parse(&path.1)?,
+        VersionId::parse(&path.2)?,
+    );
+    let mut conn = state.store.reader().await?;
+    let outcome = proof::proof(&mut conn, &state.ctx, &resource_type, &id, Some(version)).await?;
+    Ok(respond(outcome, ReturnPreference::Representation))
 }
 
 /// `POST [base]/[type]` (create, conditional create)

@@ -8,6 +8,7 @@
 //! transaction as the version.
 
 mod index;
+pub mod log;
 pub mod search;
 mod versions;
 

@@ -20,6 +20,7 @@ pub enum Bind {
     Int(i64),
     Float(f64),
     Text(String),
+    Bytes(Vec<u8>),
     Null,
 }
 
@@ -50,6 +51,7 @@ impl Sql {
                 Bind::Int(v) => query.bind(*v),
                 Bind::Float(v) => query.bind(*v),
                 Bind::Text(v) => query.bind(v.as_str()),
+                Bind::Bytes(v) => query.bind(v.as_slice()),
                 Bind::Null => query.bind(Option::<String>::None),
             };
         }

@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use std::collections::HashMap;
 
 use super::search::{Bind, Sql};
-use super::{Backend, index};
+use super::{Backend, index, log};
 use crate::model::{Instant, VersionId};
 
 /// The current state of a logical resource, as locked for an update.
@@ -174,9 +174,12 @@ pub struct VersionWrite<'a> {
     pub index: &'a [IndexEntry],
     /// The words of this version for `_text` and `_content` (ignored for a deletion).
     pub words: &'a [Word],
+    /// The version's entry in the anchored log, written with it.
+    pub leaf: &'a anchor::Leaf,
 }
 
-/// Stores a version and makes it current, replacing the resource's search index.
+/// Stores a version and its log leaf and makes it current, replacing the resource's search
+/// index.
 /// `current` is what [`current_for_update`] returned in the same transaction.
 #[tracing::instrument(name = "db.write_version", skip_all)]
 pub async fn write_version(
@@ -211,9 +214,9 @@ pub async fn write_version(
             current.rkey
         }
     };
-    sqlx::query(
+    let vkey: i64 = sqlx::query_scalar(
         "INSERT INTO resource_version (rkey, resource_type, version_id, last_updated, method, body) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING vkey",
     )
     .bind(rkey)
     .bind(write.resource_type)
@@ -221,8 +224,9 @@ pub async fn write_version(
     .bind(write.last_updated.millis())
     .bind(write.method)
     .bind(write.body)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    log::insert_leaves(conn, &[(vkey, write.leaf)]).await?;
     if write.body.is_some() {
         index::insert(
             conn,
@@ -241,7 +245,7 @@ pub async fn write_version(
 /// Rows per multi-row INSERT of resources and versions (at most 6 bind parameters each).
 const WRITES_PER_STATEMENT: usize = 1000;
 
-/// Stores the first versions of many new resources at once: a few multi-row INSERTs
+/// Stores the first versions of many new resources, and their log leaves, at once: a few multi-row INSERTs
 /// instead of several statements per resource (transaction Bundles, bulk intake). Every
 /// write must be of a resource that does not exist yet and must carry a body.
 #[tracing::instrument(name = "db.write_new_versions", skip_all)]
@@ -284,6 +288,8 @@ pub async fn write_new_versions(
         }
     }
     let rkey_of = |write: &VersionWrite<'_>| rkeys[&(write.resource_type, write.id)];
+    let by_rkey: HashMap<i64, &VersionWrite<'_>> = writes.iter().map(|w| (rkey_of(w), w)).collect();
+    let mut leaves = Vec::with_capacity(writes.len());
     for chunk in writes.chunks(WRITES_PER_STATEMENT) {
         let mut sql = Sql::default();
         let mut rows = Vec::with_capacity(chunk.len());
@@ -300,11 +306,21 @@ pub async fn write_new_versions(
         }
         sql.text = format!(
             "INSERT INTO resource_version (rkey, resource_type, version_id, last_updated, method, body) \
-             VALUES {}",
+             VALUES {} RETURNING vkey, rkey",
             rows.join(", ")
         );
-        sql.query().execute(&mut *conn).await?;
+        // one first version per resource: the rkey says which write each vkey belongs to
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let (vkey, rkey): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let write = by_rkey
+                .get(&rkey)
+                .ok_or_else(|| sqlx::Error::Protocol("INSERT returned an unknown row".into()))?;
+            leaves.push((vkey, write.leaf));
+        }
     }
+    // in vkey order, the order the log sequences them in
+    leaves.sort_unstable_by_key(|(vkey, _)| *vkey);
+    log::insert_leaves(conn, &leaves).await?;
     let index_rows: Vec<index::Rows<'_>> = writes
         .iter()
         .map(|write| index::Rows {

@@ -11,6 +11,7 @@ mod concurrency;
 mod crud;
 mod errors;
 mod examples;
+mod log;
 mod patch;
 mod profiles;
 mod search;

@@ -1,0 +1,164 @@
+//! The anchored log seen from a resource version: its leaf (made on every write) and
+//! `$proof`, the Parameters an auditor checks it with (README, "`$proof`").
+//!
+//! A version's leaf hashes the version exactly as served (RFC 8785 canonical JSON, `meta`
+//! included); a deletion, which serves no resource, hashes its [`deletion_record`].
+
+use fhir_profiles::Json;
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+
+use super::{Context, Outcome};
+use crate::error::{Error, Result};
+use crate::model::{Instant, ResourceId, ResourceType, VersionId};
+use crate::store::log::{self, StoredLeaf};
+
+/// The leaf of a version: a fresh salt and the content hash of `served`.
+pub(crate) fn leaf_of(served: &Json) -> Result<anchor::Leaf> {
+    let content_hash = anchor::content_hash(served).map_err(|e| {
+        Error::Unprocessable(format!(
+            "the resource cannot be put in canonical form (RFC 8785) for the anchored log: {e}"
+        ))
+    })?;
+    let salt = anchor::Salt::generate()
+        .map_err(|e| Error::Internal(anyhow::anyhow!("drawing a salt for the log: {e}")))?;
+    Ok(anchor::Leaf::new(salt, content_hash))
+}
+
+/// What the log records for a deletion (a tombstone version, which has no resource):
+/// `{"deleted":{"id":…,"lastUpdated":…,"resourceType":…,"versionId":…}}`, the same four
+/// facts a version's `meta` and `id` carry, under a member no FHIR resource has.
+pub fn deletion_record(
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    version: VersionId,
+    last_updated: Instant,
+) -> Json {
+    let mut deleted = json_syntax::Object::new();
+    deleted.push(
+        "resourceType".into(),
+        Json::String(resource_type.as_str().into()),
+    );
+    deleted.push("id".into(), Json::String(id.as_str().into()));
+    deleted.push("versionId".into(), Json::String(version.to_string().into()));
+    deleted.push(
+        "lastUpdated".into(),
+        Json::String(last_updated.to_fhir().into()),
+    );
+    let mut record = json_syntax::Object::new();
+    record.push("deleted".into(), Json::Object(deleted));
+    Json::Object(record)
+}
+
+/// `GET [base]/[type]/[id]/$proof` (current version) and
+/// `GET [base]/[type]/[id]/_history/[vid]/$proof`.
+pub async fn proof(
+    conn: &mut AnyConnection,
+    _ctx: &Context,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    version: Option<VersionId>,
+) -> Result<Outcome> {
+    let Some(leaf) = log::leaf_of(conn, resource_type.as_str(), id.as_str(), version).await? else {
+        return Err(Error::NotFound {
+            resource_type: resource_type.to_string(),
+            id: match version {
+                Some(version) => format!("{id}/_history/{version}"),
+                None => id.to_string(),
+            },
+        });
+    };
+    let path = match (&leaf.batch, leaf.log_index) {
+        (Some(batch), Some(index)) => {
+            let leaves = log::batch_leaves(conn, batch.first_index, batch.size).await?;
+            let tree = anchor::Batch::new(&leaves)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("rebuilding batch: {e}")))?;
+            if tree.root() != batch.root {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "batch {} no longer has its sealed root",
+                    batch.number
+                )));
+            }
+            let proof = tree
+                .proof((index - batch.first_index) as u64)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("inclusion proof: {e}")))?;
+            Some(proof)
+        }
+        _ => None,
+    };
+    let body = parameters(resource_type, id, &leaf, path.as_ref());
+    Ok(Outcome::json(200, body))
+}
+
+/// The Parameters of a proof, part by part as the README documents them.
+fn parameters(
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    leaf: &StoredLeaf,
+    path: Option<&anchor::InclusionProof>,
+) -> Value {
+    let status = match leaf.batch.as_ref().map(|b| b.state.as_str()) {
+        Some("confirmed") => "anchored",
+        Some("submitted") => "submitted",
+        _ => "pending",
+    };
+    let mut parameter = vec![
+        json!({"name": "status", "valueCode": status}),
+        json!({"name": "version", "valueReference": {
+            "reference": format!("{resource_type}/{id}/_history/{}", leaf.version_id)
+        }}),
+    ];
+    if leaf.deleted {
+        let record = deletion_record(resource_type, id, leaf.version_id, leaf.last_updated);
+        let canonical = anchor::canonical_json(&record).unwrap_or_default();
+        parameter.push(json!({
+            "name": "deletion",
+            "valueString": String::from_utf8_lossy(&canonical),
+        }));
+    }
+    parameter.push(json!({"name": "contentHash", "valueString": leaf.content_hash.to_hex()}));
+    if let Some(salt) = &leaf.salt {
+        parameter.push(json!({"name": "salt", "valueString": salt.to_hex()}));
+    }
+    parameter.push(json!({"name": "leafHash", "valueString": leaf.leaf_hash.to_hex()}));
+    if let Some(index) = leaf.log_index {
+        parameter.push(json!({"name": "logIndex", "valueDecimal": index}));
+    }
+    if let Some(batch) = &leaf.batch {
+        parameter.push(json!({"name": "batch", "part": [
+            {"name": "number", "valueDecimal": batch.number},
+            {"name": "firstIndex", "valueDecimal": batch.first_index},
+            {"name": "size", "valueDecimal": batch.size},
+            {"name": "root", "valueString": batch.root.to_hex()},
+            {"name": "state", "valueCode": batch.state},
+        ]}));
+    }
+    if let Some(path) = path {
+        let mut part = vec![
+            json!({"name": "leafIndex", "valueDecimal": path.index}),
+            json!({"name": "treeSize", "valueDecimal": path.tree_size}),
+        ];
+        part.extend(
+            path.path
+                .iter()
+                .map(|hash| json!({"name": "hash", "valueString": hash.to_hex()})),
+        );
+        parameter.push(json!({"name": "inclusionPath", "part": part}));
+    }
+    if let Some(batch) = &leaf.batch
+        && let (Some(chain_id), Some(contract), Some(tx_hash), Some(block)) = (
+            batch.chain_id,
+            &batch.contract,
+            &batch.tx_hash,
+            batch.block_number,
+        )
+    {
+        parameter.push(json!({"name": "anchor", "part": [
+            {"name": "chainId", "valueDecimal": chain_id},
+            {"name": "contract", "valueString": contract},
+            {"name": "transactionHash", "valueString": tx_hash},
+            {"name": "blockNumber", "valueDecimal": block},
+        ]}));
+    }
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}

@@ -1,0 +1,318 @@
+//! The anchored log's tables (migration 0004): one leaf per resource version, written in the
+//! version's transaction, then sequenced and sealed into batches by one leader at a time.
+//!
+//! - [`insert_leaves`]: the write path; leaves start unsequenced (`log_index` NULL).
+//! - [`sequence`]: gives committed unsequenced leaves the next contiguous log indexes, in
+//!   `vkey` order. Only committed rows are visible to it, so a transaction that commits later
+//!   gets later indexes than every leaf already sequenced: the log follows commit order, and a
+//!   leaf is never numbered before a transaction that started earlier has committed.
+//! - [`seal`]: cuts sequenced leaves into batches (by size or age) and stores each batch with
+//!   its RFC 9162 root, state `sealed`, before anything is submitted to a chain.
+//! - [`leaf_of`], [`batch_leaves`]: what `$proof` reads.
+//!
+//! Both [`sequence`] and [`seal`] must run under [`try_lead`] in one transaction.
+
+use anchor::{Batch, ContentHash, Leaf, LeafHash, NodeHash, Salt};
+use sqlx::{AnyConnection, Row};
+
+use super::Backend;
+use super::search::{Bind, Sql};
+use crate::model::{Instant, VersionId};
+
+/// Leaves per multi-row INSERT (4 bind parameters each).
+const LEAVES_PER_STATEMENT: usize = 1000;
+
+/// Writes the leaves of versions just inserted (`vkey`, leaf), unsequenced.
+pub async fn insert_leaves(
+    conn: &mut AnyConnection,
+    leaves: &[(i64, &Leaf)],
+) -> Result<(), sqlx::Error> {
+    for chunk in leaves.chunks(LEAVES_PER_STATEMENT) {
+        let mut sql = Sql::default();
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (vkey, leaf) in chunk {
+            let values = [
+                sql.bind(Bind::Int(*vkey)),
+                sql.bind(Bind::Bytes(leaf.salt.as_bytes().to_vec())),
+                sql.bind(Bind::Bytes(leaf.content_hash.as_bytes().to_vec())),
+                sql.bind(Bind::Bytes(leaf.hash().as_bytes().to_vec())),
+            ];
+            rows.push(format!("({})", values.join(", ")));
+        }
+        sql.text = format!(
+            "INSERT INTO log_leaf (vkey, salt, content_hash, leaf_hash) VALUES {}",
+            rows.join(", ")
+        );
+        sql.query().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Takes the log's leadership for the current transaction: on PostgreSQL a transaction-level
+/// advisory lock, so that of several gateway replicas one sequences and seals at a time
+/// (`false`: another one is doing it now). SQLite has one process and one writer: always
+/// `true`.
+pub async fn try_lead(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    match Backend::of(conn) {
+        Backend::Postgres => {
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended('fhir-gateway:anchored-log', 0))",
+            )
+            .fetch_one(conn)
+            .await?;
+            Ok(locked)
+        }
+        Backend::Sqlite => Ok(true),
+    }
+}
+
+/// Gives up to `limit` committed unsequenced leaves the next log indexes (contiguous, from
+/// the log's current size), in `vkey` order. Returns how many were sequenced.
+pub async fn sequence(conn: &mut AnyConnection, limit: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE log_leaf SET log_index = s.next_index FROM ( \
+             SELECT u.vkey, (SELECT COALESCE(MAX(log_index) + 1, 0) FROM log_leaf) \
+                 + ROW_NUMBER() OVER (ORDER BY u.vkey) - 1 AS next_index \
+             FROM (SELECT vkey FROM log_leaf WHERE log_index IS NULL ORDER BY vkey LIMIT $1) AS u \
+         ) AS s WHERE log_leaf.vkey = s.vkey",
+    )
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// When a batch is sealed.
+#[derive(Debug, Clone, Copy)]
+pub struct SealRule {
+    /// A batch holds at most this many leaves, and is sealed as soon as it is full.
+    pub max_size: i64,
+    /// A batch that is not full is sealed once its oldest version is this old.
+    pub max_age_millis: i64,
+}
+
+/// A sealed batch, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedBatch {
+    pub number: i64,
+    pub first_index: i64,
+    pub size: i64,
+    pub root: NodeHash,
+}
+
+/// Seals the sequenced leaves that no batch holds yet into batches, as many as `rule` calls
+/// for at `now`: full batches first, then one younger batch if its oldest version is old
+/// enough. Returns the batches sealed, in order.
+pub async fn seal(
+    conn: &mut AnyConnection,
+    rule: SealRule,
+    now: Instant,
+) -> Result<Vec<SealedBatch>, sqlx::Error> {
+    let mut sealed = Vec::new();
+    loop {
+        let (number, first_index): (i64, i64) = {
+            let row = sqlx::query(
+                "SELECT COALESCE(MAX(number) + 1, 0) AS number, \
+                 COALESCE(MAX(first_index + size), 0) AS first_index FROM log_batch",
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (row.try_get("number")?, row.try_get("first_index")?)
+        };
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS waiting, MIN(v.last_updated) AS oldest FROM log_leaf l \
+             JOIN resource_version v ON v.vkey = l.vkey WHERE l.log_index >= $1",
+        )
+        .bind(first_index)
+        .fetch_one(&mut *conn)
+        .await?;
+        let waiting: i64 = row.try_get("waiting")?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let old_enough = oldest.is_some_and(|oldest| now.millis() - oldest >= rule.max_age_millis);
+        if waiting == 0 || (waiting < rule.max_size && !old_enough) {
+            return Ok(sealed);
+        }
+        let size = waiting.min(rule.max_size);
+        let leaves = batch_leaves(conn, first_index, size).await?;
+        if leaves.len() as i64 != size {
+            return Err(sqlx::Error::Protocol(format!(
+                "the log has a gap: {} leaves from index {first_index}, {size} expected",
+                leaves.len()
+            )));
+        }
+        let root = Batch::new(&leaves)
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
+            .root();
+        sqlx::query(
+            "INSERT INTO log_batch (number, first_index, size, root, state, sealed_at) \
+             VALUES ($1, $2, $3, $4, 'sealed', $5)",
+        )
+        .bind(number)
+        .bind(first_index)
+        .bind(size)
+        .bind(root.as_bytes().as_slice())
+        .bind(now.millis())
+        .execute(&mut *conn)
+        .await?;
+        sealed.push(SealedBatch {
+            number,
+            first_index,
+            size,
+            root,
+        });
+    }
+}
+
+/// The leaf hashes with log indexes `first_index .. first_index + size`, in index order.
+pub async fn batch_leaves(
+    conn: &mut AnyConnection,
+    first_index: i64,
+    size: i64,
+) -> Result<Vec<LeafHash>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT leaf_hash FROM log_leaf WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index",
+    )
+    .bind(first_index)
+    .bind(first_index + size)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok(LeafHash::from_bytes(hash_at(row, "leaf_hash")?)))
+        .collect()
+}
+
+/// A batch as stored, with where it was anchored once it was.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub number: i64,
+    pub first_index: i64,
+    pub size: i64,
+    pub root: NodeHash,
+    /// `sealed`, `submitted` or `confirmed`.
+    pub state: String,
+    pub chain_id: Option<i64>,
+    pub contract: Option<String>,
+    pub tx_hash: Option<String>,
+    pub block_number: Option<i64>,
+}
+
+/// The log entry of one resource version.
+#[derive(Debug, Clone)]
+pub struct StoredLeaf {
+    pub version_id: VersionId,
+    pub last_updated: Instant,
+    /// Whether the version is a deletion.
+    pub deleted: bool,
+    /// `None` until sequenced.
+    pub log_index: Option<i64>,
+    /// `None` once erased.
+    pub salt: Option<Salt>,
+    pub content_hash: ContentHash,
+    pub leaf_hash: LeafHash,
+    /// The batch holding the leaf, once sealed.
+    pub batch: Option<StoredBatch>,
+}
+
+/// The log entry of a version of a resource (the current one when `version` is `None`);
+/// `None` when there is no such version or it has no log entry.
+pub async fn leaf_of(
+    conn: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+    version: Option<VersionId>,
+) -> Result<Option<StoredLeaf>, sqlx::Error> {
+    let which = match version {
+        Some(_) => "v.version_id = $3",
+        None => "v.version_id = r.version_id",
+    };
+    let sql = format!(
+        "SELECT v.version_id, v.last_updated, CAST(CASE WHEN v.body IS NULL THEN 1 ELSE 0 END AS SMALLINT) AS deleted, \
+         l.log_index, l.salt, l.content_hash, l.leaf_hash, b.number, b.first_index, b.size, \
+         b.root, b.state, b.chain_id, b.contract, b.tx_hash, b.block_number \
+         FROM resource r JOIN resource_version v ON v.rkey = r.rkey \
+         JOIN log_leaf l ON l.vkey = v.vkey \
+         LEFT JOIN log_batch b ON l.log_index >= b.first_index AND l.log_index < b.first_index + b.size \
+         WHERE r.resource_type = $1 AND r.id = $2 AND {which}"
+    );
+    // audited: `which` is one of two constants
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(id);
+    if let Some(version) = version {
+        query = query.bind(version.get());
+    }
+    let Some(row) = query.fetch_optional(conn).await? else {
+        return Ok(None);
+    };
+    let batch = match row.try_get::<Option<i64>, _>("number")? {
+        None => None,
+        Some(number) => Some(StoredBatch {
+            number,
+            first_index: row.try_get("first_index")?,
+            size: row.try_get("size")?,
+            root: NodeHash::from_bytes(hash_at(&row, "root")?),
+            state: row.try_get("state")?,
+            chain_id: row.try_get("chain_id")?,
+            contract: row.try_get("contract")?,
+            tx_hash: row.try_get("tx_hash")?,
+            block_number: row.try_get("block_number")?,
+        }),
+    };
+    let salt: Option<Vec<u8>> = row.try_get("salt")?;
+    Ok(Some(StoredLeaf {
+        version_id: VersionId::from_db(row.try_get("version_id")?),
+        last_updated: Instant::from_millis(row.try_get("last_updated")?),
+        deleted: row.try_get::<i16, _>("deleted")? != 0,
+        log_index: row.try_get("log_index")?,
+        salt: salt
+            .as_deref()
+            .map(hash32)
+            .transpose()?
+            .map(Salt::from_bytes),
+        content_hash: ContentHash::from_bytes(hash_at(&row, "content_hash")?),
+        leaf_hash: LeafHash::from_bytes(hash_at(&row, "leaf_hash")?),
+        batch,
+    }))
+}
+
+/// The state of the log, for `/health/ready`: leaves not yet in a batch, and sealed batches
+/// not yet submitted to a chain (the chain client's backlog) with the oldest one's sealing
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub unsealed_leaves: i64,
+    pub sealed_batches: i64,
+    pub oldest_sealed_at: Option<Instant>,
+}
+
+pub async fn backlog(conn: &mut AnyConnection) -> Result<Backlog, sqlx::Error> {
+    // two counts, each answered by an index (the partial one, then the unique log_index)
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM log_leaf WHERE log_index IS NULL) AS unsequenced, \
+         (SELECT COUNT(*) FROM log_leaf WHERE log_index >= \
+             (SELECT COALESCE(MAX(first_index + size), 0) FROM log_batch)) AS unbatched, \
+         (SELECT COUNT(*) FROM log_batch WHERE state = 'sealed') AS sealed_batches, \
+         (SELECT MIN(sealed_at) FROM log_batch WHERE state = 'sealed') AS oldest_sealed_at",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Backlog {
+        unsealed_leaves: row.try_get::<i64, _>("unsequenced")?
+            + row.try_get::<i64, _>("unbatched")?,
+        sealed_batches: row.try_get("sealed_batches")?,
+        oldest_sealed_at: row
+            .try_get::<Option<i64>, _>("oldest_sealed_at")?
+            .map(Instant::from_millis),
+    })
+}
+
+/// A 32-byte hash stored in `column`.
+fn hash_at(row: &sqlx::any::AnyRow, column: &str) -> Result<[u8; 32], sqlx::Error> {
+    hash32(&row.try_get::<Vec<u8>, _>(column)?)
+}
+
+fn hash32(bytes: &[u8]) -> Result<[u8; 32], sqlx::Error> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| {
+        sqlx::Error::Protocol(format!("a stored hash has {} bytes, not 32", bytes.len()))
+    })
+}
