@@ -30,6 +30,9 @@ impl Application {
     /// Connects the store (running migrations), binds the listener and prepares the server.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let store = Store::connect(&config.database).await?;
+        crate::interaction::proof::backfill(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("giving log leaves to earlier versions: {e}"))?;
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
             .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
         let port = listener.local_addr()?.port();

@@ -5,6 +5,7 @@
 //! included); a deletion, which serves no resource, hashes its [`deletion_record`].
 
 use fhir_profiles::Json;
+use json_syntax::Parse;
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
@@ -12,6 +13,7 @@ use super::{Context, Outcome};
 use crate::error::{Error, Result};
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
 use crate::store::log::{self, StoredLeaf};
+use crate::store::{self, Store};
 
 /// The leaf of a version: a fresh salt and the content hash of `served`.
 pub(crate) fn leaf_of(served: &Json) -> Result<anchor::Leaf> {
@@ -48,6 +50,67 @@ pub fn deletion_record(
     let mut record = json_syntax::Object::new();
     record.push("deleted".into(), Json::Object(deleted));
     Json::Object(record)
+}
+
+/// Gives a log leaf to every stored version that has none: the versions written before the
+/// anchored log existed (migration 0004). Run once at start-up, before the server accepts
+/// writes, in transactions of 1,000 versions; the sequencer then numbers these leaves first
+/// (they have the lowest `vkey`s). A version with no RFC 8785 form cannot be hashed and is
+/// left out, counted in the log line (its key only: no patient data).
+pub async fn backfill(store: &Store) -> Result<u64> {
+    let mut total = 0;
+    let mut unhashable = 0u64;
+    let mut after = 0i64;
+    loop {
+        let done = store
+            .write(async |conn| {
+                let versions = store::versions_without_leaf(conn, after, 1000).await?;
+                let mut skipped = unhashable;
+                let mut leaves = Vec::with_capacity(versions.len());
+                for version in &versions {
+                    let served = match &version.body {
+                        Some(body) => Json::parse_str(body)
+                            .map(|(json, _)| json)
+                            .map_err(|e| Error::Internal(anyhow::anyhow!("stored JSON: {e}")))?,
+                        None => deletion_record(
+                            &ResourceType::parse(&version.resource_type)?,
+                            &ResourceId::parse(&version.id)?,
+                            version.version_id,
+                            version.last_updated,
+                        ),
+                    };
+                    match leaf_of(&served) {
+                        Ok(leaf) => leaves.push((version.vkey, leaf)),
+                        Err(_) => {
+                            tracing::warn!(
+                                vkey = version.vkey,
+                                "a stored version has no RFC 8785 form: no log leaf"
+                            );
+                            skipped += 1;
+                        }
+                    }
+                }
+                let rows: Vec<(i64, &anchor::Leaf)> = leaves.iter().map(|(k, l)| (*k, l)).collect();
+                log::insert_leaves(conn, &rows).await?;
+                let last = versions.last().map(|v| v.vkey);
+                Ok((versions.len(), leaves.len(), last, skipped))
+            })
+            .await?;
+        total += done.1 as u64;
+        unhashable = done.3;
+        match done.2 {
+            Some(last) if done.0 == 1000 => after = last,
+            _ => break,
+        }
+    }
+    if total > 0 || unhashable > 0 {
+        tracing::info!(
+            leaves = total,
+            unhashable,
+            "log leaves given to versions stored before the anchored log"
+        );
+    }
+    Ok(total)
 }
 
 /// `GET [base]/[type]/[id]/$proof` (current version) and

@@ -160,6 +160,26 @@ pub async fn read_version(
     row.as_ref().map(StoredVersion::from_row).transpose()
 }
 
+/// Versions that have no log leaf, oldest first: those stored before the anchored log
+/// existed (migration 0004). Every later version gets its leaf in its own transaction.
+pub async fn versions_without_leaf(
+    conn: &mut AnyConnection,
+    after_vkey: i64,
+    limit: i64,
+) -> Result<Vec<StoredVersion>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v JOIN resource r ON r.rkey = v.rkey \
+         WHERE v.vkey > $1 AND NOT EXISTS (SELECT 1 FROM log_leaf l WHERE l.vkey = v.vkey) \
+         ORDER BY v.vkey LIMIT $2"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(after_vkey)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(StoredVersion::from_row).collect()
+}
+
 /// A new version to store.
 #[derive(Debug)]
 pub struct VersionWrite<'a> {

@@ -432,3 +432,52 @@ on_both!(
         assert_eq!((status, bundle["total"].as_u64()), (200, Some(0)));
     }
 );
+
+/// Versions stored before the anchored log existed (simulated by removing their leaves) get
+/// leaves when the gateway starts, and their proofs verify once sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_without_leaves_get_them_at_start_up() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = dir.path().to_path_buf();
+    // the first gateway's sequencer runs once at start, then not for an hour
+    let first = spawn_app_with(Db::Sqlite, |config| {
+        config.database.data_dir = data_dir.clone();
+        config.ledger.interval_ms = 3_600_000;
+    })
+    .await;
+    let mut versions = Vec::new();
+    for family in ["Before", "Earlier"] {
+        let (status, body) = first
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        versions.push(version_path(&body));
+    }
+    let url = format!("sqlite://{}", data_dir.join("gateway.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("the gateway's SQLite file");
+    let removed = sqlx::query("DELETE FROM log_leaf")
+        .execute(&mut db)
+        .await
+        .expect("leaves removed");
+    assert_eq!(removed.rows_affected(), 2);
+    db.close().await.expect("closed");
+
+    let second = spawn_app_with(Db::Sqlite, |config| {
+        config.database.data_dir = data_dir.clone();
+        config.ledger.interval_ms = 10;
+        config.ledger.batch_max_size = 10;
+        config.ledger.batch_max_age_secs = 0;
+    })
+    .await;
+    for version in &versions {
+        let proof = proof_when(&second, version, |p| p.batch.is_some()).await;
+        check_as_auditor(&second, version, &proof).await;
+    }
+    drop(first);
+}
