@@ -37,12 +37,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! **Invariant:** this crate knows nothing of HTTP, FHIR models or SQL. It hashes JSON
-//! values and builds and checks trees; the gateway decides what a resource version is and
-//! stores leaves, the chain client (to come) anchors roots.
+//! - [`chain`]: the Ethereum client of the `AnchorRegistry` contract (alloy): deploy, anchor a
+//!   batch (local nonces resynced from the chain on error, fee bumping of a stuck transaction,
+//!   N confirmations, re-sending an anchor a reorg dropped), read batches and `BatchAnchored`
+//!   events back, the contract's custom errors as a typed [`chain::RegistryError`].
+//!
+//! **Invariant:** this crate knows nothing of HTTP servers, FHIR models or SQL. It hashes JSON
+//! values, builds and checks trees and anchors roots as a JSON-RPC client; the gateway decides
+//! what a resource version is and stores leaves.
 
 mod bytes;
 mod canonical;
+pub mod chain;
 pub mod error;
 mod leaf;
 mod tree;

@@ -1,0 +1,1072 @@
+//! The chain client: deploys the `AnchorRegistry`, anchors batch roots in it, and reads
+//! batches and `BatchAnchored` events back (alloy over JSON-RPC on plain HTTP; `https://`
+//! is refused with [`ChainError::UnsupportedScheme`] until a TLS backend is chosen). The
+//! contract's ABI and bytecode come from the committed `contracts/artifacts/AnchorRegistry.json`,
+//! so building needs no node toolchain.
+//!
+//! One [`AnchorClient`] owns one signer and sends its transactions one at a time:
+//!
+//! - **nonces** are kept locally and sequentially; any error that may have left the local
+//!   counter wrong (a refused send, a dropped transaction) makes the next send read it again
+//!   from the chain (`eth_getTransactionCount`, pending);
+//! - **fee bumping**: a transaction not mined after [`ChainConfig::bump_after`] is replaced by
+//!   the same transaction with the same nonce and fees raised by
+//!   [`ChainConfig::bump_percent`] (at least the 10% nodes require of a replacement), up to
+//!   [`ChainConfig::max_fee_per_gas`]; whichever of the versions is mined is the anchor;
+//! - **confirmations**: [`AnchorClient::anchor`] returns once the anchoring block is
+//!   [`ChainConfig::confirmations`] deep in the canonical chain (1 = the block itself);
+//! - **reorgs**: while it waits, the client compares the receipt's block hash with the canonical
+//!   block at that height. A receipt that moved to another block is followed; a transaction that
+//!   vanished (no receipt, unknown to the node) is sent again, after a fresh simulation. The
+//!   contract refuses a batch that does not continue the log, so a re-sent anchor can never
+//!   anchor a batch twice: if the first one comes back, the second one reverts. A transaction
+//!   that vanishes from the node before it is mined (evicted from the pool) is sent again too.
+//! - the contract's custom errors (`AnchorRegistryNotContiguous` and the others) come back as a
+//!   typed [`RegistryError`], from the simulation that precedes every send.
+//!
+//! The signer key is given by the caller as a [`SignerKey`] (read from the environment or a
+//! file by the caller); its `Debug` shows the address only, and no error or log line carries
+//! it. Error and log lines name the RPC endpoint by scheme, host and port only, since a path or
+//! query often holds an API key.
+
+use std::str::FromStr as _;
+use std::time::{Duration, Instant};
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::eips::eip2718::Encodable2718 as _;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder as _, TransactionBuilder as _};
+use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolInterface as _;
+use alloy::transports::{RpcError, TransportErrorKind};
+
+use crate::NodeHash;
+
+alloy::sol!(
+    #[sol(rpc)]
+    #[derive(Debug, PartialEq, Eq)]
+    AnchorRegistry,
+    "../contracts/artifacts/AnchorRegistry.json"
+);
+
+use AnchorRegistry::AnchorRegistryErrors as Raw;
+
+/// The signing key of the anchoring account (secp256k1).
+///
+/// Its `Debug` shows the account's address, never the key.
+#[derive(Clone)]
+pub struct SignerKey(PrivateKeySigner);
+
+impl SignerKey {
+    /// Reads a key written as 64 hexadecimal digits, with or without `0x`, surrounding
+    /// whitespace ignored (as read from a file or an environment variable).
+    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+        let text = text.trim();
+        let digits = text.strip_prefix("0x").unwrap_or(text);
+        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(KeyError);
+        }
+        PrivateKeySigner::from_str(digits)
+            .map(Self)
+            .map_err(|_| KeyError)
+    }
+
+    /// The account this key signs for: the log it anchors into.
+    pub fn address(&self) -> Address {
+        self.0.address()
+    }
+}
+
+impl std::fmt::Debug for SignerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerKey")
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The text given as a signer key is not a secp256k1 private key (the message never repeats it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the signer key is not a secp256k1 private key written as 64 hexadecimal digits")]
+pub struct KeyError;
+
+/// How the client sends and waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConfig {
+    /// How deep the anchoring block must be in the canonical chain (1 = included). At least 1.
+    pub confirmations: u64,
+    /// How often receipts and the head are polled.
+    pub poll_interval: Duration,
+    /// How long a sent transaction may stay unmined before it is replaced with higher fees.
+    pub bump_after: Duration,
+    /// By how much a replacement raises both fees, in percent (at least 10, what nodes require).
+    pub bump_percent: u32,
+    /// The highest `maxFeePerGas` the client ever offers (wei); `None` for no cap. Once the cap
+    /// is reached the transaction is no longer replaced, only waited for.
+    pub max_fee_per_gas: Option<u128>,
+}
+
+impl Default for ChainConfig {
+    /// Defaults for a public chain with 12-second blocks: 3 confirmations, polled every 2
+    /// seconds, replaced with 25% higher fees after 60 seconds (five blocks missed), no cap.
+    fn default() -> Self {
+        Self {
+            confirmations: 3,
+            poll_interval: Duration::from_secs(2),
+            bump_after: Duration::from_secs(60),
+            bump_percent: 25,
+            max_fee_per_gas: None,
+        }
+    }
+}
+
+/// A custom error of the `AnchorRegistry` contract (contracts/src/IAnchorRegistry.sol).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// `AnchorRegistryNotContiguous`: the batch does not start where the log ends.
+    #[error("the batch starts at log index {first_index}, the log ends at {expected_first_index}")]
+    NotContiguous {
+        /// The log's current size, where the next batch must start.
+        expected_first_index: u64,
+        /// Where the refused batch starts.
+        first_index: u64,
+    },
+    /// `AnchorRegistryEmptyBatch`.
+    #[error("a batch must hold at least one leaf")]
+    EmptyBatch,
+    /// `AnchorRegistryZeroRoot`.
+    #[error("the zero root is refused")]
+    ZeroRoot,
+    /// `AnchorRegistryLogOverflow`.
+    #[error("a batch of {size} leaves at {first_index} overflows the log's 64-bit indexes")]
+    LogOverflow {
+        /// Where the batch starts.
+        first_index: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// `AnchorRegistryUnknownBatch`.
+    #[error("the log of {anchorer} has no batch {batch_number}")]
+    UnknownBatch {
+        /// The log's account.
+        anchorer: Address,
+        /// The batch number asked for.
+        batch_number: u64,
+    },
+    /// `AnchorRegistryLeafNotInBatch`.
+    #[error("log index {log_index} is not in the batch of {size} leaves at {first_index}")]
+    LeafNotInBatch {
+        /// The log index asked for.
+        log_index: u64,
+        /// The batch's first index.
+        first_index: u64,
+        /// The batch's size.
+        size: u64,
+    },
+    /// `AnchorRegistryIndexOutOfRange`.
+    #[error("leaf index {index} is not below the tree size {tree_size}")]
+    IndexOutOfRange {
+        /// The leaf index.
+        index: U256,
+        /// The tree size.
+        tree_size: U256,
+    },
+    /// `AnchorRegistryWrongPathLength`.
+    #[error("the inclusion path holds {actual} hashes, {expected} expected")]
+    WrongPathLength {
+        /// The length the index and size require.
+        expected: U256,
+        /// The length given.
+        actual: U256,
+    },
+}
+
+impl From<Raw> for RegistryError {
+    fn from(raw: Raw) -> Self {
+        match raw {
+            Raw::AnchorRegistryNotContiguous(e) => Self::NotContiguous {
+                expected_first_index: e.expectedFirstIndex,
+                first_index: e.firstIndex,
+            },
+            Raw::AnchorRegistryEmptyBatch(_) => Self::EmptyBatch,
+            Raw::AnchorRegistryZeroRoot(_) => Self::ZeroRoot,
+            Raw::AnchorRegistryLogOverflow(e) => Self::LogOverflow {
+                first_index: e.firstIndex,
+                size: e.size,
+            },
+            Raw::AnchorRegistryUnknownBatch(e) => Self::UnknownBatch {
+                anchorer: e.anchorer,
+                batch_number: e.batchNumber,
+            },
+            Raw::AnchorRegistryLeafNotInBatch(e) => Self::LeafNotInBatch {
+                log_index: e.logIndex,
+                first_index: e.firstIndex,
+                size: e.size,
+            },
+            Raw::AnchorRegistryIndexOutOfRange(e) => Self::IndexOutOfRange {
+                index: e.index,
+                tree_size: e.treeSize,
+            },
+            Raw::AnchorRegistryWrongPathLength(e) => Self::WrongPathLength {
+                expected: e.expected,
+                actual: e.actual,
+            },
+        }
+    }
+}
+
+/// Why a chain operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The registry refused the call with one of its custom errors.
+    #[error("the registry refused: {0}")]
+    Registry(#[from] RegistryError),
+    /// The RPC endpoint failed or answered with an error (the message names the endpoint by
+    /// scheme, host and port only).
+    #[error("RPC error from {endpoint}: {message}")]
+    Rpc {
+        /// Scheme, host and port of the endpoint.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A mined transaction reverted for a reason the simulation before it did not show.
+    #[error("transaction {tx_hash} reverted")]
+    Reverted {
+        /// The reverted transaction.
+        tx_hash: B256,
+    },
+    /// There is no contract code at the registry address.
+    #[error("no contract code at the registry address {0}")]
+    NoRegistry(Address),
+    /// The node answered something the client cannot use.
+    #[error("unexpected answer from the node: {0}")]
+    Unexpected(String),
+    /// The RPC URL cannot be parsed.
+    #[error("the RPC URL is not a valid URL")]
+    InvalidUrl,
+    /// The RPC URL is not `http://`: no TLS backend is built in yet (reqwest 0.13's rustls
+    /// brings aws-lc-rs, a C build; the choice is left to the gateway's deployment story).
+    #[error("the RPC URL scheme {0:?} is not supported (http only)")]
+    UnsupportedScheme(String),
+}
+
+/// A batch as the registry keeps it (`IAnchorRegistry.Batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnchoredBatch {
+    /// RFC 9162 root of the batch's leaves.
+    pub root: NodeHash,
+    /// Log index of its first leaf.
+    pub first_index: u64,
+    /// Number of leaves.
+    pub size: u64,
+    /// Number of the anchoring block.
+    pub block_number: u64,
+    /// Timestamp of the anchoring block (seconds since the epoch).
+    pub timestamp: u64,
+}
+
+/// One `BatchAnchored` event, with where it was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAnchoredEvent {
+    /// The log's account.
+    pub anchorer: Address,
+    /// The batch's number in that log.
+    pub batch_number: u64,
+    /// Log index of its first leaf.
+    pub first_index: u64,
+    /// Number of leaves.
+    pub size: u64,
+    /// RFC 9162 root of the batch.
+    pub root: NodeHash,
+    /// The emitting block's number.
+    pub block_number: u64,
+    /// The emitting block's hash.
+    pub block_hash: B256,
+    /// The emitting transaction.
+    pub tx_hash: B256,
+}
+
+/// A confirmed anchor: where the batch went and what it took to get it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchored {
+    /// The batch's number in the log.
+    pub batch_number: u64,
+    /// The transaction that was mined (the last replacement, if one was mined).
+    pub tx_hash: B256,
+    /// The anchoring block's number.
+    pub block_number: u64,
+    /// The anchoring block's hash (canonical, [`ChainConfig::confirmations`] deep, when returned).
+    pub block_hash: B256,
+    /// Gas the transaction used.
+    pub gas_used: u64,
+    /// How many times a transaction was replaced with higher fees.
+    pub replacements: u32,
+    /// How many times a reorg took the transaction out of the block it was seen in.
+    pub reorgs: u32,
+    /// How many times the transaction vanished from the node before it was seen mined
+    /// (evicted from the pool, or its block undone before the receipt was read) and was sent
+    /// again.
+    pub dropped: u32,
+}
+
+/// A confirmed deployment of the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    /// The registry's address.
+    pub registry: Address,
+    /// The deployment transaction.
+    pub tx_hash: B256,
+    /// Its block.
+    pub block_number: u64,
+}
+
+/// A transaction to send: where to and what.
+#[derive(Debug, Clone)]
+struct Plan {
+    kind: TxKind,
+    input: Bytes,
+}
+
+/// The versions of one transaction sent with one nonce.
+#[derive(Debug)]
+struct InFlight {
+    nonce: u64,
+    gas_limit: u64,
+    max_fee: u128,
+    priority_fee: u128,
+    hashes: Vec<B256>,
+    last_sent: Instant,
+}
+
+/// How waiting for a sent transaction ended.
+#[derive(Debug)]
+enum Outcome {
+    /// One version was mined.
+    Mined {
+        receipt: Box<TransactionReceipt>,
+        replacements: u32,
+        flight: InFlight,
+    },
+    /// No version was mined and the node knows none of them any more.
+    Vanished { replacements: u32 },
+}
+
+/// What a confirmed transaction left.
+#[derive(Debug)]
+struct Confirmed {
+    receipt: TransactionReceipt,
+    replacements: u32,
+    reorgs: u32,
+    dropped: u32,
+}
+
+/// The client of one registry, signing with one key.
+pub struct AnchorClient {
+    provider: DynProvider,
+    wallet: EthereumWallet,
+    signer: Address,
+    chain_id: u64,
+    registry: Address,
+    endpoint: String,
+    config: ChainConfig,
+    /// The next nonce to use, or `None` to read it from the chain first. Held for the whole of
+    /// a send, so the client's transactions go out one at a time.
+    nonce: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for AnchorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnchorClient")
+            .field("endpoint", &self.endpoint)
+            .field("chain_id", &self.chain_id)
+            .field("registry", &self.registry)
+            .field("signer", &self.signer)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Scheme, host and port of a URL: what may be logged of it.
+fn endpoint_of(url: &reqwest_url::Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
+        (Some(host), None) => format!("{}://{host}", url.scheme()),
+        _ => url.scheme().to_owned(),
+    }
+}
+
+mod reqwest_url {
+    pub(super) use alloy::transports::http::reqwest::Url;
+}
+
+impl AnchorClient {
+    /// Connects to the registry at `registry`, checking that it holds code.
+    pub async fn connect(
+        rpc_url: &str,
+        key: SignerKey,
+        registry: Address,
+        config: ChainConfig,
+    ) -> Result<Self, ChainError> {
+        let client = Self::connect_without_registry(rpc_url, key, config).await?;
+        let client = Self { registry, ..client };
+        let code = client
+            .provider
+            .get_code_at(registry)
+            .await
+            .map_err(|e| client.rpc(&e))?;
+        if code.is_empty() {
+            return Err(ChainError::NoRegistry(registry));
+        }
+        Ok(client)
+    }
+
+    /// Deploys a new registry with `key` and returns the client of it, once the deployment is
+    /// confirmed.
+    pub async fn deploy(
+        rpc_url: &str,
+        key: SignerKey,
+        config: ChainConfig,
+    ) -> Result<(Self, Deployed), ChainError> {
+        let client = Self::connect_without_registry(rpc_url, key, config).await?;
+        let plan = Plan {
+            kind: TxKind::Create,
+            input: AnchorRegistry::BYTECODE.clone(),
+        };
+        let confirmed = client.send_confirmed(&plan).await?;
+        let receipt = confirmed.receipt;
+        let registry = receipt.contract_address.ok_or_else(|| {
+            ChainError::Unexpected("a deployment receipt without an address".into())
+        })?;
+        let deployed = Deployed {
+            registry,
+            tx_hash: receipt.transaction_hash,
+            block_number: receipt.block_number.unwrap_or_default(),
+        };
+        tracing::info!(%registry, tx = %deployed.tx_hash, "deployed the AnchorRegistry");
+        Ok((Self { registry, ..client }, deployed))
+    }
+
+    async fn connect_without_registry(
+        rpc_url: &str,
+        key: SignerKey,
+        config: ChainConfig,
+    ) -> Result<Self, ChainError> {
+        let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
+        if url.scheme() != "http" {
+            return Err(ChainError::UnsupportedScheme(url.scheme().to_owned()));
+        }
+        let endpoint = endpoint_of(&url);
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(url)
+            .erased();
+        let chain_id = provider
+            .get_chain_id()
+            .await
+            .map_err(|e| rpc_error(&endpoint, &e))?;
+        let signer = key.address();
+        Ok(Self {
+            provider,
+            wallet: EthereumWallet::from(key.0),
+            signer,
+            chain_id,
+            registry: Address::ZERO,
+            endpoint,
+            config: ChainConfig {
+                confirmations: config.confirmations.max(1),
+                bump_percent: config.bump_percent.max(10),
+                ..config
+            },
+            nonce: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The registry's address.
+    pub fn registry(&self) -> Address {
+        self.registry
+    }
+
+    /// The anchoring account: the log this client appends to.
+    pub fn anchorer(&self) -> Address {
+        self.signer
+    }
+
+    /// The chain's id.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// The provider, for reads this client does not wrap.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    fn contract(&self) -> AnchorRegistry::AnchorRegistryInstance<&DynProvider> {
+        AnchorRegistry::new(self.registry, &self.provider)
+    }
+
+    fn rpc(&self, error: &RpcError<TransportErrorKind>) -> ChainError {
+        rpc_error(&self.endpoint, error)
+    }
+
+    fn contract_error(&self, error: &alloy::contract::Error) -> ChainError {
+        if let Some(raw) = error.as_decoded_interface_error::<Raw>() {
+            return ChainError::Registry(raw.into());
+        }
+        match error {
+            alloy::contract::Error::TransportError(e) => self.rpc(e),
+            other => ChainError::Unexpected(redact(&other.to_string(), &self.endpoint)),
+        }
+    }
+
+    /// Anchors the batch of `size` leaves starting at log index `first_index` with `root`, and
+    /// returns once it is confirmed.
+    ///
+    /// The call is simulated first: a batch the registry would refuse comes back as
+    /// [`ChainError::Registry`] without a transaction. Then the transaction is sent, replaced
+    /// with higher fees while it stays unmined, followed across reorgs (and sent again if a
+    /// reorg dropped it) until its block is deep enough.
+    ///
+    /// An error after the transaction went out (the endpoint failing while the client waits)
+    /// does not mean the batch is not anchored: one of its versions may still be mined. A
+    /// caller that retries sees [`RegistryError::NotContiguous`] with `expected_first_index`
+    /// at or past `first_index + size` if so, and reads the batch back with
+    /// [`batch_anchored_events`](Self::batch_anchored_events) or [`batch`](Self::batch).
+    pub async fn anchor(
+        &self,
+        first_index: u64,
+        size: u64,
+        root: &NodeHash,
+    ) -> Result<Anchored, ChainError> {
+        let contract = self.contract();
+        let call = contract.anchor(first_index, size, B256::from(*root.as_bytes()));
+        let plan = Plan {
+            kind: TxKind::Call(self.registry),
+            input: call.calldata().clone(),
+        };
+        let confirmed = self.send_confirmed(&plan).await?;
+        let receipt = &confirmed.receipt;
+        let event = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == self.registry)
+            .find_map(|log| log.log_decode::<AnchorRegistry::BatchAnchored>().ok())
+            .ok_or_else(|| {
+                ChainError::Unexpected("an anchor receipt without a BatchAnchored event".into())
+            })?;
+        let anchored = Anchored {
+            batch_number: event.inner.data.batchNumber,
+            tx_hash: receipt.transaction_hash,
+            block_number: receipt.block_number.unwrap_or_default(),
+            block_hash: receipt.block_hash.unwrap_or_default(),
+            gas_used: receipt.gas_used,
+            replacements: confirmed.replacements,
+            reorgs: confirmed.reorgs,
+            dropped: confirmed.dropped,
+        };
+        tracing::info!(
+            first_index,
+            size,
+            batch = anchored.batch_number,
+            tx = %anchored.tx_hash,
+            block = anchored.block_number,
+            replacements = anchored.replacements,
+            reorgs = anchored.reorgs,
+            dropped = anchored.dropped,
+            "anchored a batch"
+        );
+        Ok(anchored)
+    }
+
+    /// Number of leaves in the log of `anchorer` (where its next batch must start).
+    pub async fn log_size(&self, anchorer: Address) -> Result<u64, ChainError> {
+        self.contract()
+            .logSize(anchorer)
+            .call()
+            .await
+            .map_err(|e| self.contract_error(&e))
+    }
+
+    /// Number of batches in the log of `anchorer`.
+    pub async fn batch_count(&self, anchorer: Address) -> Result<u64, ChainError> {
+        self.contract()
+            .batchCount(anchorer)
+            .call()
+            .await
+            .map_err(|e| self.contract_error(&e))
+    }
+
+    /// Batch `batch_number` of the log of `anchorer`; [`RegistryError::UnknownBatch`] if none.
+    pub async fn batch(
+        &self,
+        anchorer: Address,
+        batch_number: u64,
+    ) -> Result<AnchoredBatch, ChainError> {
+        let batch = self
+            .contract()
+            .batch(anchorer, batch_number)
+            .call()
+            .await
+            .map_err(|e| self.contract_error(&e))?;
+        Ok(AnchoredBatch {
+            root: NodeHash::from_bytes(batch.root.0),
+            first_index: batch.firstIndex,
+            size: batch.size,
+            block_number: batch.blockNumber,
+            timestamp: batch.timestamp,
+        })
+    }
+
+    /// The `BatchAnchored` events of the log of `anchorer` in blocks `from_block ..= to_block`
+    /// (`None`: the latest block), in chain order. Providers cap the range one query may span;
+    /// a caller replaying a long chain asks in windows.
+    pub async fn batch_anchored_events(
+        &self,
+        anchorer: Address,
+        from_block: u64,
+        to_block: Option<u64>,
+    ) -> Result<Vec<BatchAnchoredEvent>, ChainError> {
+        let contract = self.contract();
+        let filter = contract
+            .BatchAnchored_filter()
+            .topic1(anchorer)
+            .from_block(from_block)
+            .to_block(to_block.map_or(BlockNumberOrTag::Latest, BlockNumberOrTag::Number));
+        let events = filter.query().await.map_err(|e| self.contract_error(&e))?;
+        events
+            .into_iter()
+            .map(|(event, log)| {
+                Ok(BatchAnchoredEvent {
+                    anchorer: event.anchorer,
+                    batch_number: event.batchNumber,
+                    first_index: event.firstIndex,
+                    size: event.size,
+                    root: NodeHash::from_bytes(event.root.0),
+                    block_number: log.block_number.ok_or_else(|| missing("block number"))?,
+                    block_hash: log.block_hash.ok_or_else(|| missing("block hash"))?,
+                    tx_hash: log
+                        .transaction_hash
+                        .ok_or_else(|| missing("transaction hash"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends `plan` and waits until it is confirmed, replacing it while it stays unmined and
+    /// sending it again if a reorg drops it.
+    async fn send_confirmed(&self, plan: &Plan) -> Result<Confirmed, ChainError> {
+        let mut replacements = 0;
+        let mut reorgs = 0;
+        let mut dropped = 0;
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            let outcome = {
+                let mut next_nonce = self.nonce.lock().await;
+                let result = self
+                    .send_until_mined(plan, &mut next_nonce, in_flight.take())
+                    .await;
+                if !matches!(result, Ok(Outcome::Mined { .. })) {
+                    *next_nonce = None;
+                }
+                result?
+            };
+            let (receipt, bumps) = match outcome {
+                Outcome::Mined {
+                    receipt,
+                    replacements: bumps,
+                    flight,
+                } => (*receipt, (bumps, flight)),
+                Outcome::Vanished {
+                    replacements: bumps,
+                } => {
+                    // Neither mined nor known to the node: simulate and send it again, with a
+                    // nonce read from the chain.
+                    replacements += bumps;
+                    dropped += 1;
+                    continue;
+                }
+            };
+            replacements += bumps.0;
+            if !receipt.status() {
+                // The simulation passed and the transaction reverted: the state changed in
+                // between. Simulating again names the reason if it is one of the registry's.
+                self.simulate(plan).await?;
+                return Err(ChainError::Reverted {
+                    tx_hash: receipt.transaction_hash,
+                });
+            }
+            match self.wait_confirmations(receipt, &mut reorgs).await? {
+                Ok(receipt) => {
+                    return Ok(Confirmed {
+                        receipt,
+                        replacements,
+                        reorgs,
+                        dropped,
+                    });
+                }
+                // Still in the node's pool: wait for it (or a replacement) again.
+                Err(true) => in_flight = Some(bumps.1.restarted()),
+                // Gone: simulate and send it again, with a nonce read from the chain.
+                Err(false) => {}
+            }
+        }
+    }
+
+    /// Simulates `plan` (`eth_estimateGas` from the signer) and returns its gas estimate, or
+    /// the registry's error.
+    async fn simulate(&self, plan: &Plan) -> Result<u64, ChainError> {
+        let request = TransactionRequest::default()
+            .with_from(self.signer)
+            .with_kind(plan.kind)
+            .with_input(plan.input.clone());
+        self.provider.estimate_gas(request).await.map_err(|e| {
+            let raw = e
+                .as_error_resp()
+                .and_then(|resp| resp.as_revert_data())
+                .and_then(|data| Raw::abi_decode(&data).ok());
+            match raw {
+                Some(raw) => ChainError::Registry(raw.into()),
+                None => self.rpc(&e),
+            }
+        })
+    }
+
+    /// Sends `plan` (or keeps waiting for `resume`, a transaction already sent) until one of
+    /// its versions is mined; returns its receipt, the number of replacements and the last
+    /// in-flight state (to resume if a reorg sends the transaction back to the pool).
+    async fn send_until_mined(
+        &self,
+        plan: &Plan,
+        next_nonce: &mut Option<u64>,
+        resume: Option<InFlight>,
+    ) -> Result<Outcome, ChainError> {
+        let mut replacements = 0;
+        let mut unknown_polls = 0;
+        let mut flight = match resume {
+            Some(flight) => flight,
+            None => {
+                let gas = self.simulate(plan).await?;
+                let (max_fee, priority_fee) = self.fees().await?;
+                let mut flight = InFlight {
+                    nonce: 0,
+                    // 20% above the estimate: the state may change between estimate and block.
+                    gas_limit: gas.saturating_add(gas / 5),
+                    max_fee,
+                    priority_fee,
+                    hashes: Vec::new(),
+                    last_sent: Instant::now(),
+                };
+                match *next_nonce {
+                    Some(nonce) => {
+                        flight.nonce = nonce;
+                        if let Err(error) = self.send_version(plan, &mut flight).await {
+                            // The local nonce may be stale (the key used elsewhere, a
+                            // transaction dropped): read it from the chain and try once more.
+                            tracing::warn!(%error, nonce, "send refused; reading the nonce from the chain");
+                            flight.nonce = self.chain_nonce().await?;
+                            self.send_version(plan, &mut flight).await?;
+                        }
+                    }
+                    None => {
+                        flight.nonce = self.chain_nonce().await?;
+                        self.send_version(plan, &mut flight).await?;
+                    }
+                }
+                *next_nonce = Some(flight.nonce + 1);
+                flight
+            }
+        };
+        loop {
+            for hash in flight.hashes.iter().rev() {
+                let receipt = self
+                    .provider
+                    .get_transaction_receipt(*hash)
+                    .await
+                    .map_err(|e| self.rpc(&e))?;
+                if let Some(receipt) = receipt.filter(|r| r.block_hash.is_some()) {
+                    *next_nonce = Some(flight.nonce + 1);
+                    return Ok(Outcome::Mined {
+                        receipt: Box::new(receipt),
+                        replacements,
+                        flight,
+                    });
+                }
+            }
+            // Not mined: is any version still known to the node? A transaction can vanish
+            // from the pool (evicted, or a reorg undid its block before its receipt was read).
+            // Twice in a row, so that one inconsistent answer does not cause a re-send.
+            if self.any_known(&flight.hashes).await? {
+                unknown_polls = 0;
+            } else {
+                unknown_polls += 1;
+                if unknown_polls >= 2 {
+                    tracing::warn!(
+                        nonce = flight.nonce,
+                        "the transaction vanished before it was mined"
+                    );
+                    return Ok(Outcome::Vanished { replacements });
+                }
+            }
+            if flight.last_sent.elapsed() >= self.config.bump_after
+                && self.bump(&mut flight).await?
+            {
+                match self.send_version(plan, &mut flight).await {
+                    Ok(()) => replacements += 1,
+                    // A version may have been mined since the receipts were read: the next
+                    // round finds it. Otherwise the node wants more: the next bump offers it.
+                    Err(error) => {
+                        tracing::warn!(%error, nonce = flight.nonce, "a replacement was refused");
+                        flight.last_sent = Instant::now();
+                    }
+                }
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+
+    /// Whether the node knows any of `hashes` (pending or mined).
+    async fn any_known(&self, hashes: &[B256]) -> Result<bool, ChainError> {
+        for hash in hashes.iter().rev() {
+            let known = self
+                .provider
+                .get_transaction_by_hash(*hash)
+                .await
+                .map_err(|e| self.rpc(&e))?;
+            if known.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Raises the fees of `flight` for a replacement; `false` if the cap forbids it.
+    async fn bump(&self, flight: &mut InFlight) -> Result<bool, ChainError> {
+        let percent = u128::from(self.config.bump_percent);
+        let raise = |fee: u128| fee.saturating_mul(100 + percent).div_ceil(100).max(fee + 1);
+        let (market_fee, market_priority) = self.fees().await?;
+        let priority_fee = raise(flight.priority_fee).max(market_priority);
+        let mut max_fee = raise(flight.max_fee).max(market_fee).max(priority_fee);
+        if let Some(cap) = self.config.max_fee_per_gas {
+            if flight.max_fee >= cap {
+                return Ok(false);
+            }
+            max_fee = max_fee.min(cap);
+        }
+        flight.max_fee = max_fee;
+        flight.priority_fee = priority_fee.min(max_fee);
+        Ok(true)
+    }
+
+    /// Signs the current version of `flight` and sends it.
+    async fn send_version(&self, plan: &Plan, flight: &mut InFlight) -> Result<(), ChainError> {
+        let request = TransactionRequest::default()
+            .with_from(self.signer)
+            .with_kind(plan.kind)
+            .with_input(plan.input.clone())
+            .with_chain_id(self.chain_id)
+            .with_nonce(flight.nonce)
+            .with_gas_limit(flight.gas_limit)
+            .with_max_fee_per_gas(flight.max_fee)
+            .with_max_priority_fee_per_gas(flight.priority_fee);
+        let envelope = request
+            .build(&self.wallet)
+            .await
+            .map_err(|e| ChainError::Unexpected(format!("signing failed: {e}")))?;
+        let hash = *envelope.tx_hash();
+        flight.hashes.push(hash);
+        flight.last_sent = Instant::now();
+        tracing::debug!(
+            tx = %hash,
+            nonce = flight.nonce,
+            max_fee = flight.max_fee,
+            priority_fee = flight.priority_fee,
+            "sending a transaction"
+        );
+        match self
+            .provider
+            .send_raw_transaction(&envelope.encoded_2718())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("already known") => Ok(()),
+            Err(e) => {
+                flight.hashes.pop();
+                Err(self.rpc(&e))
+            }
+        }
+    }
+
+    /// The signer's next nonce as the node sees it (pending transactions included).
+    async fn chain_nonce(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_transaction_count(self.signer)
+            .pending()
+            .await
+            .map_err(|e| self.rpc(&e))
+    }
+
+    /// The node's EIP-1559 fee estimate, capped by the configuration.
+    async fn fees(&self) -> Result<(u128, u128), ChainError> {
+        let estimate = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(|e| self.rpc(&e))?;
+        let mut max_fee = estimate.max_fee_per_gas;
+        if let Some(cap) = self.config.max_fee_per_gas {
+            max_fee = max_fee.min(cap);
+        }
+        Ok((max_fee, estimate.max_priority_fee_per_gas.min(max_fee)))
+    }
+
+    /// Waits until the block of `receipt` is deep enough. `Ok(Err(in_pool))` when a reorg took
+    /// the transaction out of the chain: `true` if the node still holds it in its pool (wait
+    /// for it again), `false` if it is gone (send it again).
+    async fn wait_confirmations(
+        &self,
+        mut receipt: TransactionReceipt,
+        reorgs: &mut u32,
+    ) -> Result<Result<TransactionReceipt, bool>, ChainError> {
+        loop {
+            let (Some(number), Some(hash)) = (receipt.block_number, receipt.block_hash) else {
+                return Err(missing("block of a receipt"));
+            };
+            let canonical = self
+                .provider
+                .get_block_by_number(BlockNumberOrTag::Number(number))
+                .await
+                .map_err(|e| self.rpc(&e))?
+                .map(|block| block.header.hash);
+            if canonical != Some(hash) {
+                *reorgs += 1;
+                let tx = receipt.transaction_hash;
+                let again = self
+                    .provider
+                    .get_transaction_receipt(tx)
+                    .await
+                    .map_err(|e| self.rpc(&e))?;
+                if let Some(moved) = again.filter(|r| r.block_hash.is_some_and(|h| h != hash)) {
+                    tracing::warn!(%tx, block = number, "a reorg moved the transaction to another block");
+                    receipt = moved;
+                    continue;
+                }
+                let pending = self
+                    .provider
+                    .get_transaction_by_hash(tx)
+                    .await
+                    .map_err(|e| self.rpc(&e))?;
+                tracing::warn!(
+                    %tx,
+                    block = number,
+                    in_pool = pending.is_some(),
+                    "a reorg dropped the transaction from the chain"
+                );
+                // The local nonce may be ahead of the chain's now.
+                *self.nonce.lock().await = None;
+                return Ok(Err(pending.is_some()));
+            }
+            let head = self
+                .provider
+                .get_block_number()
+                .await
+                .map_err(|e| self.rpc(&e))?;
+            if head.saturating_sub(number) + 1 >= self.config.confirmations {
+                return Ok(Ok(receipt));
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+}
+
+impl InFlight {
+    /// The same versions, waited for afresh (their bump timer restarted).
+    fn restarted(self) -> Self {
+        Self {
+            last_sent: Instant::now(),
+            ..self
+        }
+    }
+}
+
+fn missing(what: &str) -> ChainError {
+    ChainError::Unexpected(format!("the node's answer lacks the {what}"))
+}
+
+fn rpc_error(endpoint: &str, error: &RpcError<TransportErrorKind>) -> ChainError {
+    ChainError::Rpc {
+        endpoint: endpoint.to_owned(),
+        message: redact(&error.to_string(), endpoint),
+    }
+}
+
+/// Removes URLs from an error message (reqwest names the full URL, API key included); the
+/// endpoint is reported separately.
+fn redact(message: &str, endpoint: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| "()[]<>,;\"'".contains(c));
+            if bare.starts_with("http://") || bare.starts_with("https://") {
+                word.replace(bare, endpoint)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+    #[test]
+    fn signer_key_reads_hex_and_never_shows_it() {
+        let key = SignerKey::from_hex(&format!(" 0x{KEY}\n")).expect("a valid key");
+        let debug = format!("{key:?}");
+        assert!(
+            !debug.contains(KEY) && !debug.contains(&KEY[..16]),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("f39fd6e51aad88f6f4ce6ab8827279cfffb92266"),
+            "{debug}"
+        );
+        for bad in [
+            "",
+            "0x",
+            &KEY[1..],
+            &format!("{KEY}00"),
+            &KEY.replace('a', "g"),
+        ] {
+            let error = SignerKey::from_hex(bad).expect_err("not a key");
+            assert!(!bad.is_empty() && !error.to_string().contains(bad) || bad.is_empty());
+        }
+    }
+
+    #[test]
+    fn redact_removes_urls_with_their_keys() {
+        let message = "error sending request for url (https://mainnet.example/v3/SECRET): refused";
+        let redacted = redact(message, "https://mainnet.example:443");
+        assert!(!redacted.contains("SECRET"), "{redacted}");
+        assert!(
+            redacted.contains("https://mainnet.example:443"),
+            "{redacted}"
+        );
+        assert!(redacted.ends_with("refused"), "{redacted}");
+    }
+
+    #[test]
+    fn endpoint_keeps_scheme_host_and_port_only() {
+        let url: reqwest_url::Url = "https://user:pw@rpc.example/v3/SECRET?k=1"
+            .parse()
+            .expect("url");
+        assert_eq!(endpoint_of(&url), "https://rpc.example:443");
+    }
+}
