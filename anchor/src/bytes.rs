@@ -33,13 +33,10 @@ fn exactly_32(bytes: &[u8]) -> Result<[u8; 32], DecodeError> {
     })
 }
 
-/// Defines a public 32-byte hash type with its codecs.
-macro_rules! hash_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name([u8; 32]);
-
+/// The constructors and text codecs of a 32-byte newtype (`struct $name([u8; 32])`): the
+/// hash types below and `Salt`.
+macro_rules! bytes32_codecs {
+    ($name:ident) => {
         impl $name {
             /// Wraps 32 bytes.
             pub const fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -52,8 +49,8 @@ macro_rules! hash_type {
             }
 
             /// Reads 64 hexadecimal digits (either case).
-            pub fn from_hex(text: &str) -> Result<Self, DecodeError> {
-                decode_hex(text).map(Self)
+            pub fn from_hex(text: &str) -> Result<Self, $crate::error::DecodeError> {
+                $crate::bytes::decode_hex(text).map(Self)
             }
 
             /// 64 lowercase hexadecimal digits.
@@ -62,15 +59,27 @@ macro_rules! hash_type {
             }
 
             /// Reads standard padded base64 (RFC 4648 section 4).
-            pub fn from_base64(text: &str) -> Result<Self, DecodeError> {
-                decode_base64(text).map(Self)
+            pub fn from_base64(text: &str) -> Result<Self, $crate::error::DecodeError> {
+                $crate::bytes::decode_base64(text).map(Self)
             }
 
-            /// Standard padded base64 (RFC 4648 section 4).
+            /// Standard padded base64 (RFC 4648 section 4), as FHIR's `base64Binary` holds it.
             pub fn to_base64(&self) -> String {
-                encode_base64(&self.0)
+                $crate::bytes::encode_base64(&self.0)
             }
         }
+    };
+}
+pub(crate) use bytes32_codecs;
+
+/// Defines a public 32-byte hash type with its codecs.
+macro_rules! hash_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; 32]);
+
+        $crate::bytes::bytes32_codecs!($name);
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -7,8 +7,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::bytes::{decode_base64, decode_hex, encode_base64};
-use crate::error::{DecodeError, RandomError};
+use crate::error::RandomError;
 use crate::{ContentHash, LeafHash};
 
 /// The RFC 9162 domain separation prefix of a leaf hash.
@@ -30,37 +29,9 @@ impl Salt {
         getrandom::fill(&mut bytes).map_err(RandomError)?;
         Ok(Self(bytes))
     }
-
-    /// Wraps 32 bytes (a salt read back from storage).
-    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The 32 bytes.
-    pub const fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Reads 64 hexadecimal digits.
-    pub fn from_hex(text: &str) -> Result<Self, DecodeError> {
-        decode_hex(text).map(Self)
-    }
-
-    /// 64 lowercase hexadecimal digits.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Reads standard padded base64 (RFC 4648 section 4).
-    pub fn from_base64(text: &str) -> Result<Self, DecodeError> {
-        decode_base64(text).map(Self)
-    }
-
-    /// Standard padded base64 (RFC 4648 section 4), as FHIR's `base64Binary` holds it.
-    pub fn to_base64(&self) -> String {
-        encode_base64(&self.0)
-    }
 }
+
+crate::bytes::bytes32_codecs!(Salt);
 
 impl std::fmt::Debug for Salt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +86,7 @@ impl LeafHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::DecodeError;
 
     #[test]
     fn the_leaf_hash_covers_salt_then_content_hash_with_the_leaf_prefix() {
