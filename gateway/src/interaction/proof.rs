@@ -209,18 +209,29 @@ fn parameters(
         parameter.push(json!({"name": "inclusionPath", "part": part}));
     }
     if let Some(batch) = &leaf.batch
-        && let (Some(chain_id), Some(contract), Some(tx_hash), Some(block)) = (
+        && let (
+            Some(chain_id),
+            Some(contract),
+            Some(anchorer),
+            Some(tx_hash),
+            Some(block),
+            Some(block_hash),
+        ) = (
             batch.chain_id,
             &batch.contract,
+            &batch.anchorer,
             &batch.tx_hash,
             batch.block_number,
+            &batch.block_hash,
         )
     {
         parameter.push(json!({"name": "anchor", "part": [
             {"name": "chainId", "valueDecimal": chain_id},
             {"name": "contract", "valueString": contract},
+            {"name": "anchorer", "valueString": anchorer},
             {"name": "transactionHash", "valueString": tx_hash},
             {"name": "blockNumber", "valueDecimal": block},
+            {"name": "blockHash", "valueString": block_hash},
         ]}));
     }
     json!({"resourceType": "Parameters", "parameter": parameter})

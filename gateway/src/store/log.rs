@@ -192,8 +192,11 @@ pub struct StoredBatch {
     pub state: String,
     pub chain_id: Option<i64>,
     pub contract: Option<String>,
+    /// The anchoring account: the log's key in the registry.
+    pub anchorer: Option<String>,
     pub tx_hash: Option<String>,
     pub block_number: Option<i64>,
+    pub block_hash: Option<String>,
 }
 
 /// The log entry of one resource version.
@@ -228,7 +231,7 @@ pub async fn leaf_of(
     let sql = format!(
         "SELECT v.version_id, v.last_updated, CAST(CASE WHEN v.body IS NULL THEN 1 ELSE 0 END AS SMALLINT) AS deleted, \
          l.log_index, l.salt, l.content_hash, l.leaf_hash, b.number, b.first_index, b.size, \
-         b.root, b.state, b.chain_id, b.contract, b.tx_hash, b.block_number \
+         b.root, b.state, b.chain_id, b.contract, b.anchorer, b.tx_hash, b.block_number, b.block_hash \
          FROM resource r JOIN resource_version v ON v.rkey = r.rkey \
          JOIN log_leaf l ON l.vkey = v.vkey \
          LEFT JOIN log_batch b ON l.log_index >= b.first_index AND l.log_index < b.first_index + b.size \
@@ -254,8 +257,10 @@ pub async fn leaf_of(
             state: row.try_get("state")?,
             chain_id: row.try_get("chain_id")?,
             contract: row.try_get("contract")?,
+            anchorer: row.try_get("anchorer")?,
             tx_hash: row.try_get("tx_hash")?,
             block_number: row.try_get("block_number")?,
+            block_hash: row.try_get("block_hash")?,
         }),
     };
     let salt: Option<Vec<u8>> = row.try_get("salt")?;
