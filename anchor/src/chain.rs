@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use alloy::eips::BlockNumberOrTag;
 use alloy::eips::eip2718::Encodable2718 as _;
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder as _, TransactionBuilder as _};
-use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
+use alloy::primitives::{Bytes, TxKind};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
@@ -43,6 +43,8 @@ use alloy::sol_types::SolInterface as _;
 use alloy::transports::{RpcError, TransportErrorKind};
 
 use crate::NodeHash;
+
+pub use alloy::primitives::{Address, B256, U256};
 
 alloy::sol!(
     #[sol(rpc)]
@@ -73,6 +75,25 @@ impl SignerKey {
             .map_err(|_| KeyError)
     }
 
+    /// A fresh key from the operating system's random source (for an account on a
+    /// development chain that the gateway creates and funds itself).
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; 32];
+        loop {
+            getrandom::fill(&mut bytes).map_err(|_| KeyError)?;
+            // fails only for zero or a value past the curve order: draw again
+            if let Ok(signer) = PrivateKeySigner::from_slice(&bytes) {
+                return Ok(Self(signer));
+            }
+        }
+    }
+
+    /// The key as 64 hexadecimal digits: only for writing it to a key file readable by its
+    /// owner alone. Never log it.
+    pub fn expose_hex(&self) -> String {
+        hex::encode(self.0.to_bytes())
+    }
+
     /// The account this key signs for: the log it anchors into.
     pub fn address(&self) -> Address {
         self.0.address()
@@ -85,6 +106,21 @@ impl std::fmt::Debug for SignerKey {
             .field("address", &self.address())
             .finish_non_exhaustive()
     }
+}
+
+/// Sets the balance of `account` on a development node (anvil's `anvil_setBalance`): how a
+/// gateway funds the account it anchors with on its embedded chain.
+pub async fn set_dev_balance(rpc_url: &str, account: Address, wei: U256) -> Result<(), ChainError> {
+    let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
+    let endpoint = endpoint_of(&url);
+    let provider = ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .connect_http(url);
+    provider
+        .raw_request::<_, ()>("anvil_setBalance".into(), (account, wei))
+        .await
+        .map_err(|e| rpc_error(&endpoint, &e))?;
+    Ok(())
 }
 
 /// The text given as a signer key is not a secp256k1 private key (the message never repeats it).
@@ -580,6 +616,38 @@ impl AnchorClient {
             "anchored a batch"
         );
         Ok(anchored)
+    }
+
+    /// The number of the chain's latest block.
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| self.rpc(&e))
+    }
+
+    /// The hash of the canonical block at `number` (`None` past the head).
+    pub async fn canonical_block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        Ok(self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| self.rpc(&e))?
+            .map(|block| block.header.hash))
+    }
+
+    /// How many transactions of the signer the node holds unmined (its pending nonce minus
+    /// its latest one): after a restart, the transactions an earlier process sent and never
+    /// saw mined.
+    pub async fn unmined_transactions(&self) -> Result<u64, ChainError> {
+        let pending = self.chain_nonce().await?;
+        let latest = self
+            .provider
+            .get_transaction_count(self.signer)
+            .latest()
+            .await
+            .map_err(|e| self.rpc(&e))?;
+        Ok(pending.saturating_sub(latest))
     }
 
     /// Number of leaves in the log of `anchorer` (where its next batch must start).

@@ -42,8 +42,14 @@ pub async fn run() -> anyhow::Result<()> {
         }
         Command::Config { config } => {
             let mut config = Config::load(config.as_deref())?;
-            if config.database.url.is_some() {
-                config.database.url = Some("********".into());
+            for secret in [
+                &mut config.database.url,
+                &mut config.chain.rpc_url,
+                &mut config.chain.signer_key,
+            ] {
+                if secret.is_some() {
+                    *secret = Some("********".into());
+                }
             }
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())

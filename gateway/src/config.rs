@@ -20,6 +20,7 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub log: LogConfig,
     pub ledger: LedgerConfig,
+    pub chain: ChainConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +127,57 @@ pub struct LedgerConfig {
     pub interval_ms: u64,
 }
 
+/// Where the anchored log's batches are anchored (the `[chain]` section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// `embedded`: start a local anvil from the project's npm-installed Foundry and anchor
+    /// there; `rpc`: anchor on the chain at `rpc_url`; `off`: seal batches but anchor nowhere
+    /// (proofs stay `pending` until a chain is configured).
+    pub mode: ChainMode,
+    /// `rpc` mode: the JSON-RPC endpoint (`http://`; it may hold an API key, so it is a
+    /// secret: logs name its scheme, host and port only).
+    #[serde(serialize_with = "serialize_secret", default)]
+    pub rpc_url: Option<SecretString>,
+    /// `rpc` mode: the anchoring account's key (64 hex digits), from the environment
+    /// (`FHIR_GATEWAY_CHAIN__SIGNER_KEY`). Use this or `signer_key_file`.
+    #[serde(serialize_with = "serialize_secret", default)]
+    pub signer_key: Option<SecretString>,
+    /// `rpc` mode: a file holding the anchoring account's key.
+    pub signer_key_file: Option<PathBuf>,
+    /// The `AnchorRegistry` address. Unset: the gateway deploys one the first time and
+    /// records it in the database (table `log_chain`), then reuses it.
+    pub registry: Option<String>,
+    /// How deep an anchoring block must be before its batch counts as confirmed (1 = mined).
+    pub confirmations: u64,
+    /// Milliseconds between two looks at the chain (receipts, head, backlog).
+    pub poll_interval_ms: u64,
+    /// Seconds an anchor transaction may stay unmined before it is replaced with higher fees.
+    pub bump_after_secs: u64,
+    /// By how much a replacement raises the fees, in percent (at least 10).
+    pub bump_percent: u32,
+    /// The highest fee per gas ever offered, in gwei (unset: no cap).
+    pub max_fee_per_gas_gwei: Option<u64>,
+    /// `embedded` mode: the anvil binary (unset: the one `npm ci` installs under
+    /// `node_modules/@foundry-rs/`, looked for from the working directory upwards, then
+    /// `anvil` on the `PATH`).
+    pub anvil_path: Option<PathBuf>,
+    /// `embedded` mode: the port anvil listens on, on 127.0.0.1 (0 picks a free one).
+    pub anvil_port: u16,
+    /// `embedded` mode: seconds between anvil's blocks (blocks also come with every
+    /// transaction), so that confirmations accrue.
+    pub anvil_block_time_secs: u64,
+}
+
+/// See [`ChainConfig::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainMode {
+    Embedded,
+    Rpc,
+    Off,
+}
+
 fn serialize_secret<S: serde::Serializer>(
     secret: &Option<SecretString>,
     s: S,
@@ -174,6 +226,21 @@ impl Default for Config {
                 batch_max_age_secs: 12,
                 interval_ms: 1000,
             },
+            chain: ChainConfig {
+                mode: ChainMode::Embedded,
+                rpc_url: None,
+                signer_key: None,
+                signer_key_file: None,
+                registry: None,
+                confirmations: 3,
+                poll_interval_ms: 1000,
+                bump_after_secs: 60,
+                bump_percent: 25,
+                max_fee_per_gas_gwei: None,
+                anvil_path: None,
+                anvil_port: 8545,
+                anvil_block_time_secs: 1,
+            },
         }
     }
 }
@@ -221,6 +288,36 @@ impl Config {
             self.ledger.interval_ms >= 10,
             "ledger.interval_ms must be at least 10"
         );
+        anyhow::ensure!(
+            self.chain.confirmations >= 1,
+            "chain.confirmations must be at least 1"
+        );
+        anyhow::ensure!(
+            self.chain.poll_interval_ms >= 10,
+            "chain.poll_interval_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.chain.bump_percent >= 10,
+            "chain.bump_percent must be at least 10 (nodes refuse smaller replacements)"
+        );
+        if self.chain.mode == ChainMode::Rpc {
+            anyhow::ensure!(
+                self.chain.rpc_url.is_some(),
+                "chain.mode = \"rpc\" needs chain.rpc_url"
+            );
+            anyhow::ensure!(
+                self.chain.signer_key.is_some() != self.chain.signer_key_file.is_some(),
+                "chain.mode = \"rpc\" needs exactly one of chain.signer_key (from the environment) and chain.signer_key_file"
+            );
+        }
+        if let Some(registry) = &self.chain.registry {
+            anyhow::ensure!(
+                registry.len() == 42
+                    && registry.starts_with("0x")
+                    && registry[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+                "chain.registry must be a 0x-prefixed 20-byte hexadecimal address"
+            );
+        }
         if let Some(base) = &self.server.base_url {
             anyhow::ensure!(
                 base.starts_with("http://") || base.starts_with("https://"),
@@ -257,13 +354,26 @@ mod tests {
 
     #[test]
     fn the_shipped_example_configuration_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhir-gateway.toml");
-        let config = Config::load(Some(&path)).expect("deploy/fhir-gateway.toml loads");
-        assert_eq!(
-            config.server.base_url.as_deref(),
-            Some("https://fhir.example.org/fhir")
-        );
-        assert!(config.database.url.is_none(), "no secret in the example");
+        figment::Jail::expect_with(|jail| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhir-gateway.toml");
+            assert!(
+                Config::load(Some(&path)).is_err(),
+                "the chain's RPC URL must come from the environment"
+            );
+            jail.set_env("FHIR_GATEWAY_CHAIN__RPC_URL", "http://127.0.0.1:8545/key");
+            let config = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.server.base_url.as_deref(),
+                Some("https://fhir.example.org/fhir")
+            );
+            assert!(config.database.url.is_none(), "no secret in the example");
+            assert!(
+                config.chain.signer_key.is_none(),
+                "no secret in the example"
+            );
+            assert_eq!(config.chain.mode, ChainMode::Rpc);
+            Ok(())
+        });
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! resource JSON, and [`error`] is the one door through which every failure becomes an
 //! OperationOutcome.
 
+pub mod anchoring;
 pub mod bundle;
 pub mod cli;
 pub mod config;

@@ -10,7 +10,9 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::config::{Config, LedgerConfig};
+use crate::anchoring::anvil::Anvil;
+use crate::anchoring::{Anchoring, SharedStatus, Status, Target};
+use crate::config::{ChainMode, Config, LedgerConfig};
 use crate::interaction::Context;
 use crate::rest::{self, AppState};
 use crate::sequencer::Sequencer;
@@ -24,6 +26,9 @@ pub struct Application {
     server: Server,
     store: Store,
     ledger: LedgerConfig,
+    anvil: Option<Anvil>,
+    target: Option<Target>,
+    anchoring: SharedStatus,
 }
 
 impl Application {
@@ -33,6 +38,24 @@ impl Application {
         crate::interaction::proof::backfill(&store)
             .await
             .map_err(|e| anyhow::anyhow!("giving log leaves to earlier versions: {e}"))?;
+        let data_dir = &config.database.data_dir;
+        let anvil = match config.chain.mode {
+            ChainMode::Embedded => Some(Anvil::start(&config.chain, data_dir).await?),
+            ChainMode::Rpc | ChainMode::Off => None,
+        };
+        let target = Target::new(&config.chain, data_dir, anvil.as_ref())?;
+        if let Some(target) = &target {
+            target.check_recorded(&store).await?;
+            target.fund_embedded().await?;
+        }
+        let anchoring = SharedStatus::new(std::sync::Mutex::new(Status {
+            mode: Some(match config.chain.mode {
+                ChainMode::Embedded => "embedded",
+                ChainMode::Rpc => "rpc",
+                ChainMode::Off => "off",
+            }),
+            ..Status::default()
+        }));
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
             .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
         let port = listener.local_addr()?.port();
@@ -50,6 +73,7 @@ impl Application {
                 base_url: base_url.clone(),
                 config: config.clone(),
             },
+            anchoring: anchoring.clone(),
         });
         // parse the definitions now rather than in the first request
         fhir_profiles::Definitions::r4();
@@ -96,6 +120,9 @@ impl Application {
             server: server.run(),
             store,
             ledger: config.ledger.clone(),
+            anvil,
+            target,
+            anchoring,
         })
     }
 
@@ -107,13 +134,28 @@ impl Application {
         &self.base_url
     }
 
-    /// Serves (and runs the anchored log's sequencer) until SIGINT/SIGTERM, letting in-flight
-    /// requests finish, then stops the sequencer and closes the store.
+    /// The embedded chain's JSON-RPC URL, when `chain.mode = "embedded"`.
+    pub fn embedded_chain_url(&self) -> Option<&str> {
+        self.anvil.as_ref().map(Anvil::url)
+    }
+
+    /// Serves (and runs the anchored log's sequencer and anchoring worker) until
+    /// SIGINT/SIGTERM, letting in-flight requests finish, then stops the workers, the embedded
+    /// chain and the store.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(base_url = %self.base_url, "fhir-gateway listening");
         let sequencer = Sequencer::spawn(self.store.clone(), self.ledger.clone());
+        let anchoring = self
+            .target
+            .map(|target| Anchoring::spawn(self.store.clone(), target, self.anchoring.clone()));
         let served = self.server.await;
         sequencer.stop().await;
+        if let Some(anchoring) = anchoring {
+            anchoring.stop().await;
+        }
+        if let Some(anvil) = self.anvil {
+            anvil.stop().await;
+        }
         served?;
         self.store.close().await;
         tracing::info!("fhir-gateway stopped");
@@ -155,7 +197,9 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
                 "oldestSealedBatchAgeSecs": backlog
                     .and_then(|b| b.oldest_sealed_at)
                     .map(|at| (crate::model::Instant::now().millis() - at.millis()).max(0) / 1000),
+                "submittedBatchesAwaitingConfirmation": backlog.map(|b| b.submitted_batches),
             }],
+            "log:anchoring": [anchoring_check(&state.anchoring)],
         },
     });
     let mut response = if database {
@@ -166,6 +210,22 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     response
         .content_type("application/health+json")
         .body(body.to_string())
+}
+
+/// The anchoring worker's state: `fail` once halted, `warn` while its rounds fail (the chain
+/// unreachable: writes go on, batches wait).
+fn anchoring_check(status: &SharedStatus) -> serde_json::Value {
+    let status = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let verdict = if status.halted.is_some() {
+        "fail"
+    } else if status.last_error.is_some() {
+        "warn"
+    } else {
+        "pass"
+    };
+    let mut check = serde_json::to_value(&status).unwrap_or_default();
+    check["status"] = json!(verdict);
+    check
 }
 
 #[cfg(test)]

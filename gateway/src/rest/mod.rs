@@ -22,6 +22,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub ctx: Context,
+    /// What the anchoring worker last reported (for `/health/ready`).
+    pub anchoring: crate::anchoring::SharedStatus,
 }
 
 /// Mounts the FHIR API at `base_path` (e.g. `/fhir`).

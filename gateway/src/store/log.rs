@@ -288,6 +288,8 @@ pub struct Backlog {
     pub unsealed_leaves: i64,
     pub sealed_batches: i64,
     pub oldest_sealed_at: Option<Instant>,
+    /// Batches anchored but not yet deep enough to count as confirmed.
+    pub submitted_batches: i64,
 }
 
 pub async fn backlog(conn: &mut AnyConnection) -> Result<Backlog, sqlx::Error> {
@@ -297,7 +299,8 @@ pub async fn backlog(conn: &mut AnyConnection) -> Result<Backlog, sqlx::Error> {
          (SELECT COUNT(*) FROM log_leaf WHERE log_index >= \
              (SELECT COALESCE(MAX(first_index + size), 0) FROM log_batch)) AS unbatched, \
          (SELECT COUNT(*) FROM log_batch WHERE state = 'sealed') AS sealed_batches, \
-         (SELECT MIN(sealed_at) FROM log_batch WHERE state = 'sealed') AS oldest_sealed_at",
+         (SELECT MIN(sealed_at) FROM log_batch WHERE state = 'sealed') AS oldest_sealed_at, \
+         (SELECT COUNT(*) FROM log_batch WHERE state = 'submitted') AS submitted_batches",
     )
     .fetch_one(conn)
     .await?;
@@ -308,6 +311,7 @@ pub async fn backlog(conn: &mut AnyConnection) -> Result<Backlog, sqlx::Error> {
         oldest_sealed_at: row
             .try_get::<Option<i64>, _>("oldest_sealed_at")?
             .map(Instant::from_millis),
+        submitted_batches: row.try_get("submitted_batches")?,
     })
 }
 
@@ -320,4 +324,152 @@ fn hash32(bytes: &[u8]) -> Result<[u8; 32], sqlx::Error> {
     <[u8; 32]>::try_from(bytes).map_err(|_| {
         sqlx::Error::Protocol(format!("a stored hash has {} bytes, not 32", bytes.len()))
     })
+}
+
+/// Where a batch was anchored, as the chain says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorRecord {
+    pub chain_id: i64,
+    pub contract: String,
+    pub anchorer: String,
+    pub tx_hash: String,
+    pub block_number: i64,
+    pub block_hash: String,
+}
+
+/// The batches not yet confirmed on chain (`sealed` or `submitted`), in number order, at most
+/// `limit`.
+pub async fn unconfirmed_batches(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> Result<Vec<StoredBatch>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT number, first_index, size, root, state, chain_id, contract, anchorer, tx_hash, \
+         block_number, block_hash FROM log_batch WHERE state IN ('sealed', 'submitted') \
+         ORDER BY number LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredBatch {
+                number: row.try_get("number")?,
+                first_index: row.try_get("first_index")?,
+                size: row.try_get("size")?,
+                root: NodeHash::from_bytes(hash_at(row, "root")?),
+                state: row.try_get("state")?,
+                chain_id: row.try_get("chain_id")?,
+                contract: row.try_get("contract")?,
+                anchorer: row.try_get("anchorer")?,
+                tx_hash: row.try_get("tx_hash")?,
+                block_number: row.try_get("block_number")?,
+                block_hash: row.try_get("block_hash")?,
+            })
+        })
+        .collect()
+}
+
+/// Records where batch `number` was anchored; `confirmed` once its block is deep enough.
+pub async fn record_anchor(
+    conn: &mut AnyConnection,
+    number: i64,
+    anchor: &AnchorRecord,
+    confirmed: bool,
+    now: Instant,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE log_batch SET state = $2, chain_id = $3, contract = $4, anchorer = $5, \
+         tx_hash = $6, block_number = $7, block_hash = $8, \
+         submitted_at = COALESCE(submitted_at, $9), \
+         confirmed_at = $10 WHERE number = $1",
+    )
+    .bind(number)
+    .bind(if confirmed { "confirmed" } else { "submitted" })
+    .bind(anchor.chain_id)
+    .bind(&anchor.contract)
+    .bind(&anchor.anchorer)
+    .bind(&anchor.tx_hash)
+    .bind(anchor.block_number)
+    .bind(&anchor.block_hash)
+    .bind(now.millis())
+    .bind(confirmed.then_some(now.millis()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Returns batches `number` and later to `sealed`, forgetting where they were anchored: the
+/// chain no longer holds them (a reorg deeper than the confirmations, or a development chain
+/// that lost its state), so they go out again. Returns how many were returned.
+pub async fn unanchor_from(conn: &mut AnyConnection, number: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE log_batch SET state = 'sealed', chain_id = NULL, contract = NULL, \
+         anchorer = NULL, tx_hash = NULL, block_number = NULL, block_hash = NULL, \
+         submitted_at = NULL, confirmed_at = NULL WHERE number >= $1 AND state <> 'sealed'",
+    )
+    .bind(number)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The chain, registry and account this database's log is anchored with (migration 0005).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChain {
+    pub chain_id: i64,
+    /// 0x-prefixed lowercase hex.
+    pub registry: String,
+    /// 0x-prefixed lowercase hex.
+    pub anchorer: String,
+}
+
+pub async fn log_chain(conn: &mut AnyConnection) -> Result<Option<LogChain>, sqlx::Error> {
+    let row = sqlx::query("SELECT chain_id, registry, anchorer FROM log_chain WHERE id = 1")
+        .fetch_optional(conn)
+        .await?;
+    row.map(|row| {
+        Ok(LogChain {
+            chain_id: row.try_get("chain_id")?,
+            registry: row.try_get("registry")?,
+            anchorer: row.try_get("anchorer")?,
+        })
+    })
+    .transpose()
+}
+
+/// Records where the log is anchored (the first time only: a recorded chain is never
+/// replaced).
+pub async fn record_log_chain(
+    conn: &mut AnyConnection,
+    chain: &LogChain,
+    now: Instant,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO log_chain (id, chain_id, registry, anchorer, recorded_at) \
+         VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(chain.chain_id)
+    .bind(&chain.registry)
+    .bind(&chain.anchorer)
+    .bind(now.millis())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the anchoring worker's leadership for the life of `conn` (PostgreSQL: a
+/// session-level advisory lock, released when the connection closes; `false`: another
+/// replica holds it). SQLite: always `true`.
+pub async fn try_lead_anchoring(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    match Backend::of(conn) {
+        Backend::Postgres => {
+            sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtextextended('fhir-gateway:anchoring', 0))",
+            )
+            .fetch_one(conn)
+            .await
+        }
+        Backend::Sqlite => Ok(true),
+    }
 }

@@ -23,6 +23,17 @@ fn postgres_server() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
+impl TestApp {
+    /// A client of a gateway already listening at `base` (one a test started as a process).
+    pub fn at(base: String) -> TestApp {
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            _dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+}
+
 pub async fn spawn_app(db: Db) -> TestApp {
     spawn_app_with(db, |_| {}).await
 }
@@ -41,22 +52,10 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     config.server.workers = 2;
     config.database.data_dir = dir.path().to_path_buf();
     config.database.max_connections = 8;
+    // no chain unless a test asks for one (tests/api/anchoring.rs)
+    config.chain.mode = gateway::config::ChainMode::Off;
     if let Db::Postgres = db {
-        // named after this test process, so later runs can drop what it leaves behind
-        let name = format!(
-            "gw_test_{}_{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server()))
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth) or at TEST_POSTGRES_URL");
-        drop_databases_of_finished_tests(&mut admin).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        config.database.url = Some(format!("{}/{name}", postgres_server()).into());
+        config.database.url = Some(new_postgres_database().await.into());
     }
     adjust(&mut config);
     let app = Application::build(config)
@@ -69,6 +68,25 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
         client: reqwest::Client::new(),
         _dir: dir,
     }
+}
+
+/// A fresh PostgreSQL database for this test process; returns its URL.
+pub async fn new_postgres_database() -> String {
+    // named after this test process, so later runs can drop what it leaves behind
+    let name = format!(
+        "gw_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server()))
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth) or at TEST_POSTGRES_URL");
+    drop_databases_of_finished_tests(&mut admin).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    format!("{}/{name}", postgres_server())
 }
 
 /// Drops the databases of test processes that have exited (each test process runs one test

@@ -44,24 +44,24 @@ macro_rules! on_both {
 
 /// A `$proof` Parameters, read.
 #[derive(Debug)]
-struct Proof {
-    status: String,
-    deletion: Option<String>,
-    content_hash: ContentHash,
-    salt: Salt,
-    leaf_hash: LeafHash,
-    log_index: Option<u64>,
+pub(crate) struct Proof {
+    pub(crate) status: String,
+    pub(crate) deletion: Option<String>,
+    pub(crate) content_hash: ContentHash,
+    pub(crate) salt: Salt,
+    pub(crate) leaf_hash: LeafHash,
+    pub(crate) log_index: Option<u64>,
     /// number, first index, size, root
-    batch: Option<(u64, u64, u64, NodeHash)>,
-    path: Option<InclusionProof>,
-    anchored: bool,
+    pub(crate) batch: Option<(u64, u64, u64, NodeHash)>,
+    pub(crate) path: Option<InclusionProof>,
+    pub(crate) anchored: bool,
 }
 
-fn part<'a>(parameters: &'a [Value], name: &str) -> Option<&'a Value> {
+pub(crate) fn part<'a>(parameters: &'a [Value], name: &str) -> Option<&'a Value> {
     parameters.iter().find(|p| p["name"] == name)
 }
 
-fn read_proof(body: &Value) -> Proof {
+pub(crate) fn read_proof(body: &Value) -> Proof {
     assert_eq!(body["resourceType"], "Parameters", "{body}");
     let parameters = body["parameter"].as_array().expect("parameter");
     let string = |p: &[Value], name: &str| {
@@ -115,14 +115,18 @@ fn read_proof(body: &Value) -> Proof {
     }
 }
 
-async fn proof_of(app: &TestApp, version_path: &str) -> Proof {
+pub(crate) async fn proof_of(app: &TestApp, version_path: &str) -> Proof {
     let (status, body) = app.get_json(&format!("{version_path}/$proof")).await;
     assert_eq!(status, 200, "{version_path}/$proof: {body}");
     read_proof(&body)
 }
 
 /// The proof of a version once `ready` says it is far enough along (10 s at most).
-async fn proof_when(app: &TestApp, version_path: &str, ready: impl Fn(&Proof) -> bool) -> Proof {
+pub(crate) async fn proof_when(
+    app: &TestApp,
+    version_path: &str,
+    ready: impl Fn(&Proof) -> bool,
+) -> Proof {
     let started = Instant::now();
     loop {
         let proof = proof_of(app, version_path).await;
@@ -140,7 +144,7 @@ async fn proof_when(app: &TestApp, version_path: &str, ready: impl Fn(&Proof) ->
 /// What an auditor checks: the version as served (or the deletion record) hashes to the
 /// proof's content hash, salt and content hash give the leaf hash, and, once sealed, the
 /// path leads from the leaf to the batch root.
-async fn check_as_auditor(app: &TestApp, version_path: &str, proof: &Proof) {
+pub(crate) async fn check_as_auditor(app: &TestApp, version_path: &str, proof: &Proof) {
     let served = match &proof.deletion {
         Some(record) => record.clone(),
         None => {
@@ -221,7 +225,7 @@ async fn check_log(app: &TestApp, versions: &[String]) -> HashMap<String, u64> {
     indexes
 }
 
-fn version_path(body: &Value) -> String {
+pub(crate) fn version_path(body: &Value) -> String {
     format!(
         "{}/{}/_history/{}",
         body["resourceType"].as_str().expect("as the test set up"),

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod anchoring;
 mod bundles;
 mod clients;
 mod concurrency;

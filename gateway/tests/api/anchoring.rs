@@ -1,0 +1,582 @@
+//! The anchoring worker against a real anvil: batches anchored in order and confirmed, proofs
+//! checked against the registry (never the gateway's word), a chain that goes away and comes
+//! back, a reorg that drops an anchor, and gateways killed (SIGKILL) between sealing and
+//! sending, between sending and mining, and between mining and confirmation.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anchor::chain::{Address, AnchorClient, ChainConfig as ClientConfig, SignerKey};
+use anchor::{Leaf, TreeHead, verify_inclusion};
+use gateway::config::{ChainMode, Config};
+use serde_json::{Value, json};
+
+use crate::helpers::{Db, TestApp, new_postgres_database, spawn_app_with};
+use crate::log::{check_as_auditor, part, proof_of, read_proof, version_path};
+
+/// anvil's first dev account (a published test key, never a secret).
+const KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// An anvil process, stopped on drop.
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Anvil {
+    /// Starts anvil on `port` (0: a free one) with `args`.
+    fn start(port: u16, args: &[&str]) -> Anvil {
+        let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+        assert!(
+            binary.is_file(),
+            "anvil is missing at {}: run `npm ci` in the repository root",
+            binary.display()
+        );
+        let mut child = Command::new(&binary)
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let stdout = child.stdout.take().expect("anvil's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = line.strip_prefix("Listening on ") {
+                    let _ = tx.send(address.trim().to_owned());
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("anvil prints its address");
+        Anvil {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    /// Stops anvil with SIGINT, so that it writes its `--state`.
+    fn stop(&mut self) {
+        signal(self.child.id(), "INT");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+async fn rpc(url: &str, method: &str, params: Value) -> Value {
+    let response: Value = reqwest::Client::new()
+        .post(url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+        .json()
+        .await
+        .expect("a JSON-RPC answer");
+    assert!(response["error"].is_null(), "{method}: {response}");
+    response["result"].clone()
+}
+
+fn quantity(value: &Value) -> u64 {
+    u64::from_str_radix(
+        value.as_str().expect("a quantity").trim_start_matches("0x"),
+        16,
+    )
+    .expect("a hexadecimal quantity")
+}
+
+fn anchorer() -> Address {
+    SignerKey::from_hex(KEY).expect("the test key").address()
+}
+
+/// The chain settings of a test gateway anchoring at `url` with the test key.
+fn use_chain(config: &mut Config, url: &str, confirmations: u64) {
+    config.ledger.interval_ms = 10;
+    config.ledger.batch_max_size = 3;
+    config.ledger.batch_max_age_secs = 0;
+    config.chain.mode = ChainMode::Rpc;
+    config.chain.rpc_url = Some(url.to_owned().into());
+    config.chain.signer_key = Some(KEY.to_owned().into());
+    config.chain.confirmations = confirmations;
+    config.chain.poll_interval_ms = 20;
+}
+
+/// The anchoring check of `/health/ready`.
+async fn anchoring_health(app: &TestApp) -> Value {
+    let ready: Value = app
+        .client
+        .get(format!(
+            "{}/health/ready",
+            app.base.trim_end_matches("/fhir")
+        ))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("health JSON");
+    json!({
+        "anchoring": ready["checks"]["log:anchoring"][0],
+        "backlog": ready["checks"]["log:backlog"][0],
+    })
+}
+
+/// Polls `done` every 50 ms, mining a block on `chain` each time (so confirmations accrue),
+/// for up to 60 s.
+async fn until<F: Future<Output = bool>>(
+    what: &str,
+    chain: Option<&str>,
+    mut done: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        if let Some(url) = chain {
+            rpc(url, "anvil_mine", json!([1])).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `count` Patients and returns their version paths.
+async fn write(app: &TestApp, count: usize) -> Vec<String> {
+    let mut versions = Vec::new();
+    for i in 0..count {
+        let (status, body) = app
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "active": i % 2 == 0, "name": [{"family": format!("Anchor{i}")}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        versions.push(version_path(&body));
+    }
+    versions
+}
+
+/// The `anchor` part of a `$proof`, by name.
+async fn anchor_part(app: &TestApp, version: &str) -> Option<Value> {
+    let (_, body) = app.get_json(&format!("{version}/$proof")).await;
+    let anchor = part(body["parameter"].as_array()?, "anchor")?;
+    let mut fields = serde_json::Map::new();
+    for p in anchor["part"].as_array()? {
+        let value = p
+            .get("valueString")
+            .or_else(|| p.get("valueDecimal"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        fields.insert(p["name"].as_str()?.to_owned(), value);
+    }
+    Some(Value::Object(fields))
+}
+
+async fn status_of(app: &TestApp, version: &str) -> String {
+    proof_of(app, version).await.status
+}
+
+/// Checks every version as an auditor does against the chain at `url`: content, salt and
+/// path lead to a root, and that root, the first index and the size are the registry's
+/// batch; the anchoring block is canonical. Then the whole log: the registry's events are
+/// batches 0, 1, 2, ... each once, contiguous, and hold every leaf.
+async fn check_against_chain(app: &TestApp, url: &str, versions: &[String]) {
+    let reader = AnchorClient::connect(
+        url,
+        SignerKey::from_hex(KEY).expect("the test key"),
+        registry_of(app, &versions[0]).await,
+        ClientConfig::default(),
+    )
+    .await
+    .expect("the registry");
+    for version in versions {
+        let proof = proof_of(app, version).await;
+        assert_eq!(proof.status, "anchored", "{version}");
+        check_as_auditor(app, version, &proof).await;
+        let (number, first, size, root) = proof.batch.expect("a batch");
+        let on_chain = reader
+            .batch(anchorer(), number)
+            .await
+            .expect("the batch on chain");
+        assert_eq!(
+            (on_chain.root, on_chain.first_index, on_chain.size),
+            (root, first, size),
+            "{version}: the registry's batch {number}"
+        );
+        let leaf = Leaf::new(proof.salt.clone(), proof.content_hash);
+        let head = TreeHead {
+            tree_size: on_chain.size,
+            root: on_chain.root,
+        };
+        verify_inclusion(&leaf.hash(), proof.path.as_ref().expect("a path"), &head)
+            .expect("the path leads to the root on chain");
+        let anchor = anchor_part(app, version).await.expect("an anchor part");
+        assert_eq!(anchor["chainId"], 31337);
+        assert_eq!(anchor["anchorer"], format!("0x{}", hex::encode(anchorer())));
+        assert_eq!(anchor["blockNumber"], on_chain.block_number);
+        let block = rpc(
+            url,
+            "eth_getBlockByNumber",
+            json!([format!("0x{:x}", on_chain.block_number), false]),
+        )
+        .await;
+        assert_eq!(block["hash"], anchor["blockHash"], "{version}: canonical");
+        let receipt = rpc(
+            url,
+            "eth_getTransactionReceipt",
+            json!([anchor["transactionHash"]]),
+        )
+        .await;
+        assert_eq!(receipt["status"], "0x1");
+        assert_eq!(receipt["blockHash"], anchor["blockHash"]);
+    }
+    let events = reader
+        .batch_anchored_events(anchorer(), 0, None)
+        .await
+        .expect("the registry's events");
+    let mut next = 0;
+    for (number, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.batch_number, number as u64,
+            "each batch once, in order"
+        );
+        assert_eq!(event.first_index, next, "contiguous");
+        next += event.size;
+    }
+    assert_eq!(reader.log_size(anchorer()).await.expect("log size"), next);
+    assert!(next >= versions.len() as u64);
+}
+
+async fn registry_of(app: &TestApp, version: &str) -> Address {
+    anchor_part(app, version).await.expect("anchored")["contract"]
+        .as_str()
+        .expect("the contract")
+        .parse()
+        .expect("an address")
+}
+
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(Db::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(Db::Sqlite).await;
+            }
+        }
+    };
+}
+
+on_both!(
+    writes_are_anchored_confirmed_and_check_against_the_chain,
+    |db| async move {
+        let anvil = Anvil::start(0, &[]);
+        let app = spawn_app_with(db, |config| use_chain(config, &anvil.url, 3)).await;
+        let mut versions = write(&app, 7).await;
+        let id = versions[0].split('/').nth(1).expect("an id").to_owned();
+        let deleted = app
+            .send(
+                reqwest::Method::DELETE,
+                &format!("Patient/{id}"),
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(deleted.status(), 200);
+        versions.push(format!("Patient/{id}/_history/2"));
+        // mined but not yet 3 deep: submitted, with where it went
+        until("the first batch on chain", None, || async {
+            status_of(&app, &versions[0]).await != "pending"
+        })
+        .await;
+        let first = proof_of(&app, &versions[0]).await;
+        assert!(first.anchored, "the anchor part appears once submitted");
+        until("every version confirmed", Some(&anvil.url), || async {
+            for version in &versions {
+                if status_of(&app, version).await != "anchored" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        check_against_chain(&app, &anvil.url, &versions).await;
+        let health = anchoring_health(&app).await;
+        assert_eq!(health["anchoring"]["status"], "pass", "{health}");
+        assert_eq!(health["anchoring"]["chainId"], 31337, "{health}");
+        assert_eq!(health["anchoring"]["leading"], true, "{health}");
+        assert_eq!(health["backlog"]["sealedBatchesAwaitingSubmission"], 0);
+    }
+);
+
+on_both!(
+    a_chain_that_goes_away_and_returns_gets_the_backlog_in_order,
+    |db| async move {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let state_dir = tempfile::tempdir().expect("a directory");
+        let state = state_dir.path().join("anvil.json");
+        let state_arg = state.to_string_lossy().into_owned();
+        let app = spawn_app_with(db, |config| use_chain(config, &url, 1)).await;
+        // no chain yet: writes go on, batches wait, the health check says why
+        let mut versions = write(&app, 5).await;
+        until(
+            "sealed batches waiting and the failure shown",
+            None,
+            || async {
+                let health = anchoring_health(&app).await;
+                health["anchoring"]["status"] == "warn"
+                    && health["anchoring"]["lastError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("127.0.0.1"))
+                    && health["backlog"]["sealedBatchesAwaitingSubmission"].as_i64() >= Some(2)
+            },
+        )
+        .await;
+        assert_eq!(status_of(&app, &versions[4]).await, "pending");
+        // the chain comes: the registry is deployed, the backlog goes out in order
+        let mut anvil = Anvil::start(port, &["--state", &state_arg]);
+        until("the backlog anchored", None, || async {
+            status_of(&app, versions.last().expect("versions")).await == "anchored"
+        })
+        .await;
+        // the chain goes away (its state saved), writes go on
+        anvil.stop();
+        versions.extend(write(&app, 4).await);
+        until("the outage noticed", None, || async {
+            anchoring_health(&app).await["anchoring"]["status"] == "warn"
+        })
+        .await;
+        assert_eq!(
+            status_of(&app, versions.last().expect("versions")).await,
+            "pending"
+        );
+        // and comes back
+        let anvil = Anvil::start(port, &["--state", &state_arg]);
+        until("the new backlog anchored", None, || async {
+            for version in &versions {
+                if status_of(&app, version).await != "anchored" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        check_against_chain(&app, &anvil.url, &versions).await;
+        assert_eq!(anchoring_health(&app).await["anchoring"]["status"], "pass");
+    }
+);
+
+on_both!(
+    a_reorg_that_drops_an_anchor_anchors_it_again,
+    |db| async move {
+        let anvil = Anvil::start(0, &[]);
+        let app = spawn_app_with(db, |config| use_chain(config, &anvil.url, 3)).await;
+        until("the registry deployed", None, || async {
+            anchoring_health(&app).await["anchoring"]["registry"].is_string()
+        })
+        .await;
+        let before = rpc(&anvil.url, "evm_snapshot", json!([])).await;
+        let versions = write(&app, 2).await;
+        until("the batch mined", None, || async {
+            status_of(&app, &versions[0]).await == "submitted"
+        })
+        .await;
+        let first = anchor_part(&app, &versions[0]).await.expect("anchored");
+        // the chain goes back to before the anchor: its block is gone
+        assert_eq!(rpc(&anvil.url, "evm_revert", json!([before])).await, true);
+        until("anchored again and confirmed", Some(&anvil.url), || async {
+            status_of(&app, &versions[0]).await == "anchored"
+                && status_of(&app, &versions[1]).await == "anchored"
+        })
+        .await;
+        let again = anchor_part(&app, &versions[0]).await.expect("anchored");
+        assert_ne!(
+            again["blockHash"], first["blockHash"],
+            "the proof names the new block"
+        );
+        check_against_chain(&app, &anvil.url, &versions).await;
+    }
+);
+
+/// A gateway binary on `data_dir` (and `database`, for PostgreSQL), anchoring at `chain`.
+fn start_gateway(
+    data_dir: &Path,
+    database: Option<&str>,
+    port: u16,
+    chain: &str,
+    registry: &str,
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fhir-gateway"));
+    command
+        .arg("serve")
+        .env("FHIR_GATEWAY_SERVER__PORT", port.to_string())
+        .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
+        .env("FHIR_GATEWAY_DATABASE__SQLITE_SYNCHRONOUS", "normal")
+        .env("FHIR_GATEWAY_LEDGER__INTERVAL_MS", "10")
+        .env("FHIR_GATEWAY_LEDGER__BATCH_MAX_SIZE", "2")
+        .env("FHIR_GATEWAY_LEDGER__BATCH_MAX_AGE_SECS", "0")
+        .env("FHIR_GATEWAY_CHAIN__MODE", "rpc")
+        .env("FHIR_GATEWAY_CHAIN__RPC_URL", chain)
+        .env("FHIR_GATEWAY_CHAIN__SIGNER_KEY", KEY)
+        .env("FHIR_GATEWAY_CHAIN__REGISTRY", registry)
+        .env("FHIR_GATEWAY_CHAIN__CONFIRMATIONS", "3")
+        .env("FHIR_GATEWAY_CHAIN__POLL_INTERVAL_MS", "20")
+        .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(database) = database {
+        command.env("FHIR_GATEWAY_DATABASE__URL", database);
+    }
+    let child = command.spawn().expect("the gateway starts");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the gateway did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn kill(mut gateway: Child) {
+    let _ = gateway.kill(); // SIGKILL: no shutdown of any kind
+    let _ = gateway.wait();
+}
+
+/// The anchoring account's transactions: (mined, sent including unmined).
+async fn nonces(url: &str) -> (u64, u64) {
+    let address = format!("0x{}", hex::encode(anchorer()));
+    let latest = quantity(&rpc(url, "eth_getTransactionCount", json!([address, "latest"])).await);
+    let pending = quantity(&rpc(url, "eth_getTransactionCount", json!([address, "pending"])).await);
+    (latest, pending)
+}
+
+on_both!(
+    a_gateway_killed_at_any_step_resumes_without_loss_or_double_anchoring,
+    |db| async move {
+        let data = tempfile::tempdir().expect("a directory");
+        let database = match db {
+            Db::Postgres => Some(new_postgres_database().await),
+            Db::Sqlite => None,
+        };
+        let database = database.as_deref();
+        let port = free_port();
+        let app = TestApp::at(format!("http://127.0.0.1:{port}/fhir"));
+        let anvil = Anvil::start(0, &[]);
+        // the registry, deployed by the same account (its nonce 0)
+        let (_, deployed) = AnchorClient::deploy(
+            &anvil.url,
+            SignerKey::from_hex(KEY).expect("the test key"),
+            ClientConfig {
+                confirmations: 1,
+                ..ClientConfig::default()
+            },
+        )
+        .await
+        .expect("deployed");
+        let registry = format!("0x{}", hex::encode(deployed.registry));
+
+        // 1. killed between sealing and sending: the chain is unreachable, batches are sealed
+        let nowhere = format!("http://127.0.0.1:{}", free_port());
+        let gateway = start_gateway(data.path(), database, port, &nowhere, &registry);
+        let mut versions = write(&app, 4).await;
+        until("two batches sealed", None, || async {
+            anchoring_health(&app).await["backlog"]["sealedBatchesAwaitingSubmission"].as_i64()
+                == Some(2)
+        })
+        .await;
+        kill(gateway);
+
+        // 2. killed between sending and mining: anvil stops mining, the first anchor waits
+        rpc(&anvil.url, "evm_setAutomine", json!([false])).await;
+        let gateway = start_gateway(data.path(), database, port, &anvil.url, &registry);
+        until("an anchor transaction sent", None, || async {
+            let (latest, pending) = nonces(&anvil.url).await;
+            pending > latest
+        })
+        .await;
+        assert_eq!(status_of(&app, &versions[0]).await, "pending");
+        kill(gateway);
+
+        // 3. killed between mining and confirmation: everything mined, nothing 3 deep
+        rpc(&anvil.url, "evm_setAutomine", json!([true])).await;
+        let gateway = start_gateway(data.path(), database, port, &anvil.url, &registry);
+        rpc(&anvil.url, "anvil_mine", json!([1])).await; // the transaction left pending
+        versions.extend(write(&app, 2).await);
+        until("every batch mined", None, || async {
+            for version in &versions {
+                if status_of(&app, version).await != "submitted" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        kill(gateway);
+
+        // 4. confirmed after a restart
+        let gateway = start_gateway(data.path(), database, port, &anvil.url, &registry);
+        until("every batch confirmed", Some(&anvil.url), || async {
+            for version in &versions {
+                if status_of(&app, version).await != "anchored" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert_eq!(
+            registry_of(&app, &versions[0])
+                .await
+                .to_string()
+                .to_lowercase(),
+            registry
+        );
+        check_against_chain(&app, &anvil.url, &versions).await;
+        // exactly one transaction per batch (plus the deployment): none sent twice
+        let batches = read_proof(&app.get_json(&format!("{}/$proof", versions[5])).await.1)
+            .batch
+            .expect("a batch")
+            .0
+            + 1;
+        assert_eq!(batches, 3, "6 leaves in batches of 2");
+        assert_eq!(nonces(&anvil.url).await, (1 + batches, 1 + batches));
+        kill(gateway);
+    }
+);
