@@ -810,3 +810,125 @@ fn an_unreachable_endpoint_fails_without_printing_its_path() {
         );
     }
 }
+
+alloy::sol! {
+    function anchor(uint64 firstIndex, uint64 size, bytes32 root) external returns (uint64 batchNumber);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_needs_the_named_transaction_to_succeed_with_the_batch_event() {
+    use alloy::sol_types::SolCall as _;
+
+    let anvil = Anvil::start(&[]);
+    let (client, _) = AnchorClient::deploy(&anvil.url, key(), fast())
+        .await
+        .expect("deploy");
+    let client = std::sync::Arc::new(client);
+    let dir = scratch("receipt");
+    let patient = leaf(PATIENT);
+    let mut leaves = vec![patient.clone()];
+    leaves.extend(others(1));
+    let batch = batch_of(&leaves);
+
+    // One block holds three transactions of which only the last anchors the batch: a transfer
+    // (no event), and an anchor by another account that reverts (its log is empty, so a batch
+    // at log index 5 does not continue it).
+    rpc(&client, "evm_setAutomine", json!([false])).await;
+    let other_account = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+    let send = |request: Value| {
+        let client = std::sync::Arc::clone(&client);
+        async move {
+            let hash = rpc(&client, "eth_sendTransaction", json!([request])).await;
+            hash.as_str()
+                .and_then(|hash| hash.parse::<B256>().ok())
+                .expect("a transaction hash")
+        }
+    };
+    let transfer = send(json!({"from": other_account, "to": other_account, "value": "0x1"})).await;
+    let calldata = anchorCall {
+        firstIndex: 5,
+        size: 1,
+        root: B256::repeat_byte(9),
+    }
+    .abi_encode();
+    let reverting = send(json!({
+        "from": other_account,
+        "to": client.registry().to_string(),
+        "gas": "0x30000",
+        "input": format!("0x{}", hex::encode(calldata)),
+    }))
+    .await;
+    let task = tokio::spawn({
+        let client = std::sync::Arc::clone(&client);
+        let root = batch.root();
+        async move { client.anchor(0, 2, &root).await }
+    });
+    let mut polls = 0;
+    while rpc(&client, "txpool_status", json!([])).await["pending"] != json!("0x3") {
+        polls += 1;
+        assert!(polls < 2000, "timed out waiting for the anchor in the pool");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rpc(&client, "evm_mine", json!([])).await;
+    let anchored = task.await.expect("the task").expect("anchored");
+    mine(&client, 2).await;
+    for tx in [transfer, reverting] {
+        let receipt = client
+            .provider()
+            .get_transaction_receipt(tx)
+            .await
+            .expect("eth_getTransactionReceipt")
+            .expect("mined");
+        assert_eq!(receipt.block_hash, Some(anchored.block_hash));
+    }
+
+    let anchoring = Anchoring::of(&client, &anchored);
+    let resource = write(&dir, "patient.json", PATIENT);
+    let anchorer = client.anchorer();
+    for (name, tx, expected) in [
+        (
+            "the anchor",
+            anchored.tx_hash,
+            "VERIFIED Patient/p1/_history/2 at log index 0 (leaf 0 of 2) in batch 0".to_owned(),
+        ),
+        (
+            "a transfer",
+            transfer,
+            format!(
+                "FAILED: transaction {transfer} carries no BatchAnchored event of the registry for batch 0 of {anchorer} with root {}",
+                batch.root()
+            ),
+        ),
+        (
+            "a reverted anchor",
+            reverting,
+            format!("FAILED: transaction {reverting} failed (reverted)"),
+        ),
+    ] {
+        let proof = parameters(&ProofOf {
+            version: "Patient/p1/_history/2",
+            deletion: None,
+            leaf: &patient,
+            number: 0,
+            first_index: 0,
+            leaf_index: 0,
+            batch: &batch,
+            anchoring: &Anchoring {
+                tx,
+                ..anchoring.clone()
+            },
+        });
+        let proof_file = write(&dir, &format!("{name}.json"), &proof.to_string());
+        let (code, stdout) = fhir_anchor(&[
+            "verify",
+            "--resource",
+            &resource,
+            "--proof",
+            &proof_file,
+            "--rpc",
+            &anvil.url,
+        ]);
+        assert!(stdout.starts_with(&expected), "{name}: {stdout}");
+        assert_eq!(code, i32::from(!expected.starts_with("VERIFIED")), "{name}");
+    }
+}
