@@ -40,8 +40,7 @@
 //! - [`chain`]: the Ethereum client of the `AnchorRegistry` contract (alloy): deploy, anchor a
 //!   batch (local nonces resynced from the chain on error, fee bumping of a stuck transaction,
 //!   N confirmations, re-sending an anchor a reorg dropped), read batches and `BatchAnchored`
-//!   events back, the contract's custom errors as a typed [`chain::RegistryError`].
-//!
+//!   events back, the contract's custom errors as a typed [`chain::RegistryError`];
 //!   [`chain::RegistryReader`] reads the registry and the chain without a key.
 //! - [`audit`]: the auditor's checks behind the `fhir-anchor` command (`src/bin`): a resource
 //!   version against its `$proof` document and the chain, and a whole log replayed from its

@@ -172,7 +172,7 @@ impl ProofDocument {
             .get("parameter")
             .and_then(Value::as_array)
             .ok_or(ProofError::NotParameters)?;
-        let parts = Parts::of("", parameters)?;
+        let parts = Parts::of(String::new(), parameters)?;
 
         let status = match parts.string("status", "valueCode")? {
             None => return Err(ProofError::Missing("status")),
@@ -220,14 +220,14 @@ impl ProofDocument {
 /// The named entries of a `parameter` or `part` array, each name once.
 struct Parts<'a> {
     /// `""` for the top level, `"batch."` and so on for parts, to name them in errors.
-    prefix: &'static str,
+    prefix: String,
     entries: Vec<(&'a str, &'a Value)>,
     /// The hashes of `inclusionPath`, the one repeated part, in order.
     hashes: Vec<&'a Value>,
 }
 
 impl<'a> Parts<'a> {
-    fn of(prefix: &'static str, array: &'a [Value]) -> Result<Self, ProofError> {
+    fn of(prefix: String, array: &'a [Value]) -> Result<Self, ProofError> {
         let mut parts = Self {
             prefix,
             entries: Vec::new(),
@@ -238,10 +238,10 @@ impl<'a> Parts<'a> {
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or(ProofError::NotParameters)?;
-            if prefix == "inclusionPath." && name == "hash" {
+            if parts.prefix == "inclusionPath." && name == "hash" {
                 parts.hashes.push(entry);
             } else if parts.entries.iter().any(|(seen, _)| *seen == name) {
-                return Err(ProofError::Repeated(format!("{prefix}{name}")));
+                return Err(ProofError::Repeated(format!("{}{name}", parts.prefix)));
             } else {
                 parts.entries.push((name, entry));
             }
@@ -296,18 +296,13 @@ impl<'a> Parts<'a> {
     }
 
     fn nested(&self, name: &'static str) -> Result<Option<Parts<'a>>, ProofError> {
-        let prefix = match name {
-            "batch" => "batch.",
-            "inclusionPath" => "inclusionPath.",
-            _ => "anchor.",
-        };
         self.get(name)
             .map(|entry| {
                 let array = entry
                     .get("part")
                     .and_then(Value::as_array)
                     .ok_or_else(|| self.malformed(name, "a parameter with parts"))?;
-                Parts::of(prefix, array)
+                Parts::of(format!("{name}."), array)
             })
             .transpose()
     }
