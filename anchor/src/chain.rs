@@ -28,6 +28,10 @@
 //! file by the caller); its `Debug` shows the address only, and no error or log line carries
 //! it. Error and log lines name the RPC endpoint by scheme, host and port only, since a path or
 //! query often holds an API key.
+//!
+//! A [`RegistryReader`] reads without a key: the registry's views and events, the head,
+//! canonical block hashes and receipts, what an auditor checks a proof against (the
+//! `fhir-anchor` command, [`crate::audit`]). The client's read methods go through one.
 
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
@@ -45,6 +49,9 @@ use alloy::transports::{RpcError, TransportErrorKind};
 use crate::NodeHash;
 
 pub use alloy::primitives::{Address, B256, U256};
+
+mod reader;
+pub use reader::{AnchorReceipt, RegistryReader};
 
 alloy::sol!(
     #[sol(rpc)]
@@ -490,15 +497,7 @@ impl AnchorClient {
         key: SignerKey,
         config: ChainConfig,
     ) -> Result<Self, ChainError> {
-        let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
-        if url.scheme() != "http" {
-            return Err(ChainError::UnsupportedScheme(url.scheme().to_owned()));
-        }
-        let endpoint = endpoint_of(&url);
-        let provider = ProviderBuilder::new()
-            .disable_recommended_fillers()
-            .connect_http(url)
-            .erased();
+        let (provider, endpoint) = http_provider(rpc_url)?;
         let chain_id = provider
             .get_chain_id()
             .await
@@ -540,22 +539,22 @@ impl AnchorClient {
         &self.provider
     }
 
+    /// A read-only client of the same registry over the same connection.
+    pub fn reader(&self) -> RegistryReader {
+        RegistryReader::from_parts(
+            self.provider.clone(),
+            self.registry,
+            self.chain_id,
+            self.endpoint.clone(),
+        )
+    }
+
     fn contract(&self) -> AnchorRegistry::AnchorRegistryInstance<&DynProvider> {
         AnchorRegistry::new(self.registry, &self.provider)
     }
 
     fn rpc(&self, error: &RpcError<TransportErrorKind>) -> ChainError {
         rpc_error(&self.endpoint, error)
-    }
-
-    fn contract_error(&self, error: &alloy::contract::Error) -> ChainError {
-        if let Some(raw) = error.as_decoded_interface_error::<Raw>() {
-            return ChainError::Registry(raw.into());
-        }
-        match error {
-            alloy::contract::Error::TransportError(e) => self.rpc(e),
-            other => ChainError::Unexpected(redact(&other.to_string(), &self.endpoint)),
-        }
     }
 
     /// Anchors the batch of `size` leaves starting at log index `first_index` with `root`, and
@@ -652,20 +651,12 @@ impl AnchorClient {
 
     /// Number of leaves in the log of `anchorer` (where its next batch must start).
     pub async fn log_size(&self, anchorer: Address) -> Result<u64, ChainError> {
-        self.contract()
-            .logSize(anchorer)
-            .call()
-            .await
-            .map_err(|e| self.contract_error(&e))
+        self.reader().log_size(anchorer).await
     }
 
     /// Number of batches in the log of `anchorer`.
     pub async fn batch_count(&self, anchorer: Address) -> Result<u64, ChainError> {
-        self.contract()
-            .batchCount(anchorer)
-            .call()
-            .await
-            .map_err(|e| self.contract_error(&e))
+        self.reader().batch_count(anchorer).await
     }
 
     /// Batch `batch_number` of the log of `anchorer`; [`RegistryError::UnknownBatch`] if none.
@@ -674,19 +665,7 @@ impl AnchorClient {
         anchorer: Address,
         batch_number: u64,
     ) -> Result<AnchoredBatch, ChainError> {
-        let batch = self
-            .contract()
-            .batch(anchorer, batch_number)
-            .call()
-            .await
-            .map_err(|e| self.contract_error(&e))?;
-        Ok(AnchoredBatch {
-            root: NodeHash::from_bytes(batch.root.0),
-            first_index: batch.firstIndex,
-            size: batch.size,
-            block_number: batch.blockNumber,
-            timestamp: batch.timestamp,
-        })
+        self.reader().batch(anchorer, batch_number).await
     }
 
     /// The `BatchAnchored` events of the log of `anchorer` in blocks `from_block ..= to_block`
@@ -698,30 +677,9 @@ impl AnchorClient {
         from_block: u64,
         to_block: Option<u64>,
     ) -> Result<Vec<BatchAnchoredEvent>, ChainError> {
-        let contract = self.contract();
-        let filter = contract
-            .BatchAnchored_filter()
-            .topic1(anchorer)
-            .from_block(from_block)
-            .to_block(to_block.map_or(BlockNumberOrTag::Latest, BlockNumberOrTag::Number));
-        let events = filter.query().await.map_err(|e| self.contract_error(&e))?;
-        events
-            .into_iter()
-            .map(|(event, log)| {
-                Ok(BatchAnchoredEvent {
-                    anchorer: event.anchorer,
-                    batch_number: event.batchNumber,
-                    first_index: event.firstIndex,
-                    size: event.size,
-                    root: NodeHash::from_bytes(event.root.0),
-                    block_number: log.block_number.ok_or_else(|| missing("block number"))?,
-                    block_hash: log.block_hash.ok_or_else(|| missing("block hash"))?,
-                    tx_hash: log
-                        .transaction_hash
-                        .ok_or_else(|| missing("transaction hash"))?,
-                })
-            })
-            .collect()
+        self.reader()
+            .batch_anchored_events(anchorer, from_block, to_block)
+            .await
     }
 
     /// Sends `plan` and waits until it is confirmed, replacing it while it stays unmined and
@@ -1057,6 +1015,31 @@ impl InFlight {
             last_sent: Instant::now(),
             ..self
         }
+    }
+}
+
+/// A provider for `rpc_url` (plain `http://` only) and the endpoint's printable name.
+fn http_provider(rpc_url: &str) -> Result<(DynProvider, String), ChainError> {
+    let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
+    if url.scheme() != "http" {
+        return Err(ChainError::UnsupportedScheme(url.scheme().to_owned()));
+    }
+    let endpoint = endpoint_of(&url);
+    let provider = ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .connect_http(url)
+        .erased();
+    Ok((provider, endpoint))
+}
+
+/// A failed contract call as a [`ChainError`]: the registry's custom errors typed.
+fn contract_error(endpoint: &str, error: &alloy::contract::Error) -> ChainError {
+    if let Some(raw) = error.as_decoded_interface_error::<Raw>() {
+        return ChainError::Registry(raw.into());
+    }
+    match error {
+        alloy::contract::Error::TransportError(e) => rpc_error(endpoint, e),
+        other => ChainError::Unexpected(redact(&other.to_string(), endpoint)),
     }
 }
 

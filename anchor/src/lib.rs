@@ -40,12 +40,19 @@
 //! - [`chain`]: the Ethereum client of the `AnchorRegistry` contract (alloy): deploy, anchor a
 //!   batch (local nonces resynced from the chain on error, fee bumping of a stuck transaction,
 //!   N confirmations, re-sending an anchor a reorg dropped), read batches and `BatchAnchored`
-//!   events back, the contract's custom errors as a typed [`chain::RegistryError`].
+//!   events back, the contract's custom errors as a typed [`chain::RegistryError`];
+//!   [`chain::RegistryReader`] reads the registry and the chain without a key.
+//! - [`audit`]: the auditor's checks behind the `fhir-anchor` command (`src/bin`): a resource
+//!   version against its `$proof` document and the chain, and a whole log replayed from its
+//!   `BatchAnchored` events.
 //!
 //! **Invariant:** this crate knows nothing of HTTP servers, FHIR models or SQL. It hashes JSON
 //! values, builds and checks trees and anchors roots as a JSON-RPC client; the gateway decides
-//! what a resource version is and stores leaves.
+//! what a resource version is and stores leaves. The one FHIR shape it reads is the `$proof`
+//! `Parameters` document, as plain JSON in [`audit`], and of a resource only the members that
+//! name a version (`resourceType`, `id`, `meta.versionId`).
 
+pub mod audit;
 mod bytes;
 mod canonical;
 pub mod chain;
