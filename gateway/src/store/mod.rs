@@ -5,8 +5,10 @@
 //! resource is kept in `resource_version`; `resource` holds one row per logical id pointing
 //! at its current version, so the current version is found without scanning history.
 //! Search index rows (`idx_*`) describe the current version and are written in the same
-//! transaction as the version.
+//! transaction as the version. Erasure ([`erasure`]) removes a resource's content and the
+//! salts of its log leaves but keeps every row, so history and the log keep their shape.
 
+pub mod erasure;
 mod index;
 pub mod log;
 pub mod search;

@@ -1,0 +1,381 @@
+//! Erasure (crypto-shredding, PRODUCT.md promise 8) through the `fhir-gateway erase` binary
+//! and the library function it calls: the record's content and salts leave the database,
+//! reads answer 410, search never finds it, its proofs say it was erased, and every other
+//! version of its batch still proves its way to the same root.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use anchor::{Batch, LeafHash, TreeHead, verify_inclusion};
+use gateway::erasure::{self, Erasure};
+use gateway::model::{ResourceId, ResourceType};
+use gateway::store::Store;
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Row};
+
+use crate::helpers::{TestApp, diagnostics};
+use crate::log::{Proof, app, check_as_auditor, proof_of, proof_when};
+use crate::on_both;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_fhir-gateway");
+
+/// Runs `fhir-gateway erase <resource> --reason <reason>` on the app's database: whether
+/// it succeeded, its standard output and its standard error.
+async fn erase_with_binary(app: &TestApp, resource: &str, reason: &str) -> (bool, String, String) {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["erase", resource, "--reason", reason])
+        .env_remove("FHIR_GATEWAY_CONFIG")
+        .env_remove("FHIR_GATEWAY_DATABASE__URL")
+        .env("FHIR_GATEWAY_DATABASE__DATA_DIR", &app.database.data_dir)
+        .env("FHIR_GATEWAY_LOG__FILTER", "info");
+    if let Some(url) = &app.database.url {
+        command.env("FHIR_GATEWAY_DATABASE__URL", url.expose_secret());
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the command was waited for")
+        .expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One number from the database.
+async fn number(conn: &mut AnyConnection, sql: &str, rkey: i64) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(rkey)
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .try_get(0)
+        .expect("a number")
+}
+
+/// Everything the database holds, counted and summed up, to show a command wrote nothing.
+async fn totals(conn: &mut AnyConnection) -> Vec<i64> {
+    let mut totals = Vec::new();
+    for sql in [
+        "SELECT COUNT(*) FROM resource WHERE rkey > $1",
+        "SELECT COUNT(*) FROM resource_version WHERE vkey > $1",
+        "SELECT COUNT(*) FROM resource_version WHERE body IS NOT NULL AND vkey > $1",
+        "SELECT COUNT(*) FROM resource_version WHERE erased_at IS NOT NULL AND vkey > $1",
+        "SELECT COUNT(*) FROM log_leaf WHERE vkey > $1",
+        "SELECT COUNT(*) FROM log_leaf WHERE salt IS NOT NULL AND vkey > $1",
+        "SELECT COUNT(*) FROM log_leaf WHERE content_hash IS NOT NULL AND vkey > $1",
+        "SELECT COUNT(*) FROM erasure WHERE ekey > $1",
+        "SELECT COUNT(*) FROM idx_string WHERE rkey > $1",
+        "SELECT COUNT(*) FROM idx_word WHERE rkey > $1",
+    ] {
+        totals.push(number(conn, sql, 0).await);
+    }
+    totals
+}
+
+const INDEX_TABLES: [&str; 8] = [
+    "idx_string",
+    "idx_token",
+    "idx_reference",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_uri",
+    "idx_word",
+];
+
+fn erasable(active: bool) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": "erase-me",
+        "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Quetzalcoatl</div>"},
+        "name": [{"family": "Zyxwvut"}],
+        "birthDate": "1970-01-01",
+        "active": active,
+    })
+}
+
+on_both!(
+    an_erased_record_is_gone_and_its_batch_still_proves,
+    |db| async move {
+        // one batch of exactly the 7 versions written below, sealed once they are all there
+        let app = app(db, 7, 3600).await;
+        let mut versions = Vec::new();
+        for active in [true, false] {
+            let (status, body) = app.put("Patient/erase-me", &erasable(active)).await;
+            assert!(status == 200 || status == 201, "{body}");
+        }
+        versions.extend(
+            ["Patient/erase-me/_history/1", "Patient/erase-me/_history/2"].map(String::from),
+        );
+        for family in ["Keep", "Kept"] {
+            let (status, body) = app
+                .put(
+                    "Patient/keep",
+                    &json!({"resourceType": "Patient", "id": "keep", "name": [{"family": family}]}),
+                )
+                .await;
+            assert!(status == 200 || status == 201, "{body}");
+        }
+        versions.extend(["Patient/keep/_history/1", "Patient/keep/_history/2"].map(String::from));
+        let observation = app
+            .create(&json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "weight"}, "subject": {"reference": "Patient/keep"}}))
+            .await;
+        versions.push(format!("Observation/{observation}/_history/1"));
+        let (status, body) = app
+            .put(
+                "Patient/deleted-first",
+                &json!({"resourceType": "Patient", "id": "deleted-first", "active": true}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let deleted = app
+            .send(
+                reqwest::Method::DELETE,
+                "Patient/deleted-first",
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(deleted.status(), 200);
+        versions.extend(
+            [
+                "Patient/deleted-first/_history/1",
+                "Patient/deleted-first/_history/2",
+            ]
+            .map(String::from),
+        );
+
+        let mut before: HashMap<&str, Proof> = HashMap::new();
+        for version in &versions {
+            let proof = proof_when(&app, version, |p| p.batch.is_some()).await;
+            check_as_auditor(&app, version, &proof).await;
+            before.insert(version.as_str(), proof);
+        }
+        let batch = before[versions[0].as_str()].batch.expect("sealed");
+        assert_eq!((batch.0, batch.1, batch.2), (0, 0, 7), "one batch of all 7");
+        for query in [
+            "Patient?family=Zyxwvut",
+            "Patient?_text=Quetzalcoatl",
+            "Patient?_content=Zyxwvut",
+            "Patient?_id=erase-me",
+            "Patient?birthdate=1970-01-01",
+        ] {
+            assert_eq!(app.search_ids(query).await, ["erase-me"], "{query} before");
+        }
+
+        let mut conn = app.database_connection().await;
+        let rkey: i64 = sqlx::query_scalar(
+            "SELECT rkey FROM resource WHERE resource_type = 'Patient' AND id = 'erase-me'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("the record's key");
+
+        // a resource that does not exist: an error, and nothing written
+        let unchanged = totals(&mut conn).await;
+        let (ok, out, err) = erase_with_binary(&app, "Patient/never-was", "ticket 1").await;
+        assert!(!ok, "erasing a missing resource fails: {out}");
+        assert!(err.contains("Patient/never-was is not known"), "{err}");
+        assert_eq!(totals(&mut conn).await, unchanged);
+
+        // the erasure, through the binary
+        let (ok, out, err) =
+            erase_with_binary(&app, "Patient/erase-me", "request 4711 of the patient").await;
+        assert!(ok, "{out}{err}");
+        assert_eq!(
+            out.trim(),
+            "erased Patient/erase-me: 2 version(s); its deletion is version 3"
+        );
+        assert!(
+            !out.contains("4711") && !err.contains("4711"),
+            "the reason is never printed: {out}{err}"
+        );
+        // an already deleted record, through the library function the binary calls
+        let store = Store::connect(&app.database).await.expect("the store");
+        let patient = ResourceType::parse("Patient").expect("a type");
+        let deleted_first = ResourceId::parse("deleted-first").expect("an id");
+        assert_eq!(
+            erasure::erase(&store, &patient, &deleted_first, "ticket 2")
+                .await
+                .expect("erased"),
+            Erasure::Erased {
+                versions: 1,
+                deletion: None
+            }
+        );
+
+        // twice is a no-op
+        let unchanged = totals(&mut conn).await;
+        let (ok, out, err) = erase_with_binary(&app, "Patient/erase-me", "again").await;
+        assert!(ok, "{err}");
+        assert_eq!(
+            out.trim(),
+            "Patient/erase-me is already erased; nothing changed"
+        );
+        assert_eq!(
+            erasure::erase(&store, &patient, &deleted_first, "again")
+                .await
+                .expect("a no-op"),
+            Erasure::AlreadyErased
+        );
+        assert_eq!(totals(&mut conn).await, unchanged);
+        store.close().await;
+
+        // the database: no content, no salt, no content hash, no index rows; the rows stay
+        let of_record =
+            |what: &str| format!("SELECT COUNT(*) FROM resource_version v {what} AND v.rkey = $1");
+        for (sql, expected, what) in [
+            (
+                of_record("WHERE v.body IS NOT NULL"),
+                0,
+                "versions with a body",
+            ),
+            (
+                of_record("WHERE v.erased_at IS NOT NULL"),
+                2,
+                "erased versions",
+            ),
+            (of_record("WHERE 1 = 1"), 3, "versions kept"),
+            (
+                of_record(
+                    "JOIN log_leaf l ON l.vkey = v.vkey WHERE v.erased_at IS NOT NULL AND (l.salt IS NOT NULL OR l.content_hash IS NOT NULL)",
+                ),
+                0,
+                "erased leaves with a salt or content hash",
+            ),
+            (
+                of_record("JOIN log_leaf l ON l.vkey = v.vkey WHERE 1 = 1"),
+                3,
+                "leaves kept",
+            ),
+            (
+                of_record(
+                    "JOIN log_leaf l ON l.vkey = v.vkey WHERE v.method = 'DELETE' AND l.salt IS NOT NULL",
+                ),
+                1,
+                "the deletion's leaf, salt and all",
+            ),
+            (
+                "SELECT COUNT(*) FROM erasure WHERE rkey = $1 AND versions = 2 \
+                 AND reason = 'request 4711 of the patient'"
+                    .to_owned(),
+                1,
+                "the erasure's record",
+            ),
+        ] {
+            assert_eq!(number(&mut conn, &sql, rkey).await, expected, "{what}");
+        }
+        for table in INDEX_TABLES {
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE rkey = $1");
+            assert_eq!(number(&mut conn, &sql, rkey).await, 0, "{table}");
+        }
+
+        // reads, history, search
+        let (status, outcome) = app.get_json("Patient/erase-me").await;
+        assert_eq!(status, 410, "{outcome}");
+        for version in [1, 2] {
+            let (status, outcome) = app
+                .get_json(&format!("Patient/erase-me/_history/{version}"))
+                .await;
+            assert_eq!(status, 410, "{outcome}");
+            assert!(
+                diagnostics(&outcome).contains(&format!(
+                    "Patient/erase-me/_history/{version} was erased at"
+                )),
+                "{outcome}"
+            );
+        }
+        let (status, outcome) = app.get_json("Patient/erase-me/_history/3").await;
+        assert_eq!(status, 410);
+        assert!(diagnostics(&outcome).contains("was deleted"), "{outcome}");
+        let (status, history) = app.get_json("Patient/erase-me/_history").await;
+        assert_eq!(status, 200, "{history}");
+        let entries = history["entry"].as_array().expect("entries");
+        let described: Vec<(&str, &str, bool, bool)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e["request"]["method"].as_str().unwrap_or_default(),
+                    e["response"]["etag"].as_str().unwrap_or_default(),
+                    e.get("resource").is_some(),
+                    e["response"]["outcome"]["issue"][0]["diagnostics"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("was erased at")),
+                )
+            })
+            .collect();
+        assert_eq!(
+            described,
+            [
+                ("DELETE", "W/\"3\"", false, false),
+                ("PUT", "W/\"2\"", false, true),
+                ("PUT", "W/\"1\"", false, true),
+            ],
+            "{history}"
+        );
+        for query in [
+            "Patient?family=Zyxwvut",
+            "Patient?_text=Quetzalcoatl",
+            "Patient?_content=Zyxwvut",
+            "Patient?_id=erase-me",
+            "Patient?birthdate=1970-01-01",
+        ] {
+            assert!(app.search_ids(query).await.is_empty(), "{query} after");
+        }
+
+        // proofs: the erased versions still have their place, and nothing to check content with
+        let mut leaves: HashMap<u64, LeafHash> = HashMap::new();
+        let (_, first, size, root) = batch;
+        let head = TreeHead {
+            tree_size: size,
+            root,
+        };
+        for version in &versions {
+            let proof = proof_of(&app, version).await;
+            let was = &before[version.as_str()];
+            assert_eq!(proof.leaf_hash, was.leaf_hash, "{version} keeps its leaf");
+            assert_eq!(proof.batch, was.batch, "{version} keeps its batch");
+            let path = proof.path.as_ref().expect("a path");
+            assert_eq!(path.index, proof.log_index.expect("an index") - first);
+            leaves.insert(proof.log_index.expect("an index"), proof.leaf_hash);
+            let erased = version.starts_with("Patient/erase-me/")
+                || *version == "Patient/deleted-first/_history/1";
+            if erased {
+                assert!(
+                    proof.salt.is_none() && proof.content_hash.is_none(),
+                    "{version}: {proof:?}"
+                );
+                assert!(proof.erased.is_some(), "{version} says it was erased");
+                assert!(proof.deletion.is_none());
+                // the leaf is still in the tree, but nothing left can recompute it
+                verify_inclusion(&proof.leaf_hash, path, &head)
+                    .expect("the erased leaf is still where it was");
+            } else {
+                assert!(proof.erased.is_none() && proof.salt.is_some(), "{version}");
+                // recomputes the leaf from the version served and the salt, and walks the path
+                // to the batch root
+                check_as_auditor(&app, version, &proof).await;
+            }
+        }
+        let hashes: Vec<LeafHash> = (first..first + size).map(|i| leaves[&i]).collect();
+        assert_eq!(
+            Batch::new(&hashes).expect("a batch").root(),
+            root,
+            "same root"
+        );
+
+        // the erasure's own deletion is in the log like any other
+        let deletion = proof_when(&app, "Patient/erase-me/_history/3", |p| {
+            p.log_index.is_some()
+        })
+        .await;
+        assert!(deletion.deletion.is_some() && deletion.erased.is_none());
+        check_as_auditor(&app, "Patient/erase-me/_history/3", &deletion).await;
+        let current = proof_of(&app, "Patient/erase-me").await;
+        assert_eq!(current.leaf_hash, deletion.leaf_hash);
+    }
+);
