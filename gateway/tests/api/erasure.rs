@@ -379,3 +379,95 @@ on_both!(
         assert_eq!(current.leaf_hash, deletion.leaf_hash);
     }
 );
+
+/// `log_leaf` as stored: vkey, log index, salt, content hash, leaf hash.
+type StoredLeafRow = (i64, Option<i64>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Migration 0006 rebuilds SQLite's `log_leaf` (to let an erased leaf lose its content
+/// hash): the leaves of a database made before it keep every byte, the unsequenced index
+/// comes back, and only an erased leaf may lack its content hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0006_keeps_the_leaves_of_an_existing_sqlite_database() {
+    use sqlx::Connection as _;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let before_0006 = tempfile::tempdir().expect("a temporary directory");
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).expect("the SQLite migrations") {
+        let path = entry.expect("a migration").path();
+        let name = path.file_name().expect("a file name").to_owned();
+        if name.to_string_lossy().as_ref() < "0006" {
+            std::fs::copy(&path, before_0006.path().join(name)).expect("copied");
+        }
+    }
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("gateway.db").display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("a new SQLite file");
+    sqlx::migrate::Migrator::new(before_0006.path())
+        .await
+        .expect("migrations 0001 to 0005")
+        .run(&mut db)
+        .await
+        .expect("migrated to 0005");
+    sqlx::raw_sql(
+        "INSERT INTO resource (rkey, resource_type, id, version_id, last_updated, deleted) \
+             VALUES (1, 'Patient', 'p', 2, 1000, 0); \
+         INSERT INTO resource_version (vkey, rkey, resource_type, version_id, last_updated, method, body) \
+             VALUES (1, 1, 'Patient', 1, 500, 'PUT', '{}'), (2, 1, 'Patient', 2, 1000, 'PUT', '{}'); \
+         INSERT INTO log_leaf (vkey, log_index, salt, content_hash, leaf_hash) \
+             VALUES (1, 0, x'01', x'02', x'03'), (2, NULL, x'04', x'05', x'06');",
+    )
+    .execute(&mut db)
+    .await
+    .expect("a resource with two leaves");
+    db.close().await.expect("closed");
+
+    let store = Store::connect(&gateway::config::DatabaseConfig {
+        url: None,
+        data_dir: data.path().to_path_buf(),
+        max_connections: 1,
+        sqlite_synchronous: gateway::config::SqliteSynchronous::Normal,
+    })
+    .await
+    .expect("migrated to 0006");
+    store.close().await;
+
+    let mut db = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("the migrated file");
+    let leaves: Vec<StoredLeafRow> = sqlx::query_as(
+        "SELECT vkey, log_index, salt, content_hash, leaf_hash FROM log_leaf ORDER BY vkey",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("the leaves");
+    assert_eq!(
+        leaves,
+        [
+            (1, Some(0), vec![1], vec![2], vec![3]),
+            (2, None, vec![4], vec![5], vec![6]),
+        ]
+    );
+    let unsequenced: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'log_leaf' \
+         AND sql LIKE '%log_index IS NULL%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("the indexes");
+    assert_eq!(unsequenced, ["log_leaf_unsequenced"]);
+    let unerased = sqlx::query("UPDATE log_leaf SET content_hash = NULL WHERE vkey = 1")
+        .execute(&mut db)
+        .await;
+    assert!(
+        unerased.is_err(),
+        "a leaf with a salt must keep its content hash"
+    );
+    sqlx::query("UPDATE log_leaf SET salt = NULL, content_hash = NULL WHERE vkey = 1")
+        .execute(&mut db)
+        .await
+        .expect("an erased leaf has neither");
+}
