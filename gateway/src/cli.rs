@@ -75,6 +75,10 @@ pub async fn run() -> anyhow::Result<()> {
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must not be empty");
             let store = Store::connect(&config.database).await?;
             let erased = erasure::erase(&store, &resource_type, &id, &reason).await;
+            let emptied = match erased {
+                Ok(Erasure::Erased { .. }) => Some(store.truncate_write_ahead_log().await),
+                _ => None,
+            };
             store.close().await;
             match erased? {
                 Erasure::Erased { versions, deletion } => {
@@ -82,6 +86,12 @@ pub async fn run() -> anyhow::Result<()> {
                         format!("; its deletion is version {version}")
                     });
                     println!("erased {resource_type}/{id}: {versions} version(s){deletion}");
+                    if !matches!(emptied, Some(Ok(true))) {
+                        eprintln!(
+                            "fhir-gateway: the SQLite write-ahead log could not be emptied now; \
+                             it holds erased content until the next checkpoint"
+                        );
+                    }
                 }
                 Erasure::AlreadyErased => {
                     println!("{resource_type}/{id} is already erased; nothing changed");

@@ -12,6 +12,11 @@
 //! 3. removes the resource's search index rows and records the erasure (when, how many
 //!    versions, the operator's reason) in the `erasure` table.
 //!
+//! On SQLite the transaction overwrites what it deletes with zeros (`secure_delete`), and the
+//! `erase` command then empties the write-ahead log, so the erased content leaves the files.
+//! What earlier updates freed, and what PostgreSQL keeps (dead rows until `VACUUM`, its WAL,
+//! backups), is the operator's part (README, "Erasure").
+//!
 //! Erasing an erased resource changes nothing. There is no HTTP route: the server has no
 //! authorization yet (SMART on FHIR comes later), so erasure is an operator's command,
 //! `fhir-gateway erase` ([`crate::cli`]). Nothing here logs the reason or any content.
@@ -45,6 +50,7 @@ pub async fn erase(
 ) -> Result<Erasure> {
     store
         .write(async |conn| {
+            store::erasure::overwrite_deleted_content(conn).await?;
             let current = store::current_for_update(conn, resource_type.as_str(), id.as_str())
                 .await?
                 .ok_or_else(|| Error::NotFound {

@@ -5,8 +5,21 @@
 
 use sqlx::AnyConnection;
 
-use super::index;
+use super::{Backend, index};
 use crate::model::Instant;
+
+/// Makes SQLite overwrite with zeros what this connection deletes from now on (`PRAGMA
+/// secure_delete`), so that erased content does not linger in the file's free space. The
+/// setting stays with the connection. PostgreSQL keeps dead row versions until `VACUUM`
+/// whatever is done here (see README, "Erasure").
+pub async fn overwrite_deleted_content(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    if Backend::of(conn) == Backend::Sqlite {
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
 
 /// Erases every version of resource `rkey` that still has content (deletion tombstones have
 /// none and are left as they are), and removes the salt and content hash of the log leaf of

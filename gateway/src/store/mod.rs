@@ -250,6 +250,21 @@ impl Store {
         }
     }
 
+    /// SQLite: copies every page of the write-ahead log into the database file and empties
+    /// the log (`PRAGMA wal_checkpoint(TRUNCATE)`), so that page images holding erased content
+    /// leave it. Returns whether the log could be emptied (it cannot while a reader still uses
+    /// an older snapshot; the next checkpoint then does it). PostgreSQL: nothing to do here.
+    pub async fn truncate_write_ahead_log(&self) -> Result<bool, sqlx::Error> {
+        if self.backend != Backend::Sqlite {
+            return Ok(true);
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.write)
+            .await?;
+        let busy: i64 = sqlx::Row::try_get(&row, 0)?;
+        Ok(busy == 0)
+    }
+
     /// A connection for reading.
     pub async fn reader(&self) -> Result<sqlx::pool::PoolConnection<Any>, sqlx::Error> {
         self.read.acquire().await

@@ -471,3 +471,49 @@ async fn migration_0006_keeps_the_leaves_of_an_existing_sqlite_database() {
         .await
         .expect("an erased leaf has neither");
 }
+
+/// How often `marker` occurs, in any case, in the SQLite files of an app (database and
+/// write-ahead log).
+fn occurrences_in_files(app: &TestApp, marker: &str) -> usize {
+    let marker = marker.to_lowercase().into_bytes();
+    ["gateway.db", "gateway.db-wal"]
+        .iter()
+        .map(|name| app.database.data_dir.join(name))
+        .filter(|path| path.exists())
+        .map(|path| {
+            let bytes = std::fs::read(&path)
+                .expect("a readable file")
+                .to_ascii_lowercase();
+            bytes
+                .windows(marker.len())
+                .filter(|window| *window == marker.as_slice())
+                .count()
+        })
+        .sum()
+}
+
+/// On SQLite the erased content leaves the files too: what the erasure deletes is
+/// overwritten with zeros and the write-ahead log is emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_erased_content_leaves_the_files() {
+    let app = app(crate::helpers::Db::Sqlite, 100, 3600).await;
+    app.create(&json!({
+        "resourceType": "Patient",
+        "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Xylophonist</div>"},
+        "identifier": [{"system": "urn:example:mrn", "value": "Xylophonist"}],
+        "name": [{"family": "Xylophonist"}],
+    }))
+    .await;
+    let id = app.search_ids("Patient?family=Xylophonist").await;
+    assert_eq!(id.len(), 1);
+    assert!(
+        occurrences_in_files(&app, "Xylophonist") > 0,
+        "the content is in the files before"
+    );
+
+    let (ok, out, err) = erase_with_binary(&app, &format!("Patient/{}", id[0]), "ticket 3").await;
+    assert!(ok, "{out}{err}");
+    assert!(err.is_empty(), "the log was emptied: {err}");
+    assert_eq!(occurrences_in_files(&app, "Xylophonist"), 0);
+}
