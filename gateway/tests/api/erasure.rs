@@ -570,3 +570,41 @@ async fn an_erased_version_without_a_leaf_never_gets_one() {
     check_as_auditor(&second, &deletion, &proof).await;
     drop(first);
 }
+
+on_both!(
+    a_leaf_erased_before_its_batch_is_sealed_is_sealed_all_the_same,
+    |db| async move {
+        // batches of 3 that never age: the erased version, the erasure's deletion and one more
+        let app = app(db, 3, 3600).await;
+        let erased = app
+            .create(&json!({"resourceType": "Patient", "active": true}))
+            .await;
+        let (ok, out, err) =
+            erase_with_binary(&app, &format!("Patient/{erased}"), "ticket 5").await;
+        assert!(ok, "{out}{err}");
+        let erased_version = format!("Patient/{erased}/_history/1");
+        assert!(
+            proof_of(&app, &erased_version).await.batch.is_none(),
+            "two leaves do not fill a batch of 3"
+        );
+        let kept = app
+            .create(&json!({"resourceType": "Patient", "active": false}))
+            .await;
+        let kept_version = format!("Patient/{kept}/_history/1");
+        let proof = proof_when(&app, &kept_version, |p| p.batch.is_some()).await;
+        check_as_auditor(&app, &kept_version, &proof).await;
+        let (_, first, size, root) = proof.batch.expect("sealed");
+        assert_eq!((first, size), (0, 3));
+        let erased_proof = proof_when(&app, &erased_version, |p| p.batch.is_some()).await;
+        assert!(erased_proof.erased.is_some() && erased_proof.salt.is_none());
+        verify_inclusion(
+            &erased_proof.leaf_hash,
+            erased_proof.path.as_ref().expect("a path"),
+            &TreeHead {
+                tree_size: size,
+                root,
+            },
+        )
+        .expect("the erased leaf is in the batch");
+    }
+);
