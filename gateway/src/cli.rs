@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::erasure::{self, Erasure};
+use crate::model::{ResourceId, ResourceType};
 use crate::startup::Application;
+use crate::store::Store;
 use crate::telemetry;
 
 /// FHIR R4 interoperability gateway.
@@ -26,6 +29,19 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file, environment) as TOML-like JSON, secrets hidden.
     Config {
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Erase a resource for good (crypto-shredding): delete it if it is not deleted, then
+    /// remove the content of all its versions and the salts of their log leaves. Other
+    /// records' proofs still verify. Cannot be undone.
+    Erase {
+        /// The resource, as `Type/id` (e.g. `Patient/123`).
+        resource: String,
+        /// Why it is erased, kept in the database with the erasure (a reference to the
+        /// request, such as a ticket number; no patient data). Never logged.
+        #[arg(long)]
+        reason: String,
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -54,5 +70,48 @@ pub async fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Erase {
+            resource,
+            reason,
+            config,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            telemetry::init_stderr(&config.log);
+            let (resource_type, id) = parse_reference(&resource)?;
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must not be empty");
+            let store = Store::connect(&config.database).await?;
+            let erased = erasure::erase(&store, &resource_type, &id, &reason).await;
+            let emptied = match erased {
+                Ok(Erasure::Erased { .. }) => Some(store.truncate_write_ahead_log().await),
+                _ => None,
+            };
+            store.close().await;
+            match erased? {
+                Erasure::Erased { versions, deletion } => {
+                    let deletion = deletion.map_or(String::new(), |version| {
+                        format!("; its deletion is version {version}")
+                    });
+                    println!("erased {resource_type}/{id}: {versions} version(s){deletion}");
+                    if !matches!(emptied, Some(Ok(true))) {
+                        eprintln!(
+                            "fhir-gateway: the SQLite write-ahead log could not be emptied now; \
+                             it holds erased content until the next checkpoint"
+                        );
+                    }
+                }
+                Erasure::AlreadyErased => {
+                    println!("{resource_type}/{id} is already erased; nothing changed");
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+/// `Type/id`, parsed.
+fn parse_reference(text: &str) -> anyhow::Result<(ResourceType, ResourceId)> {
+    let (resource_type, id) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is not a resource reference (Type/id)"))?;
+    Ok((ResourceType::parse(resource_type)?, ResourceId::parse(id)?))
 }

@@ -36,6 +36,13 @@ pub enum Error {
     NotFound { resource_type: String, id: String },
     #[error("{resource_type}/{id} was deleted")]
     Gone { resource_type: String, id: String },
+    /// The content of a version was erased (crypto-shredding): it is gone for good.
+    #[error("{resource_type}/{id} was erased at {}", .erased_at.to_fhir())]
+    Erased {
+        resource_type: String,
+        id: String,
+        erased_at: crate::model::Instant,
+    },
     #[error("{0}")]
     Conflict(String),
     /// `If-Match` named a version that is not current, or a conditional request matched
@@ -73,7 +80,7 @@ impl Error {
                 "not-supported"
             }
             Error::NotFound { .. } | Error::UnknownRoute(_) => "not-found",
-            Error::Gone { .. } => "deleted",
+            Error::Gone { .. } | Error::Erased { .. } => "deleted",
             Error::Conflict(_) | Error::PreconditionFailed(_) => "conflict",
             Error::NotAcceptable(_) | Error::UnsupportedMediaType(_) => "not-supported",
             Error::PayloadTooLarge(_) => "too-costly",
@@ -162,7 +169,7 @@ impl ResponseError for Error {
             Error::UnknownResourceType(_) | Error::NotFound { .. } | Error::UnknownRoute(_) => {
                 StatusCode::NOT_FOUND
             }
-            Error::Gone { .. } => StatusCode::GONE,
+            Error::Gone { .. } | Error::Erased { .. } => StatusCode::GONE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -223,6 +230,14 @@ mod tests {
                 Error::Gone {
                     resource_type: "Patient".into(),
                     id: "1".into(),
+                },
+                410,
+            ),
+            (
+                Error::Erased {
+                    resource_type: "Patient".into(),
+                    id: "1/_history/1".into(),
+                    erased_at: crate::model::Instant::from_millis(0),
                 },
                 410,
             ),

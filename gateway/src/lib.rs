@@ -3,12 +3,13 @@
 //! See ARCHITECTURE.md for the map. In short: [`rest`] is the HTTP face, [`interaction`]
 //! holds one module per FHIR interaction, [`store`] is the database, [`resource`] handles
 //! resource JSON, and [`error`] is the one door through which every failure becomes an
-//! OperationOutcome.
+//! OperationOutcome. [`erasure`] removes a record for good (the `erase` command).
 
 pub mod anchoring;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod erasure;
 pub mod error;
 pub mod interaction;
 pub mod model;

@@ -1,5 +1,6 @@
-//! The `fhir-gateway` binary: help on every subcommand, the effective configuration, and a
-//! graceful shutdown on SIGTERM that lets an in-flight request finish.
+//! The `fhir-gateway` binary: help on every subcommand, the effective configuration, a
+//! graceful shutdown on SIGTERM that lets an in-flight request finish, and `erase` refusing
+//! what it cannot parse. (`erase` on real data: `tests/api/erasure.rs`, on both backends.)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,14 +24,22 @@ fn run(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn every_subcommand_has_help() {
-    for args in [&["--help"][..], &["serve", "--help"], &["config", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["config", "--help"],
+        &["erase", "--help"],
+    ] {
         let (ok, out) = run(args);
         assert!(ok, "{args:?} fails");
         assert!(out.contains("Usage: fhir-gateway"), "{args:?}: {out}");
         assert!(out.contains("--help"), "{args:?}: {out}");
     }
     let (_, top) = run(&["--help"]);
-    assert!(top.contains("serve") && top.contains("config"), "{top}");
+    assert!(
+        top.contains("serve") && top.contains("config") && top.contains("erase"),
+        "{top}"
+    );
 }
 
 #[test]
@@ -165,4 +174,35 @@ fn sigterm_stops_accepting_but_finishes_the_request_in_flight() {
     assert!(response.contains("InFlight"), "{response}");
     signal(&gateway, "INT");
     assert!(wait(&mut gateway, Duration::from_secs(30)).success());
+}
+
+#[test]
+fn erase_refuses_what_is_not_a_resource_reference_and_needs_a_reason() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for args in [
+        &["erase", "Patient", "--reason", "ticket 1"][..],
+        &["erase", "Unicorn/1", "--reason", "ticket 1"],
+        &["erase", "Patient/a b", "--reason", "ticket 1"],
+        &["erase", "Patient/1", "--reason", " "],
+        &["erase", "Patient/1"],
+    ] {
+        let output = Command::new(BINARY)
+            .args(args)
+            .env_remove("FHIR_GATEWAY_CONFIG")
+            .env_remove("FHIR_GATEWAY_DATABASE__URL")
+            .env("FHIR_GATEWAY_DATABASE__DATA_DIR", dir.path())
+            .output()
+            .expect("the binary runs");
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} printed {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    // refused before the database is opened
+    assert!(
+        !dir.path().join("gateway.db").exists(),
+        "a refused erase created the database"
+    );
 }

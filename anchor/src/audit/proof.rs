@@ -146,8 +146,10 @@ pub struct ProofDocument {
     pub version: VersionRef,
     /// `deletion`: the canonical JSON a deletion's content hash covers.
     pub deletion: Option<String>,
-    /// `contentHash`.
-    pub content_hash: ContentHash,
+    /// `erased`: when the version was erased (crypto-shredded), if it was.
+    pub erased: Option<String>,
+    /// `contentHash`; `None` once the version was erased.
+    pub content_hash: Option<ContentHash>,
     /// `salt`; `None` once the version was erased.
     pub salt: Option<Salt>,
     /// `leafHash`.
@@ -199,9 +201,8 @@ impl ProofDocument {
             status,
             version,
             deletion: parts.string("deletion", "valueString")?.map(str::to_owned),
-            content_hash: parts
-                .hash("contentHash", ContentHash::from_hex)?
-                .ok_or(ProofError::Missing("contentHash"))?,
+            erased: parts.string("erased", "valueInstant")?.map(str::to_owned),
+            content_hash: parts.hash("contentHash", ContentHash::from_hex)?,
             salt: parts.hash("salt", Salt::from_hex)?,
             leaf_hash: parts
                 .hash("leafHash", LeafHash::from_hex)?

@@ -64,9 +64,15 @@ pub enum Failure {
         /// The proof's `contentHash`.
         proved: ContentHash,
     },
-    /// The proof has no salt: the version was erased (crypto-shredded).
-    #[error("the proof has no salt: the version was erased and its leaf can no longer be checked")]
-    SaltErased,
+    /// The proof has no salt (or no content hash): the version was erased (crypto-shredded).
+    #[error(
+        "the proof has no salt: the version was erased{} and its leaf can no longer be tied to any content",
+        .at.as_deref().map(|at| format!(" at {at}")).unwrap_or_default()
+    )]
+    Erased {
+        /// The proof's `erased` instant, if given.
+        at: Option<String>,
+    },
     /// Salt and content hash do not give the proof's leaf hash.
     #[error(
         "the salt and the content hash give leaf hash {computed}, the proof's leafHash is {proved}"
@@ -318,13 +324,14 @@ pub fn check_offline(
     }
 
     let computed = content_hash(content)?;
-    if computed != proof.content_hash {
-        return Err(Failure::ContentChanged {
-            computed,
-            proved: proof.content_hash,
-        });
+    let erased = || Failure::Erased {
+        at: proof.erased.clone(),
+    };
+    let proved = proof.content_hash.ok_or_else(erased)?;
+    if computed != proved {
+        return Err(Failure::ContentChanged { computed, proved });
     }
-    let salt = proof.salt.clone().ok_or(Failure::SaltErased)?;
+    let salt = proof.salt.clone().ok_or_else(erased)?;
     let leaf = Leaf::new(salt, computed).hash();
     if leaf != proof.leaf_hash {
         return Err(Failure::LeafChanged {

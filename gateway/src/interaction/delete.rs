@@ -8,8 +8,8 @@ use sqlx::AnyConnection;
 
 use super::{Body, Context, Method, Outcome, proof, search};
 use crate::error::{Error, Result, information_outcome};
-use crate::model::{Instant, ResourceId, ResourceType};
-use crate::store::{self, VersionWrite};
+use crate::model::{Instant, ResourceId, ResourceType, VersionId};
+use crate::store::{self, Current, VersionWrite};
 
 /// `DELETE [base]/[type]/[id]`
 pub async fn delete(
@@ -27,6 +27,29 @@ pub async fn delete(
             )),
         ));
     };
+    let (version, last_updated) = write_deletion(conn, &current, resource_type, id).await?;
+    Ok(Outcome {
+        status: 200,
+        location: None,
+        version: Some(version),
+        last_modified: Some(last_updated),
+        body: Body::Json(information_outcome(&format!(
+            "deleted {resource_type}/{id} (version {version})"
+        ))),
+        issues: Vec::new(),
+    })
+}
+
+/// Writes the deletion tombstone of a resource that is not deleted (`current`, locked by
+/// [`store::current_for_update`] in the same transaction) with its log leaf, and removes its
+/// search index rows. Returns the tombstone's version and time. Erasure writes its deletion
+/// through here too, so that it is in the log exactly as a `DELETE` is.
+pub(crate) async fn write_deletion(
+    conn: &mut AnyConnection,
+    current: &Current,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+) -> Result<(VersionId, Instant)> {
     let version = current.version_id.next();
     let last_updated = Instant::now();
     let leaf = proof::leaf_of(&proof::deletion_record(
@@ -37,7 +60,7 @@ pub async fn delete(
     ))?;
     store::write_version(
         conn,
-        Some(&current),
+        Some(current),
         &VersionWrite {
             resource_type: resource_type.as_str(),
             id: id.as_str(),
@@ -51,16 +74,7 @@ pub async fn delete(
         },
     )
     .await?;
-    Ok(Outcome {
-        status: 200,
-        location: None,
-        version: Some(version),
-        last_modified: Some(last_updated),
-        body: Body::Json(information_outcome(&format!(
-            "deleted {resource_type}/{id} (version {version})"
-        ))),
-        issues: Vec::new(),
-    })
+    Ok((version, last_updated))
 }
 
 /// `DELETE [base]/[type]?[search parameters]`: deletes the single match, if any.

@@ -3,6 +3,11 @@
 //! Newest first, with `_since`, `_at` and `_count`; the `next` link carries a keyset cursor
 //! (the position of the last version served), so pages stay stable while writes go on.
 //! `_summary` and `_elements` subset every resource in the Bundle ([`crate::subset`]).
+//!
+//! A deletion appears as an entry without a resource (`DELETE`, `204 No Content`). A version
+//! whose content was erased ([`crate::erasure`]) appears as it was written (its method and
+//! status), without a resource, its `response.outcome` an OperationOutcome saying when it
+//! was erased.
 
 use serde_json::json;
 use sqlx::AnyConnection;
@@ -10,7 +15,7 @@ use sqlx::AnyConnection;
 use super::search::Handling;
 use super::{Body, Context, Outcome};
 use crate::bundle::BundleWriter;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, information_outcome};
 use crate::model::Instant;
 use crate::store::{self, HistoryScope};
 use crate::subset::{self, ResultParams, SearchMode, Subset};
@@ -149,10 +154,16 @@ pub async fn history(
             (_, 1) => "201 Created",
             _ => "200 OK",
         };
-        let members = json!({
+        let mut members = json!({
             "request": {"method": version.method, "url": request_url},
             "response": {"status": status, "etag": version.version_id.etag(), "lastModified": version.last_updated.to_fhir()},
         });
+        if let Some(erased_at) = version.erased_at {
+            members["response"]["outcome"] = information_outcome(&format!(
+                "the content of this version was erased at {}",
+                erased_at.to_fhir()
+            ));
+        }
         let body = version
             .body
             .as_deref()

@@ -2,7 +2,10 @@
 //! `$proof`, the Parameters an auditor checks it with (README, "`$proof`").
 //!
 //! A version's leaf hashes the version exactly as served (RFC 8785 canonical JSON, `meta`
-//! included); a deletion, which serves no resource, hashes its [`deletion_record`].
+//! included); a deletion, which serves no resource, hashes its [`deletion_record`]. An
+//! erased version's proof has no salt and no content hash any more, only its leaf hash and
+//! path: it shows that the version existed and was erased, and can no longer be checked
+//! against any content.
 
 use fhir_profiles::Json;
 use json_syntax::Parse;
@@ -179,7 +182,12 @@ fn parameters(
             "valueString": String::from_utf8_lossy(&canonical),
         }));
     }
-    parameter.push(json!({"name": "contentHash", "valueString": leaf.content_hash.to_hex()}));
+    if let Some(erased_at) = leaf.erased_at {
+        parameter.push(json!({"name": "erased", "valueInstant": erased_at.to_fhir()}));
+    }
+    if let Some(content_hash) = &leaf.content_hash {
+        parameter.push(json!({"name": "contentHash", "valueString": content_hash.to_hex()}));
+    }
     if let Some(salt) = &leaf.salt {
         parameter.push(json!({"name": "salt", "valueString": salt.to_hex()}));
     }

@@ -1,7 +1,8 @@
 //! `read` and `vread` (http.html#read, http.html#vread).
 //!
 //! A deleted resource answers 410 Gone; an unknown one 404. A version that is a deletion
-//! answers 410 on vread too.
+//! answers 410 on vread too, and so does a version whose content was erased
+//! ([`crate::erasure`]), with an OperationOutcome saying so.
 
 use sqlx::AnyConnection;
 
@@ -19,7 +20,8 @@ pub async fn read(
     let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
-    if stored.is_deleted() {
+    // an erased resource's current version is the deletion its erasure wrote
+    if stored.is_deleted() || stored.erased_at.is_some() {
         return Err(Error::Gone {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
@@ -43,6 +45,13 @@ pub async fn vread(
             id: format!("{id}/_history/{version}"),
         });
     };
+    if let Some(erased_at) = stored.erased_at {
+        return Err(Error::Erased {
+            resource_type: resource_type.to_string(),
+            id: format!("{id}/_history/{version}"),
+            erased_at,
+        });
+    }
     if stored.is_deleted() {
         return Err(Error::Gone {
             resource_type: resource_type.to_string(),

@@ -153,6 +153,15 @@ fn entry_error(index: usize, error: Error) -> Error {
             resource_type: resource_type.clone(),
             id: format!("{id} (Bundle.entry[{index}])"),
         },
+        Error::Erased {
+            resource_type,
+            id,
+            erased_at,
+        } => Error::Erased {
+            resource_type: resource_type.clone(),
+            id: format!("{id} (Bundle.entry[{index}])"),
+            erased_at: *erased_at,
+        },
         Error::Conflict(m) => Error::Conflict(format!("Bundle.entry[{index}]: {m}")),
         Error::PreconditionFailed(m) => {
             Error::PreconditionFailed(format!("Bundle.entry[{index}]: {m}"))

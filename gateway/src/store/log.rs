@@ -10,6 +10,10 @@
 //!   its RFC 9162 root, state `sealed`, before anything is submitted to a chain.
 //! - [`leaf_of`], [`batch_leaves`]: what `$proof` reads.
 //!
+//! Erasure ([`super::erasure`]) removes a leaf's salt and content hash but never its
+//! `leaf_hash`: batches are rebuilt from leaf hashes alone, so their roots and the proofs of
+//! every other leaf do not change.
+//!
 //! Both [`sequence`] and [`seal`] must run under [`try_lead`] in one transaction.
 
 use anchor::{Batch, ContentHash, Leaf, LeafHash, NodeHash, Salt};
@@ -206,11 +210,14 @@ pub struct StoredLeaf {
     pub last_updated: Instant,
     /// Whether the version is a deletion.
     pub deleted: bool,
+    /// When the version's content was erased, if it was.
+    pub erased_at: Option<Instant>,
     /// `None` until sequenced.
     pub log_index: Option<i64>,
     /// `None` once erased.
     pub salt: Option<Salt>,
-    pub content_hash: ContentHash,
+    /// `None` once erased.
+    pub content_hash: Option<ContentHash>,
     pub leaf_hash: LeafHash,
     /// The batch holding the leaf, once sealed.
     pub batch: Option<StoredBatch>,
@@ -229,7 +236,8 @@ pub async fn leaf_of(
         None => "v.version_id = r.version_id",
     };
     let sql = format!(
-        "SELECT v.version_id, v.last_updated, CAST(CASE WHEN v.body IS NULL THEN 1 ELSE 0 END AS SMALLINT) AS deleted, \
+        "SELECT v.version_id, v.last_updated, v.erased_at, \
+         CAST(CASE WHEN v.body IS NULL AND v.erased_at IS NULL THEN 1 ELSE 0 END AS SMALLINT) AS deleted, \
          l.log_index, l.salt, l.content_hash, l.leaf_hash, b.number, b.first_index, b.size, \
          b.root, b.state, b.chain_id, b.contract, b.anchorer, b.tx_hash, b.block_number, b.block_hash \
          FROM resource r JOIN resource_version v ON v.rkey = r.rkey \
@@ -264,17 +272,25 @@ pub async fn leaf_of(
         }),
     };
     let salt: Option<Vec<u8>> = row.try_get("salt")?;
+    let content_hash: Option<Vec<u8>> = row.try_get("content_hash")?;
     Ok(Some(StoredLeaf {
         version_id: VersionId::from_db(row.try_get("version_id")?),
         last_updated: Instant::from_millis(row.try_get("last_updated")?),
         deleted: row.try_get::<i16, _>("deleted")? != 0,
+        erased_at: row
+            .try_get::<Option<i64>, _>("erased_at")?
+            .map(Instant::from_millis),
         log_index: row.try_get("log_index")?,
         salt: salt
             .as_deref()
             .map(hash32)
             .transpose()?
             .map(Salt::from_bytes),
-        content_hash: ContentHash::from_bytes(hash_at(&row, "content_hash")?),
+        content_hash: content_hash
+            .as_deref()
+            .map(hash32)
+            .transpose()?
+            .map(ContentHash::from_bytes),
         leaf_hash: LeafHash::from_bytes(hash_at(&row, "leaf_hash")?),
         batch,
     }))

@@ -5,8 +5,10 @@
 //! resource is kept in `resource_version`; `resource` holds one row per logical id pointing
 //! at its current version, so the current version is found without scanning history.
 //! Search index rows (`idx_*`) describe the current version and are written in the same
-//! transaction as the version.
+//! transaction as the version. Erasure ([`erasure`]) removes a resource's content and the
+//! salts of its log leaves but keeps every row, so history and the log keep their shape.
 
+pub mod erasure;
 mod index;
 pub mod log;
 pub mod search;
@@ -246,6 +248,21 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// SQLite: copies every page of the write-ahead log into the database file and empties
+    /// the log (`PRAGMA wal_checkpoint(TRUNCATE)`), so that page images holding erased content
+    /// leave it. Returns whether the log could be emptied (it cannot while a reader still uses
+    /// an older snapshot; the next checkpoint then does it). PostgreSQL: nothing to do here.
+    pub async fn truncate_write_ahead_log(&self) -> Result<bool, sqlx::Error> {
+        if self.backend != Backend::Sqlite {
+            return Ok(true);
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.write)
+            .await?;
+        let busy: i64 = sqlx::Row::try_get(&row, 0)?;
+        Ok(busy == 0)
     }
 
     /// A connection for reading.

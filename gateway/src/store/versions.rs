@@ -30,13 +30,16 @@ pub struct StoredVersion {
     pub last_updated: Instant,
     /// `POST`, `PUT`, `PATCH` or `DELETE`.
     pub method: String,
-    /// The version as served; `None` for a deletion.
+    /// The version as served; `None` for a deletion and once erased.
     pub body: Option<String>,
+    /// When the version's content was erased (`fhir-gateway erase`); `None` until then.
+    pub erased_at: Option<Instant>,
 }
 
 impl StoredVersion {
+    /// Whether the version is a deletion tombstone.
     pub fn is_deleted(&self) -> bool {
-        self.body.is_none()
+        self.body.is_none() && self.erased_at.is_none()
     }
 
     fn from_row(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
@@ -48,12 +51,15 @@ impl StoredVersion {
             last_updated: Instant::from_millis(row.try_get("last_updated")?),
             method: row.try_get("method")?,
             body: row.try_get("body")?,
+            erased_at: row
+                .try_get::<Option<i64>, _>("erased_at")?
+                .map(Instant::from_millis),
         })
     }
 }
 
 const VERSION_COLUMNS: &str =
-    "v.vkey, r.resource_type, r.id, v.version_id, v.last_updated, v.method, v.body";
+    "v.vkey, r.resource_type, r.id, v.version_id, v.last_updated, v.method, v.body, v.erased_at";
 
 /// The current state of a resource, locked until the transaction ends (PostgreSQL) so that
 /// concurrent updates of one resource are serialized. SQLite has a single writer.
@@ -161,7 +167,8 @@ pub async fn read_version(
 }
 
 /// Versions that have no log leaf, oldest first: those stored before the anchored log
-/// existed (migration 0004). Every later version gets its leaf in its own transaction.
+/// existed (migration 0004). Every later version gets its leaf in its own transaction. An
+/// erased version has no content left to hash and never gets one.
 pub async fn versions_without_leaf(
     conn: &mut AnyConnection,
     after_vkey: i64,
@@ -169,7 +176,8 @@ pub async fn versions_without_leaf(
 ) -> Result<Vec<StoredVersion>, sqlx::Error> {
     let sql = format!(
         "SELECT {VERSION_COLUMNS} FROM resource_version v JOIN resource r ON r.rkey = v.rkey \
-         WHERE v.vkey > $1 AND NOT EXISTS (SELECT 1 FROM log_leaf l WHERE l.vkey = v.vkey) \
+         WHERE v.vkey > $1 AND v.erased_at IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM log_leaf l WHERE l.vkey = v.vkey) \
          ORDER BY v.vkey LIMIT $2"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))

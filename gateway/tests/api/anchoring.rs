@@ -232,7 +232,10 @@ async fn check_against_chain(app: &TestApp, url: &str, versions: &[String]) {
             (root, first, size),
             "{version}: the registry's batch {number}"
         );
-        let leaf = Leaf::new(proof.salt.clone(), proof.content_hash);
+        let leaf = Leaf::new(
+            proof.salt.clone().expect("a salt"),
+            proof.content_hash.expect("a content hash"),
+        );
         let head = TreeHead {
             tree_size: on_chain.size,
             root: on_chain.root,
@@ -497,7 +500,10 @@ on_both!(
         };
         let database = database.as_deref();
         let port = free_port();
-        let app = TestApp::at(format!("http://127.0.0.1:{port}/fhir"));
+        let mut settings = Config::default().database;
+        settings.data_dir = data.path().to_owned();
+        settings.url = database.map(|url| url.to_owned().into());
+        let app = TestApp::at(format!("http://127.0.0.1:{port}/fhir"), settings);
         let anvil = Anvil::start(0, &[]);
         // the registry, deployed by the same account (its nonce 0)
         let (_, deployed) = AnchorClient::deploy(
@@ -587,5 +593,217 @@ on_both!(
         }
         assert_eq!(nonces(&anvil.url).await, (1 + batches, 1 + batches));
         kill(gateway);
+    }
+);
+
+/// The `fhir-anchor` binary (built from the anchor crate on first use).
+fn fhir_anchor() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let output = Command::new(cargo)
+                .args(["build", "-p", "anchor", "--bin", "fhir-anchor"])
+                .args(["--message-format", "json"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("cargo builds fhir-anchor");
+            assert!(output.status.success(), "building fhir-anchor failed");
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+                .expect("cargo names the fhir-anchor executable")
+        })
+        .clone()
+}
+
+/// Runs `fhir-anchor verify` on `resource` (None: a deletion) and `proof`; (exit 0, output).
+fn verify(dir: &Path, resource: Option<&str>, proof: &str, rpc: &str) -> (bool, String) {
+    let proof_file = dir.join("proof.json");
+    std::fs::write(&proof_file, proof).expect("writing the proof");
+    let mut command = Command::new(fhir_anchor());
+    command.arg("verify").arg("--proof").arg(&proof_file).args([
+        "--rpc",
+        rpc,
+        "--confirmations",
+        "1",
+    ]);
+    if let Some(resource) = resource {
+        let resource_file = dir.join("resource.json");
+        std::fs::write(&resource_file, resource).expect("writing the resource");
+        command.arg("--resource").arg(resource_file);
+    }
+    let output = command.output().expect("fhir-anchor runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "exit 0 or 1: {text}"
+    );
+    (output.status.success(), text)
+}
+
+/// Replaces the first `from` in the `valueString` of the part `name` (searched at any depth).
+fn tamper(proof: &Value, name: &str, edit: impl Fn(&str) -> String) -> String {
+    fn walk(value: &mut Value, name: &str, edit: &dyn Fn(&str) -> String) -> bool {
+        match value {
+            Value::Object(map) => {
+                if map.get("name").and_then(Value::as_str) == Some(name) {
+                    if let Some(Value::String(text)) = map.get_mut("valueString") {
+                        *text = edit(text);
+                        return true;
+                    }
+                    if let Some(number) = map.get("valueDecimal").and_then(Value::as_u64) {
+                        map.insert(
+                            "valueDecimal".into(),
+                            json!(edit(&number.to_string()).parse::<u64>().expect("a number")),
+                        );
+                        return true;
+                    }
+                }
+                map.values_mut().any(|v| walk(v, name, edit))
+            }
+            Value::Array(items) => items.iter_mut().any(|v| walk(v, name, edit)),
+            _ => false,
+        }
+    }
+    let mut proof = proof.clone();
+    assert!(walk(&mut proof, name, &edit), "no part {name}");
+    proof.to_string()
+}
+
+/// One hexadecimal digit changed (one byte of the hash).
+fn flip(hex: &str) -> String {
+    let mut chars: Vec<char> = hex.chars().collect();
+    let last = chars.len() - 1;
+    chars[last] = if chars[last] == '0' { '1' } else { '0' };
+    chars.into_iter().collect()
+}
+
+on_both!(
+    an_auditor_verifies_the_gateways_proofs_with_fhir_anchor,
+    |db| async move {
+        let anvil = Anvil::start(0, &[]);
+        let app = spawn_app_with(db, |config| {
+            use_chain(config, &anvil.url, 1);
+            config.ledger.batch_max_size = 10;
+            config.ledger.batch_max_age_secs = 1;
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut versions = write(&app, 3).await;
+        let id = versions[2].split('/').nth(1).expect("an id").to_owned();
+        let deleted = app
+            .send(
+                reqwest::Method::DELETE,
+                &format!("Patient/{id}"),
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(deleted.status(), 200);
+        versions.push(format!("Patient/{id}/_history/2"));
+        until("every version anchored", None, || async {
+            for version in &versions {
+                if status_of(&app, version).await != "anchored" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let (_, proof) = app.get_json(&format!("{}/$proof", versions[0])).await;
+        let resource = app
+            .get(&versions[0])
+            .await
+            .text()
+            .await
+            .expect("the version");
+        let (ok, out) = verify(dir.path(), Some(&resource), &proof.to_string(), &anvil.url);
+        assert!(ok && out.starts_with("VERIFIED"), "{out}");
+        // any formatting of the same version
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(&resource).expect("JSON"))
+                .expect("JSON");
+        let (ok, out) = verify(dir.path(), Some(&pretty), &proof.to_string(), &anvil.url);
+        assert!(ok, "{out}");
+        // the deletion, from its record alone
+        let (_, tombstone) = app.get_json(&format!("{}/$proof", versions[3])).await;
+        let (ok, out) = verify(dir.path(), None, &tombstone.to_string(), &anvil.url);
+        assert!(ok, "{out}");
+        // one byte changed anywhere fails, with the reason
+        let changed = resource.replacen("Anchor0", "Anchor9", 1);
+        assert_ne!(changed, resource);
+        let (ok, out) = verify(dir.path(), Some(&changed), &proof.to_string(), &anvil.url);
+        assert!(!ok && out.contains("the resource changed"), "{out}");
+        let cases = [
+            ("salt", "leaf"),
+            ("hash", "root"),
+            ("root", "root"),
+            ("logIndex", "index"),
+            ("size", "size"),
+        ];
+        for (part, reason) in cases {
+            let edited = match part {
+                "logIndex" | "size" => tamper(&proof, part, |n| {
+                    (n.parse::<u64>().expect("a number") + 1).to_string()
+                }),
+                _ => tamper(&proof, part, flip),
+            };
+            let (ok, out) = verify(dir.path(), Some(&resource), &edited, &anvil.url);
+            assert!(!ok, "{part} changed: {out}");
+            assert!(
+                out.starts_with("FAILED") && out.to_lowercase().contains(reason),
+                "{part} changed: {out}"
+            );
+        }
+
+        // erasure: the erased versions no longer verify (even with a copy of the content),
+        // the others in their batch still do
+        let copy = app
+            .get(&versions[1])
+            .await
+            .text()
+            .await
+            .expect("the version");
+        let store = gateway::store::Store::connect(&app.database)
+            .await
+            .expect("the store");
+        let erased_id = versions[1].split('/').nth(1).expect("an id").to_owned();
+        gateway::erasure::erase(
+            &store,
+            &gateway::model::ResourceType::parse("Patient").expect("a type"),
+            &gateway::model::ResourceId::parse(&erased_id).expect("an id"),
+            "test",
+        )
+        .await
+        .expect("erased");
+        let (_, erased_proof) = app.get_json(&format!("{}/$proof", versions[1])).await;
+        let (ok, out) = verify(
+            dir.path(),
+            Some(&copy),
+            &erased_proof.to_string(),
+            &anvil.url,
+        );
+        assert!(!ok && out.contains("erased"), "{out}");
+        for version in [&versions[0], &versions[3]] {
+            let (_, proof) = app.get_json(&format!("{version}/$proof")).await;
+            let resource = if version == &versions[3] {
+                None
+            } else {
+                Some(app.get(version).await.text().await.expect("the version"))
+            };
+            let (ok, out) = verify(
+                dir.path(),
+                resource.as_deref(),
+                &proof.to_string(),
+                &anvil.url,
+            );
+            assert!(ok, "{version} after the erasure of another: {out}");
+        }
     }
 );

@@ -14,6 +14,8 @@ pub enum Db {
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
+    /// The database settings the gateway runs with (for tests that look into it).
+    pub database: gateway::config::DatabaseConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -24,11 +26,13 @@ fn postgres_server() -> String {
 }
 
 impl TestApp {
-    /// A client of a gateway already listening at `base` (one a test started as a process).
-    pub fn at(base: String) -> TestApp {
+    /// A client of a gateway already listening at `base` (one a test started as a process
+    /// on `database`).
+    pub fn at(base: String, database: gateway::config::DatabaseConfig) -> TestApp {
         TestApp {
             base,
             client: reqwest::Client::new(),
+            database,
             _dir: tempfile::tempdir().expect("temporary directory"),
         }
     }
@@ -58,6 +62,7 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
         config.database.url = Some(new_postgres_database().await.into());
     }
     adjust(&mut config);
+    let database = config.database.clone();
     let app = Application::build(config)
         .await
         .expect("the gateway builds");
@@ -66,6 +71,7 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     TestApp {
         base,
         client: reqwest::Client::new(),
+        database,
         _dir: dir,
     }
 }
@@ -130,6 +136,46 @@ macro_rules! both {
             async fn sqlite() {
                 let app = $crate::helpers::spawn_app($crate::helpers::Db::Sqlite).await;
                 ($body)(app).await;
+            }
+        }
+    };
+}
+
+impl TestApp {
+    /// A connection to the gateway's database, to check what it holds.
+    pub async fn database_connection(&self) -> sqlx::AnyConnection {
+        use secrecy::ExposeSecret as _;
+        sqlx::any::install_default_drivers();
+        let url = match &self.database.url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!(
+                "sqlite://{}",
+                self.database.data_dir.join("gateway.db").display()
+            ),
+        };
+        sqlx::AnyConnection::connect(&url)
+            .await
+            .expect("a connection to the gateway's database")
+    }
+}
+
+/// Runs a test body, given the database to start its own app on, against PostgreSQL and
+/// against SQLite (for tests that configure their app).
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::helpers::Db::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::helpers::Db::Sqlite).await;
             }
         }
     };

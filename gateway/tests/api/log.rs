@@ -12,10 +12,11 @@ use json_syntax::Parse as _;
 use serde_json::{Value, json};
 
 use crate::helpers::{Db, TestApp, spawn_app_with};
+use crate::on_both;
 
 /// An app whose sequencer runs every 10 ms and seals batches of at most `max_size` leaves
 /// after `max_age_secs`.
-async fn app(db: Db, max_size: u64, max_age_secs: u64) -> TestApp {
+pub(crate) async fn app(db: Db, max_size: u64, max_age_secs: u64) -> TestApp {
     spawn_app_with(db, |config| {
         config.ledger.interval_ms = 10;
         config.ledger.batch_max_size = max_size;
@@ -24,37 +25,21 @@ async fn app(db: Db, max_size: u64, max_age_secs: u64) -> TestApp {
     .await
 }
 
-macro_rules! on_both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                ($body)(Db::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                ($body)(Db::Sqlite).await;
-            }
-        }
-    };
-}
-
 /// A `$proof` Parameters, read.
 #[derive(Debug)]
 pub(crate) struct Proof {
-    pub(crate) status: String,
-    pub(crate) deletion: Option<String>,
-    pub(crate) content_hash: ContentHash,
-    pub(crate) salt: Salt,
-    pub(crate) leaf_hash: LeafHash,
-    pub(crate) log_index: Option<u64>,
+    pub status: String,
+    pub deletion: Option<String>,
+    /// When the version was erased (`erased`); then there is no content hash and no salt.
+    pub erased: Option<String>,
+    pub content_hash: Option<ContentHash>,
+    pub salt: Option<Salt>,
+    pub leaf_hash: LeafHash,
+    pub log_index: Option<u64>,
     /// number, first index, size, root
-    pub(crate) batch: Option<(u64, u64, u64, NodeHash)>,
-    pub(crate) path: Option<InclusionProof>,
-    pub(crate) anchored: bool,
+    pub batch: Option<(u64, u64, u64, NodeHash)>,
+    pub path: Option<InclusionProof>,
+    pub anchored: bool,
 }
 
 pub(crate) fn part<'a>(parameters: &'a [Value], name: &str) -> Option<&'a Value> {
@@ -100,12 +85,11 @@ pub(crate) fn read_proof(body: &Value) -> Proof {
             .expect("as the test set up")
             .to_owned(),
         deletion: string(parameters, "deletion"),
-        content_hash: ContentHash::from_hex(
-            &string(parameters, "contentHash").expect("as the test set up"),
-        )
-        .expect("as the test set up"),
-        salt: Salt::from_hex(&string(parameters, "salt").expect("salt"))
-            .expect("as the test set up"),
+        erased: part(parameters, "erased")
+            .map(|v| v["valueInstant"].as_str().expect("valueInstant").to_owned()),
+        content_hash: string(parameters, "contentHash")
+            .map(|hex| ContentHash::from_hex(&hex).expect("contentHash hex")),
+        salt: string(parameters, "salt").map(|hex| Salt::from_hex(&hex).expect("salt hex")),
         leaf_hash: LeafHash::from_hex(&string(parameters, "leafHash").expect("as the test set up"))
             .expect("as the test set up"),
         log_index: number(parameters, "logIndex"),
@@ -159,12 +143,16 @@ pub(crate) async fn check_as_auditor(app: &TestApp, version_path: &str, proof: &
     )
     .expect("as the test set up");
     let (value, _) = json_syntax::Value::parse_str(&reformatted).expect("as the test set up");
+    let proof_content_hash = proof.content_hash.expect("a content hash (not erased)");
     assert_eq!(
         content_hash(&value).expect("as the test set up"),
-        proof.content_hash,
+        proof_content_hash,
         "{version_path}"
     );
-    let leaf = Leaf::new(proof.salt.clone(), proof.content_hash);
+    let leaf = Leaf::new(
+        proof.salt.clone().expect("a salt (not erased)"),
+        proof_content_hash,
+    );
     assert_eq!(leaf.hash(), proof.leaf_hash, "{version_path}");
     if let (Some((_, first, size, root)), Some(path)) = (proof.batch, &proof.path) {
         assert_eq!(
@@ -177,7 +165,7 @@ pub(crate) async fn check_as_auditor(app: &TestApp, version_path: &str, proof: &
         };
         verify_inclusion(&leaf.hash(), path, &head).expect("the inclusion proof verifies");
         // a wrong salt fails
-        let forged = Leaf::new(Salt::from_bytes([7; 32]), proof.content_hash);
+        let forged = Leaf::new(Salt::from_bytes([7; 32]), proof_content_hash);
         assert!(verify_inclusion(&forged.hash(), path, &head).is_err());
     }
 }

@@ -10,6 +10,7 @@ mod bundles;
 mod clients;
 mod concurrency;
 mod crud;
+mod erasure;
 mod errors;
 mod examples;
 mod log;
