@@ -1,6 +1,6 @@
 //! The chain client: deploys the `AnchorRegistry`, anchors batch roots in it, and reads
-//! batches and `BatchAnchored` events back (alloy over JSON-RPC on plain HTTP; `https://`
-//! is refused with [`ChainError::UnsupportedScheme`] until a TLS backend is chosen). The
+//! batches and `BatchAnchored` events back (alloy over JSON-RPC on `http://` or `https://`:
+//! rustls on ring, certificates checked by the platform's verifier). The
 //! contract's ABI and bytecode come from the committed `contracts/artifacts/AnchorRegistry.json`,
 //! so building needs no node toolchain.
 //!
@@ -118,11 +118,7 @@ impl std::fmt::Debug for SignerKey {
 /// Sets the balance of `account` on a development node (anvil's `anvil_setBalance`): how a
 /// gateway funds the account it anchors with on its embedded chain.
 pub async fn set_dev_balance(rpc_url: &str, account: Address, wei: U256) -> Result<(), ChainError> {
-    let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
-    let endpoint = endpoint_of(&url);
-    let provider = ProviderBuilder::new()
-        .disable_recommended_fillers()
-        .connect_http(url);
+    let (provider, endpoint) = http_provider(rpc_url)?;
     provider
         .raw_request::<_, ()>("anvil_setBalance".into(), (account, wei))
         .await
@@ -290,9 +286,8 @@ pub enum ChainError {
     /// The RPC URL cannot be parsed.
     #[error("the RPC URL is not a valid URL")]
     InvalidUrl,
-    /// The RPC URL is not `http://`: no TLS backend is built in yet (reqwest 0.13's rustls
-    /// brings aws-lc-rs, a C build; the choice is left to the gateway's deployment story).
-    #[error("the RPC URL scheme {0:?} is not supported (http only)")]
+    /// The RPC URL is neither `http://` nor `https://`.
+    #[error("the RPC URL scheme {0:?} is not supported (http or https)")]
     UnsupportedScheme(String),
 }
 
@@ -1018,18 +1013,28 @@ impl InFlight {
     }
 }
 
-/// A provider for `rpc_url` (plain `http://` only) and the endpoint's printable name.
+/// A provider for `rpc_url` (`http://` or `https://`) and the endpoint's printable name.
 fn http_provider(rpc_url: &str) -> Result<(DynProvider, String), ChainError> {
     let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(ChainError::UnsupportedScheme(url.scheme().to_owned()));
     }
+    install_tls_provider();
     let endpoint = endpoint_of(&url);
     let provider = ProviderBuilder::new()
         .disable_recommended_fillers()
         .connect_http(url)
         .erased();
     Ok((provider, endpoint))
+}
+
+/// Makes rustls use ring for TLS (once per process; a provider installed before, by the
+/// embedding program, is kept). Certificates are checked by the platform's verifier.
+fn install_tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A failed contract call as a [`ChainError`]: the registry's custom errors typed.

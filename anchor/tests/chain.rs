@@ -519,27 +519,41 @@ async fn replaces_a_stuck_transaction_with_higher_fees() {
 
 #[tokio::test]
 async fn refuses_urls_it_cannot_use_without_echoing_them() {
-    let refused = AnchorClient::deploy("https://rpc.example/v3/SECRET", key(), fast(1))
+    let refused = AnchorClient::deploy("ws://rpc.example/v3/SECRET", key(), fast(1))
         .await
-        .expect_err("https is not built in");
-    assert!(matches!(&refused, ChainError::UnsupportedScheme(scheme) if scheme == "https"));
+        .expect_err("no websocket transport");
+    assert!(matches!(&refused, ChainError::UnsupportedScheme(scheme) if scheme == "ws"));
     assert!(!refused.to_string().contains("SECRET"));
     assert!(matches!(
         AnchorClient::deploy("not a url", key(), fast(1)).await,
         Err(ChainError::InvalidUrl)
     ));
-    // Nothing listens there: an RPC error naming the endpoint without its path.
-    let unreachable = AnchorClient::deploy("http://127.0.0.1:9/v3/SECRET", key(), fast(1))
+}
+
+#[tokio::test]
+async fn speaks_tls_to_https_endpoints_and_names_them_without_their_path() {
+    // a listener that records the first bytes a client sends: a TLS ClientHello starts with
+    // a handshake record (0x16) of TLS major version 3
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let port = listener.local_addr().expect("its address").port();
+    let first_bytes = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut stream, _) = listener.accept().expect("a connection");
+        let mut bytes = [0u8; 3];
+        stream.read_exact(&mut bytes).expect("the first bytes");
+        bytes
+    });
+    let url = format!("https://127.0.0.1:{port}/v3/SECRET");
+    let error = AnchorClient::deploy(&url, key(), fast(1))
         .await
-        .expect_err("nothing listens on port 9");
+        .expect_err("no TLS server there");
+    let bytes = first_bytes.join().expect("the listener");
+    assert_eq!(bytes[..2], [0x16, 0x03], "a TLS handshake: {bytes:?}");
     assert!(
-        matches!(&unreachable, ChainError::Rpc { endpoint, .. } if endpoint == "http://127.0.0.1:9"),
-        "{unreachable:?}"
+        matches!(&error, ChainError::Rpc { endpoint, .. } if *endpoint == format!("https://127.0.0.1:{port}")),
+        "{error:?}"
     );
-    assert!(
-        !format!("{unreachable} {unreachable:?}").contains("SECRET"),
-        "{unreachable:?}"
-    );
+    assert!(!error.to_string().contains("SECRET"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,7 +135,7 @@ pub struct ChainConfig {
     /// there; `rpc`: anchor on the chain at `rpc_url`; `off`: seal batches but anchor nowhere
     /// (proofs stay `pending` until a chain is configured).
     pub mode: ChainMode,
-    /// `rpc` mode: the JSON-RPC endpoint (`http://`; it may hold an API key, so it is a
+    /// `rpc` mode: the JSON-RPC endpoint (`https://` or `http://`; it may hold an API key, so it is a
     /// secret: logs name its scheme, host and port only).
     #[serde(serialize_with = "serialize_secret", default)]
     pub rpc_url: Option<SecretString>,

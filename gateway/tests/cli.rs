@@ -1,5 +1,6 @@
 //! The `fhir-gateway` binary: help on every subcommand, the effective configuration, a
-//! graceful shutdown on SIGTERM that lets an in-flight request finish, and `erase` refusing
+//! graceful shutdown on SIGTERM that lets an in-flight request finish, the embedded chain
+//! (anvil started, anchored into, stopped and resumed with the gateway), and `erase` refusing
 //! what it cannot parse. (`erase` on real data: `tests/api/erasure.rs`, on both backends.)
 
 use std::io::{Read, Write};
@@ -48,6 +49,15 @@ fn config_prints_the_effective_configuration_without_secrets() {
         .arg("config")
         .env("FHIR_GATEWAY_DATABASE__URL", "postgres://u:hunter2@db/fhir")
         .env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "17")
+        .env("FHIR_GATEWAY_CHAIN__MODE", "rpc")
+        .env(
+            "FHIR_GATEWAY_CHAIN__RPC_URL",
+            "http://rpc.example/v3/APIKEY42",
+        )
+        .env(
+            "FHIR_GATEWAY_CHAIN__SIGNER_KEY",
+            "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+        )
         .output()
         .expect("the binary runs");
     assert!(output.status.success());
@@ -57,6 +67,12 @@ fn config_prints_the_effective_configuration_without_secrets() {
     assert!(
         !out.contains("hunter2"),
         "the database password is printed: {out}"
+    );
+    assert_eq!(config["chain"]["mode"], "rpc");
+    assert!(!out.contains("APIKEY42"), "the RPC URL is printed: {out}");
+    assert!(
+        !out.contains("59c6995e"),
+        "the signer key is printed: {out}"
     );
 }
 
@@ -76,6 +92,11 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .env("FHIR_GATEWAY_SERVER__SHUTDOWN_TIMEOUT_SECS", "20")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
         .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        // the embedded chain, on a port of its own, quick to seal and confirm
+        .env_remove("FHIR_GATEWAY_CHAIN__MODE")
+        .env("FHIR_GATEWAY_CHAIN__ANVIL_PORT", "0")
+        .env("FHIR_GATEWAY_CHAIN__POLL_INTERVAL_MS", "100")
+        .env("FHIR_GATEWAY_LEDGER__BATCH_MAX_AGE_SECS", "0")
         .stdout(Stdio::null())
         .spawn()
         .expect("the gateway starts");
@@ -205,4 +226,120 @@ fn erase_refuses_what_is_not_a_resource_reference_and_needs_a_reason() {
         !dir.path().join("gateway.db").exists(),
         "a refused erase created the database"
     );
+}
+
+/// One HTTP/1.1 exchange: (status line, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/fhir+json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    // the gateway answers with a length or chunks; chunk sizes are lines of hex digits
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.split("\r\n")
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, chunk)| chunk)
+            .collect()
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn proof_status(port: u16, version: &str) -> String {
+    let (_, body) = http(port, "GET", &format!("/fhir/{version}/$proof"), "");
+    json(&body)["parameter"][0]["valueCode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn anchoring(port: u16) -> serde_json::Value {
+    let (_, body) = http(port, "GET", "/health/ready", "");
+    json(&body)["checks"]["log:anchoring"][0].clone()
+}
+
+#[test]
+fn the_embedded_chain_starts_anchors_stops_and_resumes_with_the_gateway() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let port = free_port();
+    let mut gateway = start(dir.path(), port);
+    let (status, body) = http(
+        port,
+        "POST",
+        "/fhir/Patient",
+        r#"{"resourceType":"Patient","active":true}"#,
+    );
+    assert!(status.contains("201"), "{status} {body}");
+    let created = json(&body);
+    let version = format!(
+        "Patient/{}/_history/1",
+        created["id"].as_str().expect("an id")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proof_status(port, &version) != "anchored" {
+        assert!(
+            Instant::now() < deadline,
+            "not anchored: {}",
+            anchoring(port)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = anchoring(port);
+    assert_eq!(before["mode"], "embedded");
+    assert_eq!(before["chainId"], 31337);
+    // the gateway's own key, readable by its owner only
+    let key = dir.path().join("anchor-signer.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key)
+            .expect("the key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key file is private: {mode:o}");
+    }
+    let anvil: u32 = std::fs::read_to_string(dir.path().join("anvil.pid"))
+        .expect("anvil's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+
+    // stopping the gateway stops its chain
+    signal(&gateway, "TERM");
+    assert!(wait(&mut gateway, Duration::from_secs(30)).success());
+    assert!(
+        !Path::new(&format!("/proc/{anvil}")).exists(),
+        "anvil outlived the gateway"
+    );
+
+    // a restart finds the same registry, account and anchors
+    let mut gateway = start(dir.path(), port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while anchoring(port)["registry"].is_null() {
+        assert!(Instant::now() < deadline, "{}", anchoring(port));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = anchoring(port);
+    assert_eq!(after["registry"], before["registry"]);
+    assert_eq!(after["anchorer"], before["anchorer"]);
+    assert_eq!(proof_status(port, &version), "anchored");
+    signal(&gateway, "TERM");
+    assert!(wait(&mut gateway, Duration::from_secs(30)).success());
 }
