@@ -614,7 +614,12 @@ impl Worker {
             return Ok(false);
         }
         let size = client.log_size(client.anchorer()).await?;
-        if to_i64(size)? != batch.first_index {
+        if to_i64(size)? > batch.first_index {
+            // anchored meanwhile (by a replica that lost the lead without knowing): the next
+            // round compares what the registry holds with this batch
+            return Ok(false);
+        }
+        if to_i64(size)? < batch.first_index {
             return Err(RoundError::Halt(format!(
                 "batch {} starts at log index {}, but the registry's log for this account has \
                  {size} leaves after {} batches: the chain holds another log",

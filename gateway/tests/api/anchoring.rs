@@ -596,11 +596,19 @@ on_both!(
     }
 );
 
-/// The `fhir-anchor` binary (built from the anchor crate on first use).
+/// The `fhir-anchor` binary: the one a workspace build put beside this test's executable
+/// (`cargo nextest run --workspace` builds it for the anchor crate's own tests), else built
+/// from the anchor crate on first use.
 fn fhir_anchor() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BINARY
         .get_or_init(|| {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.join("fhir-anchor")));
+            if let Some(binary) = beside.filter(|b| b.is_file()) {
+                return binary;
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let output = Command::new(cargo)
                 .args(["build", "-p", "anchor", "--bin", "fhir-anchor"])
@@ -807,3 +815,48 @@ on_both!(
         }
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_anchor_through_one_leader() {
+    let anvil = Anvil::start(0, &[]);
+    let database = new_postgres_database().await;
+    let replica = |database: String| {
+        let url = anvil.url.clone();
+        move |config: &mut Config| {
+            use_chain(config, &url, 1);
+            config.database.url = Some(database.into());
+        }
+    };
+    let first = spawn_app_with(Db::Postgres, replica(database.clone())).await;
+    let second = spawn_app_with(Db::Postgres, replica(database)).await;
+    let mut versions = Vec::new();
+    for _ in 0..3 {
+        versions.extend(write(&first, 2).await);
+        versions.extend(write(&second, 2).await);
+    }
+    until("every version anchored", None, || async {
+        for version in &versions {
+            if status_of(&first, version).await != "anchored" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    check_against_chain(&second, &anvil.url, &versions).await;
+    let leading = [
+        anchoring_health(&first).await["anchoring"]["leading"].clone(),
+        anchoring_health(&second).await["anchoring"]["leading"].clone(),
+    ];
+    assert!(
+        leading == [json!(true), json!(false)] || leading == [json!(false), json!(true)],
+        "exactly one replica leads: {leading:?}"
+    );
+    // one deployment and one transaction per batch: nothing sent twice, nothing reverted
+    let mut batches = 0;
+    for version in &versions {
+        let proof = read_proof(&first.get_json(&format!("{version}/$proof")).await.1);
+        batches = batches.max(proof.batch.expect("a batch").0 + 1);
+    }
+    assert_eq!(nonces(&anvil.url).await, (1 + batches, 1 + batches));
+}
