@@ -20,10 +20,13 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; e
 cargo build --release --bin fhir-gateway
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench" -c "CREATE DATABASE fhir_bench"
 
+# the embedded chain's files go to a fresh directory, anvil to a free port
+rm -rf "$OUT/gateway-data"
 FHIR_GATEWAY_DATABASE__URL="$PG/fhir_bench" FHIR_GATEWAY_SERVER__PORT=$PORT \
+  FHIR_GATEWAY_DATABASE__DATA_DIR="$OUT/gateway-data" FHIR_GATEWAY_CHAIN__ANVIL_PORT=0 \
   FHIR_GATEWAY_LOG__FILTER=warn target/release/fhir-gateway serve &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
 
 echo "== machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
