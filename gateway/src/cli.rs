@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::auth::clients::{self, NewClient};
 use crate::config::Config;
 use crate::erasure::{self, Erasure};
 use crate::model::{ResourceId, ResourceType};
@@ -45,6 +46,52 @@ enum Command {
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Register, list and remove SMART on FHIR clients (prints JSON).
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Register a client; prints it, with the client_id it was given.
+    Add {
+        /// A name for people (shown in listings).
+        #[arg(long)]
+        name: String,
+        /// `backend`: a SMART Backend Services client (client_credentials with a signed JWT).
+        #[arg(long, value_enum)]
+        kind: ClientKind,
+        /// A file holding the client's public JSON Web Key Set (RS384 or ES384 keys, each
+        /// with a kid; public keys only).
+        #[arg(long)]
+        jwks_file: PathBuf,
+        /// A scope the client may be granted (`system/*.rs`, `system/Observation.read`);
+        /// repeat it, or give several separated by spaces.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List the registered clients.
+    List {
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Remove a client: it gets no more tokens (tokens already issued live until they expire).
+    Remove {
+        /// The client's client_id.
+        client_id: String,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// See `client add --kind`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ClientKind {
+    Backend,
 }
 
 /// Parses the command line and runs the command.
@@ -70,6 +117,7 @@ pub async fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Client { command } => client(command).await,
         Command::Erase {
             resource,
             reason,
@@ -106,6 +154,59 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `fhir-gateway client ...`.
+async fn client(command: ClientCommand) -> anyhow::Result<()> {
+    let config = match &command {
+        ClientCommand::Add { config, .. }
+        | ClientCommand::List { config }
+        | ClientCommand::Remove { config, .. } => Config::load(config.as_deref())?,
+    };
+    telemetry::init_stderr(&config.log);
+    let store = Store::connect(&config.database).await?;
+    let result = async {
+        match command {
+            ClientCommand::Add {
+                name,
+                kind: ClientKind::Backend,
+                jwks_file,
+                scopes,
+                config: _,
+            } => {
+                let jwks = std::fs::read_to_string(&jwks_file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", jwks_file.display()))?;
+                let client = clients::register(
+                    &store,
+                    NewClient {
+                        name,
+                        jwks,
+                        scopes: scopes.join(" "),
+                    },
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&client)?);
+            }
+            ClientCommand::List { config: _ } => {
+                let clients = clients::list(&store).await?;
+                println!("{}", serde_json::to_string_pretty(&clients)?);
+            }
+            ClientCommand::Remove {
+                client_id,
+                config: _,
+            } => {
+                anyhow::ensure!(
+                    clients::remove(&store, &client_id).await?,
+                    "no client {client_id:?} is registered"
+                );
+                println!("{}", serde_json::json!({"removed": client_id}));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
 }
 
 /// `Type/id`, parsed.

@@ -21,6 +21,7 @@ pub struct Config {
     pub log: LogConfig,
     pub ledger: LedgerConfig,
     pub chain: ChainConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +170,20 @@ pub struct ChainConfig {
     pub anvil_block_time_secs: u64,
 }
 
+/// The gateway's SMART on FHIR authorization server (the `[auth]` section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The `iss` of the tokens the gateway issues. Unset: the FHIR base URL.
+    pub issuer: Option<String>,
+    /// A PEM file (PKCS#8) holding the P-384 key that signs the gateway's tokens (ES384).
+    /// Unset: a key generated on first start into `database.data_dir` (`auth-signing.pem`,
+    /// mode 0600) and reused after.
+    pub signing_key_file: Option<PathBuf>,
+    /// Lifetime of the access tokens the gateway issues, in seconds.
+    pub access_token_lifetime_secs: u64,
+}
+
 /// See [`ChainConfig::mode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,6 +255,11 @@ impl Default for Config {
                 anvil_path: None,
                 anvil_port: 8545,
                 anvil_block_time_secs: 1,
+            },
+            auth: AuthConfig {
+                issuer: None,
+                signing_key_file: None,
+                access_token_lifetime_secs: 300,
             },
         }
     }
@@ -318,6 +338,16 @@ impl Config {
                 "chain.registry must be a 0x-prefixed 20-byte hexadecimal address"
             );
         }
+        anyhow::ensure!(
+            (10..=3600).contains(&self.auth.access_token_lifetime_secs),
+            "auth.access_token_lifetime_secs must be between 10 and 3600 (tokens are short-lived)"
+        );
+        if let Some(issuer) = &self.auth.issuer {
+            anyhow::ensure!(
+                issuer.starts_with("http://") || issuer.starts_with("https://"),
+                "auth.issuer must be an http(s) URL"
+            );
+        }
         if let Some(base) = &self.server.base_url {
             anyhow::ensure!(
                 base.starts_with("http://") || base.starts_with("https://"),
@@ -372,6 +402,11 @@ mod tests {
                 "no secret in the example"
             );
             assert_eq!(config.chain.mode, ChainMode::Rpc);
+            assert_eq!(
+                config.auth.signing_key_file.as_deref(),
+                Some(Path::new("/etc/fhir-gateway/auth-signing.pem"))
+            );
+            assert_eq!(config.auth.access_token_lifetime_secs, 300);
             Ok(())
         });
     }

@@ -3,9 +3,11 @@
 //! See ARCHITECTURE.md for the map. In short: [`rest`] is the HTTP face, [`interaction`]
 //! holds one module per FHIR interaction, [`store`] is the database, [`resource`] handles
 //! resource JSON, and [`error`] is the one door through which every failure becomes an
-//! OperationOutcome. [`erasure`] removes a record for good (the `erase` command).
+//! OperationOutcome. [`erasure`] removes a record for good (the `erase` command). [`auth`] is
+//! the SMART on FHIR authorization server (Backend Services so far; not yet enforced).
 
 pub mod anchoring;
+pub mod auth;
 pub mod bundle;
 pub mod cli;
 pub mod config;

@@ -67,6 +67,12 @@ impl Application {
             .trim_end_matches('/')
             .to_owned();
         let base_path = url_path(&base_url);
+        let auth = web::Data::new(crate::auth::Auth::new(
+            &config.auth,
+            data_dir,
+            &base_url,
+            store.clone(),
+        )?);
         let state = web::Data::new(AppState {
             store: store.clone(),
             ctx: Context {
@@ -83,6 +89,7 @@ impl Application {
             let base_path = base_path.clone();
             App::new()
                 .app_data(state.clone())
+                .app_data(auth.clone())
                 .wrap(Compress::default())
                 .wrap_fn(|req, srv| {
                     // method, route pattern, status and time only: never the path or query,
@@ -107,6 +114,7 @@ impl Application {
                 })
                 .route("/health/live", web::get().to(live))
                 .route("/health/ready", web::get().to(ready))
+                .configure(|cfg| crate::auth::configure(cfg, &base_path))
                 .configure(|cfg| rest::configure(cfg, &base_path))
         })
         .shutdown_timeout(config.server.shutdown_timeout_secs)

@@ -1,6 +1,7 @@
 //! The `fhir-gateway` binary: help on every subcommand, the effective configuration, a
 //! graceful shutdown on SIGTERM that lets an in-flight request finish, the embedded chain
-//! (anvil started, anchored into, stopped and resumed with the gateway), and `erase` refusing
+//! (anvil started, anchored into, stopped and resumed with the gateway), `client add`, `list`
+//! and `remove` (SMART clients; their tokens: `tests/api/auth.rs`), and `erase` refusing
 //! what it cannot parse. (`erase` on real data: `tests/api/erasure.rs`, on both backends.)
 
 use std::io::{Read, Write};
@@ -30,6 +31,10 @@ fn every_subcommand_has_help() {
         &["serve", "--help"],
         &["config", "--help"],
         &["erase", "--help"],
+        &["client", "--help"],
+        &["client", "add", "--help"],
+        &["client", "list", "--help"],
+        &["client", "remove", "--help"],
     ] {
         let (ok, out) = run(args);
         assert!(ok, "{args:?} fails");
@@ -342,4 +347,116 @@ fn the_embedded_chain_starts_anchors_stops_and_resumes_with_the_gateway() {
     assert_eq!(proof_status(port, &version), "anchored");
     signal(&gateway, "TERM");
     assert!(wait(&mut gateway, Duration::from_secs(30)).success());
+}
+
+/// `fhir-gateway client` on an embedded SQLite database in `data_dir`: success, stdout, stderr.
+fn client_command(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BINARY)
+        .arg("client")
+        .args(args)
+        .env_remove("FHIR_GATEWAY_CONFIG")
+        .env_remove("FHIR_GATEWAY_DATABASE__URL")
+        .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
+        .output()
+        .expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn clients_are_added_listed_and_removed() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let jwks = dir.path().join("client.jwks.json");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!(
+        "fixtures/auth/test-client-es384.pem"
+    ))
+    .expect("the test key");
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES384)
+        .expect("a public JWK");
+    jwk.common.key_id = Some("k1".to_owned());
+    std::fs::write(&jwks, serde_json::json!({"keys": [jwk]}).to_string()).expect("written");
+    let jwks = jwks.to_str().expect("a UTF-8 path");
+
+    let (ok, out, err) = client_command(
+        dir.path(),
+        &[
+            "add",
+            "--name",
+            "Lab system",
+            "--kind",
+            "backend",
+            "--jwks-file",
+            jwks,
+            "--scope",
+            "system/Observation.cruds",
+            "--scope",
+            "system/Patient.rs system/*.read",
+        ],
+    );
+    assert!(ok, "{err}");
+    let added: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let client_id = added["client_id"].as_str().expect("a client_id").to_owned();
+    assert_eq!(
+        added["scopes"],
+        "system/Observation.cruds system/Patient.rs system/*.read"
+    );
+    assert_eq!(added["kind"], "backend");
+
+    let (ok, out, err) = client_command(dir.path(), &["list"]);
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed[0]["client_id"], client_id.as_str());
+    assert_eq!(listed[0]["name"], "Lab system");
+
+    let (ok, _, err) = client_command(
+        dir.path(),
+        &[
+            "add",
+            "--name",
+            "x",
+            "--kind",
+            "backend",
+            "--jwks-file",
+            jwks,
+            "--scope",
+            "patient/*.rs",
+        ],
+    );
+    assert!(!ok && err.contains("not a system/ scope"), "{err}");
+    let private = dir.path().join("private.jwks.json");
+    std::fs::write(
+        &private,
+        r#"{"keys":[{"kty":"EC","crv":"P-384","kid":"k","x":"a","y":"b","d":"c"}]}"#,
+    )
+    .expect("written");
+    let (ok, _, err) = client_command(
+        dir.path(),
+        &[
+            "add",
+            "--name",
+            "x",
+            "--kind",
+            "backend",
+            "--jwks-file",
+            private.to_str().expect("a UTF-8 path"),
+            "--scope",
+            "system/*.rs",
+        ],
+    );
+    assert!(!ok && err.contains("private key"), "{err}");
+
+    let (ok, out, err) = client_command(dir.path(), &["remove", &client_id]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&client_id), "{out}");
+    let (ok, out, _) = client_command(dir.path(), &["list"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON"),
+        serde_json::json!([])
+    );
+    let (ok, _, err) = client_command(dir.path(), &["remove", &client_id]);
+    assert!(!ok && err.contains("no client"), "{err}");
 }

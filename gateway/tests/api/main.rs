@@ -6,6 +6,7 @@
 mod helpers;
 
 mod anchoring;
+mod auth;
 mod bundles;
 mod clients;
 mod concurrency;
