@@ -176,7 +176,7 @@ pub struct ChainConfig {
 pub struct AuthConfig {
     /// The `iss` of the tokens the gateway issues. Unset: the FHIR base URL.
     pub issuer: Option<String>,
-    /// A PEM file (PKCS#8) holding the P-384 key that signs the gateway's tokens (ES384).
+    /// A PEM file (PKCS#8) holding the P-256 key that signs the gateway's tokens (ES256).
     /// Unset: a key generated on first start into `database.data_dir` (`auth-signing.pem`,
     /// mode 0600) and reused after.
     pub signing_key_file: Option<PathBuf>,

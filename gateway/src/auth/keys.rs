@@ -1,9 +1,10 @@
 //! The key that signs the tokens the gateway issues, and the JWKS that publishes it.
 //!
-//! ES384 (ECDSA on P-384 with SHA-384): it is one of the two algorithms SMART Backend
-//! Services requires the server to verify anyway (RS384, ES384), so issuing and verifying
-//! share one allow-list; a P-384 key is generated in microseconds (an RSA key takes seconds)
-//! and its signatures are 96 bytes instead of 384. The key's `kid` is its RFC 7638 thumbprint,
+//! ES256 (ECDSA on P-256 with SHA-256), one of the two algorithms issue 4 names for the
+//! gateway's tokens (RS256, ES256) and the one every JOSE library verifies: a P-256 key is
+//! generated in microseconds (an RSA key takes seconds) and its signatures are 64 bytes
+//! instead of 256. (Clients' assertions are verified with RS384 and ES384, as SMART Backend
+//! Services requires: another allow-list, in `token.rs`.) The key's `kid` is its RFC 7638 thumbprint,
 //! so a key keeps its `kid` across restarts and a new key gets a new one.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 /// The algorithm of every token the gateway signs.
-pub const ALGORITHM: Algorithm = Algorithm::ES384;
+pub const ALGORITHM: Algorithm = Algorithm::ES256;
 
 /// The gateway's token-signing key (private), with its public JWK.
 pub struct SigningKey {
@@ -44,12 +45,12 @@ impl SigningKey {
         Self::from_pem(&pem).with_context(|| format!("in {}", path.display()))
     }
 
-    /// A P-384 private key in PKCS#8 PEM.
+    /// A P-256 private key in PKCS#8 PEM.
     pub fn from_pem(pem: &[u8]) -> anyhow::Result<Self> {
         let key =
             EncodingKey::from_ec_pem(pem).context("not a PKCS#8 PEM elliptic-curve private key")?;
         let mut public = Jwk::from_encoding_key(&key, ALGORITHM)
-            .context("not a P-384 key (the gateway signs with ES384)")?;
+            .context("not a P-256 key (the gateway signs with ES256)")?;
         let kid = public
             .thumbprint(ThumbprintHash::SHA256)
             .context("computing the key's thumbprint")?;
@@ -69,7 +70,7 @@ impl SigningKey {
         }
     }
 
-    /// Signs `claims` as a JWT (ES384, with this key's `kid`).
+    /// Signs `claims` as a JWT (ES256, with this key's `kid`).
     pub fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
         let mut header = Header::new(ALGORITHM);
         header.kid = Some(self.kid().to_owned());
@@ -77,7 +78,7 @@ impl SigningKey {
     }
 }
 
-/// `data_dir/auth-signing.pem`, made (P-384, mode 0600) if it does not exist.
+/// `data_dir/auth-signing.pem`, made (P-256, mode 0600) if it does not exist.
 fn generated_key_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("auth-signing.pem");
     if path.exists() {
@@ -86,10 +87,10 @@ fn generated_key_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(data_dir)?;
     let random = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         &random,
     )
-    .map_err(|_| anyhow::anyhow!("generating a P-384 key failed"))?;
+    .map_err(|_| anyhow::anyhow!("generating a P-256 key failed"))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -148,12 +149,12 @@ mod tests {
             .expect("signed");
         let jwks = key.jwks();
         let header = jsonwebtoken::decode_header(&token).expect("header");
-        assert_eq!(header.alg, Algorithm::ES384);
+        assert_eq!(header.alg, Algorithm::ES256);
         let jwk = jwks
             .find(header.kid.as_deref().expect("kid"))
             .expect("published");
         let decoding = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("a public key");
-        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES384);
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
         validation.validate_aud = false;
         let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation)
             .expect("valid");
@@ -161,14 +162,14 @@ mod tests {
     }
 
     #[test]
-    fn a_key_that_is_not_p384_is_refused() {
+    fn a_key_that_is_not_p256_is_refused() {
         let random = ring::rand::SystemRandom::new();
-        let p256 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        let p384 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
             &random,
         )
-        .expect("a P-256 key");
-        assert!(SigningKey::from_pem(pem("PRIVATE KEY", p256.as_ref()).as_bytes()).is_err());
+        .expect("a P-384 key");
+        assert!(SigningKey::from_pem(pem("PRIVATE KEY", p384.as_ref()).as_bytes()).is_err());
         assert!(SigningKey::from_pem(b"not a key").is_err());
     }
 }

@@ -150,11 +150,11 @@ async fn verify_with_published_key(app: &TestApp, token: &str) -> Value {
     assert_eq!(status, 200, "{jwks}");
     let jwks: JwkSet = serde_json::from_value(jwks).expect("a JWK Set");
     let header = jsonwebtoken::decode_header(token).expect("a JWT");
-    assert_eq!(header.alg, Algorithm::ES384);
+    assert_eq!(header.alg, Algorithm::ES256);
     let jwk = jwks
         .find(header.kid.as_deref().expect("a kid"))
         .expect("the token's key is published");
-    let mut validation = Validation::new(Algorithm::ES384);
+    let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&[&app.base]);
     validation.set_issuer(&[&app.base]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -576,7 +576,7 @@ both!(
         let (status, jwks) = app.get_json(".well-known/jwks.json").await;
         assert_eq!(status, 200);
         assert_eq!(jwks["keys"][0]["kty"], "EC");
-        assert_eq!(jwks["keys"][0]["crv"], "P-384");
+        assert_eq!(jwks["keys"][0]["crv"], "P-256");
         assert!(
             jwks["keys"][0]["kid"].is_string() && jwks["keys"][0].get("d").is_none(),
             "{jwks}"
