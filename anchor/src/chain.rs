@@ -612,24 +612,6 @@ impl AnchorClient {
         Ok(anchored)
     }
 
-    /// The number of the chain's latest block.
-    pub async fn head(&self) -> Result<u64, ChainError> {
-        self.provider
-            .get_block_number()
-            .await
-            .map_err(|e| self.rpc(&e))
-    }
-
-    /// The hash of the canonical block at `number` (`None` past the head).
-    pub async fn canonical_block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
-        Ok(self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Number(number))
-            .await
-            .map_err(|e| self.rpc(&e))?
-            .map(|block| block.header.hash))
-    }
-
     /// How many transactions of the signer the node holds unmined (its pending nonce minus
     /// its latest one): after a restart, the transactions an earlier process sent and never
     /// saw mined.

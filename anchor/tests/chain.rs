@@ -2,9 +2,8 @@
 //! installed by `npm ci` at the repository root; contracts/scripts/foundry runs the same
 //! binary). Each test starts its own anvil on a free port.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,69 +11,8 @@ use alloy::primitives::{Address, B256};
 use alloy::providers::Provider as _;
 use anchor::chain::{AnchorClient, ChainConfig, ChainError, RegistryError, SignerKey};
 use anchor::{Batch, LeafHash, NodeHash};
+use common::{Anvil, KEY};
 use serde_json::{Value, json};
-
-/// anvil's first dev account (a published test key).
-const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-
-/// An anvil process, killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Anvil {
-    fn start(args: &[&str]) -> Self {
-        let platform = match (std::env::consts::OS, std::env::consts::ARCH) {
-            ("linux", "x86_64") => "linux-amd64",
-            ("linux", "aarch64") => "linux-arm64",
-            ("macos", "x86_64") => "darwin-amd64",
-            ("macos", "aarch64") => "darwin-arm64",
-            (os, arch) => panic!("no Foundry npm package for {os} {arch}"),
-        };
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let binary = root.join(format!(
-            "node_modules/@foundry-rs/anvil-{platform}/bin/anvil"
-        ));
-        assert!(
-            binary.is_file(),
-            "anvil is missing at {}: run `npm ci` in the repository root",
-            binary.display()
-        );
-        let mut child = Command::new(&binary)
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("anvil starts");
-        let stdout = child.stdout.take().expect("anvil's stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the listening address, then keeps draining anvil's output so it never blocks.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(address) = line.strip_prefix("Listening on ") {
-                    let _ = tx.send(address.trim().to_owned());
-                }
-            }
-        });
-        let address = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("anvil prints its address");
-        Self {
-            child,
-            url: format!("http://{address}"),
-        }
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn key() -> SignerKey {
     SignerKey::from_hex(KEY).expect("the test key")

@@ -17,6 +17,7 @@ pub mod interaction;
 pub mod model;
 pub mod resource;
 pub mod rest;
+pub mod secret_file;
 pub mod sequencer;
 pub mod startup;
 pub mod store;

@@ -1,6 +1,6 @@
 //! What the test binaries share: a real anvil (Foundry 1.7.1 from the repository's npm
 //! packages, installed by `npm ci` at the repository root), one per test, on a free port.
-//! (The same helper as in `tests/chain.rs`, which keeps its own copy for now.)
+//! (`gateway/tests/api/anchoring.rs` has its own, which also restarts anvil on a given port.)
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;

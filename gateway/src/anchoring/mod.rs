@@ -62,7 +62,6 @@ pub struct Target {
     embedded: bool,
     client_config: ClientConfig,
     confirmations: u64,
-    poll_interval: Duration,
 }
 
 impl std::fmt::Debug for Target {
@@ -121,7 +120,6 @@ impl Target {
                     .map(|gwei| u128::from(gwei) * 1_000_000_000),
             },
             confirmations: config.confirmations,
-            poll_interval: Duration::from_millis(config.poll_interval_ms),
         }))
     }
 
@@ -179,17 +177,8 @@ fn embedded_key(data_dir: &Path) -> anyhow::Result<SignerKey> {
             .with_context(|| format!("reading {}", path.display()))?;
         return SignerKey::from_hex(&text).with_context(|| format!("in {}", path.display()));
     }
-    std::fs::create_dir_all(data_dir)?;
     let key = SignerKey::generate()?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, format!("{}\n", key.expose_hex()).as_bytes())?;
-    file.sync_all()?;
+    crate::secret_file::create(&path, format!("{}\n", key.expose_hex()).as_bytes())?;
     tracing::info!(anchorer = %key.address(), "made the embedded chain's anchoring key");
     Ok(key)
 }
@@ -295,7 +284,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.target.poll_interval);
+        let mut tick = tokio::time::interval(self.target.client_config.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -457,11 +446,8 @@ impl Worker {
 
     /// Deploys the registry; `expected`: the address it must land at (a redeployment).
     async fn deploy(&self, expected: Option<Address>) -> Result<AnchorClient, RoundError> {
+        // (the embedded chain's account was funded at start-up)
         let target = &self.target;
-        target
-            .fund_embedded()
-            .await
-            .map_err(|e| RoundError::Halt(e.to_string()))?;
         let (client, deployed) = AnchorClient::deploy(
             &target.rpc_url,
             target.key.clone(),
@@ -504,7 +490,7 @@ impl Worker {
             let mut conn = self.store.reader().await?;
             log::unconfirmed_batches(&mut conn, BATCHES_PER_ROUND).await?
         };
-        let head = client.head().await?;
+        let head = client.reader().head().await?;
         for batch in batches {
             let number = u64::try_from(batch.number).unwrap_or(u64::MAX);
             if number < count {
@@ -545,7 +531,7 @@ impl Worker {
                 batch.root.to_hex()
             )));
         }
-        let Some(block_hash) = client.canonical_block_hash(on_chain.block_number).await? else {
+        let Some(block_hash) = client.reader().block_hash(on_chain.block_number).await? else {
             // the node's head moved back under us: the next round looks again
             return Ok(());
         };

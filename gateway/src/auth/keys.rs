@@ -84,22 +84,13 @@ fn generated_key_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(data_dir)?;
     let random = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
         &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         &random,
     )
     .map_err(|_| anyhow::anyhow!("generating a P-256 key failed"))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())?;
-    file.sync_all()?;
+    crate::secret_file::create(&path, pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())?;
     tracing::info!(path = %path.display(), "made the token-signing key");
     Ok(path)
 }

@@ -12,7 +12,7 @@ use json_syntax::Parse;
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
-use super::{Context, Outcome};
+use super::Outcome;
 use crate::error::{Error, Result};
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
 use crate::store::log::{self, StoredLeaf};
@@ -120,7 +120,6 @@ pub async fn backfill(store: &Store) -> Result<u64> {
 /// `GET [base]/[type]/[id]/_history/[vid]/$proof`.
 pub async fn proof(
     conn: &mut AnyConnection,
-    _ctx: &Context,
     resource_type: &ResourceType,
     id: &ResourceId,
     version: Option<VersionId>,

@@ -222,7 +222,7 @@ async fn proof_current(
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let mut conn = state.store.reader().await?;
-    let outcome = proof::proof(&mut conn, &state.ctx, &resource_type, &id, None).await?;
+    let outcome = proof::proof(&mut conn, &resource_type, &id, None).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
@@ -239,7 +239,7 @@ async fn proof_version(
         VersionId::parse(&path.2)?,
     );
     let mut conn = state.store.reader().await?;
-    let outcome = proof::proof(&mut conn, &state.ctx, &resource_type, &id, Some(version)).await?;
+    let outcome = proof::proof(&mut conn, &resource_type, &id, Some(version)).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 

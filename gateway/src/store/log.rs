@@ -257,19 +257,7 @@ pub async fn leaf_of(
     };
     let batch = match row.try_get::<Option<i64>, _>("number")? {
         None => None,
-        Some(number) => Some(StoredBatch {
-            number,
-            first_index: row.try_get("first_index")?,
-            size: row.try_get("size")?,
-            root: NodeHash::from_bytes(hash_at(&row, "root")?),
-            state: row.try_get("state")?,
-            chain_id: row.try_get("chain_id")?,
-            contract: row.try_get("contract")?,
-            anchorer: row.try_get("anchorer")?,
-            tx_hash: row.try_get("tx_hash")?,
-            block_number: row.try_get("block_number")?,
-            block_hash: row.try_get("block_hash")?,
-        }),
+        Some(_) => Some(stored_batch(&row)?),
     };
     let salt: Option<Vec<u8>> = row.try_get("salt")?;
     let content_hash: Option<Vec<u8>> = row.try_get("content_hash")?;
@@ -367,23 +355,25 @@ pub async fn unconfirmed_batches(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(StoredBatch {
-                number: row.try_get("number")?,
-                first_index: row.try_get("first_index")?,
-                size: row.try_get("size")?,
-                root: NodeHash::from_bytes(hash_at(row, "root")?),
-                state: row.try_get("state")?,
-                chain_id: row.try_get("chain_id")?,
-                contract: row.try_get("contract")?,
-                anchorer: row.try_get("anchorer")?,
-                tx_hash: row.try_get("tx_hash")?,
-                block_number: row.try_get("block_number")?,
-                block_hash: row.try_get("block_hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(stored_batch).collect()
+}
+
+/// A `log_batch` row (its columns by name, as [`leaf_of`] and [`unconfirmed_batches`] select
+/// them).
+fn stored_batch(row: &sqlx::any::AnyRow) -> Result<StoredBatch, sqlx::Error> {
+    Ok(StoredBatch {
+        number: row.try_get("number")?,
+        first_index: row.try_get("first_index")?,
+        size: row.try_get("size")?,
+        root: NodeHash::from_bytes(hash_at(row, "root")?),
+        state: row.try_get("state")?,
+        chain_id: row.try_get("chain_id")?,
+        contract: row.try_get("contract")?,
+        anchorer: row.try_get("anchorer")?,
+        tx_hash: row.try_get("tx_hash")?,
+        block_number: row.try_get("block_number")?,
+        block_hash: row.try_get("block_hash")?,
+    })
 }
 
 /// Records where batch `number` was anchored; `confirmed` once its block is deep enough.

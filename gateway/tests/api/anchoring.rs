@@ -205,6 +205,16 @@ async fn status_of(app: &TestApp, version: &str) -> String {
     proof_of(app, version).await.status
 }
 
+/// Whether every one of `versions` is anchored (confirmed).
+async fn all_anchored(app: &TestApp, versions: &[String]) -> bool {
+    for version in versions {
+        if status_of(app, version).await != "anchored" {
+            return false;
+        }
+    }
+    true
+}
+
 /// Checks every version as an auditor does against the chain at `url`: content, salt and
 /// path lead to a root, and that root, the first index and the size are the registry's
 /// batch; the anchoring block is canonical. Then the whole log: the registry's events are
@@ -328,13 +338,8 @@ on_both!(
         .await;
         let first = proof_of(&app, &versions[0]).await;
         assert!(first.anchored, "the anchor part appears once submitted");
-        until("every version confirmed", Some(&anvil.url), || async {
-            for version in &versions {
-                if status_of(&app, version).await != "anchored" {
-                    return false;
-                }
-            }
-            true
+        until("every version confirmed", Some(&anvil.url), || {
+            all_anchored(&app, &versions)
         })
         .await;
         check_against_chain(&app, &anvil.url, &versions).await;
@@ -390,13 +395,8 @@ on_both!(
         );
         // and comes back
         let anvil = Anvil::start(port, &["--state", &state_arg]);
-        until("the new backlog anchored", None, || async {
-            for version in &versions {
-                if status_of(&app, version).await != "anchored" {
-                    return false;
-                }
-            }
-            true
+        until("the new backlog anchored", None, || {
+            all_anchored(&app, &versions)
         })
         .await;
         check_against_chain(&app, &anvil.url, &versions).await;
@@ -568,13 +568,8 @@ on_both!(
 
         // 4. confirmed after a restart
         let gateway = start_gateway(data.path(), database, port, &anvil.url, &registry);
-        until("every batch confirmed", Some(&anvil.url), || async {
-            for version in &versions {
-                if status_of(&app, version).await != "anchored" {
-                    return false;
-                }
-            }
-            true
+        until("every batch confirmed", Some(&anvil.url), || {
+            all_anchored(&app, &versions)
         })
         .await;
         assert_eq!(
@@ -715,13 +710,8 @@ on_both!(
             .await;
         assert_eq!(deleted.status(), 200);
         versions.push(format!("Patient/{id}/_history/2"));
-        until("every version anchored", None, || async {
-            for version in &versions {
-                if status_of(&app, version).await != "anchored" {
-                    return false;
-                }
-            }
-            true
+        until("every version anchored", None, || {
+            all_anchored(&app, &versions)
         })
         .await;
         let (_, proof) = app.get_json(&format!("{}/$proof", versions[0])).await;
@@ -834,13 +824,8 @@ async fn two_replicas_on_one_database_anchor_through_one_leader() {
         versions.extend(write(&first, 2).await);
         versions.extend(write(&second, 2).await);
     }
-    until("every version anchored", None, || async {
-        for version in &versions {
-            if status_of(&first, version).await != "anchored" {
-                return false;
-            }
-        }
-        true
+    until("every version anchored", None, || {
+        all_anchored(&first, &versions)
     })
     .await;
     check_against_chain(&second, &anvil.url, &versions).await;
