@@ -425,7 +425,7 @@ fn clients_are_added_listed_and_removed() {
             "patient/*.rs",
         ],
     );
-    assert!(!ok && err.contains("not a system/ scope"), "{err}");
+    assert!(!ok && err.contains("system/ scopes only"), "{err}");
     let private = dir.path().join("private.jwks.json");
     std::fs::write(
         &private,

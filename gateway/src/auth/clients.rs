@@ -25,8 +25,16 @@ pub async fn register(store: &Store, new: NewClient) -> anyhow::Result<Client> {
         !new.name.trim().is_empty(),
         "the client's name must not be empty"
     );
-    let allowed = scopes::parse_list(&new.scopes).map_err(anyhow::Error::msg)?;
+    let allowed = scopes::ScopeSet::parse(&new.scopes).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(!allowed.is_empty(), "the client needs at least one scope");
+    anyhow::ensure!(
+        allowed.others.is_empty()
+            && allowed
+                .resources
+                .iter()
+                .all(|s| s.context == scopes::Context::System),
+        "a backend-services client is allowed system/ scopes only"
+    );
     let jwks = check_jwks(&new.jwks)?;
     let client = Client {
         client_id: uuid::Uuid::new_v4().to_string(),

@@ -70,6 +70,11 @@ impl SigningKey {
         }
     }
 
+    /// The key that verifies this key's signatures.
+    pub fn decoding_key(&self) -> anyhow::Result<jsonwebtoken::DecodingKey> {
+        jsonwebtoken::DecodingKey::from_jwk(&self.public).context("the public key is not usable")
+    }
+
     /// Signs `claims` as a JWT (ES256, with this key's `kid`).
     pub fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
         let mut header = Header::new(ALGORITHM);

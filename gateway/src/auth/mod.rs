@@ -6,8 +6,10 @@
 //!
 //! The FHIR API does not require tokens yet: enforcement is a later increment.
 
+pub mod claims;
 pub mod clients;
 pub mod keys;
+mod oauth;
 pub mod scopes;
 mod token;
 
@@ -16,6 +18,7 @@ use serde_json::json;
 
 use crate::config::AuthConfig;
 use crate::store::Store;
+use claims::AccessClaims;
 use keys::SigningKey;
 
 /// The path of the token endpoint, under the FHIR base URL.
@@ -30,6 +33,8 @@ pub const DISCOVERY_PATH: &str = "/.well-known/smart-configuration";
 pub struct Auth {
     store: Store,
     key: SigningKey,
+    /// Verifies the tokens `key` signed.
+    verifying_key: jsonwebtoken::DecodingKey,
     /// `iss` of issued tokens.
     issuer: String,
     /// The FHIR base URL: `aud` of issued tokens.
@@ -48,9 +53,11 @@ impl Auth {
         store: Store,
     ) -> anyhow::Result<Auth> {
         let key = SigningKey::load_or_generate(config.signing_key_file.as_deref(), data_dir)?;
+        let verifying_key = key.decoding_key()?;
         Ok(Auth {
             store,
             key,
+            verifying_key,
             issuer: config
                 .issuer
                 .clone()
@@ -61,6 +68,61 @@ impl Auth {
         })
     }
 }
+
+/// Why an access token was refused (the `error_description` of a 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidToken(pub String);
+
+impl Auth {
+    /// Verifies an access token fully: the algorithm (ES256 only: never `none`, never an HMAC),
+    /// the `kid` and signature, `iss`, `aud` (the FHIR base URL), `exp` and `nbf`.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+        use jsonwebtoken::errors::ErrorKind;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| InvalidToken("the access token is not a JWT".to_owned()))?;
+        if header.alg != keys::ALGORITHM {
+            return Err(InvalidToken(format!(
+                "the access token's algorithm {:?} is not the one this server signs with (ES256)",
+                header.alg
+            )));
+        }
+        if header.kid.as_deref() != Some(self.key.kid()) {
+            return Err(InvalidToken(
+                "the access token was not signed by a key of this server".to_owned(),
+            ));
+        }
+        let mut validation = jsonwebtoken::Validation::new(keys::ALGORITHM);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.fhir_base_url]);
+        validation.validate_nbf = true;
+        validation.leeway = TOKEN_LEEWAY_SECS;
+        jsonwebtoken::decode::<AccessClaims>(token, &self.verifying_key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                InvalidToken(
+                    match e.kind() {
+                        ErrorKind::ExpiredSignature => "the access token has expired",
+                        ErrorKind::ImmatureSignature => "the access token is not valid yet",
+                        ErrorKind::InvalidSignature => "the access token's signature is not valid",
+                        ErrorKind::InvalidIssuer => "the access token is from another issuer",
+                        ErrorKind::InvalidAudience => {
+                            "the access token is for another server (aud)"
+                        }
+                        ErrorKind::MissingRequiredClaim(_) => {
+                            "the access token lacks a required claim"
+                        }
+                        _ => "the access token is not valid",
+                    }
+                    .to_owned(),
+                )
+            })
+    }
+}
+
+/// Clock skew tolerated on an access token's `exp` and `nbf`.
+const TOKEN_LEEWAY_SECS: u64 = 30;
 
 /// Mounts the authorization server's endpoints under `base_path` (the FHIR base URL's path).
 /// Must come before the FHIR API's routes, whose `/{type}/{id}` would take these paths.

@@ -4,7 +4,6 @@
 //! authenticate the client is `invalid_client`, as SMART requires. Neither assertions nor
 //! tokens are logged.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
@@ -12,6 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::claims::AccessClaims;
+use super::oauth::{Form, OAuthError};
 use super::{Auth, scopes};
 use crate::model::Instant;
 use crate::store::clients;
@@ -26,39 +27,6 @@ const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
 
 /// Clock skew tolerated on an assertion's `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
-
-/// An OAuth 2.0 error response.
-#[derive(Debug)]
-struct OAuthError {
-    code: &'static str,
-    description: String,
-}
-
-impl OAuthError {
-    fn new(code: &'static str, description: impl Into<String>) -> Self {
-        OAuthError {
-            code,
-            description: description.into(),
-        }
-    }
-
-    fn client(description: impl Into<String>) -> Self {
-        Self::new("invalid_client", description)
-    }
-
-    fn response(&self) -> HttpResponse {
-        // 401 for a client that failed to authenticate (RFC 6749 §5.2), 400 for the rest
-        let status = if self.code == "invalid_client" {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        HttpResponse::build(status)
-            .insert_header(("Cache-Control", "no-store"))
-            .insert_header(("Pragma", "no-cache"))
-            .json(json!({"error": self.code, "error_description": self.description}))
-    }
-}
 
 /// The claims of a client assertion that matter once jsonwebtoken has checked `iss`, `sub`,
 /// `aud`, `exp` and `nbf`.
@@ -112,30 +80,42 @@ async fn issue(auth: &Auth, body: &[u8]) -> Result<HttpResponse, OAuthError> {
         .ok_or_else(|| OAuthError::new("invalid_request", "scope is missing"))?;
     let client_id = authenticate(auth, assertion, form.get("client_id")?).await?;
     let client = find_client(auth, &client_id).await?;
-    let allowed = scopes::parse_list(&client.scopes)
+    let allowed = scopes::ScopeSet::parse(&client.scopes)
         .map_err(|e| OAuthError::new("invalid_scope", format!("the client's scopes: {e}")))?;
-    let granted = scopes::narrow(requested, &allowed);
+    let mut granted = allowed.narrow(requested);
+    // no user, no launch: system/ scopes only
+    granted.others.clear();
+    granted
+        .resources
+        .retain(|s| s.context == scopes::Context::System);
     if granted.is_empty() {
         return Err(OAuthError::new(
             "invalid_scope",
             "none of the requested scopes is allowed for this client",
         ));
     }
-    let scope = granted.join(" ");
+    let scope = granted.to_string();
     let now = Instant::now().millis() / 1000;
     let lifetime = i64::try_from(auth.access_token_lifetime_secs).unwrap_or(300);
+    let claims = AccessClaims {
+        iss: auth.issuer.clone(),
+        aud: auth.fhir_base_url.clone(),
+        sub: client_id.clone(),
+        client_id: client_id.clone(),
+        scope: scope.clone(),
+        iat: now,
+        nbf: now,
+        exp: now + lifetime,
+        jti: uuid::Uuid::new_v4().to_string(),
+        user_kind: None,
+        fhir_user: None,
+        patient: None,
+        encounter: None,
+        purpose_of_use: None,
+    };
     let access_token = auth
         .key
-        .sign(&json!({
-            "iss": auth.issuer,
-            "aud": auth.fhir_base_url,
-            "sub": client_id,
-            "client_id": client_id,
-            "scope": scope,
-            "iat": now,
-            "exp": now + lifetime,
-            "jti": uuid::Uuid::new_v4().to_string(),
-        }))
+        .sign(&claims)
         .map_err(|_| OAuthError::new("server_error", "the token could not be signed"))?;
     tracing::info!(client_id = %client_id, "issued an access token");
     Ok(HttpResponse::Ok()
@@ -292,31 +272,5 @@ fn assertion_error(error: &jsonwebtoken::errors::Error, token_url: &str) -> Stri
             "the client assertion's algorithm does not match the client's key".to_owned()
         }
         _ => format!("the client assertion is not valid: {error}"),
-    }
-}
-
-/// An `application/x-www-form-urlencoded` body, each parameter at most once (RFC 6749 §3.2).
-#[derive(Debug)]
-struct Form(Vec<(String, String)>);
-
-impl Form {
-    fn parse(body: &[u8]) -> Result<Form, OAuthError> {
-        Ok(Form(
-            form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        ))
-    }
-
-    fn get(&self, name: &str) -> Result<Option<&str>, OAuthError> {
-        let mut values = self.0.iter().filter(|(k, _)| k == name);
-        let first = values.next().map(|(_, v)| v.as_str());
-        if values.next().is_some() {
-            return Err(OAuthError::new(
-                "invalid_request",
-                format!("{name} is given more than once"),
-            ));
-        }
-        Ok(first)
     }
 }
