@@ -11,6 +11,7 @@ pub mod clients;
 pub mod keys;
 mod oauth;
 pub mod scopes;
+pub mod siwe;
 mod token;
 
 use actix_web::{HttpResponse, web};

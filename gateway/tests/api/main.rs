@@ -20,4 +20,5 @@ mod profiles;
 mod search;
 mod search_modifiers;
 mod second_opinion;
+mod siwe;
 mod summary;
