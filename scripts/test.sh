@@ -21,6 +21,14 @@ if ! .cache/venv/bin/python3 -m pip --version >/dev/null 2>&1; then
 fi
 .cache/venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r gateway/tests/clients/requirements.txt
 
+# a real browser for the SMART App Launch tests: Debian's chromium, driven by playwright-core
+# (npm, installed with the contracts' toolchain below)
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 # --- contracts/ (issue 3): npm ci of the Foundry/solcjs toolchain when missing or stale, then
 # forge fmt --check, the forge tests against .gas-snapshot, and the artifact drift check
 bash contracts/scripts/test.sh
