@@ -38,6 +38,11 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Seconds to let in-flight requests finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Serve HTTPS (TLS 1.2 and 1.3) with this certificate chain (PEM); with `tls_key_file`.
+    /// Unset: plain HTTP, for a TLS-terminating proxy in front or local development.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +217,8 @@ impl Default for Config {
                 base_url: None,
                 workers: 0,
                 shutdown_timeout_secs: 30,
+                tls_cert_file: None,
+                tls_key_file: None,
             },
             database: DatabaseConfig {
                 url: None,
@@ -354,6 +361,10 @@ impl Config {
                 "server.base_url must be an http(s) URL"
             );
         }
+        anyhow::ensure!(
+            self.server.tls_cert_file.is_some() == self.server.tls_key_file.is_some(),
+            "server.tls_cert_file and server.tls_key_file go together"
+        );
         Ok(())
     }
 }
@@ -362,6 +373,16 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        let mut config = Config::default();
+        config.server.tls_cert_file = Some(PathBuf::from("cert.pem"));
+        let error = config.check().expect_err("refused");
+        assert!(error.to_string().contains("go together"), "{error}");
+        config.server.tls_key_file = Some(PathBuf::from("key.pem"));
+        assert!(config.check().is_ok());
+    }
 
     #[test]
     fn layers_apply_in_order() {

@@ -59,11 +59,13 @@ impl Application {
         let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
             .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
         let port = listener.local_addr()?.port();
+        let tls = tls_config(&config.server)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let base_url = config
             .server
             .base_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}:{port}/fhir", config.server.host))
+            .unwrap_or_else(|| format!("{scheme}://{}:{port}/fhir", config.server.host))
             .trim_end_matches('/')
             .to_owned();
         let base_path = url_path(&base_url);
@@ -117,8 +119,11 @@ impl Application {
                 .configure(|cfg| crate::auth::configure(cfg, &base_path))
                 .configure(|cfg| rest::configure(cfg, &base_path))
         })
-        .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .listen(listener)?;
+        .shutdown_timeout(config.server.shutdown_timeout_secs);
+        server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        };
         if workers > 0 {
             server = server.workers(workers);
         }
@@ -169,6 +174,43 @@ impl Application {
         tracing::info!("fhir-gateway stopped");
         Ok(())
     }
+}
+
+/// The TLS settings of the listener, when `server.tls_cert_file` is set: TLS 1.3 and 1.2 only
+/// (rustls has nothing older), on ring.
+fn tls_config(
+    server: &crate::config::ServerConfig,
+) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert_file), Some(key_file)) = (&server.tls_cert_file, &server.tls_key_file) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("reading the certificates in {}: {e}", cert_file.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{} holds no certificate",
+        cert_file.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| anyhow::anyhow!("reading the private key in {}: {e}", key_file.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .with_context(|| {
+        format!(
+            "{} and {} do not make a TLS identity",
+            cert_file.display(),
+            key_file.display()
+        )
+    })?;
+    Ok(Some(config))
 }
 
 fn url_path(base_url: &str) -> String {

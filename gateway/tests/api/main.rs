@@ -22,3 +22,4 @@ mod search_modifiers;
 mod second_opinion;
 mod siwe;
 mod summary;
+mod tls;
