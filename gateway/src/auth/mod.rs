@@ -8,6 +8,7 @@
 
 pub mod claims;
 pub mod clients;
+pub mod id_token_key;
 pub mod keys;
 mod oauth;
 pub mod scopes;
