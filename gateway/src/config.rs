@@ -182,6 +182,13 @@ pub struct AuthConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Lifetime of the access tokens the gateway issues, in seconds.
     pub access_token_lifetime_secs: u64,
+    /// Whether the FHIR API requires an access token. `false` runs every request as the
+    /// operator, with full access (for development only: the gateway warns at start).
+    pub required: bool,
+    /// Earlier signing keys (PEM files), kept during a key rotation: their public keys are
+    /// published in the JWKS and still verify the tokens they signed; they never sign.
+    #[serde(default)]
+    pub previous_signing_key_files: Vec<PathBuf>,
 }
 
 /// See [`ChainConfig::mode`].
@@ -260,6 +267,8 @@ impl Default for Config {
                 issuer: None,
                 signing_key_file: None,
                 access_token_lifetime_secs: 300,
+                required: true,
+                previous_signing_key_files: Vec::new(),
             },
         }
     }

@@ -97,6 +97,7 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .env("FHIR_GATEWAY_SERVER__SHUTDOWN_TIMEOUT_SECS", "20")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
         .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        .env("FHIR_GATEWAY_AUTH__REQUIRED", "false")
         // the embedded chain, on a port of its own, quick to seal and confirm
         .env_remove("FHIR_GATEWAY_CHAIN__MODE")
         .env("FHIR_GATEWAY_CHAIN__ANVIL_PORT", "0")
