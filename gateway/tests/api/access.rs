@@ -620,6 +620,16 @@ on_both!(a_patient_token_sees_only_its_compartment, |db| async move {
         .await;
     assert_eq!(ids_of_type(&has_own, "Organization"), [org.as_str()]);
 
+    // a search across every type (no _type) is confined per type
+    let (status, everything) = s.get("", &token).await;
+    assert_eq!(status, 200, "{everything}");
+    assert_eq!(ids_of_type(&everything, "Patient"), [a.as_str()]);
+    assert_eq!(ids_of_type(&everything, "Observation"), expected);
+    assert_eq!(ids_of_type(&everything, "Organization"), [org.as_str()]);
+    assert_eq!(everything["total"], 4);
+    let (_, typed) = s.get("?_type=Patient,Observation", &token).await;
+    assert_eq!(typed["total"], 3, "{typed}");
+
     // history across a type is refused under a patient scope
     assert_forbidden(&s.get("Observation/_history", &token).await, "type history");
     assert_forbidden(&s.get("_history", &token).await, "system history");
@@ -834,3 +844,129 @@ on_both!(bundle_entries_are_enforced, |db| async move {
         .await;
     assert_forbidden(&refused, "a transaction creating without c");
 });
+
+on_both!(
+    a_request_cannot_widen_its_tokens_purpose_of_use,
+    |db| async move {
+        let s = secured(db).await;
+        let treatment = s.token("system/*.rs", json!({}));
+        let research = s.token("system/*.rs", json!({"purpose_of_use": "HRESCH"}));
+        let with_purpose = |token: &str, purpose: &str| {
+            s.app
+                .client
+                .get(s.app.url("Patient"))
+                .bearer_auth(token)
+                .header("X-Purpose-Of-Use", purpose)
+                .send()
+        };
+        let status = |r: reqwest::Response| r.status().as_u16();
+        assert_eq!(
+            status(with_purpose(&treatment, "TREAT").await.expect("sent")),
+            200
+        );
+        assert_eq!(
+            status(with_purpose(&treatment, "HRESCH").await.expect("sent")),
+            403,
+            "a treatment token cannot be used for research"
+        );
+        assert_eq!(
+            status(with_purpose(&research, "HRESCH").await.expect("sent")),
+            200
+        );
+        assert_eq!(
+            status(with_purpose(&research, "TREAT").await.expect("sent")),
+            403,
+            "nor a research token for treatment"
+        );
+    }
+);
+
+// A Backend Services client (ES384 fixture key) gets a token at the token endpoint and
+// pushes a transaction with it; its scopes hold on the API.
+on_both!(
+    a_backend_service_token_from_the_token_endpoint_works_on_the_api,
+    |db| async move {
+        use gateway::auth::clients::{self, NewClient};
+        let s = secured(db).await;
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!(
+            "../fixtures/auth/test-client-es384.pem"
+        ))
+        .expect("the P-384 fixture");
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES384)
+                .expect("a public JWK");
+        jwk.common.key_id = Some("lab-1".to_owned());
+        let store = gateway::store::Store::connect(&s.app.database)
+            .await
+            .expect("the store");
+        let client = clients::register(
+            &store,
+            NewClient {
+                name: "Lab system".to_owned(),
+                jwks: json!({"keys": [jwk]}).to_string(),
+                scopes: "system/Observation.cruds system/Patient.rs".to_owned(),
+            },
+        )
+        .await
+        .expect("registered");
+        store.close().await;
+        let token_url = format!("{}/auth/token", s.app.base);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+        header.kid = Some("lab-1".to_owned());
+        let assertion = jsonwebtoken::encode(
+            &header,
+            &json!({
+                "iss": client.client_id, "sub": client.client_id, "aud": token_url,
+                "exp": now() + 240, "jti": uuid::Uuid::new_v4().to_string(),
+            }),
+            &key,
+        )
+        .expect("signed");
+        let response = s
+            .app
+            .client
+            .post(&token_url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion.as_str()),
+                ("scope", "system/Observation.cruds system/Patient.rs"),
+            ])
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 200);
+        let granted: Value = response.json().await.expect("JSON");
+        let token = granted["access_token"]
+            .as_str()
+            .expect("a token")
+            .to_owned();
+
+        let p = s.create(patient("Able")).await;
+        let transaction = json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": observation(&format!("Patient/{p}"), "laboratory", "1"),
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"resource": observation(&format!("Patient/{p}"), "laboratory", "2"),
+                 "request": {"method": "POST", "url": "Observation"}},
+            ]
+        });
+        let (status, response) = s.call(Method::POST, "", &token, Some(&transaction)).await;
+        assert_eq!(status, 200, "{response}");
+        let (_, found) = s
+            .get(&format!("Observation?subject=Patient/{p}"), &token)
+            .await;
+        assert_eq!(found["total"], 2);
+        // but not a Patient write, which it was not granted
+        assert_forbidden(
+            &s.call(Method::POST, "Patient", &token, Some(&patient("New")))
+                .await,
+            "a create the client may not do",
+        );
+    }
+);
