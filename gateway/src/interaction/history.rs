@@ -92,6 +92,7 @@ pub async fn history(
 ) -> Result<Outcome> {
     match scope {
         HistoryScope::Instance(resource_type, id) => {
+            access.allowed(Permission::Read, resource_type)?;
             if store::read_current(conn, resource_type, id)
                 .await?
                 .is_none()

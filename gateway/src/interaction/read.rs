@@ -21,6 +21,8 @@ pub async fn read(
     resource_type: &ResourceType,
     id: &ResourceId,
 ) -> Result<Outcome> {
+    // a token that may not read the type learns nothing, not even whether the id exists
+    access.allowed(Permission::Read, resource_type.as_str())?;
     let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
@@ -53,6 +55,7 @@ pub async fn vread(
     id: &ResourceId,
     version: VersionId,
 ) -> Result<Outcome> {
+    access.allowed(Permission::Read, resource_type.as_str())?;
     let Some(stored) =
         store::read_version(conn, resource_type.as_str(), id.as_str(), version).await?
     else {
