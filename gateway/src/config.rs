@@ -416,6 +416,7 @@ mod tests {
                 Some(Path::new("/etc/fhir-gateway/auth-signing.pem"))
             );
             assert_eq!(config.auth.access_token_lifetime_secs, 300);
+            assert!(config.auth.required, "the example requires tokens");
             Ok(())
         });
     }
@@ -435,6 +436,27 @@ mod tests {
                     .map_err(|e| e.to_string())?
                     .validation
                     .r4b_check
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tokens_are_required_unless_switched_off_and_previous_keys_are_a_list() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(config.auth.required);
+            assert!(config.auth.previous_signing_key_files.is_empty());
+            jail.set_env("FHIR_GATEWAY_AUTH__REQUIRED", "false");
+            jail.set_env(
+                "FHIR_GATEWAY_AUTH__PREVIOUS_SIGNING_KEY_FILES",
+                "[/keys/a.pem, /keys/b.pem]",
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(!config.auth.required);
+            assert_eq!(
+                config.auth.previous_signing_key_files,
+                [Path::new("/keys/a.pem"), Path::new("/keys/b.pem")]
             );
             Ok(())
         });
