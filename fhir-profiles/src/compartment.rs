@@ -32,6 +32,15 @@ pub fn patient_compartment_params(resource_type: &str) -> &'static [String] {
     compartment().get(resource_type).map_or(&[], Vec::as_slice)
 }
 
+/// The resource types in the Patient compartment through a compartment parameter (Patient
+/// itself among them, through `link`), in no particular order.
+pub fn patient_compartment_types() -> impl Iterator<Item = &'static str> {
+    compartment()
+        .iter()
+        .filter(|(_, params)| !params.is_empty())
+        .map(|(t, _)| t.as_str())
+}
+
 /// The ids of the Patients whose compartment `resource` (of type `resource_type`) is in,
 /// without duplicates, in order of appearance; a Patient's own id comes first. Empty when
 /// `resource` is not an object with `"resourceType": resource_type`.

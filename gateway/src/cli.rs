@@ -51,6 +51,46 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// The keys that sign the gateway's access tokens.
+    AuthKey {
+        #[command(subcommand)]
+        command: AuthKeyCommand,
+    },
+    /// Access tokens for the operator's own scripts.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthKeyCommand {
+    /// Make a new P-256 signing key (PKCS#8 PEM, mode 0600) for `auth.signing_key_file`;
+    /// prints its kid. An existing file is never overwritten.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint an access token with the configured signing key and print it (sub and
+    /// client_id `operator`). Set `server.base_url`: the token's aud must be the FHIR base URL.
+    Issue {
+        /// The scopes, such as `system/*.rs` or `patient/Observation.rs`; repeat it, or give
+        /// several separated by spaces.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// The launch patient's id (needed by patient/ scopes).
+        #[arg(long)]
+        patient: Option<String>,
+        /// How long the token lives.
+        #[arg(long, default_value_t = 300)]
+        lifetime_secs: i64,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +158,43 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Client { command } => client(command).await,
+        Command::AuthKey {
+            command: AuthKeyCommand::Generate { out },
+        } => {
+            let kid = crate::auth::keys::generate_key_file(&out)?;
+            println!("{kid}");
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    scopes,
+                    patient,
+                    lifetime_secs,
+                    config,
+                },
+        } => {
+            let config = Config::load(config.as_deref())?;
+            let base_url = config
+                .server
+                .base_url
+                .clone()
+                .unwrap_or_else(|| {
+                    format!("http://{}:{}/fhir", config.server.host, config.server.port)
+                })
+                .trim_end_matches('/')
+                .to_owned();
+            let token = crate::auth::operator_token(
+                &config.auth,
+                &config.database.data_dir,
+                &base_url,
+                &scopes.join(" "),
+                patient,
+                lifetime_secs,
+            )?;
+            println!("{token}");
+            Ok(())
+        }
         Command::Erase {
             resource,
             reason,

@@ -187,6 +187,13 @@ pub struct AuthConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Lifetime of the access tokens the gateway issues, in seconds.
     pub access_token_lifetime_secs: u64,
+    /// Whether the FHIR API requires an access token. `false` runs every request as the
+    /// operator, with full access (for development only: the gateway warns at start).
+    pub required: bool,
+    /// Earlier signing keys (PEM files), kept during a key rotation: their public keys are
+    /// published in the JWKS and still verify the tokens they signed; they never sign.
+    #[serde(default)]
+    pub previous_signing_key_files: Vec<PathBuf>,
 }
 
 /// See [`ChainConfig::mode`].
@@ -267,6 +274,8 @@ impl Default for Config {
                 issuer: None,
                 signing_key_file: None,
                 access_token_lifetime_secs: 300,
+                required: true,
+                previous_signing_key_files: Vec::new(),
             },
         }
     }
@@ -428,6 +437,7 @@ mod tests {
                 Some(Path::new("/etc/fhir-gateway/auth-signing.pem"))
             );
             assert_eq!(config.auth.access_token_lifetime_secs, 300);
+            assert!(config.auth.required, "the example requires tokens");
             Ok(())
         });
     }
@@ -447,6 +457,27 @@ mod tests {
                     .map_err(|e| e.to_string())?
                     .validation
                     .r4b_check
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tokens_are_required_unless_switched_off_and_previous_keys_are_a_list() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(config.auth.required);
+            assert!(config.auth.previous_signing_key_files.is_empty());
+            jail.set_env("FHIR_GATEWAY_AUTH__REQUIRED", "false");
+            jail.set_env(
+                "FHIR_GATEWAY_AUTH__PREVIOUS_SIGNING_KEY_FILES",
+                "[/keys/a.pem, /keys/b.pem]",
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(!config.auth.required);
+            assert_eq!(
+                config.auth.previous_signing_key_files,
+                [Path::new("/keys/a.pem"), Path::new("/keys/b.pem")]
             );
             Ok(())
         });

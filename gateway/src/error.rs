@@ -59,6 +59,18 @@ pub enum Error {
     MethodNotAllowed(String),
     #[error("no route for {0}")]
     UnknownRoute(String),
+    /// No access token, or one that is not valid (401, with `WWW-Authenticate: Bearer`).
+    #[error("{description}")]
+    Unauthorized {
+        /// The FHIR base URL (the `realm` of the challenge).
+        realm: String,
+        /// Whether a token was given but is not valid (`error="invalid_token"`).
+        invalid_token: bool,
+        description: String,
+    },
+    /// A valid token that does not grant the interaction (403, `error="insufficient_scope"`).
+    #[error("{0}")]
+    Forbidden(String),
     /// A business rule refused the request (a semantically wrong but well-formed request).
     #[error("{0}")]
     Unprocessable(String),
@@ -85,6 +97,8 @@ impl Error {
             Error::NotAcceptable(_) | Error::UnsupportedMediaType(_) => "not-supported",
             Error::PayloadTooLarge(_) => "too-costly",
             Error::Unprocessable(_) => "processing",
+            Error::Unauthorized { .. } => "login",
+            Error::Forbidden(_) => "forbidden",
             Error::Database(_) | Error::Internal(_) => "exception",
         }
     }
@@ -116,6 +130,35 @@ impl Error {
             }
         };
         json!({"resourceType": "OperationOutcome", "issue": issues})
+    }
+}
+
+impl Error {
+    /// The `WWW-Authenticate` challenge of a 401 or 403 (RFC 6750 §3).
+    fn challenge(&self) -> Option<String> {
+        // a quoted-string cannot hold a double quote or a backslash unescaped
+        let quoted = |text: &str| text.replace(['"', '\\'], "'");
+        match self {
+            Error::Unauthorized {
+                realm,
+                invalid_token: false,
+                ..
+            } => Some(format!("Bearer realm=\"{}\"", quoted(realm))),
+            Error::Unauthorized {
+                realm,
+                invalid_token: true,
+                description,
+            } => Some(format!(
+                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(realm),
+                quoted(description)
+            )),
+            Error::Forbidden(description) => Some(format!(
+                "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
+                quoted(description)
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -170,6 +213,8 @@ impl ResponseError for Error {
                 StatusCode::NOT_FOUND
             }
             Error::Gone { .. } | Error::Erased { .. } => StatusCode::GONE,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -191,7 +236,11 @@ impl ResponseError for Error {
             };
             tracing::error!(error = %detail, "request failed");
         }
-        HttpResponse::build(self.status_code())
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(challenge) = self.challenge() {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
+        response
             .content_type(crate::rest::format::FHIR_JSON)
             .body(self.operation_outcome().to_string())
     }

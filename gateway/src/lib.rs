@@ -4,8 +4,10 @@
 //! holds one module per FHIR interaction, [`store`] is the database, [`resource`] handles
 //! resource JSON, and [`error`] is the one door through which every failure becomes an
 //! OperationOutcome. [`erasure`] removes a record for good (the `erase` command). [`auth`] is
-//! the SMART on FHIR authorization server (Backend Services so far; not yet enforced).
+//! the SMART on FHIR authorization server; [`access`] is who asks and what their token lets
+//! them do, enforced by every interaction.
 
+pub mod access;
 pub mod anchoring;
 pub mod auth;
 pub mod bundle;

@@ -75,6 +75,11 @@ impl Application {
             &base_url,
             store.clone(),
         )?);
+        if !config.auth.required {
+            tracing::warn!(
+                "auth.required = false: the FHIR API serves every request WITHOUT an access token, with full access to every record; never run so with real patient data"
+            );
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
             ctx: Context {

@@ -35,6 +35,8 @@ fn every_subcommand_has_help() {
         &["client", "add", "--help"],
         &["client", "list", "--help"],
         &["client", "remove", "--help"],
+        &["auth-key", "generate", "--help"],
+        &["token", "issue", "--help"],
     ] {
         let (ok, out) = run(args);
         assert!(ok, "{args:?} fails");
@@ -97,6 +99,7 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .env("FHIR_GATEWAY_SERVER__SHUTDOWN_TIMEOUT_SECS", "20")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
         .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        .env("FHIR_GATEWAY_AUTH__REQUIRED", "false")
         // the embedded chain, on a port of its own, quick to seal and confirm
         .env_remove("FHIR_GATEWAY_CHAIN__MODE")
         .env("FHIR_GATEWAY_CHAIN__ANVIL_PORT", "0")
@@ -459,4 +462,76 @@ fn clients_are_added_listed_and_removed() {
     );
     let (ok, _, err) = client_command(dir.path(), &["remove", &client_id]);
     assert!(!ok && err.contains("no client"), "{err}");
+}
+
+/// `auth-key generate` makes a key file only its owner reads, never overwriting one; `token
+/// issue` signs a token with the configured key for the configured base URL.
+#[test]
+fn auth_keys_are_generated_and_tokens_issued() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let key = dir.path().join("signing.pem");
+    let key_arg = key.to_str().expect("a UTF-8 path");
+    let (ok, kid) = run(&["auth-key", "generate", "--out", key_arg]);
+    assert!(ok);
+    let kid = kid.trim().to_owned();
+    assert_eq!(kid.len(), 43, "an RFC 7638 SHA-256 thumbprint: {kid}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key)
+            .expect("the key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let before = std::fs::read(&key).expect("the key");
+    let (ok, _) = run(&["auth-key", "generate", "--out", key_arg]);
+    assert!(!ok, "an existing key file is not overwritten");
+    assert_eq!(std::fs::read(&key).expect("the key"), before);
+
+    let issue = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .args(["token", "issue"])
+            .args(args)
+            .env_remove("FHIR_GATEWAY_CONFIG")
+            .env("FHIR_GATEWAY_AUTH__SIGNING_KEY_FILE", &key)
+            .env(
+                "FHIR_GATEWAY_SERVER__BASE_URL",
+                "https://fhir.example.org/fhir",
+            )
+            .env("FHIR_GATEWAY_DATABASE__DATA_DIR", dir.path())
+            .output()
+            .expect("the binary runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        )
+    };
+    let (ok, token) = issue(&[
+        "--scope",
+        "patient/*.rs",
+        "--patient",
+        "123",
+        "--lifetime-secs",
+        "60",
+    ]);
+    assert!(ok, "{token}");
+    let signing = gateway::auth::keys::SigningKey::load(&key).expect("the key");
+    let header = jsonwebtoken::decode_header(&token).expect("a JWT");
+    assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(signing.public_jwk()).expect("public");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["https://fhir.example.org/fhir"]);
+    validation.set_issuer(&["https://fhir.example.org/fhir"]);
+    let claims =
+        jsonwebtoken::decode::<gateway::auth::claims::AccessClaims>(&token, &decoding, &validation)
+            .expect("valid")
+            .claims;
+    assert_eq!(claims.scope, "patient/*.rs");
+    assert_eq!(claims.patient.as_deref(), Some("123"));
+    assert_eq!(claims.exp - claims.iat, 60);
+    let (ok, _) = issue(&["--scope", "patient/*.rs"]);
+    assert!(!ok, "patient/ scopes need a patient");
+    let (ok, _) = issue(&["--scope", "patient/Nope.rs", "--patient", "1"]);
+    assert!(!ok, "an unknown scope is refused");
 }

@@ -69,6 +69,8 @@ def main() -> int:
         "FHIR_GATEWAY_SERVER__PORT": str(port),
         "FHIR_GATEWAY_CHAIN__ANVIL_PORT": "0",
         "FHIR_GATEWAY_LOG__FILTER": "warn",
+        # this benchmark measures anchoring, not authorization
+        "FHIR_GATEWAY_AUTH__REQUIRED": "false",
     })
     if args.age is not None:
         env["FHIR_GATEWAY_LEDGER__BATCH_MAX_AGE_SECS"] = str(args.age)

@@ -7,6 +7,7 @@ and reports resources per second. Standard library only.
 """
 import argparse
 import http.client
+import os
 import json
 import pathlib
 import queue
@@ -14,6 +15,9 @@ import sys
 import threading
 import time
 import urllib.parse
+
+# the access token to send (FHIR_TOKEN), when the gateway requires one
+AUTHORIZATION = {"Authorization": f"Bearer {os.environ['FHIR_TOKEN']}"} if os.environ.get("FHIR_TOKEN") else {}
 
 
 def main() -> int:
@@ -61,6 +65,7 @@ def main() -> int:
                     "Content-Type": "application/fhir+json",
                     "Accept": "application/fhir+json",
                     "Prefer": "return=minimal",
+                    **AUTHORIZATION,
                 },
             )
             response = conn.getresponse()

@@ -12,6 +12,7 @@ searches.txt: the search mix, in equal parts
 """
 import argparse
 import json
+import os
 import pathlib
 import random
 import urllib.parse
@@ -19,7 +20,11 @@ import urllib.request
 
 
 def get(url: str) -> dict:
-    request = urllib.request.Request(url, headers={"Accept": "application/fhir+json"})
+    headers = {"Accept": "application/fhir+json"}
+    if os.environ.get("FHIR_TOKEN"):
+        # the access token, when the gateway requires one
+        headers["Authorization"] = f"Bearer {os.environ['FHIR_TOKEN']}"
+    request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
 

@@ -45,6 +45,17 @@ impl SigningKey {
         Self::from_pem(&pem).with_context(|| format!("in {}", path.display()))
     }
 
+    /// The key in a PEM file (an earlier key kept for verification during a rotation).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_pem(&pem).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// The public JWK (with `kid` and `use`).
+    pub fn public_jwk(&self) -> &Jwk {
+        &self.public
+    }
+
     /// A P-256 private key in PKCS#8 PEM.
     pub fn from_pem(pem: &[u8]) -> anyhow::Result<Self> {
         let key =
@@ -89,15 +100,24 @@ fn generated_key_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
+    let kid = generate_key_file(&path)?;
+    tracing::info!(path = %path.display(), kid = %kid, "made the token-signing key");
+    Ok(path)
+}
+
+/// Makes a new P-256 signing key in a new file at `path` (PKCS#8 PEM, mode 0600; an existing
+/// file is not overwritten). Returns the key's `kid`.
+pub fn generate_key_file(path: &Path) -> anyhow::Result<String> {
     let random = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
         &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         &random,
     )
     .map_err(|_| anyhow::anyhow!("generating a P-256 key failed"))?;
-    crate::secret_file::create(&path, pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())?;
-    tracing::info!(path = %path.display(), "made the token-signing key");
-    Ok(path)
+    let text = pem("PRIVATE KEY", pkcs8.as_ref());
+    let kid = SigningKey::from_pem(text.as_bytes())?.kid().to_owned();
+    crate::secret_file::create(path, text.as_bytes())?;
+    Ok(kid)
 }
 
 /// DER as PEM (RFC 7468: base64 in lines of 64 characters).

@@ -4,7 +4,8 @@
 //! gateway's own key ([`keys`]). Discovery (`.well-known/smart-configuration`) and the public
 //! key (`.well-known/jwks.json`) are served under the FHIR base URL.
 //!
-//! The FHIR API does not require tokens yet: enforcement is a later increment.
+//! The FHIR API requires a token (`[auth] required`): [`Auth::verify`] checks it and
+//! [`crate::access`] turns its claims into the request's actor and what it may do.
 
 pub mod claims;
 pub mod clients;
@@ -35,8 +36,13 @@ pub const DISCOVERY_PATH: &str = "/.well-known/smart-configuration";
 pub struct Auth {
     store: Store,
     key: SigningKey,
-    /// Verifies the tokens `key` signed.
-    verifying_key: jsonwebtoken::DecodingKey,
+    /// Verify tokens, by `kid`: the current key's first, then the earlier keys kept during a
+    /// rotation (`auth.previous_signing_key_files`).
+    verifying_keys: Vec<(String, jsonwebtoken::DecodingKey)>,
+    /// The public keys of `verifying_keys`, as published.
+    jwks: jsonwebtoken::jwk::JwkSet,
+    /// Whether the FHIR API requires a token (`auth.required`).
+    pub required: bool,
     /// `iss` of issued tokens.
     issuer: String,
     /// The FHIR base URL: `aud` of issued tokens.
@@ -55,11 +61,22 @@ impl Auth {
         store: Store,
     ) -> anyhow::Result<Auth> {
         let key = SigningKey::load_or_generate(config.signing_key_file.as_deref(), data_dir)?;
-        let verifying_key = key.decoding_key()?;
+        let mut verifying_keys = vec![(key.kid().to_owned(), key.decoding_key()?)];
+        let mut jwks = key.jwks();
+        for path in &config.previous_signing_key_files {
+            let previous = SigningKey::load(path)?;
+            if verifying_keys.iter().any(|(kid, _)| kid == previous.kid()) {
+                continue;
+            }
+            verifying_keys.push((previous.kid().to_owned(), previous.decoding_key()?));
+            jwks.keys.push(previous.public_jwk().clone());
+        }
         Ok(Auth {
             store,
             key,
-            verifying_key,
+            verifying_keys,
+            jwks,
+            required: config.required,
             issuer: config
                 .issuer
                 .clone()
@@ -69,6 +86,54 @@ impl Auth {
             access_token_lifetime_secs: config.access_token_lifetime_secs,
         })
     }
+}
+
+impl Auth {
+    /// The FHIR base URL: the `aud` of the tokens, the `realm` of a 401.
+    pub fn fhir_base_url(&self) -> &str {
+        &self.fhir_base_url
+    }
+}
+
+/// Mints an access token for the operator's scripts (`fhir-gateway token issue`) with the
+/// configured signing key: `sub` and `client_id` are `operator`, no user; `patient` is the
+/// launch patient of `patient/` scopes. The scopes must be ones this server grants.
+pub fn operator_token(
+    config: &AuthConfig,
+    data_dir: &std::path::Path,
+    fhir_base_url: &str,
+    scope: &str,
+    patient: Option<String>,
+    lifetime_secs: i64,
+) -> anyhow::Result<String> {
+    let scopes = scopes::ScopeSet::parse(scope).map_err(|e| anyhow::anyhow!(e))?;
+    anyhow::ensure!(
+        !scopes.has_context(scopes::Context::Patient) || patient.is_some(),
+        "patient/ scopes need --patient (the launch patient they are confined to)"
+    );
+    anyhow::ensure!(lifetime_secs > 0, "the lifetime must be positive");
+    let key = SigningKey::load_or_generate(config.signing_key_file.as_deref(), data_dir)?;
+    let now = crate::model::Instant::now().millis() / 1000;
+    let claims = AccessClaims {
+        iss: config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| fhir_base_url.to_owned()),
+        aud: fhir_base_url.to_owned(),
+        sub: "operator".to_owned(),
+        client_id: "operator".to_owned(),
+        scope: scopes.to_string(),
+        iat: now,
+        nbf: now,
+        exp: now + lifetime_secs,
+        jti: uuid::Uuid::new_v4().to_string(),
+        user_kind: None,
+        fhir_user: None,
+        patient,
+        encounter: None,
+        purpose_of_use: None,
+    };
+    key.sign(&claims)
 }
 
 /// Why an access token was refused (the `error_description` of a 401).
@@ -89,18 +154,23 @@ impl Auth {
                 header.alg
             )));
         }
-        if header.kid.as_deref() != Some(self.key.kid()) {
+        let Some(verifying_key) = header.kid.as_deref().and_then(|kid| {
+            self.verifying_keys
+                .iter()
+                .find(|(k, _)| k == kid)
+                .map(|(_, key)| key)
+        }) else {
             return Err(InvalidToken(
                 "the access token was not signed by a key of this server".to_owned(),
             ));
-        }
+        };
         let mut validation = jsonwebtoken::Validation::new(keys::ALGORITHM);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.fhir_base_url]);
         validation.validate_nbf = true;
         validation.leeway = TOKEN_LEEWAY_SECS;
-        jsonwebtoken::decode::<AccessClaims>(token, &self.verifying_key, &validation)
+        jsonwebtoken::decode::<AccessClaims>(token, verifying_key, &validation)
             .map(|data| data.claims)
             .map_err(|e| {
                 InvalidToken(
@@ -160,7 +230,8 @@ async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
     )
 }
 
-/// `GET [base]/.well-known/jwks.json`: the public key that verifies the gateway's tokens.
+/// `GET [base]/.well-known/jwks.json`: the public keys that verify the gateway's tokens (the
+/// current key and any earlier ones kept during a rotation).
 async fn jwks(auth: web::Data<Auth>) -> HttpResponse {
-    HttpResponse::Ok().json(auth.key.jwks())
+    HttpResponse::Ok().json(&auth.jwks)
 }

@@ -9,6 +9,8 @@ use fhir_profiles::Json;
 use sqlx::AnyConnection;
 
 use super::{Context, Method, Outcome, check_body, search, store_version};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType};
 use crate::store;
@@ -17,14 +19,16 @@ use crate::store;
 pub async fn create(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     body: Json,
     if_none_exist: Option<&str>,
 ) -> Result<Outcome> {
+    access.allowed(Permission::Create, resource_type.as_str())?;
     let issues = check_body(ctx, &body, resource_type)?;
     if let Some(criteria) = if_none_exist {
         store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
-        let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+        let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
         match matches.as_slice() {
             [] => {}
             [id] => {
@@ -35,6 +39,15 @@ pub async fn create(
                             "a search match vanished inside its transaction"
                         ))
                     })?;
+                access
+                    .check(
+                        conn,
+                        &ctx.base_url,
+                        Permission::Read,
+                        resource_type.as_str(),
+                        id.as_str(),
+                    )
+                    .await?;
                 let location =
                     ctx.version_url(resource_type.as_str(), id.as_str(), stored.version_id);
                 let mut outcome = Outcome::version(stored);
@@ -49,7 +62,16 @@ pub async fn create(
         }
     }
     let id = ResourceId::generate();
-    store_version(conn, ctx, resource_type, &id, None, body, Method::Post)
-        .await
-        .map(|outcome| outcome.with_issues(issues))
+    let outcome = store_version(conn, ctx, resource_type, &id, None, body, Method::Post).await?;
+    // what was written must be within the scope (the caller's transaction rolls back if not)
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Create,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
+    Ok(outcome.with_issues(issues))
 }

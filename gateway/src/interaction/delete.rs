@@ -7,6 +7,8 @@
 use sqlx::AnyConnection;
 
 use super::{Body, Context, Method, Outcome, proof, search};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::error::{Error, Result, information_outcome};
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
 use crate::store::{self, Current, VersionWrite};
@@ -14,10 +16,12 @@ use crate::store::{self, Current, VersionWrite};
 /// `DELETE [base]/[type]/[id]`
 pub async fn delete(
     conn: &mut AnyConnection,
-    _ctx: &Context,
+    ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     id: &ResourceId,
 ) -> Result<Outcome> {
+    access.allowed(Permission::Delete, resource_type.as_str())?;
     let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
     let Some(current) = current.filter(|c| !c.deleted) else {
         return Ok(Outcome::json(
@@ -27,6 +31,16 @@ pub async fn delete(
             )),
         ));
     };
+    // checked before the deletion, which removes the index rows a compartment is read from
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Delete,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
     let (version, last_updated) = write_deletion(conn, &current, resource_type, id).await?;
     Ok(Outcome {
         status: 200,
@@ -81,10 +95,12 @@ pub(crate) async fn write_deletion(
 pub async fn conditional_delete(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     criteria: &str,
 ) -> Result<Outcome> {
-    let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+    access.allowed(Permission::Delete, resource_type.as_str())?;
+    let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
     match matches.as_slice() {
         [] => Ok(Outcome::json(
             200,
@@ -92,7 +108,7 @@ pub async fn conditional_delete(
                 "no {resource_type} matches {criteria}; nothing to delete"
             )),
         )),
-        [id] => delete(conn, ctx, resource_type, id).await,
+        [id] => delete(conn, ctx, access, resource_type, id).await,
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}; conditional delete removes one resource at a time"
         ))),

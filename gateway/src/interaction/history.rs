@@ -14,6 +14,8 @@ use sqlx::AnyConnection;
 
 use super::search::Handling;
 use super::{Body, Context, Outcome};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result, information_outcome};
 use crate::model::Instant;
@@ -84,18 +86,43 @@ impl HistoryParams {
 pub async fn history(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     scope: HistoryScope<'_>,
     params: HistoryParams,
 ) -> Result<Outcome> {
-    if let HistoryScope::Instance(resource_type, id) = scope
-        && store::read_current(conn, resource_type, id)
-            .await?
-            .is_none()
-    {
-        return Err(Error::NotFound {
-            resource_type: resource_type.to_owned(),
-            id: id.to_owned(),
-        });
+    match scope {
+        HistoryScope::Instance(resource_type, id) => {
+            access.allowed(Permission::Read, resource_type)?;
+            if store::read_current(conn, resource_type, id)
+                .await?
+                .is_none()
+            {
+                return Err(Error::NotFound {
+                    resource_type: resource_type.to_owned(),
+                    id: id.to_owned(),
+                });
+            }
+            access
+                .check(conn, &ctx.base_url, Permission::Read, resource_type, id)
+                .await?;
+        }
+        // past versions cannot be filtered by what a resource is now: type and system
+        // history need a grant without restriction or compartment
+        HistoryScope::Type(resource_type) => {
+            if access.allowed(Permission::Read, resource_type)?.is_some() {
+                return Err(Error::Forbidden(format!(
+                    "the history of every {resource_type} is served only to tokens that may read every {resource_type} (a scope without restriction, outside a patient compartment); read the history of single resources instead"
+                )));
+            }
+        }
+        HistoryScope::System => {
+            if access.allowed_types(Permission::Read, &[])?.is_some() {
+                return Err(Error::Forbidden(
+                    "the history of the whole server is served only to tokens that may read every resource (such as system/*.r or user/*.r without restriction, outside a patient compartment)"
+                        .to_owned(),
+                ));
+            }
+        }
     }
     let count = params
         .count

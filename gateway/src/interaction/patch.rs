@@ -17,6 +17,8 @@ use json_syntax::Parse;
 use sqlx::AnyConnection;
 
 use super::{Context, Method, Outcome, check_body, search, store_version};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::config::ValidationConfig;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType, VersionId};
@@ -63,6 +65,7 @@ impl PatchDocument {
 pub async fn patch(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     id: &ResourceId,
     document: &PatchDocument,
@@ -82,6 +85,15 @@ pub async fn patch(
             id: id.to_string(),
         });
     }
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Update,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
     if let Some(expected) = if_match
         && expected != current.version_id
     {
@@ -126,7 +138,7 @@ pub async fn patch(
         Error::Invalid(message) => Error::Unprocessable(message),
         other => other,
     })?;
-    store_version(
+    let outcome = store_version(
         conn,
         ctx,
         resource_type,
@@ -135,26 +147,38 @@ pub async fn patch(
         body,
         Method::Patch,
     )
-    .await
-    .map(|outcome| outcome.with_issues(issues))
+    .await?;
+    // the patched resource must stay within the scope (else the transaction rolls back)
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Update,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
+    Ok(outcome.with_issues(issues))
 }
 
 /// `PATCH [base]/[type]?[search parameters]`: patches the single match.
 pub async fn conditional_patch(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     criteria: &str,
     document: &PatchDocument,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
-    let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+    access.allowed(Permission::Update, resource_type.as_str())?;
+    let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
     match matches.as_slice() {
         [] => Err(Error::NotFound {
             resource_type: resource_type.to_string(),
             id: format!("?{criteria}"),
         }),
-        [id] => patch(conn, ctx, resource_type, id, document, if_match).await,
+        [id] => patch(conn, ctx, access, resource_type, id, document, if_match).await,
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}"
         ))),

@@ -120,10 +120,21 @@ pub async fn backfill(store: &Store) -> Result<u64> {
 /// `GET [base]/[type]/[id]/_history/[vid]/$proof`.
 pub async fn proof(
     conn: &mut AnyConnection,
+    ctx: &super::Context,
+    access: &crate::access::Access,
     resource_type: &ResourceType,
     id: &ResourceId,
     version: Option<VersionId>,
 ) -> Result<Outcome> {
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            crate::auth::scopes::Permission::Read,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
     let Some(leaf) = log::leaf_of(conn, resource_type.as_str(), id.as_str(), version).await? else {
         return Err(Error::NotFound {
             resource_type: resource_type.to_string(),

@@ -6,7 +6,9 @@
 
 use sqlx::AnyConnection;
 
-use super::Outcome;
+use super::{Context, Outcome};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::store;
@@ -14,9 +16,13 @@ use crate::store;
 /// `GET [base]/[type]/[id]`
 pub async fn read(
     conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     id: &ResourceId,
 ) -> Result<Outcome> {
+    // a token that may not read the type learns nothing, not even whether the id exists
+    access.allowed(Permission::Read, resource_type.as_str())?;
     let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
@@ -27,16 +33,29 @@ pub async fn read(
             id: id.to_string(),
         });
     }
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Read,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
     Ok(Outcome::version(stored))
 }
 
-/// `GET [base]/[type]/[id]/_history/[vid]`
+/// `GET [base]/[type]/[id]/_history/[vid]`: within the token's scopes when the resource is
+/// as it is now (a restriction or compartment is checked on the current version).
 pub async fn vread(
     conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     id: &ResourceId,
     version: VersionId,
 ) -> Result<Outcome> {
+    access.allowed(Permission::Read, resource_type.as_str())?;
     let Some(stored) =
         store::read_version(conn, resource_type.as_str(), id.as_str(), version).await?
     else {
@@ -58,6 +77,15 @@ pub async fn vread(
             id: format!("{id}/_history/{version}"),
         });
     }
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Read,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
     Ok(Outcome::version(stored))
 }
 

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
 use super::{Body, Context, Outcome};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType};
@@ -245,6 +247,26 @@ impl SearchRequest {
                 self.filters.push(filter);
                 self.applied.push((name.to_owned(), value.to_owned()));
             }
+        }
+        Ok(())
+    }
+}
+
+impl SearchRequest {
+    /// Confines the search to what `access` may search (403 when it may search none of the
+    /// types): the allowed set becomes one more filter of the query, so totals and paging
+    /// stay right, and chained and `_has` parameters only look at searchable resources.
+    fn confine(&mut self, access: &Access) -> Result<()> {
+        if access.is_operator() {
+            return Ok(());
+        }
+        let filters = std::mem::take(&mut self.filters);
+        self.filters = filters
+            .into_iter()
+            .map(|f| access.confine(f))
+            .collect::<Result<_>>()?;
+        if let Some(allowed) = access.allowed_types(Permission::Search, &self.types)? {
+            self.filters.push(allowed);
         }
         Ok(())
     }
@@ -665,18 +687,21 @@ fn split_or(value: &str) -> Vec<String> {
 pub async fn matching_ids(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     criteria: &str,
     limit: usize,
 ) -> Result<Vec<ResourceId>> {
     let criteria = criteria.trim_start_matches('?');
-    let request =
+    let mut request =
         SearchRequest::parse(ctx, &Scope::Type(resource_type), criteria, Handling::Strict)?;
     if request.filters.is_empty() {
         return Err(Error::PreconditionFailed(format!(
             "the conditional criteria {criteria:?} select nothing; give search parameters"
         )));
     }
+    // a conditional operation sees only what the token may search
+    request.confine(access)?;
     let query = Query {
         types: &request.types,
         filters: &request.filters,
@@ -694,9 +719,11 @@ pub async fn matching_ids(
 pub async fn search(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     scope: &Scope<'_>,
-    request: SearchRequest,
+    mut request: SearchRequest,
 ) -> Result<Outcome> {
+    request.confine(access)?;
     let query = Query {
         types: &request.types,
         filters: &request.filters,
@@ -757,7 +784,7 @@ pub async fn search(
             Some("match"),
         );
     }
-    let included = includes(conn, &request, &page.rows, &mut seen).await?;
+    let included = includes(conn, ctx, access, &request, &page.rows, &mut seen).await?;
     for row in &included {
         let body = subset::serve(&row.body, subset, &row.resource_type, SearchMode::Include)?;
         bundle.entry(
@@ -790,6 +817,8 @@ const MAX_INCLUDE_ROUNDS: usize = 4;
 
 async fn includes(
     conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
     request: &SearchRequest,
     matches: &[sql::MatchRow],
     seen: &mut HashSet<(String, String)>,
@@ -813,6 +842,8 @@ async fn includes(
                     &sources,
                     &include.param,
                     include.target_type.as_deref(),
+                    access.readable(include.target_type.as_deref())?.as_ref(),
+                    &ctx.base_url,
                 )
                 .await?,
             );
@@ -827,7 +858,15 @@ async fn includes(
                 .map(|(_, t, id)| (t.clone(), id.clone()))
                 .collect();
             found.extend(
-                sql::rev_included(conn, &targets, &include.source_type, &include.param).await?,
+                sql::rev_included(
+                    conn,
+                    &targets,
+                    &include.source_type,
+                    &include.param,
+                    access.readable(Some(&include.source_type))?.as_ref(),
+                    &ctx.base_url,
+                )
+                .await?,
             );
         }
         frontier.clear();

@@ -26,6 +26,8 @@ use super::{
     Body, Context, Method, Outcome, PreparedVersion, check_body, create, delete, patch, read,
     search, store_new_versions, store_version, update,
 };
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result, validation_outcome};
 use crate::model::{ResourceId, ResourceType, VersionId};
@@ -167,6 +169,7 @@ fn entry_error(index: usize, error: Error) -> Error {
             Error::PreconditionFailed(format!("Bundle.entry[{index}]: {m}"))
         }
         Error::Unprocessable(m) => Error::Unprocessable(format!("Bundle.entry[{index}]: {m}")),
+        Error::Forbidden(m) => Error::Forbidden(format!("Bundle.entry[{index}]: {m}")),
         Error::InvalidPatchResult(issues) => {
             let mut issues = issues.clone();
             for issue in &mut issues {
@@ -325,6 +328,7 @@ fn parse_entry(index: usize, entry: &Json, ctx: &Context) -> Result<Entry> {
 pub async fn process(
     store: &Store,
     ctx: &Context,
+    access: &Access,
     bundle: Json,
     preference: ReturnPreference,
 ) -> Result<Outcome> {
@@ -332,7 +336,7 @@ pub async fn process(
     drop(bundle);
     if is_transaction {
         let responses = store
-            .write(async |tx| transaction(tx, ctx, entries.clone()).await)
+            .write(async |tx| transaction(tx, ctx, access, entries.clone()).await)
             .await?;
         Ok(response_bundle(
             "transaction-response",
@@ -344,7 +348,7 @@ pub async fn process(
         for entry in entries {
             let index = entry.index;
             let result = store
-                .write(async |tx| run(tx, ctx, entry.clone()).await)
+                .write(async |tx| run(tx, ctx, access, entry.clone()).await)
                 .await;
             responses.push((index, result.map_err(|e| entry_error(index, e))));
         }
@@ -356,6 +360,7 @@ pub async fn process(
 async fn transaction(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     mut entries: Vec<Entry>,
 ) -> Result<Vec<(usize, Result<Outcome>)>> {
     // 1. the id every entry's fullUrl stands for
@@ -391,9 +396,10 @@ async fn transaction(
             } => {
                 let existing = match if_none_exist {
                     Some(criteria) => {
-                        let found = search::matching_ids(conn, ctx, resource_type, criteria, 2)
-                            .await
-                            .map_err(|e| entry_error(entry.index, e))?;
+                        let found =
+                            search::matching_ids(conn, ctx, access, resource_type, criteria, 2)
+                                .await
+                                .map_err(|e| entry_error(entry.index, e))?;
                         if found.len() > 1 {
                             return Err(entry_error(
                                 entry.index,
@@ -424,7 +430,7 @@ async fn transaction(
                 criteria,
                 ..
             } => {
-                let found = search::matching_ids(conn, ctx, resource_type, criteria, 2)
+                let found = search::matching_ids(conn, ctx, access, resource_type, criteria, 2)
                     .await
                     .map_err(|e| entry_error(entry.index, e))?;
                 match found.as_slice() {
@@ -474,7 +480,7 @@ async fn transaction(
                 let (type_part, criteria) = reference.split_once('?').unwrap_or((&reference, ""));
                 let resource_type =
                     ResourceType::parse(type_part).map_err(|e| entry_error(entry.index, e))?;
-                let found = search::matching_ids(conn, ctx, &resource_type, criteria, 2)
+                let found = search::matching_ids(conn, ctx, access, &resource_type, criteria, 2)
                     .await
                     .map_err(|e| entry_error(entry.index, e))?;
                 match found.as_slice() {
@@ -515,6 +521,9 @@ async fn transaction(
             let resource = entry.resource.ok_or_else(|| {
                 entry_error(index, Error::Invalid("POST needs a resource".to_owned()))
             })?;
+            access
+                .allowed(Permission::Create, resource_type.as_str())
+                .map_err(|e| entry_error(index, e))?;
             let issues =
                 check_body(ctx, &resource, resource_type).map_err(|e| entry_error(index, e))?;
             pending.push((
@@ -525,11 +534,11 @@ async fn transaction(
             ));
             continue;
         }
-        flush(conn, ctx, &mut pending, &mut responses).await?;
+        flush(conn, ctx, access, &mut pending, &mut responses).await?;
         let outcome = match (&entry.request, assigned.get(&index)) {
             (Request::Create { resource_type, .. }, Some(Assigned::Existing(id))) => {
                 // ifNoneExist matched: answer with the existing resource
-                read::read(conn, resource_type, id).await
+                read::read(conn, ctx, access, resource_type, id).await
             }
             (Request::ConditionalUpdate { resource_type, .. }, Some(Assigned::New(id))) => {
                 let mut resource = entry
@@ -539,36 +548,63 @@ async fn transaction(
                 let current =
                     store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
                 match check_body(ctx, &resource, resource_type) {
-                    Ok(issues) => store_version(
+                    Ok(issues) => create_checked(
                         conn,
                         ctx,
+                        access,
                         resource_type,
                         id,
                         current.as_ref(),
                         resource,
-                        Method::Put,
                     )
                     .await
                     .map(|outcome| outcome.with_issues(issues)),
                     Err(e) => Err(e),
                 }
             }
-            _ => run(conn, ctx, entry).await,
+            _ => run(conn, ctx, access, entry).await,
         };
         match outcome {
             Ok(outcome) => responses.push((index, Ok(outcome))),
             Err(error) => return Err(entry_error(index, error)),
         }
     }
-    flush(conn, ctx, &mut pending, &mut responses).await?;
+    flush(conn, ctx, access, &mut pending, &mut responses).await?;
     responses.sort_by_key(|(index, _)| *index);
     Ok(responses)
+}
+
+/// Writes a resource a conditional update creates, within the token's scope (else 403 and
+/// the transaction rolls back).
+async fn create_checked(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    current: Option<&store::Current>,
+    resource: Json,
+) -> Result<Outcome> {
+    access.allowed(Permission::Create, resource_type.as_str())?;
+    let outcome =
+        store_version(conn, ctx, resource_type, id, current, resource, Method::Put).await?;
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            Permission::Create,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
+    Ok(outcome)
 }
 
 /// Writes the pending creates and records their responses.
 async fn flush(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     pending: &mut Vec<(usize, PreparedVersion, Vec<Issue>)>,
     responses: &mut Vec<(usize, Result<Outcome>)>,
 ) -> Result<()> {
@@ -580,6 +616,19 @@ async fn flush(
         .map(|(index, version, issues)| (version, (index, issues)))
         .unzip();
     store_new_versions(conn, &versions).await?;
+    // what was written must be within the token's scope (else the transaction rolls back)
+    for ((index, _), version) in answers.iter().zip(&versions) {
+        access
+            .check(
+                conn,
+                &ctx.base_url,
+                Permission::Create,
+                version.resource_type.as_str(),
+                version.id.as_str(),
+            )
+            .await
+            .map_err(|e| entry_error(*index, e))?;
+    }
     responses.extend(
         answers
             .into_iter()
@@ -598,7 +647,12 @@ fn set_id(resource: &mut Json, id: &ResourceId) {
 }
 
 /// Runs one entry on its own (batch entries, and transaction entries without ids to assign).
-async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Outcome> {
+async fn run(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    entry: Entry,
+) -> Result<Outcome> {
     match entry.request {
         Request::Create {
             resource_type,
@@ -610,6 +664,7 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             create::create(
                 conn,
                 ctx,
+                access,
                 &resource_type,
                 resource,
                 if_none_exist.as_deref(),
@@ -624,7 +679,7 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             let resource = entry
                 .resource
                 .ok_or_else(|| Error::Invalid("PUT needs a resource".to_owned()))?;
-            update::update(conn, ctx, &resource_type, &id, resource, if_match).await
+            update::update(conn, ctx, access, &resource_type, &id, resource, if_match).await
         }
         Request::ConditionalUpdate {
             resource_type,
@@ -634,8 +689,16 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             let resource = entry
                 .resource
                 .ok_or_else(|| Error::Invalid("PUT needs a resource".to_owned()))?;
-            update::conditional_update(conn, ctx, &resource_type, &criteria, resource, if_match)
-                .await
+            update::conditional_update(
+                conn,
+                ctx,
+                access,
+                &resource_type,
+                &criteria,
+                resource,
+                if_match,
+            )
+            .await
         }
         Request::Patch {
             resource_type,
@@ -643,7 +706,7 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             if_match,
         } => {
             let document = patch_document(entry.resource.as_ref())?;
-            patch::patch(conn, ctx, &resource_type, &id, &document, if_match).await
+            patch::patch(conn, ctx, access, &resource_type, &id, &document, if_match).await
         }
         Request::ConditionalPatch {
             resource_type,
@@ -651,22 +714,32 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             if_match,
         } => {
             let document = patch_document(entry.resource.as_ref())?;
-            patch::conditional_patch(conn, ctx, &resource_type, &criteria, &document, if_match)
-                .await
+            patch::conditional_patch(
+                conn,
+                ctx,
+                access,
+                &resource_type,
+                &criteria,
+                &document,
+                if_match,
+            )
+            .await
         }
         Request::Delete { resource_type, id } => {
-            delete::delete(conn, ctx, &resource_type, &id).await
+            delete::delete(conn, ctx, access, &resource_type, &id).await
         }
         Request::ConditionalDelete {
             resource_type,
             criteria,
-        } => delete::conditional_delete(conn, ctx, &resource_type, &criteria).await,
-        Request::Read { resource_type, id } => read::read(conn, &resource_type, &id).await,
+        } => delete::conditional_delete(conn, ctx, access, &resource_type, &criteria).await,
+        Request::Read { resource_type, id } => {
+            read::read(conn, ctx, access, &resource_type, &id).await
+        }
         Request::VRead {
             resource_type,
             id,
             version,
-        } => read::vread(conn, &resource_type, &id, version).await,
+        } => read::vread(conn, ctx, access, &resource_type, &id, version).await,
         Request::Search {
             resource_type,
             query,
@@ -674,7 +747,7 @@ async fn run(conn: &mut AnyConnection, ctx: &Context, entry: Entry) -> Result<Ou
             let scope = search::Scope::Type(&resource_type);
             let request =
                 search::SearchRequest::parse(ctx, &scope, &query, search::Handling::Lenient)?;
-            search::search(conn, ctx, &scope, request).await
+            search::search(conn, ctx, access, &scope, request).await
         }
     }
 }

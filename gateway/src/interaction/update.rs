@@ -10,6 +10,8 @@ use fhir_profiles::Json;
 use sqlx::AnyConnection;
 
 use super::{Context, Method, Outcome, check_body, search, store_version};
+use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::{resource, store};
@@ -18,6 +20,7 @@ use crate::{resource, store};
 pub async fn update(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     id: &ResourceId,
     body: Json,
@@ -38,6 +41,21 @@ pub async fn update(
         }
     }
     let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
+    let permission = write_permission(current.as_ref());
+    // the resource as it is must be within the scope, and so must what replaces it
+    if permission == Permission::Update {
+        access
+            .check(
+                conn,
+                &ctx.base_url,
+                permission,
+                resource_type.as_str(),
+                id.as_str(),
+            )
+            .await?;
+    } else {
+        access.allowed(permission, resource_type.as_str())?;
+    }
     if let Some(expected) = if_match {
         match &current {
             Some(current) if !current.deleted && current.version_id == expected => {}
@@ -54,7 +72,7 @@ pub async fn update(
             }
         }
     }
-    store_version(
+    let outcome = store_version(
         conn,
         ctx,
         resource_type,
@@ -63,14 +81,33 @@ pub async fn update(
         body,
         Method::Put,
     )
-    .await
-    .map(|outcome| outcome.with_issues(issues))
+    .await?;
+    access
+        .check(
+            conn,
+            &ctx.base_url,
+            permission,
+            resource_type.as_str(),
+            id.as_str(),
+        )
+        .await?;
+    Ok(outcome.with_issues(issues))
+}
+
+/// An update of a resource that exists needs `u`; one that creates it (update as create) `c`.
+pub(crate) fn write_permission(current: Option<&store::Current>) -> Permission {
+    if current.is_some_and(|c| !c.deleted) {
+        Permission::Update
+    } else {
+        Permission::Create
+    }
 }
 
 /// `PUT [base]/[type]?[search parameters]`
 pub async fn conditional_update(
     conn: &mut AnyConnection,
     ctx: &Context,
+    access: &Access,
     resource_type: &ResourceType,
     criteria: &str,
     body: Json,
@@ -78,7 +115,7 @@ pub async fn conditional_update(
 ) -> Result<Outcome> {
     let issues = check_body(ctx, &body, resource_type)?;
     store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
-    let matches = search::matching_ids(conn, ctx, resource_type, criteria, 2).await?;
+    let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
     match matches.as_slice() {
         [] => {
             let (id, current) = match resource::id_of(&body) {
@@ -96,7 +133,8 @@ pub async fn conditional_update(
                 }
                 None => (ResourceId::generate(), None),
             };
-            store_version(
+            access.allowed(Permission::Create, resource_type.as_str())?;
+            let outcome = store_version(
                 conn,
                 ctx,
                 resource_type,
@@ -105,8 +143,17 @@ pub async fn conditional_update(
                 body,
                 Method::Put,
             )
-            .await
-            .map(|outcome| outcome.with_issues(issues))
+            .await?;
+            access
+                .check(
+                    conn,
+                    &ctx.base_url,
+                    Permission::Create,
+                    resource_type.as_str(),
+                    id.as_str(),
+                )
+                .await?;
+            Ok(outcome.with_issues(issues))
         }
         [id] => {
             if let Some(body_id) = resource::id_of(&body)
@@ -118,7 +165,7 @@ pub async fn conditional_update(
             }
             let mut body = body;
             set_id(&mut body, id);
-            update(conn, ctx, resource_type, id, body, if_match).await
+            update(conn, ctx, access, resource_type, id, body, if_match).await
         }
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}"

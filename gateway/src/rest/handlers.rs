@@ -8,6 +8,7 @@ use super::format::PatchFormat;
 use super::{
     AppState, format, if_match, if_none_exist, not_modified, preferences, read_body, respond,
 };
+use crate::access::Access;
 use crate::error::{Error, Result, validation_outcome};
 use crate::interaction::patch::PatchDocument;
 use crate::interaction::search::{Scope as SearchScope, SearchRequest};
@@ -166,13 +167,14 @@ async fn read_resource(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let (_, handling) = preferences(req.headers());
     let subset = subset::from_read_query(req.query_string(), resource_type.as_str(), handling)?;
     let mut conn = state.store.reader().await?;
-    let outcome = read::read(&mut conn, &resource_type, &id).await?;
+    let outcome = read::read(&mut conn, &state.ctx, &access, &resource_type, &id).await?;
     Ok(if not_modified(&req, &outcome) {
         not_modified_response(&outcome)
     } else {
@@ -194,6 +196,7 @@ async fn vread_resource(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id, version) = (
@@ -204,7 +207,7 @@ async fn vread_resource(
     let (_, handling) = preferences(req.headers());
     let subset = subset::from_read_query(req.query_string(), resource_type.as_str(), handling)?;
     let mut conn = state.store.reader().await?;
-    let outcome = read::vread(&mut conn, &resource_type, &id, version).await?;
+    let outcome = read::vread(&mut conn, &state.ctx, &access, &resource_type, &id, version).await?;
     Ok(if not_modified(&req, &outcome) {
         not_modified_response(&outcome)
     } else {
@@ -218,11 +221,12 @@ async fn proof_current(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let mut conn = state.store.reader().await?;
-    let outcome = proof::proof(&mut conn, &resource_type, &id, None).await?;
+    let outcome = proof::proof(&mut conn, &state.ctx, &access, &resource_type, &id, None).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
@@ -231,6 +235,7 @@ async fn proof_version(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id, version) = (
@@ -239,7 +244,15 @@ async fn proof_version(
         VersionId::parse(&path.2)?,
     );
     let mut conn = state.store.reader().await?;
-    let outcome = proof::proof(&mut conn, &resource_type, &id, Some(version)).await?;
+    let outcome = proof::proof(
+        &mut conn,
+        &state.ctx,
+        &access,
+        &resource_type,
+        &id,
+        Some(version),
+    )
+    .await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
@@ -249,6 +262,7 @@ async fn create_resource(
     path: web::Path<String>,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
@@ -259,7 +273,15 @@ async fn create_resource(
         .store
         .write(async |tx| {
             let body = body.clone();
-            create::create(tx, &state.ctx, &resource_type, body, criteria.as_deref()).await
+            create::create(
+                tx,
+                &state.ctx,
+                &access,
+                &resource_type,
+                body,
+                criteria.as_deref(),
+            )
+            .await
         })
         .await?;
     Ok(respond(outcome, preference))
@@ -271,6 +293,7 @@ async fn update_resource(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
@@ -281,7 +304,7 @@ async fn update_resource(
         .store
         .write(async |tx| {
             let body = body.clone();
-            update::update(tx, &state.ctx, &resource_type, &id, body, expected).await
+            update::update(tx, &state.ctx, &access, &resource_type, &id, body, expected).await
         })
         .await?;
     Ok(respond(outcome, preference))
@@ -293,6 +316,7 @@ async fn conditional_update(
     path: web::Path<String>,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
@@ -304,8 +328,16 @@ async fn conditional_update(
         .store
         .write(async |tx| {
             let body = body.clone();
-            update::conditional_update(tx, &state.ctx, &resource_type, &criteria, body, expected)
-                .await
+            update::conditional_update(
+                tx,
+                &state.ctx,
+                &access,
+                &resource_type,
+                &criteria,
+                body,
+                expected,
+            )
+            .await
         })
         .await?;
     Ok(respond(outcome, preference))
@@ -335,12 +367,13 @@ async fn delete_resource(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let (preference, _) = preferences(req.headers());
     let outcome = state
         .store
-        .write(async |tx| delete::delete(tx, &state.ctx, &resource_type, &id).await)
+        .write(async |tx| delete::delete(tx, &state.ctx, &access, &resource_type, &id).await)
         .await?;
     Ok(respond(outcome, preference))
 }
@@ -350,6 +383,7 @@ async fn conditional_delete(
     req: HttpRequest,
     path: web::Path<String>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let resource_type = ResourceType::parse(&path)?;
     let criteria = conditional_criteria(&req, "delete")?;
@@ -357,7 +391,7 @@ async fn conditional_delete(
     let outcome = state
         .store
         .write(async |tx| {
-            delete::conditional_delete(tx, &state.ctx, &resource_type, &criteria).await
+            delete::conditional_delete(tx, &state.ctx, &access, &resource_type, &criteria).await
         })
         .await?;
     Ok(respond(outcome, preference))
@@ -396,6 +430,7 @@ async fn patch_resource(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
@@ -405,7 +440,16 @@ async fn patch_resource(
     let outcome = state
         .store
         .write(async |tx| {
-            patch::patch(tx, &state.ctx, &resource_type, &id, &document, expected).await
+            patch::patch(
+                tx,
+                &state.ctx,
+                &access,
+                &resource_type,
+                &id,
+                &document,
+                expected,
+            )
+            .await
         })
         .await?;
     Ok(respond(outcome, preference))
@@ -417,6 +461,7 @@ async fn conditional_patch(
     path: web::Path<String>,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
@@ -430,6 +475,7 @@ async fn conditional_patch(
             patch::conditional_patch(
                 tx,
                 &state.ctx,
+                &access,
                 &resource_type,
                 &criteria,
                 &document,
@@ -442,17 +488,23 @@ async fn conditional_patch(
 }
 
 /// `POST [base]` with a batch or transaction Bundle
-async fn bundle(req: HttpRequest, payload: web::Payload, state: State) -> Result<HttpResponse> {
+async fn bundle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: State,
+    access: Access,
+) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (preference, _) = preferences(req.headers());
     let body = resource_body(&req, payload, &state).await?;
-    let outcome = transaction::process(&state.store, &state.ctx, body, preference).await?;
+    let outcome = transaction::process(&state.store, &state.ctx, &access, body, preference).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
 async fn run_search(
     req: &HttpRequest,
     state: &AppState,
+    access: &Access,
     scope: SearchScope<'_>,
     query: &str,
 ) -> Result<HttpResponse> {
@@ -460,7 +512,7 @@ async fn run_search(
     let (_, handling) = preferences(req.headers());
     let request = SearchRequest::parse(&state.ctx, &scope, query, handling)?;
     let mut conn = state.store.reader().await?;
-    let outcome = search::search(&mut conn, &state.ctx, &scope, request).await?;
+    let outcome = search::search(&mut conn, &state.ctx, access, &scope, request).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
@@ -469,11 +521,13 @@ async fn search_type(
     req: HttpRequest,
     path: web::Path<String>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let resource_type = ResourceType::parse(&path)?;
     run_search(
         &req,
         &state,
+        &access,
         SearchScope::Type(&resource_type),
         req.query_string(),
     )
@@ -486,10 +540,18 @@ async fn search_type_post(
     path: web::Path<String>,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let resource_type = ResourceType::parse(&path)?;
     let query = form_query(&req, payload, &state).await?;
-    run_search(&req, &state, SearchScope::Type(&resource_type), &query).await
+    run_search(
+        &req,
+        &state,
+        &access,
+        SearchScope::Type(&resource_type),
+        &query,
+    )
+    .await
 }
 
 async fn form_query(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<String> {
@@ -515,8 +577,15 @@ async fn form_query(req: &HttpRequest, payload: web::Payload, state: &AppState) 
 }
 
 /// `GET [base]?_type=...`
-async fn search_system(req: HttpRequest, state: State) -> Result<HttpResponse> {
-    run_search(&req, &state, SearchScope::System, req.query_string()).await
+async fn search_system(req: HttpRequest, state: State, access: Access) -> Result<HttpResponse> {
+    run_search(
+        &req,
+        &state,
+        &access,
+        SearchScope::System,
+        req.query_string(),
+    )
+    .await
 }
 
 /// `POST [base]/_search`
@@ -524,9 +593,10 @@ async fn search_system_post(
     req: HttpRequest,
     payload: web::Payload,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let query = form_query(&req, payload, &state).await?;
-    run_search(&req, &state, SearchScope::System, &query).await
+    run_search(&req, &state, &access, SearchScope::System, &query).await
 }
 
 /// `GET [base]/Patient/[id]/[type]?...` (Patient compartment search)
@@ -534,6 +604,7 @@ async fn search_compartment(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     if path.0 != "Patient" {
         return Err(Error::UnknownRoute(format!(
@@ -545,6 +616,7 @@ async fn search_compartment(
     run_search(
         &req,
         &state,
+        &access,
         SearchScope::PatientCompartment(&patient, &resource_type),
         req.query_string(),
     )
@@ -554,6 +626,7 @@ async fn search_compartment(
 async fn run_history(
     req: &HttpRequest,
     state: &AppState,
+    access: &Access,
     scope: HistoryScope<'_>,
 ) -> Result<HttpResponse> {
     negotiate(req)?;
@@ -564,32 +637,41 @@ async fn run_history(
     };
     let params = history::HistoryParams::parse(req.query_string(), &resource_types, handling)?;
     let mut conn = state.store.reader().await?;
-    let outcome = history::history(&mut conn, &state.ctx, scope, params).await?;
+    let outcome = history::history(&mut conn, &state.ctx, access, scope, params).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
-async fn history_system(req: HttpRequest, state: State) -> Result<HttpResponse> {
-    run_history(&req, &state, HistoryScope::System).await
+async fn history_system(req: HttpRequest, state: State, access: Access) -> Result<HttpResponse> {
+    run_history(&req, &state, &access, HistoryScope::System).await
 }
 
 async fn history_type(
     req: HttpRequest,
     path: web::Path<String>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let resource_type = ResourceType::parse(&path)?;
-    run_history(&req, &state, HistoryScope::Type(resource_type.as_str())).await
+    run_history(
+        &req,
+        &state,
+        &access,
+        HistoryScope::Type(resource_type.as_str()),
+    )
+    .await
 }
 
 async fn history_instance(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: State,
+    access: Access,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     run_history(
         &req,
         &state,
+        &access,
         HistoryScope::Instance(resource_type.as_str(), id.as_str()),
     )
     .await
@@ -602,6 +684,8 @@ async fn validate_type(
     path: web::Path<String>,
     payload: web::Payload,
     state: State,
+    // any valid token may validate: nothing is read or written
+    _access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let resource_type = ResourceType::parse(&path)?;
@@ -615,6 +699,8 @@ async fn validate_instance(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: State,
+    // any valid token may validate: nothing is read or written
+    _access: Access,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);

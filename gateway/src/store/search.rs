@@ -169,6 +169,27 @@ pub enum Filter {
         patient_id: String,
         params: Vec<String>,
     },
+    /// Resources for which one of the alternatives holds (none: no resource). What an access
+    /// token may see ([`crate::access`]): one alternative per granting scope and type.
+    AnyOf(Vec<Alternative>),
+}
+
+/// One alternative of [`Filter::AnyOf`]: resources of `types` for which every filter holds.
+#[derive(Debug, Clone)]
+pub struct Alternative {
+    pub types: TypeCondition,
+    pub filters: Vec<Filter>,
+}
+
+/// Which resource types an [`Alternative`] is about.
+#[derive(Debug, Clone)]
+pub enum TypeCondition {
+    /// The type the filter is evaluated for (its filters use that type's parameters).
+    Any,
+    /// This type (its filters use this type's parameters).
+    Is(String),
+    /// Any type but these (its filters can only use parameters every resource has).
+    NotIn(Vec<String>),
 }
 
 /// The sort key of a search (`_sort`).
@@ -268,6 +289,42 @@ pub fn condition(
             narrative_only,
             query,
         } => text_condition(sql, alias, rtype, *narrative_only, query),
+        Filter::AnyOf(alternatives) => {
+            let mut parts = Vec::new();
+            for alternative in alternatives {
+                let mut conditions = Vec::new();
+                let rtype = match &alternative.types {
+                    TypeCondition::Any => rtype,
+                    TypeCondition::Is(t) => {
+                        conditions.push(format!("{alias}.resource_type = {}", sql.text(t)));
+                        t.as_str()
+                    }
+                    TypeCondition::NotIn(types) => {
+                        if !types.is_empty() {
+                            let list: Vec<String> = types.iter().map(|t| sql.text(t)).collect();
+                            conditions.push(format!(
+                                "{alias}.resource_type NOT IN ({})",
+                                list.join(", ")
+                            ));
+                        }
+                        "Resource"
+                    }
+                };
+                for filter in &alternative.filters {
+                    conditions.push(condition(sql, alias, rtype, filter, base_url)?);
+                }
+                parts.push(if conditions.is_empty() {
+                    "1 = 1".to_owned()
+                } else {
+                    format!("({})", conditions.join(" AND "))
+                });
+            }
+            if parts.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("({})", parts.join(" OR "))
+            }
+        }
         Filter::PatientCompartment { patient_id, params } => {
             let id = sql.text(patient_id);
             let mut alternatives = Vec::new();
@@ -1133,6 +1190,8 @@ pub async fn included(
     source_rkeys: &[i64],
     param: &str,
     target_type: Option<&str>,
+    allowed: Option<&Filter>,
+    base_url: &str,
 ) -> Result<Vec<MatchRow>> {
     if source_rkeys.is_empty() {
         return Ok(Vec::new());
@@ -1146,10 +1205,11 @@ pub async fn included(
     let type_condition = target_type
         .map(|t| format!(" AND x.target_type = {}", sql.text(t)))
         .unwrap_or_default();
+    let allowed = allowed_condition(&mut sql, allowed, target_type, base_url)?;
     sql.text = format!(
         "SELECT r.rkey, r.resource_type, r.id, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x \
-         WHERE x.rkey IN ({}) AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id)",
+         WHERE x.rkey IN ({}) AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id){allowed}",
         keys.join(", ")
     );
     rows_to_matches(&sql.query().fetch_all(conn).await?)
@@ -1162,6 +1222,8 @@ pub async fn rev_included(
     targets: &[(String, String)],
     source_type: &str,
     param: &str,
+    allowed: Option<&Filter>,
+    base_url: &str,
 ) -> Result<Vec<MatchRow>> {
     if targets.is_empty() {
         return Ok(Vec::new());
@@ -1183,13 +1245,50 @@ pub async fn rev_included(
             ids.join(", ")
         ));
     }
+    let allowed = allowed_condition(&mut sql, allowed, Some(source_type), base_url)?;
     sql.text = format!(
         "SELECT r.rkey, r.resource_type, r.id, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND r.resource_type = {st} AND r.rkey IN \
-         (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({}))",
+         (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({})){allowed}",
         alternatives.join(" OR ")
     );
     rows_to_matches(&sql.query().fetch_all(conn).await?)
+}
+
+/// ` AND {condition}` of what an access token may see on the row `r` (of `rtype` if known),
+/// or nothing.
+fn allowed_condition(
+    sql: &mut Sql,
+    allowed: Option<&Filter>,
+    rtype: Option<&str>,
+    base_url: &str,
+) -> Result<String> {
+    Ok(match allowed {
+        Some(filter) => format!(
+            " AND {}",
+            condition(sql, "r", rtype.unwrap_or("Resource"), filter, base_url)?
+        ),
+        None => String::new(),
+    })
+}
+
+/// Whether the current row of `resource_type/id` (deleted or not) satisfies `filter`.
+#[tracing::instrument(name = "db.access_check", skip_all)]
+pub async fn row_matches(
+    conn: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+    filter: &Filter,
+    base_url: &str,
+) -> Result<bool> {
+    let mut sql = Sql::default();
+    let (t, i) = (sql.text(resource_type), sql.text(id));
+    let condition = condition(&mut sql, "r", resource_type, filter, base_url)?;
+    sql.text = format!(
+        "SELECT COUNT(*) AS n FROM resource r WHERE r.resource_type = {t} AND r.id = {i} AND {condition}"
+    );
+    let n: i64 = sql.query().fetch_one(conn).await?.try_get("n")?;
+    Ok(n > 0)
 }
 
 fn rows_to_matches(rows: &[sqlx::any::AnyRow]) -> Result<Vec<MatchRow>> {

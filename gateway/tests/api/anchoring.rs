@@ -448,6 +448,7 @@ fn start_gateway(
     command
         .arg("serve")
         .env("FHIR_GATEWAY_SERVER__PORT", port.to_string())
+        .env("FHIR_GATEWAY_AUTH__REQUIRED", "false")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
         .env("FHIR_GATEWAY_DATABASE__SQLITE_SYNCHRONOUS", "normal")
         .env("FHIR_GATEWAY_LEDGER__INTERVAL_MS", "10")

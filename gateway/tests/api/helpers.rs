@@ -58,6 +58,8 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     config.database.max_connections = 8;
     // no chain unless a test asks for one (tests/api/anchoring.rs)
     config.chain.mode = gateway::config::ChainMode::Off;
+    // no access token needed unless a test asks for it (tests/api/access.rs)
+    config.auth.required = false;
     if let Db::Postgres = db {
         config.database.url = Some(new_postgres_database().await.into());
     }

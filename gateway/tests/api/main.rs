@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod access;
 mod anchoring;
 mod auth;
 mod bundles;
