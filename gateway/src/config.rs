@@ -182,6 +182,24 @@ pub struct AuthConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Lifetime of the access tokens the gateway issues, in seconds.
     pub access_token_lifetime_secs: u64,
+    /// OAuth 2.0 Dynamic Client Registration (RFC 7591) at `[base]/auth/register`: `open`
+    /// (anyone may register an app, within `registration_scopes`) or `off`.
+    pub registration: RegistrationMode,
+    /// The most an openly registered app may be allowed (never `system/` scopes).
+    pub registration_scopes: String,
+    /// How long a client's JWKS fetched from its JWKS URL is used, in seconds.
+    pub jwks_cache_secs: u64,
+    /// The least time between two fetches of one JWKS URL when an assertion names a key the
+    /// cached set lacks, in seconds.
+    pub jwks_refetch_secs: u64,
+}
+
+/// See [`AuthConfig::registration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    Off,
+    Open,
 }
 
 /// See [`ChainConfig::mode`].
@@ -260,6 +278,12 @@ impl Default for Config {
                 issuer: None,
                 signing_key_file: None,
                 access_token_lifetime_secs: 300,
+                registration: RegistrationMode::Open,
+                registration_scopes:
+                    "openid fhirUser launch/patient offline_access online_access patient/*.rs"
+                        .to_owned(),
+                jwks_cache_secs: 300,
+                jwks_refetch_secs: 10,
             },
         }
     }
@@ -342,6 +366,8 @@ impl Config {
             (10..=3600).contains(&self.auth.access_token_lifetime_secs),
             "auth.access_token_lifetime_secs must be between 10 and 3600 (tokens are short-lived)"
         );
+        crate::auth::clients::check_registration_scopes(&self.auth.registration_scopes)
+            .map_err(|e| anyhow::anyhow!("auth.registration_scopes: {e}"))?;
         if let Some(issuer) = &self.auth.issuer {
             anyhow::ensure!(
                 issuer.starts_with("http://") || issuer.starts_with("https://"),

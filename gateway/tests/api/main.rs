@@ -8,6 +8,7 @@ mod helpers;
 mod anchoring;
 mod auth;
 mod bundles;
+mod client_kinds;
 mod clients;
 mod concurrency;
 mod crud;
