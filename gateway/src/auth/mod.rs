@@ -10,6 +10,7 @@
 //!
 //! The FHIR API does not require tokens yet: enforcement is a later increment.
 
+mod admin;
 pub mod claims;
 pub(crate) mod client_auth;
 pub mod clients;
@@ -196,6 +197,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{REGISTER_PATH}"),
         web::post().to(register::register),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}"),
+        web::get().to(admin::list),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}"),
+        web::post().to(admin::add),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}/{{id}}"),
+        web::get().to(admin::read),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}/{{id}}"),
+        web::delete().to(admin::remove),
     );
 }
 

@@ -781,3 +781,201 @@ both!(
         );
     }
 );
+
+/// An access token for a backend client signing with the ES384 fixture key.
+async fn backend_token(app: &TestApp, admin: bool) -> (String, String) {
+    let mut new = NewClient::backend(
+        if admin {
+            "operator's admin tool"
+        } else {
+            "lab system"
+        },
+        public_jwks(Algorithm::ES384, "k"),
+        "system/*.rs",
+    );
+    new.admin = admin;
+    let client_id = register(app, new).await.client.client_id;
+    let signer = TestClient {
+        client_id: client_id.clone(),
+        key: key_of(Algorithm::ES384),
+        alg: Algorithm::ES384,
+        kid: "k".to_owned(),
+    };
+    let (status, body) = assertion_status(app, &signer.sign(&signer.claims(app))).await;
+    assert_eq!(status, 200, "{body}");
+    (
+        client_id,
+        body["access_token"].as_str().expect("a token").to_owned(),
+    )
+}
+
+/// A request to the admin API: status, WWW-Authenticate, Location, body.
+async fn admin_request(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Option<String>, Option<String>, Value) {
+    let mut request = app.client.request(method, app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("sent");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().expect("text").to_owned())
+    };
+    let (challenge, location) = (header("www-authenticate"), header("location"));
+    let status = response.status().as_u16();
+    (
+        status,
+        challenge,
+        location,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+both!(
+    the_admin_api_takes_tokens_of_admin_clients_only,
+    |app: TestApp| async move {
+        use reqwest::Method;
+        let (admin_id, admin) = backend_token(&app, true).await;
+        let (_, other) = backend_token(&app, false).await;
+
+        let (status, challenge, _, body) =
+            admin_request(&app, Method::GET, "auth/clients", None, None).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(challenge.is_some_and(|c| c.starts_with("Bearer")));
+        let (status, challenge, _, body) =
+            admin_request(&app, Method::GET, "auth/clients", Some("not-a-token"), None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{body}"
+        );
+        assert!(challenge.is_some_and(|c| c.contains("error=\"invalid_token\"")));
+        let (status, challenge, _, body) =
+            admin_request(&app, Method::GET, "auth/clients", Some(&other), None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("insufficient_scope")),
+            "{body}"
+        );
+        assert!(challenge.is_some_and(|c| c.contains("insufficient_scope")));
+        let new_app = json!({
+            "name": "Clinic app",
+            "kind": "confidential-symmetric",
+            "scope": "openid fhirUser launch user/*.rs",
+            "redirect_uris": ["https://clinic.example.org/cb"],
+        });
+        let (status, _, _, body) = admin_request(
+            &app,
+            Method::POST,
+            "auth/clients",
+            Some(&other),
+            Some(&new_app),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+
+        let (status, _, location, created) = admin_request(
+            &app,
+            Method::POST,
+            "auth/clients",
+            Some(&admin),
+            Some(&new_app),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["client_id"]
+            .as_str()
+            .expect("a client_id")
+            .to_owned();
+        assert_eq!(location, Some(app.url(&format!("auth/clients/{id}"))));
+        assert_eq!(created["token_endpoint_auth_method"], "client_secret_basic");
+        let secret = created["client_secret"].as_str().expect("the secret, once");
+        assert_authenticated(&token_request(&app, &[CC, SCOPE], Some((&id, secret))).await);
+
+        let (status, _, _, listed) =
+            admin_request(&app, Method::GET, "auth/clients", Some(&admin), None).await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|c| c["client_id"].as_str().expect("an id"))
+            .collect();
+        assert!(
+            ids.contains(&id.as_str()) && ids.contains(&admin_id.as_str()),
+            "{listed}"
+        );
+        assert!(
+            !listed.to_string().contains(secret),
+            "the secret is shown once"
+        );
+        let path = format!("auth/clients/{id}");
+        let (status, _, _, read) =
+            admin_request(&app, Method::GET, &path, Some(&admin), None).await;
+        assert_eq!(
+            (status, read["name"].as_str()),
+            (200, Some("Clinic app")),
+            "{read}"
+        );
+
+        for (bad, code) in [
+            (
+                json!({"name": "x", "kind": "public", "scope": "patient/*.rs",
+                    "redirect_uris": ["http://evil.example/cb"]}),
+                "invalid_redirect_uri",
+            ),
+            (
+                json!({"name": "x", "kind": "public", "scope": "system/*.rs",
+                    "redirect_uris": ["https://a.example/cb"]}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"name": "x", "kind": "robot", "scope": "patient/*.rs"}),
+                "invalid_client_metadata",
+            ),
+        ] {
+            let (status, _, _, body) =
+                admin_request(&app, Method::POST, "auth/clients", Some(&admin), Some(&bad)).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some(code)),
+                "{bad}: {body}"
+            );
+        }
+
+        let (status, _, _, _) =
+            admin_request(&app, Method::DELETE, &path, Some(&other), None).await;
+        assert_eq!(status, 403);
+        let (status, _, _, _) =
+            admin_request(&app, Method::DELETE, &path, Some(&admin), None).await;
+        assert_eq!(status, 204);
+        let (status, _, _, body) =
+            admin_request(&app, Method::GET, &path, Some(&admin), None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{body}"
+        );
+        let (status, _, _, _) =
+            admin_request(&app, Method::DELETE, &path, Some(&admin), None).await;
+        assert_eq!(status, 404);
+
+        // an admin removed: its token no longer opens the API
+        let own = format!("auth/clients/{admin_id}");
+        let (status, _, _, _) = admin_request(&app, Method::DELETE, &own, Some(&admin), None).await;
+        assert_eq!(status, 204);
+        let (status, _, _, body) =
+            admin_request(&app, Method::GET, "auth/clients", Some(&admin), None).await;
+        assert_eq!(status, 401, "{body}");
+    }
+);
