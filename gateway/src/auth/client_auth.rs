@@ -15,7 +15,7 @@
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use base64::Engine as _;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -241,7 +241,7 @@ async fn check_assertion(
             "the client assertion's jku is not the client's registered JWKS URL",
         ));
     }
-    let key = client_key(auth, &client, &kid).await?;
+    let key = client_key(auth, &client, &kid, alg).await?;
     let mut validation = Validation::new(alg);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     validation.set_issuer(&[&client_id]);
@@ -275,22 +275,52 @@ async fn check_assertion(
     Ok(client)
 }
 
-/// The client's public key `kid`: from its registered JWKS, or from the JWKS at its URL.
-async fn client_key(auth: &Auth, client: &Client, kid: &str) -> Result<DecodingKey, OAuthError> {
+/// The client's public key `kid` for `alg`: from its registered JWKS, or from the JWKS at its
+/// URL.
+async fn client_key(
+    auth: &Auth,
+    client: &Client,
+    kid: &str,
+    alg: Algorithm,
+) -> Result<DecodingKey, OAuthError> {
     let jwk = if let Some(url) = &client.jwks_url {
-        auth.jwks_cache.key(url, kid).await?
+        auth.jwks_cache.key(url, kid, alg).await?
     } else {
         let jwks: JwkSet = client
             .jwks
             .as_deref()
             .and_then(|jwks| serde_json::from_str(jwks).ok())
             .ok_or_else(|| OAuthError::client("the client has no usable JWKS"))?;
-        jwks.find(kid)
-            .cloned()
-            .ok_or_else(|| OAuthError::client(format!("the client has no key with kid {kid:?}")))?
+        select_key(&jwks, kid, alg)?
     };
     DecodingKey::from_jwk(&jwk)
         .map_err(|_| OAuthError::client(format!("the client's key {kid:?} is not usable")))
+}
+
+/// The one key of `jwks` with `kid` whose type fits `alg` (SMART App Launch 2.2, "Signature
+/// Verification", step 3: none, or more than one, and verification fails).
+pub(super) fn select_key(jwks: &JwkSet, kid: &str, alg: Algorithm) -> Result<Jwk, OAuthError> {
+    let fits = |jwk: &&Jwk| match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS384) => true,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
+            ec.curve == EllipticCurve::P384
+        }
+        _ => false,
+    };
+    let mut candidates = jwks
+        .keys
+        .iter()
+        .filter(|jwk| jwk.common.key_id.as_deref() == Some(kid))
+        .filter(fits);
+    match (candidates.next(), candidates.next()) {
+        (Some(jwk), None) => Ok(jwk.clone()),
+        (None, _) => Err(OAuthError::client(format!(
+            "the client has no key with kid {kid:?} for the assertion's algorithm {alg:?}"
+        ))),
+        (Some(_), Some(_)) => Err(OAuthError::client(format!(
+            "the client has more than one key with kid {kid:?} for {alg:?}"
+        ))),
+    }
 }
 
 async fn use_assertion(
@@ -372,6 +402,49 @@ mod tests {
             actix_web::http::header::HeaderValue::from_str(value).expect("a header value"),
         );
         headers
+    }
+
+    #[test]
+    fn the_key_is_the_one_with_the_kid_and_a_fitting_type() {
+        use jsonwebtoken::EncodingKey;
+        let es = EncodingKey::from_ec_pem(include_bytes!(
+            "../../tests/fixtures/auth/test-client-es384.pem"
+        ))
+        .expect("the P-384 fixture");
+        let rs = EncodingKey::from_rsa_pem(include_bytes!(
+            "../../tests/fixtures/auth/test-client-rs384.pem"
+        ))
+        .expect("the RSA fixture");
+        let jwk = |key: &EncodingKey, alg: Algorithm, kid: &str| {
+            let mut jwk = Jwk::from_encoding_key(key, alg).expect("a public JWK");
+            jwk.common.key_id = Some(kid.to_owned());
+            jwk
+        };
+        let set = JwkSet {
+            keys: vec![
+                jwk(&es, Algorithm::ES384, "a"),
+                jwk(&rs, Algorithm::RS384, "a"),
+                jwk(&es, Algorithm::ES384, "b"),
+                jwk(&rs, Algorithm::RS384, "b"),
+                jwk(&es, Algorithm::ES384, "b"),
+            ],
+        };
+        let found = select_key(&set, "a", Algorithm::ES384).expect("the EC key");
+        assert!(matches!(
+            found.algorithm,
+            AlgorithmParameters::EllipticCurve(_)
+        ));
+        let found = select_key(&set, "a", Algorithm::RS384).expect("the RSA key");
+        assert!(matches!(found.algorithm, AlgorithmParameters::RSA(_)));
+        assert!(select_key(&set, "b", Algorithm::RS384).is_ok());
+        let two = select_key(&set, "b", Algorithm::ES384).expect_err("two keys");
+        assert!(
+            two.description.contains("more than one key"),
+            "{}",
+            two.description
+        );
+        let none = select_key(&set, "c", Algorithm::ES384).expect_err("no key");
+        assert_eq!(none.code, "invalid_client");
     }
 
     #[test]

@@ -306,7 +306,7 @@ both!(
             &with_assertion(&app, &unknown_kid, scope).await,
             401,
             "invalid_client",
-            "no key with kid \"not-registered\"",
+            "no key with kid \"not-registered\" for the assertion's algorithm ES384",
         );
 
         // a valid header and signature of one assertion on the claims of another
@@ -373,7 +373,7 @@ both!(
             &with_assertion(&app, &wrong_family, scope).await,
             401,
             "invalid_client",
-            "does not match the client's key",
+            "no key with kid \"test-ES384\" for the assertion's algorithm RS384",
         );
 
         let unknown_client = client.sign(&with(json!({"iss": "nobody", "sub": "nobody"})));

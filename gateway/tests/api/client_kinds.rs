@@ -309,30 +309,35 @@ both!(
     }
 );
 
-/// A local HTTP server serving a JWKS that a test can change; counts the requests.
+/// A local HTTP server serving a JWKS (with a Cache-Control header) that a test can change;
+/// counts the requests.
 struct JwksServer {
     url: String,
     jwks: Arc<Mutex<String>>,
+    cache_control: Arc<Mutex<Option<&'static str>>>,
     hits: Arc<AtomicUsize>,
 }
 
 async fn jwks_server(jwks: String) -> JwksServer {
     use actix_web::{App, HttpResponse, HttpServer, web};
     let jwks = Arc::new(Mutex::new(jwks));
+    let cache_control = Arc::new(Mutex::new(None));
     let hits = Arc::new(AtomicUsize::new(0));
-    let (served, counted) = (jwks.clone(), hits.clone());
+    let (served, control, counted) = (jwks.clone(), cache_control.clone(), hits.clone());
     let server = HttpServer::new(move || {
-        let (served, counted) = (served.clone(), counted.clone());
+        let (served, control, counted) = (served.clone(), control.clone(), counted.clone());
         App::new().route(
             "/jwks.json",
             web::get().to(move || {
-                let (served, counted) = (served.clone(), counted.clone());
+                let (served, control, counted) = (served.clone(), control.clone(), counted.clone());
                 async move {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let body = served.lock().expect("the JWKS").clone();
-                    HttpResponse::Ok()
-                        .content_type("application/json")
-                        .body(body)
+                    let mut response = HttpResponse::Ok();
+                    if let Some(value) = *control.lock().expect("the header") {
+                        response.insert_header(("cache-control", value));
+                    }
+                    response.content_type("application/json").body(body)
                 }
             }),
         )
@@ -345,6 +350,7 @@ async fn jwks_server(jwks: String) -> JwksServer {
     JwksServer {
         url: format!("http://127.0.0.1:{port}/jwks.json"),
         jwks,
+        cache_control,
         hits,
     }
 }
@@ -414,7 +420,33 @@ on_both!(
         let same = assertion_status(&app, &with_jku(&server.url)).await;
         assert_eq!(same.0, 200, "{}", same.1);
 
+        // never cached longer than the client's Cache-Control says: no-store, not at all
+        *server.cache_control.lock().expect("the header") = Some("no-store");
+        *server.jwks.lock().expect("the JWKS") = public_jwks(Algorithm::ES384, "k1");
+        let before = server.hits.load(Ordering::SeqCst);
+        for n in 1..=2 {
+            let back = assertion_status(&app, &k1.sign(&k1.claims(&app))).await;
+            assert_eq!(back.0, 200, "{}", back.1);
+            assert_eq!(
+                server.hits.load(Ordering::SeqCst),
+                before + n,
+                "fetched every time"
+            );
+        }
+        *server.cache_control.lock().expect("the header") = Some("public, max-age=3600");
+        for _ in 0..2 {
+            let cached = assertion_status(&app, &k1.sign(&k1.claims(&app))).await;
+            assert_eq!(cached.0, 200, "{}", cached.1);
+            assert_eq!(
+                server.hits.load(Ordering::SeqCst),
+                before + 3,
+                "then cached"
+            );
+        }
+
         // with a long refetch interval, an unknown kid does not make it fetch again
+        *server.cache_control.lock().expect("the header") = None;
+        *server.jwks.lock().expect("the JWKS") = public_jwks(Algorithm::RS384, "k2");
         let patient = spawn_app_with(db, |c| c.auth.jwks_refetch_secs = 3600).await;
         let mut new =
             NewClient::backend("the same backend elsewhere", String::new(), "system/*.rs");
