@@ -404,6 +404,10 @@ fn clients_are_added_listed_and_removed() {
         "system/Observation.cruds system/Patient.rs system/*.read"
     );
     assert_eq!(added["kind"], "backend");
+    assert_eq!(
+        added["jwks"]["keys"][0]["kid"], "k1",
+        "the JWKS shown as JSON"
+    );
 
     let (ok, out, err) = client_command(dir.path(), &["list"]);
     assert!(ok, "{err}");

@@ -221,6 +221,13 @@ pub(crate) async fn register_as(
     new: NewClient,
     by: RegisteredBy,
 ) -> Result<Registered, RegistrationError> {
+    if by == RegisteredBy::Dynamic
+        && let Some(url) = &new.jwks_url
+    {
+        // anyone may register openly: the gateway must not become their way to reach hosts
+        // of its own network
+        check_public_url(url).map_err(|e| metadata(format!("JWKS URL {url:?}: {e}")))?;
+    }
     let (mut client, secret) = check(new)?;
     client.registered_by = match by {
         RegisteredBy::Operator => "operator",
@@ -418,6 +425,44 @@ pub(crate) fn check_jwks_url(text: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// A URL an openly registered client may make the gateway fetch: https, on a host that is
+/// neither `localhost` nor a loopback, private, link-local or otherwise internal address.
+/// (A DNS name resolving to such an address is not caught here.)
+fn check_public_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not an absolute URL ({e})"))?;
+    if url.scheme() != "https" {
+        return Err("must be https".to_owned());
+    }
+    let internal = match url.host() {
+        Some(url::Host::Domain(domain)) => {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            domain == "localhost" || domain.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_documentation()
+                || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64 // 100.64/10
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || ip.to_ipv4_mapped().is_some()
+        }
+        None => true,
+    };
+    if internal {
+        return Err("must be on a public host".to_owned());
+    }
+    Ok(())
+}
+
 /// A new client secret: 32 random bytes, base64url.
 fn new_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
@@ -533,6 +578,26 @@ mod tests {
             "ftp://app.example.org/cb",
         ] {
             assert!(check_app_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn openly_registered_jwks_urls_are_on_public_hosts() {
+        assert!(check_public_url("https://keys.example.org/jwks.json").is_ok());
+        assert!(check_public_url("https://93.184.216.34/jwks.json").is_ok());
+        for internal in [
+            "http://keys.example.org/jwks.json",
+            "https://localhost/jwks.json",
+            "https://127.0.0.1/jwks.json",
+            "https://10.1.2.3/jwks.json",
+            "https://192.168.0.1/jwks.json",
+            "https://169.254.169.254/latest",
+            "https://100.64.0.1/jwks.json",
+            "https://[::1]/jwks.json",
+            "https://[fd00::1]/jwks.json",
+            "https://[::ffff:127.0.0.1]/jwks.json",
+        ] {
+            assert!(check_public_url(internal).is_err(), "{internal}");
         }
     }
 

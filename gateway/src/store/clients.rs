@@ -17,8 +17,11 @@ pub struct Client {
     /// How it authenticates at the token endpoint: `private_key_jwt`, `client_secret_basic`,
     /// `client_secret_post` or `none`.
     pub token_endpoint_auth_method: String,
-    /// The client's public JWKS, as JSON text.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The client's public JWKS, as JSON text (shown as JSON).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_json_text"
+    )]
     pub jwks: Option<String>,
     /// Where the client publishes its JWKS.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,6 +42,21 @@ pub struct Client {
     pub registered_by: String,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+}
+
+/// JSON text as the JSON it holds (as the text itself if it does not parse).
+fn serialize_json_text<S: serde::Serializer>(
+    text: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    match text
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        Some(Ok(value)) => value.serialize(serializer),
+        _ => text.serialize(serializer),
+    }
 }
 
 pub async fn insert(conn: &mut AnyConnection, client: &Client) -> Result<(), sqlx::Error> {

@@ -609,6 +609,12 @@ both!(
                 "must be https",
             ),
             (
+                json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt",
+                    "jwks_uri": "https://169.254.169.254/latest/meta-data"}),
+                "invalid_client_metadata",
+                "must be on a public host",
+            ),
+            (
                 json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "none",
                     "jwks": {"keys": []}}),
                 "invalid_client_metadata",
