@@ -433,6 +433,8 @@ mod tests {
                 Some(Path::new("/etc/fhir-gateway/auth-signing.pem"))
             );
             assert_eq!(config.auth.access_token_lifetime_secs, 300);
+            assert_eq!(config.auth.registration, RegistrationMode::Open);
+            assert_eq!(config.auth.jwks_refetch_secs, 10);
             Ok(())
         });
     }
@@ -463,6 +465,20 @@ mod tests {
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "0");
             assert!(Config::load(None).is_err());
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "10");
+            jail.set_env(
+                "FHIR_GATEWAY_AUTH__REGISTRATION_SCOPES",
+                "patient/*.rs system/*.rs",
+            );
+            assert!(
+                Config::load(None).is_err(),
+                "system/ scopes are never for open registration"
+            );
+            jail.set_env(
+                "FHIR_GATEWAY_AUTH__REGISTRATION_SCOPES",
+                "patient/*.rs openid",
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.auth.registration, RegistrationMode::Open);
             jail.set_env("FHIR_GATEWAY_SERVER__NOPE", "1");
             assert!(
                 Config::load(None).is_err(),

@@ -144,10 +144,9 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
         return Err(malformed());
     };
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::client(format!(
-            "the Authorization scheme {scheme:?} does not authenticate a client here; use Basic"
-        ))
-        .with_basic_challenge());
+        // another scheme (a bearer token at the introspection endpoint) is not a client's
+        // credentials: the caller deals with it
+        return Ok(None);
     }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(credentials.trim())
@@ -461,7 +460,11 @@ mod tests {
             "the scheme is case-insensitive"
         );
         assert_eq!(basic_credentials(&HeaderMap::new()).expect("none"), None);
-        for bad in ["Basic", "Basic !!!", "Bearer abc", "Basic Zm9v"] {
+        assert_eq!(
+            basic_credentials(&basic("Bearer abc")).expect("not Basic"),
+            None
+        );
+        for bad in ["Basic", "Basic !!!", "Basic Zm9v", "Basic Og=="] {
             let error = basic_credentials(&basic(bad)).expect_err(bad);
             assert_eq!(error.code, "invalid_client");
             assert!(error.basic_challenge, "{bad}");
