@@ -120,7 +120,8 @@ pub(crate) async fn authenticate(
         expect_method(&client, AuthMethod::None)?;
         (client, AuthMethod::None)
     };
-    let kind = ClientKind::parse(&client.kind)
+    let kind = client
+        .kind()
         .ok_or_else(|| OAuthError::new("server_error", "the client's kind is unknown"))?;
     Ok(AuthenticatedClient {
         client,

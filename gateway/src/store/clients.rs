@@ -44,6 +44,20 @@ pub struct Client {
     pub created_at: i64,
 }
 
+impl Client {
+    /// Its kind (None only for a row this code does not know).
+    pub fn kind(&self) -> Option<crate::auth::clients::ClientKind> {
+        crate::auth::clients::ClientKind::parse(&self.kind)
+    }
+
+    /// Whether `uri` is one of its redirect URIs, exactly (no prefix or pattern matching).
+    pub fn has_redirect_uri(&self, uri: &str) -> bool {
+        self.redirect_uris
+            .iter()
+            .any(|registered| registered == uri)
+    }
+}
+
 /// JSON text as the JSON it holds (as the text itself if it does not parse).
 fn serialize_json_text<S: serde::Serializer>(
     text: &Option<String>,
@@ -179,4 +193,42 @@ pub async fn use_assertion(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_match_exactly() {
+        let client = Client {
+            client_id: "c".to_owned(),
+            name: "app".to_owned(),
+            kind: "public".to_owned(),
+            token_endpoint_auth_method: "none".to_owned(),
+            jwks: None,
+            jwks_url: None,
+            secret_hash: None,
+            redirect_uris: vec!["https://app.example.org/cb".to_owned()],
+            launch_uri: None,
+            scopes: "patient/*.rs".to_owned(),
+            admin: false,
+            registered_by: "operator".to_owned(),
+            created_at: 0,
+        };
+        assert_eq!(
+            client.kind(),
+            Some(crate::auth::clients::ClientKind::Public)
+        );
+        assert!(client.has_redirect_uri("https://app.example.org/cb"));
+        for other in [
+            "https://app.example.org/cb/",
+            "https://app.example.org/cb?x=1",
+            "https://app.example.org/c",
+            "https://APP.example.org/cb",
+            "http://app.example.org/cb",
+        ] {
+            assert!(!client.has_redirect_uri(other), "{other}");
+        }
+    }
 }
