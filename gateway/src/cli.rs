@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::auth::clients::{self, NewClient};
+use crate::auth::clients::{self, AuthMethod, ClientKind, NewClient};
 use crate::config::Config;
 use crate::erasure::{self, Erasure};
 use crate::model::{ResourceId, ResourceType};
@@ -95,22 +95,44 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// Register a client; prints it, with the client_id it was given.
+    /// Register a client; prints it, with the client_id it was given (and, for a
+    /// confidential-symmetric client, its client_secret: shown this once, stored hashed).
     Add {
-        /// A name for people (shown in listings).
+        /// A name for people (shown in listings and on the approval page).
         #[arg(long)]
         name: String,
-        /// `backend`: a SMART Backend Services client (client_credentials with a signed JWT).
+        /// `backend`: a system acting on its own (client_credentials, system/ scopes, a signed
+        /// JWT); `confidential-asymmetric`: an app signing JWTs with its key;
+        /// `confidential-symmetric`: an app with a client secret; `public`: an app without a
+        /// secret (PKCE).
         #[arg(long, value_enum)]
         kind: ClientKind,
-        /// A file holding the client's public JSON Web Key Set (RS384 or ES384 keys, each
-        /// with a kid; public keys only).
+        /// Apps: where the authorization endpoint may send the user back (exact match; https,
+        /// or http on localhost). Repeat for several.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Apps: where an EHR launch starts the app.
         #[arg(long)]
-        jwks_file: PathBuf,
-        /// A scope the client may be granted (`system/*.rs`, `system/Observation.read`);
-        /// repeat it, or give several separated by spaces.
+        launch_uri: Option<String>,
+        /// A scope the client may be granted (`system/*.rs` for backend clients;
+        /// `patient/*.rs`, `user/Observation.cruds`, `openid`, `fhirUser`, `launch`,
+        /// `launch/patient`, `offline_access`... for apps); repeat it, or give several
+        /// separated by spaces.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// `backend`, `confidential-asymmetric`: a file holding the client's public JSON Web
+        /// Key Set (RS384 or ES384 keys, each with a kid; public keys only).
+        #[arg(long, conflicts_with = "jwks_url")]
+        jwks_file: Option<PathBuf>,
+        /// `backend`, `confidential-asymmetric`: where the client publishes its JWKS (https).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// `confidential-symmetric`: how it sends its secret (default client_secret_basic).
+        #[arg(long, value_enum)]
+        auth_method: Option<AuthMethod>,
+        /// `backend`: its tokens may use the client admin API (`[base]/auth/clients`).
+        #[arg(long)]
+        admin: bool,
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -126,12 +148,6 @@ enum ClientCommand {
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
-}
-
-/// See `client add --kind`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ClientKind {
-    Backend,
 }
 
 /// Parses the command line and runs the command.
@@ -246,23 +262,38 @@ async fn client(command: ClientCommand) -> anyhow::Result<()> {
         match command {
             ClientCommand::Add {
                 name,
-                kind: ClientKind::Backend,
-                jwks_file,
+                kind,
+                redirect_uris,
+                launch_uri,
                 scopes,
+                jwks_file,
+                jwks_url,
+                auth_method,
+                admin,
                 config: _,
             } => {
-                let jwks = std::fs::read_to_string(&jwks_file)
-                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", jwks_file.display()))?;
-                let client = clients::register(
+                let jwks = jwks_file
+                    .map(|file| {
+                        std::fs::read_to_string(&file)
+                            .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))
+                    })
+                    .transpose()?;
+                let registered = clients::register(
                     &store,
                     NewClient {
                         name,
-                        jwks,
+                        kind,
                         scopes: scopes.join(" "),
+                        redirect_uris,
+                        launch_uri,
+                        jwks,
+                        jwks_url,
+                        auth_method,
+                        admin,
                     },
                 )
                 .await?;
-                println!("{}", serde_json::to_string_pretty(&client)?);
+                println!("{}", serde_json::to_string_pretty(&registered)?);
             }
             ClientCommand::List { config: _ } => {
                 let clients = clients::list(&store).await?;

@@ -194,6 +194,24 @@ pub struct AuthConfig {
     /// published in the JWKS and still verify the tokens they signed; they never sign.
     #[serde(default)]
     pub previous_signing_key_files: Vec<PathBuf>,
+    /// OAuth 2.0 Dynamic Client Registration (RFC 7591) at `[base]/auth/register`: `open`
+    /// (anyone may register an app, within `registration_scopes`) or `off`.
+    pub registration: RegistrationMode,
+    /// The most an openly registered app may be allowed (never `system/` scopes).
+    pub registration_scopes: String,
+    /// How long a client's JWKS fetched from its JWKS URL is used, in seconds.
+    pub jwks_cache_secs: u64,
+    /// The least time between two fetches of one JWKS URL when an assertion names a key the
+    /// cached set lacks, in seconds.
+    pub jwks_refetch_secs: u64,
+}
+
+/// See [`AuthConfig::registration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    Off,
+    Open,
 }
 
 /// See [`ChainConfig::mode`].
@@ -276,6 +294,12 @@ impl Default for Config {
                 access_token_lifetime_secs: 300,
                 required: true,
                 previous_signing_key_files: Vec::new(),
+                registration: RegistrationMode::Open,
+                registration_scopes:
+                    "openid fhirUser launch/patient offline_access online_access patient/*.rs"
+                        .to_owned(),
+                jwks_cache_secs: 300,
+                jwks_refetch_secs: 10,
             },
         }
     }
@@ -358,6 +382,8 @@ impl Config {
             (10..=3600).contains(&self.auth.access_token_lifetime_secs),
             "auth.access_token_lifetime_secs must be between 10 and 3600 (tokens are short-lived)"
         );
+        crate::auth::clients::check_registration_scopes(&self.auth.registration_scopes)
+            .map_err(|e| anyhow::anyhow!("auth.registration_scopes: {e}"))?;
         if let Some(issuer) = &self.auth.issuer {
             anyhow::ensure!(
                 issuer.starts_with("http://") || issuer.starts_with("https://"),
@@ -438,6 +464,8 @@ mod tests {
             );
             assert_eq!(config.auth.access_token_lifetime_secs, 300);
             assert!(config.auth.required, "the example requires tokens");
+            assert_eq!(config.auth.registration, RegistrationMode::Open);
+            assert_eq!(config.auth.jwks_refetch_secs, 10);
             Ok(())
         });
     }
@@ -489,6 +517,20 @@ mod tests {
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "0");
             assert!(Config::load(None).is_err());
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "10");
+            jail.set_env(
+                "FHIR_GATEWAY_AUTH__REGISTRATION_SCOPES",
+                "patient/*.rs system/*.rs",
+            );
+            assert!(
+                Config::load(None).is_err(),
+                "system/ scopes are never for open registration"
+            );
+            jail.set_env(
+                "FHIR_GATEWAY_AUTH__REGISTRATION_SCOPES",
+                "patient/*.rs openid",
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.auth.registration, RegistrationMode::Open);
             jail.set_env("FHIR_GATEWAY_SERVER__NOPE", "1");
             assert!(
                 Config::load(None).is_err(),

@@ -98,6 +98,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .wrap(Compress::default())
+                .wrap(crate::auth::cors::middleware(&base_path))
                 .wrap_fn(|req, srv| {
                     // method, route pattern, status and time only: never the path or query,
                     // which can carry patient data

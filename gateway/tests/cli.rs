@@ -407,6 +407,10 @@ fn clients_are_added_listed_and_removed() {
         "system/Observation.cruds system/Patient.rs system/*.read"
     );
     assert_eq!(added["kind"], "backend");
+    assert_eq!(
+        added["jwks"]["keys"][0]["kid"], "k1",
+        "the JWKS shown as JSON"
+    );
 
     let (ok, out, err) = client_command(dir.path(), &["list"]);
     assert!(ok, "{err}");
@@ -451,14 +455,122 @@ fn clients_are_added_listed_and_removed() {
     );
     assert!(!ok && err.contains("private key"), "{err}");
 
+    // apps: a confidential-symmetric one gets its secret once; a public one none
+    let (ok, out, err) = client_command(
+        dir.path(),
+        &[
+            "add",
+            "--name",
+            "Clinic app",
+            "--kind",
+            "confidential-symmetric",
+            "--redirect-uri",
+            "https://clinic.example.org/callback",
+            "--redirect-uri",
+            "http://localhost:3000/callback",
+            "--launch-uri",
+            "https://clinic.example.org/launch",
+            "--scope",
+            "openid fhirUser launch user/*.rs offline_access",
+        ],
+    );
+    assert!(ok, "{err}");
+    let app: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(app["kind"], "confidential-symmetric");
+    assert_eq!(app["token_endpoint_auth_method"], "client_secret_basic");
+    assert_eq!(app["redirect_uris"][1], "http://localhost:3000/callback");
+    assert_eq!(app["launch_uri"], "https://clinic.example.org/launch");
+    let secret = app["client_secret"].as_str().expect("the secret, once");
+    let (ok, out, _) = client_command(
+        dir.path(),
+        &[
+            "add",
+            "--name",
+            "Patient app",
+            "--kind",
+            "public",
+            "--redirect-uri",
+            "https://patient.example.org/cb",
+            "--scope",
+            "launch/patient patient/*.rs",
+        ],
+    );
+    assert!(ok);
+    let public: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(public["token_endpoint_auth_method"], "none");
+    assert!(public.get("client_secret").is_none());
+    let (ok, out, _) = client_command(dir.path(), &["list"]);
+    assert!(ok);
+    assert!(!out.contains(secret) && !out.contains("argon2"), "{out}");
+    let (ok, out, err) = client_command(
+        dir.path(),
+        &[
+            "add",
+            "--name",
+            "Admin",
+            "--kind",
+            "backend",
+            "--jwks-file",
+            jwks,
+            "--scope",
+            "system/*.rs",
+            "--admin",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")["admin"],
+        true
+    );
+    for (args, says) in [
+        (
+            vec![
+                "--kind",
+                "public",
+                "--redirect-uri",
+                "http://app.example.org/cb",
+            ],
+            "must be https",
+        ),
+        (vec!["--kind", "public"], "at least one redirect URI"),
+        (
+            vec![
+                "--kind",
+                "public",
+                "--redirect-uri",
+                "https://a.example/cb",
+                "--admin",
+            ],
+            "only backend clients may be admins",
+        ),
+        (
+            vec![
+                "--kind",
+                "confidential-symmetric",
+                "--redirect-uri",
+                "https://a.example/cb",
+                "--jwks-file",
+                jwks,
+            ],
+            "has no JWKS",
+        ),
+    ] {
+        let mut full = vec!["add", "--name", "x", "--scope", "patient/*.rs"];
+        full.extend(args);
+        let (ok, _, err) = client_command(dir.path(), &full);
+        assert!(!ok && err.contains(says), "{says}: {err}");
+    }
+
     let (ok, out, err) = client_command(dir.path(), &["remove", &client_id]);
     assert!(ok, "{err}");
     assert!(out.contains(&client_id), "{out}");
     let (ok, out, _) = client_command(dir.path(), &["list"]);
     assert!(ok);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).expect("JSON"),
-        serde_json::json!([])
+    let left = serde_json::from_str::<serde_json::Value>(&out).expect("JSON");
+    assert!(
+        left.as_array()
+            .is_some_and(|l| l.len() == 3 && l.iter().all(|c| c["client_id"] != client_id.as_str())),
+        "{left}"
     );
     let (ok, _, err) = client_command(dir.path(), &["remove", &client_id]);
     assert!(!ok && err.contains("no client"), "{err}");

@@ -4,14 +4,23 @@
 //! gateway's own key ([`keys`]). Discovery (`.well-known/smart-configuration`) and the public
 //! key (`.well-known/jwks.json`) are served under the FHIR base URL.
 //!
+//! Clients of every SMART kind are registered by the operator (CLI, admin API) or by
+//! themselves (dynamic registration, [`register`]); [`client_auth`] authenticates them for
+//! every grant. Browser apps reach the API and these endpoints cross-origin ([`cors`]).
+//!
 //! The FHIR API requires a token (`[auth] required`): [`Auth::verify`] checks it and
 //! [`crate::access`] turns its claims into the request's actor and what it may do.
 
+mod admin;
 pub mod claims;
+pub(crate) mod client_auth;
 pub mod clients;
+pub mod cors;
 pub mod id_token_key;
+mod jwks_url;
 pub mod keys;
 mod oauth;
+mod register;
 pub mod scopes;
 pub mod siwe;
 mod token;
@@ -19,7 +28,7 @@ mod token;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, RegistrationMode};
 use crate::store::Store;
 use claims::AccessClaims;
 use keys::SigningKey;
@@ -30,6 +39,39 @@ pub const TOKEN_PATH: &str = "/auth/token";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// The SMART discovery document, under the FHIR base URL (SMART App Launch 2.2).
 pub const DISCOVERY_PATH: &str = "/.well-known/smart-configuration";
+/// Dynamic client registration (RFC 7591), under the FHIR base URL.
+pub const REGISTER_PATH: &str = "/auth/register";
+/// The client admin API, under the FHIR base URL.
+pub const CLIENTS_PATH: &str = "/auth/clients";
+
+/// An endpoint of the authorization server, as the discovery document and the
+/// CapabilityStatement's oauth-uris extension both name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its name in http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris.
+    pub oauth_uris: &'static str,
+    /// Its member in `.well-known/smart-configuration`.
+    pub discovery: &'static str,
+    pub url: String,
+}
+
+/// The authorization server's endpoints: the one source of both the discovery document and
+/// the CapabilityStatement's `rest.security`.
+pub fn endpoints(fhir_base_url: &str, config: &AuthConfig) -> Vec<Endpoint> {
+    let mut endpoints = vec![Endpoint {
+        oauth_uris: "token",
+        discovery: "token_endpoint",
+        url: format!("{fhir_base_url}{TOKEN_PATH}"),
+    }];
+    if config.registration == RegistrationMode::Open {
+        endpoints.push(Endpoint {
+            oauth_uris: "register",
+            discovery: "registration_endpoint",
+            url: format!("{fhir_base_url}{REGISTER_PATH}"),
+        });
+    }
+    endpoints
+}
 
 /// What the authorization server's handlers share.
 #[derive(Debug)]
@@ -50,6 +92,14 @@ pub struct Auth {
     /// The token endpoint's absolute URL: what client assertions must name as `aud`.
     token_url: String,
     access_token_lifetime_secs: u64,
+    /// See [`endpoints`].
+    endpoints: Vec<Endpoint>,
+    /// Keys of clients registered with a JWKS URL.
+    jwks_cache: jwks_url::JwksCache,
+    /// `[auth] registration`.
+    registration: RegistrationMode,
+    /// `[auth] registration_scopes`, parsed.
+    registration_scopes: scopes::ScopeSet,
 }
 
 impl Auth {
@@ -84,6 +134,14 @@ impl Auth {
             fhir_base_url: fhir_base_url.to_owned(),
             token_url: format!("{fhir_base_url}{TOKEN_PATH}"),
             access_token_lifetime_secs: config.access_token_lifetime_secs,
+            endpoints: endpoints(fhir_base_url, config),
+            jwks_cache: jwks_url::JwksCache::new(
+                std::time::Duration::from_secs(config.jwks_cache_secs),
+                std::time::Duration::from_secs(config.jwks_refetch_secs),
+            )?,
+            registration: config.registration,
+            registration_scopes: scopes::ScopeSet::parse(&config.registration_scopes)
+                .map_err(|e| anyhow::anyhow!("auth.registration_scopes: {e}"))?,
         })
     }
 }
@@ -207,27 +265,56 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{TOKEN_PATH}"),
         web::post().to(token::token),
+    )
+    .route(
+        &format!("{base_path}{REGISTER_PATH}"),
+        web::post().to(register::register),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}"),
+        web::get().to(admin::list),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}"),
+        web::post().to(admin::add),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}/{{id}}"),
+        web::get().to(admin::read),
+    )
+    .route(
+        &format!("{base_path}{CLIENTS_PATH}/{{id}}"),
+        web::delete().to(admin::remove),
     );
 }
 
 /// `GET [base]/.well-known/smart-configuration`: what works now, and nothing more.
 async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
     let base = &auth.fhir_base_url;
-    HttpResponse::Ok().content_type("application/json").body(
-        json!({
-            "issuer": auth.issuer,
-            "jwks_uri": format!("{base}{JWKS_PATH}"),
-            "token_endpoint": auth.token_url,
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "token_endpoint_auth_signing_alg_values_supported": token::ASSERTION_ALGORITHMS,
-            "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
-            // no authorization endpoint yet, hence no PKCE method (see README)
-            "code_challenge_methods_supported": [],
-            "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
-        })
-        .to_string(),
-    )
+    let mut doc = json!({
+        "issuer": auth.issuer,
+        "jwks_uri": format!("{base}{JWKS_PATH}"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported":
+            clients::AuthMethod::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        "token_endpoint_auth_signing_alg_values_supported": client_auth::ASSERTION_ALGORITHMS,
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
+        // no authorization endpoint yet, hence no PKCE method (see README)
+        "code_challenge_methods_supported": [],
+        "capabilities": [
+            "client-public",
+            "client-confidential-symmetric",
+            "client-confidential-asymmetric",
+            "permission-v1",
+            "permission-v2",
+        ],
+    });
+    for endpoint in &auth.endpoints {
+        doc[endpoint.discovery] = json!(endpoint.url);
+    }
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.to_string())
 }
 
 /// `GET [base]/.well-known/jwks.json`: the public keys that verify the gateway's tokens (the

@@ -10,6 +10,8 @@ use serde_json::json;
 pub(crate) struct OAuthError {
     pub(crate) code: &'static str,
     pub(crate) description: String,
+    /// Whether the client tried HTTP Basic: a 401 then challenges it (RFC 6749 §5.2).
+    pub(crate) basic_challenge: bool,
 }
 
 impl OAuthError {
@@ -17,7 +19,14 @@ impl OAuthError {
         OAuthError {
             code,
             description: description.into(),
+            basic_challenge: false,
         }
+    }
+
+    /// The same error, answered with `WWW-Authenticate: Basic` when it is a 401.
+    pub(crate) fn with_basic_challenge(mut self) -> Self {
+        self.basic_challenge = true;
+        self
     }
 
     pub(crate) fn client(description: impl Into<String>) -> Self {
@@ -31,7 +40,11 @@ impl OAuthError {
         } else {
             StatusCode::BAD_REQUEST
         };
-        HttpResponse::build(status)
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::UNAUTHORIZED && self.basic_challenge {
+            response.insert_header(("WWW-Authenticate", "Basic realm=\"fhir-gateway\""));
+        }
+        response
             .insert_header(("Cache-Control", "no-store"))
             .insert_header(("Pragma", "no-cache"))
             .json(json!({"error": self.code, "error_description": self.description}))

@@ -27,6 +27,29 @@ pub fn is_searchable(kind: SearchParamType) -> bool {
     !matches!(kind, SearchParamType::Special)
 }
 
+/// `rest.security`: SMART on FHIR, CORS, and the authorization server's endpoints in the
+/// oauth-uris extension (from the same list as the discovery document).
+fn security(ctx: &Context) -> Value {
+    let uris: Vec<Value> = crate::auth::endpoints(&ctx.base_url, &ctx.config.auth)
+        .into_iter()
+        .map(|endpoint| json!({"url": endpoint.oauth_uris, "valueUri": endpoint.url}))
+        .collect();
+    json!({
+        "cors": true,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"
+            }],
+            "text": "OAuth2 using SMART-on-FHIR profile (see .well-known/smart-configuration)"
+        }],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": uris
+        }]
+    })
+}
+
 /// Builds the CapabilityStatement.
 pub fn capability_statement(ctx: &Context) -> Value {
     let registry = Registry::r4();
@@ -97,6 +120,7 @@ pub fn capability_statement(ctx: &Context) -> Value {
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
+            "security": security(ctx),
             "resource": resources,
             "interaction": [
                 {"code": "transaction"}, {"code": "batch"}, {"code": "search-system"}, {"code": "history-system"}

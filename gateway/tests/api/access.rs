@@ -901,14 +901,15 @@ on_both!(
             .expect("the store");
         let client = clients::register(
             &store,
-            NewClient {
-                name: "Lab system".to_owned(),
-                jwks: json!({"keys": [jwk]}).to_string(),
-                scopes: "system/Observation.cruds system/Patient.rs".to_owned(),
-            },
+            NewClient::backend(
+                "Lab system",
+                json!({"keys": [jwk]}).to_string(),
+                "system/Observation.cruds system/Patient.rs",
+            ),
         )
         .await
-        .expect("registered");
+        .expect("registered")
+        .client;
         store.close().await;
         let token_url = format!("{}/auth/token", s.app.base);
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);

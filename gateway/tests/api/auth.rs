@@ -12,19 +12,19 @@ use serde_json::{Value, json};
 use crate::helpers::{Db, TestApp, spawn_app_with};
 use crate::{both, on_both};
 
-const RS384_PEM: &[u8] = include_bytes!("../fixtures/auth/test-client-rs384.pem");
-const ES384_PEM: &[u8] = include_bytes!("../fixtures/auth/test-client-es384.pem");
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const RS384_PEM: &[u8] = include_bytes!("../fixtures/auth/test-client-rs384.pem");
+pub const ES384_PEM: &[u8] = include_bytes!("../fixtures/auth/test-client-es384.pem");
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A registered client and the private key it signs assertions with.
-struct TestClient {
-    client_id: String,
-    key: EncodingKey,
-    alg: Algorithm,
-    kid: String,
+pub struct TestClient {
+    pub client_id: String,
+    pub key: EncodingKey,
+    pub alg: Algorithm,
+    pub kid: String,
 }
 
-fn key_of(alg: Algorithm) -> EncodingKey {
+pub fn key_of(alg: Algorithm) -> EncodingKey {
     match alg {
         Algorithm::RS384 => EncodingKey::from_rsa_pem(RS384_PEM).expect("the RSA fixture"),
         _ => EncodingKey::from_ec_pem(ES384_PEM).expect("the P-384 fixture"),
@@ -32,7 +32,7 @@ fn key_of(alg: Algorithm) -> EncodingKey {
 }
 
 /// The public JWKS of the fixture key for `alg`, with `kid`.
-fn public_jwks(alg: Algorithm, kid: &str) -> String {
+pub fn public_jwks(alg: Algorithm, kid: &str) -> String {
     let mut jwk = Jwk::from_encoding_key(&key_of(alg), alg).expect("a public JWK");
     jwk.common.key_id = Some(kid.to_owned());
     serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("JSON")
@@ -43,14 +43,15 @@ async fn register(app: &TestApp, alg: Algorithm, scopes: &str) -> TestClient {
     let store = Store::connect(&app.database).await.expect("the store");
     let client = clients::register(
         &store,
-        NewClient {
-            name: format!("a backend service signing with {alg:?}"),
-            jwks: public_jwks(alg, &kid),
-            scopes: scopes.to_owned(),
-        },
+        NewClient::backend(
+            &format!("a backend service signing with {alg:?}"),
+            public_jwks(alg, &kid),
+            scopes,
+        ),
     )
     .await
-    .expect("registered");
+    .expect("registered")
+    .client;
     store.close().await;
     TestClient {
         client_id: client.client_id,
@@ -60,20 +61,20 @@ async fn register(app: &TestApp, alg: Algorithm, scopes: &str) -> TestClient {
     }
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs() as i64
 }
 
-fn token_url(app: &TestApp) -> String {
+pub fn token_url(app: &TestApp) -> String {
     format!("{}/auth/token", app.base)
 }
 
 impl TestClient {
     /// Claims of a valid assertion for `app` (a fresh jti, exp 4 minutes ahead).
-    fn claims(&self, app: &TestApp) -> Value {
+    pub fn claims(&self, app: &TestApp) -> Value {
         json!({
             "iss": self.client_id,
             "sub": self.client_id,
@@ -83,7 +84,7 @@ impl TestClient {
         })
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key).expect("signed")
@@ -136,7 +137,7 @@ async fn with_assertion(app: &TestApp, assertion: &str, scope: &str) -> (u16, Va
 }
 
 /// Asserts an OAuth 2.0 error with its status, code and a description containing `says`.
-fn assert_error(result: &(u16, Value), status: u16, code: &str, says: &str) {
+pub fn assert_error(result: &(u16, Value), status: u16, code: &str, says: &str) {
     let (got, body) = result;
     assert_eq!(*got, status, "{body}");
     assert_eq!(body["error"], code, "{body}");
@@ -305,7 +306,7 @@ both!(
             &with_assertion(&app, &unknown_kid, scope).await,
             401,
             "invalid_client",
-            "no key with kid \"not-registered\"",
+            "no key with kid \"not-registered\" for the assertion's algorithm ES384",
         );
 
         // a valid header and signature of one assertion on the claims of another
@@ -372,7 +373,7 @@ both!(
             &with_assertion(&app, &wrong_family, scope).await,
             401,
             "invalid_client",
-            "does not match the client's key",
+            "no key with kid \"test-ES384\" for the assertion's algorithm RS384",
         );
 
         let unknown_client = client.sign(&with(json!({"iss": "nobody", "sub": "nobody"})));
@@ -430,7 +431,7 @@ both!(
             &secret,
             401,
             "invalid_client",
-            "client_assertion_type must be",
+            "registered to authenticate with private_key_jwt, not client_secret_post",
         );
         let twice = result(
             request_token(
@@ -550,7 +551,16 @@ both!(
         assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
         assert_eq!(
             doc["token_endpoint_auth_methods_supported"],
-            json!(["private_key_jwt"])
+            json!([
+                "private_key_jwt",
+                "client_secret_basic",
+                "client_secret_post",
+                "none"
+            ])
+        );
+        assert_eq!(
+            doc["registration_endpoint"],
+            format!("{}/auth/register", app.base)
         );
         assert_eq!(
             doc["token_endpoint_auth_signing_alg_values_supported"],
@@ -564,6 +574,8 @@ both!(
         assert_eq!(
             doc["capabilities"],
             json!([
+                "client-public",
+                "client-confidential-symmetric",
                 "client-confidential-asymmetric",
                 "permission-v1",
                 "permission-v2"

@@ -43,3 +43,30 @@ both!(
         drop(app);
     }
 );
+
+both!(
+    the_smart_python_client_reads_the_oauth_endpoints,
+    |app: TestApp| async move {
+        let python = workspace().join(".cache/venv/bin/python3");
+        assert!(
+            python.exists(),
+            "{} is missing: scripts/test.sh installs the Python clients",
+            python.display()
+        );
+        let script = workspace().join("gateway/tests/clients/smart_discovery.py");
+        let base = app.base.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(python).arg(script).arg(base).output()
+        })
+        .await
+        .expect("the fhirclient task")
+        .expect("python runs");
+        assert!(
+            output.status.success(),
+            "fhirclient did not read the oauth-uris:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        drop(app);
+    }
+);

@@ -9,6 +9,7 @@ mod access;
 mod anchoring;
 mod auth;
 mod bundles;
+mod client_kinds;
 mod clients;
 mod concurrency;
 mod crud;

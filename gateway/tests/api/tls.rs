@@ -13,11 +13,11 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn https_client(version: reqwest_tls::tls::Version) -> reqwest_tls::Client {
+fn https_client(version: http_client::tls::Version) -> http_client::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pem = std::fs::read(fixture("localhost-cert.pem")).expect("the test certificate");
-    reqwest_tls::Client::builder()
-        .tls_certs_only([reqwest_tls::Certificate::from_pem(&pem).expect("a certificate")])
+    http_client::Client::builder()
+        .tls_certs_only([http_client::Certificate::from_pem(&pem).expect("a certificate")])
         .tls_version_min(version)
         .tls_version_max(version)
         .build()
@@ -34,8 +34,8 @@ async fn the_gateway_serves_https_with_tls_1_2_and_1_3() {
     assert!(app.base.starts_with("https://127.0.0.1:"), "{}", app.base);
 
     for version in [
-        reqwest_tls::tls::Version::TLS_1_2,
-        reqwest_tls::tls::Version::TLS_1_3,
+        http_client::tls::Version::TLS_1_2,
+        http_client::tls::Version::TLS_1_3,
     ] {
         let response = https_client(version)
             .get(format!("{}/metadata", app.base))
