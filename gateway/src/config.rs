@@ -182,6 +182,13 @@ pub struct AuthConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Lifetime of the access tokens the gateway issues, in seconds.
     pub access_token_lifetime_secs: u64,
+    /// Lifetime of an authorization code, in seconds (single use in any case).
+    pub code_lifetime_secs: u64,
+    /// Lifetime of a refresh token, in seconds (each use rotates it and starts a new one).
+    pub refresh_token_lifetime_secs: u64,
+    /// How long a user stays signed in at the authorization server's pages, in seconds;
+    /// `online_access` refresh tokens end with the session.
+    pub session_lifetime_secs: u64,
 }
 
 /// See [`ChainConfig::mode`].
@@ -260,6 +267,9 @@ impl Default for Config {
                 issuer: None,
                 signing_key_file: None,
                 access_token_lifetime_secs: 300,
+                code_lifetime_secs: 60,
+                refresh_token_lifetime_secs: 30 * 24 * 3600,
+                session_lifetime_secs: 8 * 3600,
             },
         }
     }
@@ -341,6 +351,18 @@ impl Config {
         anyhow::ensure!(
             (10..=3600).contains(&self.auth.access_token_lifetime_secs),
             "auth.access_token_lifetime_secs must be between 10 and 3600 (tokens are short-lived)"
+        );
+        anyhow::ensure!(
+            (10..=600).contains(&self.auth.code_lifetime_secs),
+            "auth.code_lifetime_secs must be between 10 and 600 (codes are short-lived)"
+        );
+        anyhow::ensure!(
+            self.auth.refresh_token_lifetime_secs >= 60,
+            "auth.refresh_token_lifetime_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            self.auth.session_lifetime_secs >= 60,
+            "auth.session_lifetime_secs must be at least 60"
         );
         if let Some(issuer) = &self.auth.issuer {
             anyhow::ensure!(

@@ -44,6 +44,8 @@ pub async fn register(store: &Store, new: NewClient) -> anyhow::Result<Client> {
         jwks_url: None,
         scopes: new.scopes.split_whitespace().collect::<Vec<_>>().join(" "),
         created_at: Instant::now().millis(),
+        redirect_uris: None,
+        launch_uri: None,
     };
     let mut tx = store.begin().await?;
     clients::insert(&mut tx, &client).await?;
@@ -105,4 +107,58 @@ fn check_key(jwk: &Jwk) -> anyhow::Result<()> {
     jsonwebtoken::DecodingKey::from_jwk(jwk)
         .map_err(|e| anyhow::anyhow!("key {kid:?} is not usable: {e}"))?;
     Ok(())
+}
+
+/// A public app to register (SMART App Launch: no secret, PKCE; authenticated by its
+/// `client_id` alone).
+#[derive(Debug, Clone)]
+pub struct NewPublicApp {
+    pub name: String,
+    /// The scopes it may be granted, space-separated (`patient/`, `user/`, `openid`, ...).
+    pub scopes: String,
+    /// Where authorization codes may be sent: absolute http(s) URLs without a fragment.
+    pub redirect_uris: Vec<String>,
+    /// Where an EHR launch opens the app.
+    pub launch_uri: Option<String>,
+}
+
+/// Checks and stores a public app; returns it with its new `client_id`.
+pub async fn register_public_app(store: &Store, new: NewPublicApp) -> anyhow::Result<Client> {
+    anyhow::ensure!(
+        !new.name.trim().is_empty(),
+        "the client's name must not be empty"
+    );
+    let allowed = scopes::ScopeSet::parse(&new.scopes).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!allowed.is_empty(), "the client needs at least one scope");
+    anyhow::ensure!(
+        !allowed.has_context(scopes::Context::System),
+        "an app launched by a user is not allowed system/ scopes"
+    );
+    anyhow::ensure!(
+        !new.redirect_uris.is_empty(),
+        "the app needs at least one redirect URI"
+    );
+    for uri in new.redirect_uris.iter().chain(&new.launch_uri) {
+        anyhow::ensure!(
+            (uri.starts_with("https://") || uri.starts_with("http://"))
+                && !uri.contains('#')
+                && !uri.contains(char::is_whitespace),
+            "{uri:?} is not an absolute http(s) URL without a fragment"
+        );
+    }
+    let client = Client {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        name: new.name.trim().to_owned(),
+        kind: "public".to_owned(),
+        jwks: None,
+        jwks_url: None,
+        scopes: new.scopes.split_whitespace().collect::<Vec<_>>().join(" "),
+        created_at: Instant::now().millis(),
+        redirect_uris: Some(new.redirect_uris.join(" ")),
+        launch_uri: new.launch_uri,
+    };
+    let mut tx = store.begin().await?;
+    clients::insert(&mut tx, &client).await?;
+    tx.commit().await?;
+    Ok(client)
 }

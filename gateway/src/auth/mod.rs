@@ -4,14 +4,23 @@
 //! gateway's own key ([`keys`]). Discovery (`.well-known/smart-configuration`) and the public
 //! key (`.well-known/jwks.json`) are served under the FHIR base URL.
 //!
-//! The FHIR API does not require tokens yet: enforcement is a later increment.
+//! Apps launched by users get tokens through the authorization code flow ([`authorize`]:
+//! the authorization endpoint and the sign-in, patient and approval pages; [`grants`]: the
+//! `authorization_code` and `refresh_token` grants); tokens can be revoked ([`revoke`],
+//! RFC 7009) and introspected ([`introspect`], RFC 7662).
 
+pub mod authorize;
 pub mod claims;
 pub mod clients;
+mod grants;
+mod introspect;
 pub mod keys;
 mod oauth;
+mod pages;
+mod revoke;
 pub mod scopes;
 mod token;
+pub mod users;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -25,6 +34,12 @@ use keys::SigningKey;
 pub const TOKEN_PATH: &str = "/auth/token";
 /// The path of the gateway's public key set, under the FHIR base URL.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Token revocation (RFC 7009), under the FHIR base URL.
+pub const REVOKE_PATH: &str = "/auth/revoke";
+/// Token introspection (RFC 7662), under the FHIR base URL.
+pub const INTROSPECT_PATH: &str = "/auth/introspect";
+/// The OpenID Connect discovery document, under the FHIR base URL (the issuer).
+pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 /// The SMART discovery document, under the FHIR base URL (SMART App Launch 2.2).
 pub const DISCOVERY_PATH: &str = "/.well-known/smart-configuration";
 
@@ -42,6 +57,11 @@ pub struct Auth {
     /// The token endpoint's absolute URL: what client assertions must name as `aud`.
     token_url: String,
     access_token_lifetime_secs: u64,
+    /// The FHIR base URL's path (the session cookie's path starts with it).
+    base_path: String,
+    code_lifetime_secs: u64,
+    refresh_token_lifetime_secs: u64,
+    session_lifetime_secs: u64,
 }
 
 impl Auth {
@@ -65,7 +85,41 @@ impl Auth {
             fhir_base_url: fhir_base_url.to_owned(),
             token_url: format!("{fhir_base_url}{TOKEN_PATH}"),
             access_token_lifetime_secs: config.access_token_lifetime_secs,
+            base_path: url_path(fhir_base_url),
+            code_lifetime_secs: config.code_lifetime_secs,
+            refresh_token_lifetime_secs: config.refresh_token_lifetime_secs,
+            session_lifetime_secs: config.session_lifetime_secs,
         })
+    }
+
+    /// An absolute URL of the authorization server (`path` under the FHIR base URL).
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.fhir_base_url)
+    }
+
+    fn code_lifetime_millis(&self) -> i64 {
+        secs_to_millis(self.code_lifetime_secs)
+    }
+
+    fn refresh_lifetime_millis(&self) -> i64 {
+        secs_to_millis(self.refresh_token_lifetime_secs)
+    }
+
+    fn session_lifetime_millis(&self) -> i64 {
+        secs_to_millis(self.session_lifetime_secs)
+    }
+}
+
+fn secs_to_millis(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000) * 1000
+}
+
+/// The path of a URL (`/fhir` of `http://host:8080/fhir`), without a trailing slash.
+fn url_path(url: &str) -> String {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match without_scheme.find('/') {
+        Some(i) => without_scheme[i..].trim_end_matches('/').to_owned(),
+        None => String::new(),
     }
 }
 
@@ -135,8 +189,72 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{TOKEN_PATH}"),
         web::post().to(token::token),
+    )
+    .route(
+        &format!("{base_path}{OPENID_CONFIGURATION_PATH}"),
+        web::get().to(openid_configuration),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::AUTHORIZE_PATH),
+        web::get().to(authorize::authorize_get),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::AUTHORIZE_PATH),
+        web::post().to(authorize::authorize_post),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::APPROVE_PATH),
+        web::get().to(authorize::approve_get),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::APPROVE_PATH),
+        web::post().to(authorize::approve_post),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIGN_IN_PATH),
+        web::post().to(authorize::sign_in),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIGN_OUT_PATH),
+        web::post().to(authorize::sign_out),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::EHR_LAUNCH_PATH),
+        web::get().to(authorize::ehr_launch_get),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::EHR_LAUNCH_PATH),
+        web::post().to(authorize::ehr_launch_post),
+    )
+    .route(
+        &format!("{base_path}{REVOKE_PATH}"),
+        web::post().to(revoke::revoke),
+    )
+    .route(
+        &format!("{base_path}{INTROSPECT_PATH}"),
+        web::post().to(introspect::introspect),
     );
 }
+
+/// The scopes this server grants to apps, as advertised (`scopes_supported`).
+const SCOPES_SUPPORTED: [&str; 16] = [
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "patient/*.cruds",
+    "patient/*.rs",
+    "patient/*.read",
+    "user/*.cruds",
+    "user/*.rs",
+    "user/*.read",
+    "system/*.cruds",
+    "system/*.rs",
+    "system/*.read",
+];
 
 /// `GET [base]/.well-known/smart-configuration`: what works now, and nothing more.
 async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
@@ -145,14 +263,56 @@ async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
         json!({
             "issuer": auth.issuer,
             "jwks_uri": format!("{base}{JWKS_PATH}"),
+            "authorization_endpoint": auth.url(authorize::AUTHORIZE_PATH),
             "token_endpoint": auth.token_url,
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "revocation_endpoint": auth.url(REVOKE_PATH),
+            "introspection_endpoint": auth.url(INTROSPECT_PATH),
+            "grant_types_supported": token::GRANT_TYPES,
+            "response_types_supported": ["code"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
             "token_endpoint_auth_signing_alg_values_supported": token::ASSERTION_ALGORITHMS,
-            "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
-            // no authorization endpoint yet, hence no PKCE method (see README)
-            "code_challenge_methods_supported": [],
-            "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+            "scopes_supported": SCOPES_SUPPORTED,
+            "code_challenge_methods_supported": ["S256"],
+            "capabilities": [
+                "launch-ehr",
+                "launch-standalone",
+                "authorize-post",
+                "client-public",
+                "client-confidential-asymmetric",
+                "context-ehr-patient",
+                "context-ehr-encounter",
+                "context-standalone-patient",
+                "context-banner",
+                "permission-offline",
+                "permission-online",
+                "permission-patient",
+                "permission-user",
+                "permission-v1",
+                "permission-v2",
+                "sso-openid-connect",
+            ],
+        })
+        .to_string(),
+    )
+}
+
+/// `GET [base]/.well-known/openid-configuration` (OpenID Connect Discovery 1.0): what an
+/// OpenID client needs to verify the `id_token`s issued with `openid`.
+async fn openid_configuration(auth: web::Data<Auth>) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(
+        json!({
+            "issuer": auth.issuer,
+            "authorization_endpoint": auth.url(authorize::AUTHORIZE_PATH),
+            "token_endpoint": auth.token_url,
+            "jwks_uri": auth.url(JWKS_PATH),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "scopes_supported": ["openid", "fhirUser"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         })
         .to_string(),
     )

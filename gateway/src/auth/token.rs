@@ -4,7 +4,8 @@
 //! authenticate the client is `invalid_client`, as SMART requires. Neither assertions nor
 //! tokens are logged.
 
-use actix_web::{HttpResponse, web};
+use actix_web::http::header::HeaderMap;
+use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use super::claims::AccessClaims;
 use super::oauth::{Form, OAuthError};
-use super::{Auth, scopes};
+use super::{Auth, grants, scopes};
 use crate::model::Instant;
 use crate::store::clients;
 
@@ -36,8 +37,12 @@ struct AssertionClaims {
     jti: Option<String>,
 }
 
-pub(super) async fn token(auth: web::Data<Auth>, body: web::Bytes) -> HttpResponse {
-    match issue(&auth, &body).await {
+pub(super) async fn token(
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    match dispatch(&auth, &req, &body).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code, "token request refused");
@@ -46,18 +51,81 @@ pub(super) async fn token(auth: web::Data<Auth>, body: web::Bytes) -> HttpRespon
     }
 }
 
-async fn issue(auth: &Auth, body: &[u8]) -> Result<HttpResponse, OAuthError> {
+/// The grant types the token endpoint supports.
+pub(super) const GRANT_TYPES: [&str; 3] =
+    ["authorization_code", "refresh_token", "client_credentials"];
+
+async fn dispatch(auth: &Auth, req: &HttpRequest, body: &[u8]) -> Result<HttpResponse, OAuthError> {
     let form = Form::parse(body)?;
     match form.get("grant_type")? {
-        None => return Err(OAuthError::new("invalid_request", "grant_type is missing")),
-        Some("client_credentials") => {}
-        Some(other) => {
-            return Err(OAuthError::new(
-                "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use client_credentials"),
-            ));
+        None => Err(OAuthError::new("invalid_request", "grant_type is missing")),
+        Some("client_credentials") => issue(auth, &form).await,
+        Some("authorization_code") => {
+            let client = authenticate_client(auth, req.headers(), &form).await?;
+            grants::authorization_code(auth, &form, &client.client).await
         }
+        Some("refresh_token") => {
+            let client = authenticate_client(auth, req.headers(), &form).await?;
+            grants::refresh_token(auth, &form, &client.client).await
+        }
+        Some(other) => Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!(
+                "grant_type {other:?} is not supported; use one of {}",
+                GRANT_TYPES.join(", ")
+            ),
+        )),
     }
+}
+
+/// A client that authenticated at an endpoint of the authorization server.
+#[derive(Debug)]
+pub(crate) struct AuthenticatedClient {
+    pub(crate) client: clients::Client,
+}
+
+/// Authenticates the client of a token, revocation or introspection request: a
+/// `private_key_jwt` assertion, or, for a public client, its `client_id` alone.
+///
+/// Stands in for helper "clients"' `auth/client_auth.rs::authenticate` (same signature),
+/// which adds client secrets and JWKS URLs; replace this with it when merging.
+pub(crate) async fn authenticate_client(
+    auth: &Auth,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<AuthenticatedClient, OAuthError> {
+    if headers.contains_key("authorization") && form.get("client_assertion")?.is_none() {
+        return Err(OAuthError::client(
+            "client secrets are not supported; use private_key_jwt or a public client",
+        ));
+    }
+    if form.get("client_assertion_type")?.is_some() || form.get("client_assertion")?.is_some() {
+        if form.get("client_assertion_type")? != Some(CLIENT_ASSERTION_TYPE) {
+            return Err(OAuthError::client(format!(
+                "client_assertion_type must be {CLIENT_ASSERTION_TYPE}"
+            )));
+        }
+        let assertion = form
+            .get("client_assertion")?
+            .ok_or_else(|| OAuthError::client("client_assertion is missing"))?;
+        let client_id = authenticate(auth, assertion, form.get("client_id")?).await?;
+        let client = find_client(auth, &client_id).await?;
+        return Ok(AuthenticatedClient { client });
+    }
+    let client_id = form
+        .get("client_id")?
+        .ok_or_else(|| OAuthError::client("no client authentication and no client_id"))?;
+    let client = find_client(auth, client_id).await?;
+    if client.kind != "public" {
+        return Err(OAuthError::client(
+            "this client is confidential: authenticate it (private_key_jwt)",
+        ));
+    }
+    Ok(AuthenticatedClient { client })
+}
+
+/// `grant_type=client_credentials` (SMART Backend Services).
+async fn issue(auth: &Auth, form: &Form) -> Result<HttpResponse, OAuthError> {
     match form.get("client_assertion_type")? {
         Some(CLIENT_ASSERTION_TYPE) => {}
         None => {
@@ -219,7 +287,7 @@ async fn use_assertion(
     Ok(fresh)
 }
 
-async fn find_client(auth: &Auth, client_id: &str) -> Result<clients::Client, OAuthError> {
+pub(super) async fn find_client(auth: &Auth, client_id: &str) -> Result<clients::Client, OAuthError> {
     let found = match auth.store.reader().await {
         Ok(mut conn) => clients::find(&mut conn, client_id).await,
         Err(e) => Err(e),

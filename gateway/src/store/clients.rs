@@ -10,7 +10,8 @@ use crate::model::Instant;
 pub struct Client {
     pub client_id: String,
     pub name: String,
-    /// `backend` (SMART Backend Services) is the only kind so far.
+    /// `backend` (SMART Backend Services) or `public` (an app without a secret, SMART App
+    /// Launch with PKCE).
     pub kind: String,
     /// The client's public JWKS, as JSON text.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -22,12 +23,27 @@ pub struct Client {
     pub scopes: String,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// Where authorization codes may be sent (SMART App Launch), space-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_uris: Option<String>,
+    /// Where an EHR launch opens the app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch_uri: Option<String>,
+}
+
+impl Client {
+    /// Whether `uri` is exactly one of the client's redirect URIs.
+    pub fn has_redirect_uri(&self, uri: &str) -> bool {
+        self.redirect_uris
+            .as_deref()
+            .is_some_and(|uris| uris.split_whitespace().any(|u| u == uri))
+    }
 }
 
 pub async fn insert(conn: &mut AnyConnection, client: &Client) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO auth_client (client_id, name, kind, jwks, jwks_url, scopes, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO auth_client (client_id, name, kind, jwks, jwks_url, scopes, created_at, \
+         redirect_uris, launch_uri) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&client.client_id)
     .bind(&client.name)
@@ -36,12 +52,15 @@ pub async fn insert(conn: &mut AnyConnection, client: &Client) -> Result<(), sql
     .bind(&client.jwks_url)
     .bind(&client.scopes)
     .bind(client.created_at)
+    .bind(&client.redirect_uris)
+    .bind(&client.launch_uri)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-const COLUMNS: &str = "client_id, name, kind, jwks, jwks_url, scopes, created_at";
+const COLUMNS: &str =
+    "client_id, name, kind, jwks, jwks_url, scopes, created_at, redirect_uris, launch_uri";
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<Client, sqlx::Error> {
     Ok(Client {
@@ -52,6 +71,8 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Client, sqlx::Error> {
         jwks_url: row.try_get("jwks_url")?,
         scopes: row.try_get("scopes")?,
         created_at: row.try_get("created_at")?,
+        redirect_uris: row.try_get("redirect_uris")?,
+        launch_uri: row.try_get("launch_uri")?,
     })
 }
 
