@@ -78,7 +78,10 @@ impl Failure {
                 state,
             } => {
                 tracing::info!(error, "authorization request refused");
-                let mut params = vec![("error", error.to_owned()), ("error_description", description)];
+                let mut params = vec![
+                    ("error", error.to_owned()),
+                    ("error_description", description),
+                ];
                 if let Some(state) = state {
                     params.push(("state", state));
                 }
@@ -209,7 +212,10 @@ async fn start(auth: &Auth, req: &HttpRequest, params: &[u8]) -> Result<HttpResp
         Some(_) => {
             return Err(refuse(
                 "invalid_request",
-                &format!("aud must be this server's FHIR base URL, {}", auth.fhir_base_url),
+                &format!(
+                    "aud must be this server's FHIR base URL, {}",
+                    auth.fhir_base_url
+                ),
             ));
         }
         None => {
@@ -318,14 +324,16 @@ async fn current_session(auth: &Auth, req: &HttpRequest) -> Result<Option<Sessio
     let Some(id) = cookie_value(req) else {
         return Ok(None);
     };
-    Ok(store::live_session(&mut *auth.store.reader().await?, &hash_secret(&id), now_millis()).await?)
+    Ok(store::live_session(
+        &mut *auth.store.reader().await?,
+        &hash_secret(&id),
+        now_millis(),
+    )
+    .await?)
 }
 
 /// Starts a session (anonymous when `user_id` is none); returns it and its cookie value.
-async fn new_session(
-    auth: &Auth,
-    user_id: Option<String>,
-) -> Result<(Session, String), Failure> {
+async fn new_session(auth: &Auth, user_id: Option<String>) -> Result<(Session, String), Failure> {
     let id = random_secret();
     let now = now_millis();
     let lifetime = match user_id {
@@ -410,7 +418,11 @@ const FORM_NOT_OURS: &str =
     "This form has expired or did not come from this site. Go back to the app and start again.";
 
 /// The session of a form post whose CSRF token matches it.
-async fn posted_session(auth: &Auth, req: &HttpRequest, form: &PageForm) -> Result<Session, Failure> {
+async fn posted_session(
+    auth: &Auth,
+    req: &HttpRequest,
+    form: &PageForm,
+) -> Result<Session, Failure> {
     let session = current_session(auth, req)
         .await?
         .ok_or_else(|| Failure::Page(StatusCode::BAD_REQUEST, SESSION_EXPIRED.to_owned()))?;
@@ -420,7 +432,10 @@ async fn posted_session(auth: &Auth, req: &HttpRequest, form: &PageForm) -> Resu
         }
         _ => {
             tracing::info!("a form was posted without the session's CSRF token");
-            Err(Failure::Page(StatusCode::FORBIDDEN, FORM_NOT_OURS.to_owned()))
+            Err(Failure::Page(
+                StatusCode::FORBIDDEN,
+                FORM_NOT_OURS.to_owned(),
+            ))
         }
     }
 }
@@ -574,7 +589,8 @@ pub(super) async fn sign_in(
             Ok(user) => user,
             Err(reason) => {
                 tracing::info!(?reason, "a sign-in was refused");
-                let error = "The username or password is not right, or this account cannot sign in now.";
+                let error =
+                    "The username or password is not right, or this account cannot sign in now.";
                 return Ok(pages::render(
                     StatusCode::OK,
                     &pages::SignIn {
@@ -582,7 +598,9 @@ pub(super) async fn sign_in(
                         csrf_token: &session.csrf_token,
                         request_id: form.get("request").unwrap_or_default(),
                         next: form.get("next").unwrap_or_default(),
-                        client_name: pending_request.as_ref().map_or("", |(_, c)| c.name.as_str()),
+                        client_name: pending_request
+                            .as_ref()
+                            .map_or("", |(_, c)| c.name.as_str()),
                         error,
                     },
                 ));
@@ -625,7 +643,9 @@ pub(super) async fn approve_post(
             return next_step(&auth, &session, request, &client, "").await;
         };
         match (form.get("decision"), form.get("patient")) {
-            (None, Some(patient)) => pick_patient(&auth, &session, request, &client, &user, patient).await,
+            (None, Some(patient)) => {
+                pick_patient(&auth, &session, request, &client, &user, patient).await
+            }
             (Some("deny"), _) => {
                 let mut tx = auth.store.begin().await?;
                 store::remove_request(&mut tx, &request.request_id, now_millis()).await?;
@@ -637,7 +657,9 @@ pub(super) async fn approve_post(
                     state: Some(request.state),
                 })
             }
-            (Some("approve"), _) => approve(&auth, &session, request, &client, &user, &form.all("scope")).await,
+            (Some("approve"), _) => {
+                approve(&auth, &session, request, &client, &user, &form.all("scope")).await
+            }
             _ => Err(Failure::page("Choose Allow or Deny.")),
         }
     }
@@ -848,17 +870,12 @@ pub(super) async fn ehr_launch_post(
         {
             return ehr_launch_page(&auth, &session, "No encounter has that id.").await;
         }
-        let launch = issue_launch(
-            &auth.store,
-            patient,
-            encounter,
-            Some(&client.client_id),
-        )
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "a launch value could not be stored");
-            Failure::Internal
-        })?;
+        let launch = issue_launch(&auth.store, patient, encounter, Some(&client.client_id))
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "a launch value could not be stored");
+                Failure::Internal
+            })?;
         Ok(see_other(&with_query(
             &launch_uri,
             &[("iss", auth.fhir_base_url.clone()), ("launch", launch)],

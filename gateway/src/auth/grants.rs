@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
+use super::Auth;
 use super::claims::{AccessClaims, UserKind};
 use super::oauth::{Form, OAuthError};
 use super::scopes::{OtherScope, ResourceScope, ScopeSet};
-use super::Auth;
 use crate::model::Instant;
 use crate::store::clients::Client;
 use crate::store::grants::{self as store, Grant, Refresh};
@@ -39,6 +39,7 @@ pub(crate) fn now_millis() -> i64 {
     Instant::now().millis()
 }
 
+#[allow(clippy::needless_pass_by_value)] // for `map_err(database)`
 fn database(error: sqlx::Error) -> OAuthError {
     tracing::error!(%error, "the token endpoint could not reach the database");
     OAuthError::new("server_error", "the database is unavailable")
@@ -61,7 +62,10 @@ pub(super) async fn authorization_code(
         .get("redirect_uri")?
         .ok_or_else(|| OAuthError::new("invalid_request", "redirect_uri is missing"))?;
     let verifier = form.get("code_verifier")?.ok_or_else(|| {
-        OAuthError::new("invalid_request", "code_verifier is missing (PKCE is required)")
+        OAuthError::new(
+            "invalid_request",
+            "code_verifier is missing (PKCE is required)",
+        )
     })?;
     let code_hash = hash_secret(code);
     let now = now_millis();

@@ -39,6 +39,7 @@ pub(super) async fn introspect(
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // for `map_err(database)`
 fn database(error: sqlx::Error) -> OAuthError {
     tracing::error!(%error, "introspection could not reach the database");
     OAuthError::new("server_error", "the database is unavailable")
@@ -56,7 +57,10 @@ async fn run(auth: &Auth, req: &HttpRequest, body: &[u8]) -> Result<Value, OAuth
         .headers()
         .get("authorization")
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")));
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        });
     match bearer {
         Some(caller) => {
             let claims = auth

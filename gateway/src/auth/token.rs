@@ -287,7 +287,10 @@ async fn use_assertion(
     Ok(fresh)
 }
 
-pub(super) async fn find_client(auth: &Auth, client_id: &str) -> Result<clients::Client, OAuthError> {
+pub(super) async fn find_client(
+    auth: &Auth,
+    client_id: &str,
+) -> Result<clients::Client, OAuthError> {
     let found = match auth.store.reader().await {
         Ok(mut conn) => clients::find(&mut conn, client_id).await,
         Err(e) => Err(e),

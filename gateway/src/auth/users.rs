@@ -47,7 +47,12 @@ impl Kind {
         match self {
             Kind::Patient => &["Patient"],
             Kind::Practitioner => &["Practitioner", "PractitionerRole"],
-            Kind::Staff => &["Practitioner", "PractitionerRole", "Person", "RelatedPerson"],
+            Kind::Staff => &[
+                "Practitioner",
+                "PractitionerRole",
+                "Person",
+                "RelatedPerson",
+            ],
         }
     }
 }
@@ -155,7 +160,9 @@ pub fn parse_wallet_address(text: &str) -> anyhow::Result<String> {
     let hex = text
         .strip_prefix("0x")
         .filter(|h| h.len() == 40 && h.chars().all(|c| c.is_ascii_hexdigit()))
-        .ok_or_else(|| anyhow::anyhow!("{text:?} is not an Ethereum address (0x and 40 hex digits)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("{text:?} is not an Ethereum address (0x and 40 hex digits)")
+        })?;
     Ok(format!("0x{}", hex.to_ascii_lowercase()))
 }
 
@@ -218,8 +225,13 @@ pub async fn sign_in_with_password(
     let matches = password_matches(user.password_hash.as_deref().unwrap_or_default(), password);
     let mut tx = store.begin().await?;
     if !matches {
-        users::record_failed_sign_in(&mut tx, &user.user_id, MAX_FAILED_SIGN_INS, now + LOCK_MILLIS)
-            .await?;
+        users::record_failed_sign_in(
+            &mut tx,
+            &user.user_id,
+            MAX_FAILED_SIGN_INS,
+            now + LOCK_MILLIS,
+        )
+        .await?;
         tx.commit().await?;
         return Ok(Err(SignInRefused::UnknownOrWrong));
     }

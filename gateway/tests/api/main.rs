@@ -7,6 +7,7 @@ mod helpers;
 
 mod anchoring;
 mod auth;
+mod authorize;
 mod bundles;
 mod clients;
 mod concurrency;
