@@ -345,6 +345,9 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                 };
                 let credential = match (wallet, username) {
                     (Some(wallet), _) => users::Credential::Wallet(wallet),
+                    (None, _) if kind == users::Kind::Patient => {
+                        anyhow::bail!("patients sign in with an Ethereum wallet: give --wallet")
+                    }
                     (None, Some(username)) => users::Credential::Password {
                         username,
                         password: read_password(password_file.as_deref())?,

@@ -287,7 +287,12 @@ impl Config {
             );
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("FHIR_GATEWAY_").split("__"));
+        // FHIR_GATEWAY_CONFIG and FHIR_GATEWAY_USER_PASSWORD are the command line's, not settings
+        figment = figment.merge(
+            Env::prefixed("FHIR_GATEWAY_")
+                .split("__")
+                .ignore(&["config", "user_password"]),
+        );
         let config: Config = figment.extract()?;
         config.check()?;
         Ok(config)

@@ -403,15 +403,14 @@ both!(
             assert!(r.1, "no-cache headers on errors too: {}", r.2);
             (r.0, r.2)
         };
+        let code =
+            result(request_token(&app, &[("grant_type", "password"), ("username", "x")]).await);
+        assert_error(&code, 400, "unsupported_grant_type", "client_credentials");
+        // authorization_code needs client authentication (tests/api/authorize.rs)
         let code = result(
             request_token(&app, &[("grant_type", "authorization_code"), ("code", "x")]).await,
         );
-        assert_error(
-            &code,
-            400,
-            "unsupported_grant_type",
-            "use client_credentials",
-        );
+        assert_error(&code, 401, "invalid_client", "client_id");
         let missing = result(request_token(&app, &[("scope", "system/*.rs")]).await);
         assert_error(&missing, 400, "invalid_request", "grant_type is missing");
         let secret = result(
