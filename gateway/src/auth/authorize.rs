@@ -825,6 +825,7 @@ async fn ehr_launch_page(
         StatusCode::OK,
         &pages::EhrLaunch {
             action: &auth.url(EHR_LAUNCH_PATH),
+            sign_out_action: &auth.url(SIGN_OUT_PATH),
             csrf_token: &session.csrf_token,
             clients,
             error,

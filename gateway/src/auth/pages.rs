@@ -58,6 +58,7 @@ pub(crate) struct Approve<'a> {
 #[template(path = "auth/ehr_launch.html")]
 pub(crate) struct EhrLaunch<'a> {
     pub(crate) action: &'a str,
+    pub(crate) sign_out_action: &'a str,
     pub(crate) csrf_token: &'a str,
     pub(crate) clients: Vec<Choice>,
     pub(crate) error: &'a str,

@@ -240,6 +240,16 @@ async fn sign_in_practitioner(browser: &mut Browser, app: &TestApp, sign_in_page
 
 /// Approves every scope on the approval page; the redirect back to the app.
 async fn approve_all(browser: &mut Browser, app: &TestApp, page: &str) -> String {
+    approve_except(browser, app, page, &[]).await
+}
+
+/// Approves the scopes on the approval page but `unticked`; the redirect back to the app.
+async fn approve_except(
+    browser: &mut Browser,
+    app: &TestApp,
+    page: &str,
+    unticked: &[&str],
+) -> String {
     assert!(
         page.contains("Allow Growth Chart"),
         "the approval page: {page}"
@@ -248,6 +258,7 @@ async fn approve_all(browser: &mut Browser, app: &TestApp, page: &str) -> String
         .split("name=\"scope\" value=\"")
         .skip(1)
         .map(|rest| rest.split('"').next().unwrap_or_default().to_owned())
+        .filter(|scope| !unticked.contains(&scope.as_str()))
         .collect();
     let csrf = field(page, "csrf_token");
     let request = field(page, "request");
@@ -265,13 +276,21 @@ async fn approve_all(browser: &mut Browser, app: &TestApp, page: &str) -> String
 
 /// A practitioner's standalone launch, picking the patient; the code and its verifier.
 async fn practitioner_code(app: &TestApp, setup: &Setup, scope: &str) -> (String, String) {
-    let mut browser = Browser::new();
+    practitioner_code_in(&mut Browser::new(), app, setup, scope).await
+}
+
+async fn practitioner_code_in(
+    browser: &mut Browser,
+    app: &TestApp,
+    setup: &Setup,
+    scope: &str,
+) -> (String, String) {
     let (verifier, challenge) = pkce();
     let url = authorize_url_with(app, &setup.client_id, &challenge, &[("scope", Some(scope))]);
     let next = location(&browser.get(&url).await);
     let sign_in = browser.page(&next).await;
     assert!(sign_in.contains("<h1>Sign in</h1>"), "{sign_in}");
-    let mut page = sign_in_practitioner(&mut browser, app, &sign_in).await;
+    let mut page = sign_in_practitioner(browser, app, &sign_in).await;
     if page.contains("Choose a patient") {
         let response = browser
             .post(
@@ -285,7 +304,7 @@ async fn practitioner_code(app: &TestApp, setup: &Setup, scope: &str) -> (String
             .await;
         page = browser.page(&location(&response)).await;
     }
-    let back = approve_all(&mut browser, app, &page).await;
+    let back = approve_all(browser, app, &page).await;
     assert!(back.starts_with(REDIRECT_URI), "{back}");
     assert_eq!(param(&back, "state").as_deref(), Some("st4te"));
     (param(&back, "code").expect("a code"), verifier)
@@ -425,7 +444,10 @@ both!(
             &app,
             &setup.client_id,
             &challenge,
-            &[("scope", Some("openid fhirUser launch/patient patient/*.rs"))],
+            &[(
+                "scope",
+                Some("openid fhirUser launch/patient patient/*.rs offline_access"),
+            )],
         );
         let next = location(&browser.get(&url).await);
         let sign_in = browser.page(&next).await;
@@ -447,14 +469,16 @@ both!(
             !page.contains("Choose a patient"),
             "a patient picks no one: {page}"
         );
-        let back = approve_all(&mut browser, &app, &page).await;
+        // the user narrows the grant: no offline access
+        let back = approve_except(&mut browser, &app, &page, &["offline_access"]).await;
         let code = param(&back, "code").expect("a code");
         let (status, body) = exchange(&app, &setup, &code, &verifier).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["patient"], setup.patient_id.as_str());
+        assert_eq!(body["scope"], "openid fhirUser launch/patient patient/*.rs");
         assert!(
             body.get("refresh_token").is_none(),
-            "no offline/online access asked: {body}"
+            "offline access was not approved: {body}"
         );
         let id_token = verify_with_jwks(
             &app,
@@ -1025,5 +1049,75 @@ both!(
             oidc["jwks_uri"],
             format!("{}/.well-known/jwks.json", app.base)
         );
+    }
+);
+
+both!(
+    online_access_ends_with_the_session,
+    |app: TestApp| async move {
+        let setup = setup(&app).await;
+        let mut browser = Browser::new();
+        let (code, verifier) =
+            practitioner_code_in(&mut browser, &app, &setup, "online_access user/*.rs").await;
+        let (status, body) = exchange(&app, &setup, &code, &verifier).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = refresh(
+            &app,
+            &setup,
+            body["refresh_token"].as_str().expect("a refresh token"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let refresh_token = body["refresh_token"]
+            .as_str()
+            .expect("a rotated refresh token");
+        // the user signs out (the EHR launch page has the button)
+        let page = browser.page(&format!("{}/auth/ehr-launch", app.base)).await;
+        let response = browser
+            .post(
+                &format!("{}/auth/sign-out", app.base),
+                &[("csrf_token", &field(&page, "csrf_token"))],
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let (status, error) = refresh(&app, &setup, refresh_token, None).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{error}"
+        );
+    }
+);
+
+both!(
+    failed_sign_ins_lock_password_sign_in,
+    |app: TestApp| async move {
+        let setup = setup(&app).await;
+        let mut browser = Browser::new();
+        let next = location(
+            &browser
+                .get(&authorize_url(&app, &setup.client_id, &[]))
+                .await,
+        );
+        let mut page = browser.page(&next).await;
+        for password in [
+            "wrong 1", "wrong 2", "wrong 3", "wrong 4", "wrong 5", PASSWORD,
+        ] {
+            let response = browser
+                .post(
+                    &format!("{}/auth/sign-in", app.base),
+                    &[
+                        ("csrf_token", &field(&page, "csrf_token")),
+                        ("request", &field(&page, "request")),
+                        ("username", "dr.who"),
+                        ("password", password),
+                    ],
+                )
+                .await;
+            assert_eq!(response.status(), 200, "no sign-in with {password:?}");
+            page = response.text().await.expect("text");
+            assert!(page.contains("There is a problem"), "{page}");
+        }
     }
 );
