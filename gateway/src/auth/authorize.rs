@@ -348,6 +348,9 @@ async fn new_session(auth: &Auth, user_id: Option<String>) -> Result<(Session, S
         ended_at: None,
     };
     let mut tx = auth.store.begin().await?;
+    if auth.housekeeping_due(now) {
+        store::remove_expired(&mut tx, now).await?;
+    }
     store::insert_session(&mut tx, &session, now).await?;
     tx.commit().await?;
     Ok((session, id))

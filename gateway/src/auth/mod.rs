@@ -62,6 +62,8 @@ pub struct Auth {
     code_lifetime_secs: u64,
     refresh_token_lifetime_secs: u64,
     session_lifetime_secs: u64,
+    /// When expired sessions, codes and tokens were last removed (ms since the epoch).
+    last_housekeeping: std::sync::atomic::AtomicI64,
 }
 
 impl Auth {
@@ -89,12 +91,25 @@ impl Auth {
             code_lifetime_secs: config.code_lifetime_secs,
             refresh_token_lifetime_secs: config.refresh_token_lifetime_secs,
             session_lifetime_secs: config.session_lifetime_secs,
+            last_housekeeping: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
     /// An absolute URL of the authorization server (`path` under the FHIR base URL).
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.fhir_base_url)
+    }
+
+    /// Whether expired rows are due to be removed (at most once a minute per process); if
+    /// so, the caller removes them.
+    fn housekeeping_due(&self, now_millis: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last_housekeeping.load(Ordering::Relaxed);
+        now_millis - last >= 60_000
+            && self
+                .last_housekeeping
+                .compare_exchange(last, now_millis, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn code_lifetime_millis(&self) -> i64 {

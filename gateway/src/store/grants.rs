@@ -511,3 +511,28 @@ pub async fn session_is_live(
 ) -> Result<bool, sqlx::Error> {
     Ok(live_session(conn, session_hash, now).await?.is_some())
 }
+
+/// Removes what can no longer be used: expired sessions, requests, launch values, refresh
+/// tokens and records of access tokens, and codes a day after they expired (until then a
+/// second use of a code is still recognised and revokes its family).
+pub async fn remove_expired(conn: &mut AnyConnection, now_millis: i64) -> Result<(), sqlx::Error> {
+    let now_secs = now_millis / 1000;
+    for (sql, before) in [
+        ("DELETE FROM auth_session WHERE expires_at < $1", now_millis),
+        ("DELETE FROM auth_request WHERE expires_at < $1", now_millis),
+        ("DELETE FROM auth_launch WHERE expires_at < $1", now_millis),
+        ("DELETE FROM auth_refresh WHERE expires_at < $1", now_millis),
+        (
+            "DELETE FROM auth_code WHERE expires_at < $1",
+            now_millis - 24 * 3600 * 1000,
+        ),
+        ("DELETE FROM auth_access WHERE expires_at < $1", now_secs),
+        (
+            "DELETE FROM auth_revoked_jti WHERE expires_at < $1",
+            now_secs,
+        ),
+    ] {
+        sqlx::query(sql).bind(before).execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -1121,3 +1121,26 @@ both!(
         }
     }
 );
+
+both!(expired_grants_are_removed, |app: TestApp| async move {
+    let mut db = app.database_connection().await;
+    for (hash, expires_at) in [("expired", 1_i64), ("live", i64::MAX / 2)] {
+        sqlx::query(
+            "INSERT INTO auth_launch (launch_hash, patient, expires_at) VALUES ($1, 'p', $2)",
+        )
+        .bind(hash)
+        .bind(expires_at)
+        .execute(&mut db)
+        .await
+        .expect("a launch row");
+    }
+    // the first session a gateway starts removes what has expired
+    Browser::new()
+        .page(&format!("{}/auth/ehr-launch", app.base))
+        .await;
+    let left: Vec<String> = sqlx::query_scalar("SELECT launch_hash FROM auth_launch")
+        .fetch_all(&mut db)
+        .await
+        .expect("the launch rows");
+    assert_eq!(left, vec!["live".to_owned()]);
+});
