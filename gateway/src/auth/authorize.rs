@@ -609,27 +609,47 @@ pub(super) async fn sign_in(
                 ));
             }
         };
-        tracing::info!(user_id = %user.user_id, "a user signed in");
-        let (signed_in, cookie) = new_session(&auth, Some(user.user_id.clone())).await?;
-        let mut tx = auth.store.begin().await?;
-        store::end_session(&mut tx, &session.session_hash, now_millis()).await?;
-        let location = match &pending_request {
-            Some((request, _)) => {
-                store::move_request(&mut tx, &request.request_id, &signed_in.session_hash).await?;
-                with_query(
-                    &auth.url(APPROVE_PATH),
-                    &[("request", request.request_id.clone())],
-                )
-            }
-            None => auth.url(EHR_LAUNCH_PATH),
-        };
-        tx.commit().await?;
-        let mut response = see_other(&location);
-        set_cookie(&mut response, &auth, &cookie);
-        Ok(response)
+        start_signed_in_session(
+            &auth,
+            &session,
+            &user,
+            pending_request.as_ref().map(|(r, _)| r),
+        )
+        .await
     }
     .await;
     result.unwrap_or_else(Failure::response)
+}
+
+/// After a user proved who they are (a password here; Sign-In with Ethereum calls this too
+/// once the signature is verified and the wallet's user found with
+/// `users::find_by_wallet`): replaces the anonymous `session` by a signed-in one (no session
+/// fixation), moves the pending request to it, and sends the browser on (the request's next
+/// step, or the EHR launch page).
+async fn start_signed_in_session(
+    auth: &Auth,
+    session: &Session,
+    user: &User,
+    pending_request: Option<&Request>,
+) -> Result<HttpResponse, Failure> {
+    tracing::info!(user_id = %user.user_id, "a user signed in");
+    let (signed_in, cookie) = new_session(auth, Some(user.user_id.clone())).await?;
+    let mut tx = auth.store.begin().await?;
+    store::end_session(&mut tx, &session.session_hash, now_millis()).await?;
+    let location = match pending_request {
+        Some(request) => {
+            store::move_request(&mut tx, &request.request_id, &signed_in.session_hash).await?;
+            with_query(
+                &auth.url(APPROVE_PATH),
+                &[("request", request.request_id.clone())],
+            )
+        }
+        None => auth.url(EHR_LAUNCH_PATH),
+    };
+    tx.commit().await?;
+    let mut response = see_other(&location);
+    set_cookie(&mut response, auth, &cookie);
+    Ok(response)
 }
 
 /// `POST [base]/auth/approve`: a patient picked, or the user's decision.
