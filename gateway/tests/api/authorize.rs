@@ -28,9 +28,22 @@ struct Setup {
 }
 
 async fn setup(app: &TestApp) -> Setup {
-    let patient_id = app
-        .create(&json!({"resourceType": "Patient", "name": [{"family": "Chalmers"}]}))
-        .await;
+    setup_at(app, &app.base).await
+}
+
+/// [`setup`], the FHIR API reached at `fhir_base` (the app's own when it is behind a proxy).
+async fn setup_at(app: &TestApp, fhir_base: &str) -> Setup {
+    let response = app
+        .client
+        .post(format!("{fhir_base}/Patient"))
+        .header("content-type", crate::helpers::FHIR_JSON)
+        .body(json!({"resourceType": "Patient", "name": [{"family": "Chalmers"}]}).to_string())
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("JSON");
+    let patient_id = created["id"].as_str().expect("an id").to_owned();
     let store = Store::connect(&app.database).await.expect("the store");
     let client = clients::register_public_app(
         &store,
@@ -1144,3 +1157,43 @@ both!(expired_grants_are_removed, |app: TestApp| async move {
         .expect("the launch rows");
     assert_eq!(left, vec!["live".to_owned()]);
 });
+
+crate::on_both!(
+    an_https_base_url_makes_the_cookie_secure_and_requests_stay_with_their_session,
+    |db: crate::helpers::Db| async move {
+        // a gateway behind a TLS proxy: its base URL is https, it listens on plain http
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let public_base = format!("https://127.0.0.1:{port}/fhir");
+        let base = public_base.clone();
+        let app = crate::helpers::spawn_app_with(db, move |config| {
+            config.server.port = port;
+            config.server.base_url = Some(base);
+        })
+        .await;
+        let setup = setup_at(&app, &format!("http://127.0.0.1:{port}/fhir")).await;
+        let plain = format!("http://127.0.0.1:{port}/fhir");
+        let url = authorize_url(&app, &setup.client_id, &[("aud", Some(&public_base))]).replacen(
+            &public_base,
+            &plain,
+            1,
+        );
+        let mut browser = Browser::new();
+        let response = browser.get(&url).await;
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        assert!(cookie.contains("Path=/fhir/auth;"), "{cookie}");
+        let next = location(&response).replacen(&public_base, &plain, 1);
+        assert!(browser.page(&next).await.contains("<h1>Sign in</h1>"));
+        // another browser (another session) cannot take the request over
+        let response = Browser::new().get(&next).await;
+        assert_eq!(response.status(), 400);
+        let page = response.text().await.expect("text");
+        assert!(!page.contains("<h1>Sign in</h1>"), "{page}");
+    }
+);
