@@ -1197,3 +1197,21 @@ crate::on_both!(
         assert!(!page.contains("<h1>Sign in</h1>"), "{page}");
     }
 );
+
+both!(
+    a_disabled_user_s_grants_stop_refreshing,
+    |app: TestApp| async move {
+        let setup = setup(&app).await;
+        let (_, body) = exchange_fresh(&app, &setup).await;
+        let refresh_token = body["refresh_token"].as_str().expect("a refresh token");
+        let store = Store::connect(&app.database).await.expect("the store");
+        assert!(users::disable(&store, "dr.who").await.expect("disabled"));
+        store.close().await;
+        let (status, error) = refresh(&app, &setup, refresh_token, None).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{error}"
+        );
+    }
+);
