@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::clients::{self, AuthMethod, ClientKind, NewClient};
+use crate::auth::{authorize, users};
 use crate::config::Config;
 use crate::erasure::{self, Erasure};
 use crate::model::{ResourceId, ResourceType};
@@ -61,6 +62,27 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Add, list and disable the users who sign in to approve apps (prints JSON).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Issue an EHR launch value (prints it): opaque, single use, valid for 5 minutes; the
+    /// app sends it as `launch` to the authorization endpoint and gets this context back with
+    /// its token.
+    Launch {
+        /// The launch patient's id.
+        #[arg(long)]
+        patient: String,
+        /// The launch encounter's id.
+        #[arg(long)]
+        encounter: Option<String>,
+        /// Only this client may use the launch value.
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +113,50 @@ enum TokenCommand {
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; prints it with its id. Practitioners and staff get a password, read from
+    /// --password-file or FHIR_GATEWAY_USER_PASSWORD (never the command line); patients
+    /// sign in with their Ethereum wallet.
+    Add {
+        #[arg(long, value_enum)]
+        kind: UserKind,
+        /// Practitioners and staff: the name they sign in with.
+        #[arg(long, required_unless_present = "wallet")]
+        username: Option<String>,
+        /// Practitioners and staff: a file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Patients: their Ethereum address (0x and 40 hex digits).
+        #[arg(long, conflicts_with_all = ["username", "password_file"])]
+        wallet: Option<String>,
+        /// The user's FHIR resource: `Patient/123` for a patient, `Practitioner/7` ...
+        #[arg(long)]
+        fhir_user: String,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List the users (never their passwords).
+    List {
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Disable a user (by id or username): they can no longer sign in or refresh tokens.
+    Disable {
+        user: String,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// See `user add --kind`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum UserKind {
+    Patient,
+    Practitioner,
+    Staff,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +277,21 @@ pub async fn run() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::User { command } => user(command).await,
+        Command::Launch {
+            patient,
+            encounter,
+            client,
+            config,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            telemetry::init_stderr(&config.log);
+            let store = Store::connect(&config.database).await?;
+            let result = launch(&store, &patient, encounter.as_deref(), client.as_deref()).await;
+            store.close().await;
+            println!("{}", result?);
+            Ok(())
+        }
         Command::Erase {
             resource,
             reason,
@@ -315,6 +396,110 @@ async fn client(command: ClientCommand) -> anyhow::Result<()> {
     .await;
     store.close().await;
     result
+}
+
+/// `fhir-gateway launch ...`: checks the context exists, then issues a launch value.
+async fn launch(
+    store: &Store,
+    patient: &str,
+    encounter: Option<&str>,
+    client: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut conn = store.reader().await?;
+    for (resource_type, id) in
+        std::iter::once(("Patient", patient)).chain(encounter.map(|e| ("Encounter", e)))
+    {
+        let found = crate::store::read_current(&mut conn, resource_type, id).await?;
+        anyhow::ensure!(
+            found.is_some_and(|v| v.body.is_some()),
+            "there is no {resource_type}/{id}"
+        );
+    }
+    if let Some(client) = client {
+        anyhow::ensure!(
+            crate::store::clients::find(&mut conn, client)
+                .await?
+                .is_some(),
+            "no client {client:?} is registered"
+        );
+    }
+    drop(conn);
+    authorize::issue_launch(store, patient, encounter, client).await
+}
+
+/// `fhir-gateway user ...`.
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    let config = match &command {
+        UserCommand::Add { config, .. }
+        | UserCommand::List { config }
+        | UserCommand::Disable { config, .. } => Config::load(config.as_deref())?,
+    };
+    telemetry::init_stderr(&config.log);
+    let store = Store::connect(&config.database).await?;
+    let result = async {
+        match command {
+            UserCommand::Add {
+                kind,
+                username,
+                password_file,
+                wallet,
+                fhir_user,
+                config: _,
+            } => {
+                let kind = match kind {
+                    UserKind::Patient => users::Kind::Patient,
+                    UserKind::Practitioner => users::Kind::Practitioner,
+                    UserKind::Staff => users::Kind::Staff,
+                };
+                let credential = match (wallet, username) {
+                    (Some(wallet), _) => users::Credential::Wallet(wallet),
+                    (None, _) if kind == users::Kind::Patient => {
+                        anyhow::bail!("patients sign in with an Ethereum wallet: give --wallet")
+                    }
+                    (None, Some(username)) => users::Credential::Password {
+                        username,
+                        password: read_password(password_file.as_deref())?,
+                    },
+                    (None, None) => anyhow::bail!("give --username (or --wallet for a patient)"),
+                };
+                let user = users::add(&store, kind, credential, &fhir_user).await?;
+                println!("{}", serde_json::to_string_pretty(&user)?);
+            }
+            UserCommand::List { config: _ } => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&users::list(&store).await?)?
+                );
+            }
+            UserCommand::Disable { user, config: _ } => {
+                anyhow::ensure!(
+                    users::disable(&store, &user).await?,
+                    "no enabled user {user:?}"
+                );
+                println!("{}", serde_json::json!({"disabled": user}));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// The password from `--password-file` (its first line) or `FHIR_GATEWAY_USER_PASSWORD`.
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<secrecy::SecretString> {
+    let password = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => std::env::var("FHIR_GATEWAY_USER_PASSWORD").map_err(|_| {
+            anyhow::anyhow!("give --password-file or set FHIR_GATEWAY_USER_PASSWORD")
+        })?,
+    };
+    Ok(password.into())
 }
 
 /// `Type/id`, parsed.

@@ -204,6 +204,13 @@ pub struct AuthConfig {
     /// The least time between two fetches of one JWKS URL when an assertion names a key the
     /// cached set lacks, in seconds.
     pub jwks_refetch_secs: u64,
+    /// Lifetime of an authorization code, in seconds (single use in any case).
+    pub code_lifetime_secs: u64,
+    /// Lifetime of a refresh token, in seconds (each use rotates it and starts a new one).
+    pub refresh_token_lifetime_secs: u64,
+    /// How long a user stays signed in at the authorization server's pages, in seconds;
+    /// `online_access` refresh tokens end with the session.
+    pub session_lifetime_secs: u64,
 }
 
 /// See [`AuthConfig::registration`].
@@ -300,6 +307,9 @@ impl Default for Config {
                         .to_owned(),
                 jwks_cache_secs: 300,
                 jwks_refetch_secs: 10,
+                code_lifetime_secs: 60,
+                refresh_token_lifetime_secs: 30 * 24 * 3600,
+                session_lifetime_secs: 8 * 3600,
             },
         }
     }
@@ -317,7 +327,12 @@ impl Config {
             );
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("FHIR_GATEWAY_").split("__"));
+        // FHIR_GATEWAY_CONFIG and FHIR_GATEWAY_USER_PASSWORD are the command line's, not settings
+        figment = figment.merge(
+            Env::prefixed("FHIR_GATEWAY_")
+                .split("__")
+                .ignore(&["config", "user_password"]),
+        );
         let config: Config = figment.extract()?;
         config.check()?;
         Ok(config)
@@ -384,6 +399,18 @@ impl Config {
         );
         crate::auth::clients::check_registration_scopes(&self.auth.registration_scopes)
             .map_err(|e| anyhow::anyhow!("auth.registration_scopes: {e}"))?;
+        anyhow::ensure!(
+            (10..=600).contains(&self.auth.code_lifetime_secs),
+            "auth.code_lifetime_secs must be between 10 and 600 (codes are short-lived)"
+        );
+        anyhow::ensure!(
+            self.auth.refresh_token_lifetime_secs >= 60,
+            "auth.refresh_token_lifetime_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            self.auth.session_lifetime_secs >= 60,
+            "auth.session_lifetime_secs must be at least 60"
+        );
         if let Some(issuer) = &self.auth.issuer {
             anyhow::ensure!(
                 issuer.starts_with("http://") || issuer.starts_with("https://"),

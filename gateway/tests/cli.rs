@@ -1,7 +1,8 @@
 //! The `fhir-gateway` binary: help on every subcommand, the effective configuration, a
 //! graceful shutdown on SIGTERM that lets an in-flight request finish, the embedded chain
 //! (anvil started, anchored into, stopped and resumed with the gateway), `client add`, `list`
-//! and `remove` (SMART clients; their tokens: `tests/api/auth.rs`), and `erase` refusing
+//! and `remove` (SMART clients; their tokens: `tests/api/auth.rs`), `user` and `launch`
+//! (the authorization code flow: `tests/api/authorize.rs`), and `erase` refusing
 //! what it cannot parse. (`erase` on real data: `tests/api/erasure.rs`, on both backends.)
 
 use std::io::{Read, Write};
@@ -37,6 +38,10 @@ fn every_subcommand_has_help() {
         &["client", "remove", "--help"],
         &["auth-key", "generate", "--help"],
         &["token", "issue", "--help"],
+        &["user", "add", "--help"],
+        &["user", "list", "--help"],
+        &["user", "disable", "--help"],
+        &["launch", "--help"],
     ] {
         let (ok, out) = run(args);
         assert!(ok, "{args:?} fails");
@@ -646,4 +651,139 @@ fn auth_keys_are_generated_and_tokens_issued() {
     assert!(!ok, "patient/ scopes need a patient");
     let (ok, _) = issue(&["--scope", "patient/Nope.rs", "--patient", "1"]);
     assert!(!ok, "an unknown scope is refused");
+}
+
+/// `fhir-gateway` with `args` on an embedded SQLite database in `data_dir` and `env`:
+/// success, stdout, stderr.
+fn command_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env_remove("FHIR_GATEWAY_CONFIG")
+        .env_remove("FHIR_GATEWAY_DATABASE__URL")
+        .env_remove("FHIR_GATEWAY_USER_PASSWORD")
+        .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn users_are_added_listed_and_disabled_and_launches_need_a_patient() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "a password long enough\n").expect("written");
+    let password_file = password_file.to_str().expect("a UTF-8 path");
+    let (ok, out, err) = command_with(
+        dir.path(),
+        &[
+            "user",
+            "add",
+            "--kind",
+            "practitioner",
+            "--username",
+            "dr.who",
+            "--password-file",
+            password_file,
+            "--fhir-user",
+            "Practitioner/7",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let added: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(added["username"], "dr.who");
+    assert!(added.get("password_hash").is_none(), "{added}");
+    // the password from the environment: not a setting of the gateway
+    let (ok, _, err) = command_with(
+        dir.path(),
+        &[
+            "user",
+            "add",
+            "--kind",
+            "staff",
+            "--username",
+            "desk",
+            "--fhir-user",
+            "Practitioner/8",
+        ],
+        &[("FHIR_GATEWAY_USER_PASSWORD", "another long password")],
+    );
+    assert!(ok, "{err}");
+    for (args, says) in [
+        (
+            &[
+                "user",
+                "add",
+                "--kind",
+                "staff",
+                "--username",
+                "nopw",
+                "--fhir-user",
+                "Practitioner/9",
+            ][..],
+            "FHIR_GATEWAY_USER_PASSWORD",
+        ),
+        (
+            &[
+                "user",
+                "add",
+                "--kind",
+                "patient",
+                "--wallet",
+                "0x12",
+                "--fhir-user",
+                "Patient/1",
+            ],
+            "not an Ethereum address",
+        ),
+        (
+            &[
+                "user",
+                "add",
+                "--kind",
+                "patient",
+                "--wallet",
+                "0x52908400098527886E0F7030069857D2E4169EE7",
+                "--fhir-user",
+                "Practitioner/1",
+            ],
+            "fhirUser must be",
+        ),
+        (&["launch", "--patient", "123"], "there is no Patient/123"),
+    ] {
+        let (ok, _, err) = command_with(dir.path(), args, &[]);
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+    let (ok, _, err) = command_with(
+        dir.path(),
+        &[
+            "user",
+            "add",
+            "--kind",
+            "patient",
+            "--wallet",
+            "0x52908400098527886E0F7030069857D2E4169EE7",
+            "--fhir-user",
+            "Patient/123",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = command_with(dir.path(), &["user", "disable", "dr.who"], &[]);
+    assert!(ok, "{err}: {out}");
+    let (ok, out, err) = command_with(dir.path(), &["user", "list"], &[]);
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert!(listed[0]["disabled_at"].is_i64(), "{listed}");
+    assert_eq!(
+        listed[2]["wallet_address"],
+        "0x52908400098527886e0f7030069857d2e4169ee7"
+    );
+    assert!(!out.contains("argon2"), "no password hashes: {out}");
 }

@@ -1,8 +1,7 @@
-//! The gateway's SMART on FHIR authorization server (issue 4), so far its Backend Services
-//! part: clients registered by the operator ([`clients`]) authenticate at the token endpoint
-//! with a JWT signed by their private key and get a short-lived access token signed by the
-//! gateway's own key ([`keys`]). Discovery (`.well-known/smart-configuration`) and the public
-//! key (`.well-known/jwks.json`) are served under the FHIR base URL.
+//! The gateway's SMART on FHIR authorization server (issue 4): SMART App Launch 2.2 and
+//! Backend Services. Access tokens are signed by the gateway's own key ([`keys`]); discovery
+//! (`.well-known/smart-configuration`, `.well-known/openid-configuration`) and the public keys
+//! (`.well-known/jwks.json`) are served under the FHIR base URL.
 //!
 //! Clients of every SMART kind are registered by the operator (CLI, admin API) or by
 //! themselves (dynamic registration, [`register`]); [`client_auth`] authenticates them for
@@ -10,20 +9,31 @@
 //!
 //! The FHIR API requires a token (`[auth] required`): [`Auth::verify`] checks it and
 //! [`crate::access`] turns its claims into the request's actor and what it may do.
+//!
+//! Apps launched by users get tokens through the authorization code flow ([`authorize`]:
+//! the authorization endpoint and the sign-in, patient and approval pages; [`grants`]: the
+//! `authorization_code` and `refresh_token` grants); tokens can be revoked ([`revoke`],
+//! RFC 7009) and introspected ([`introspect`], RFC 7662).
 
 mod admin;
+pub mod authorize;
 pub mod claims;
 pub(crate) mod client_auth;
 pub mod clients;
 pub mod cors;
+mod grants;
 pub mod id_token_key;
+mod introspect;
 mod jwks_url;
 pub mod keys;
 mod oauth;
+mod pages;
 mod register;
+mod revoke;
 pub mod scopes;
 pub mod siwe;
 mod token;
+pub mod users;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -37,6 +47,12 @@ use keys::SigningKey;
 pub const TOKEN_PATH: &str = "/auth/token";
 /// The path of the gateway's public key set, under the FHIR base URL.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Token revocation (RFC 7009), under the FHIR base URL.
+pub const REVOKE_PATH: &str = "/auth/revoke";
+/// Token introspection (RFC 7662), under the FHIR base URL.
+pub const INTROSPECT_PATH: &str = "/auth/introspect";
+/// The OpenID Connect discovery document, under the FHIR base URL (the issuer).
+pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 /// The SMART discovery document, under the FHIR base URL (SMART App Launch 2.2).
 pub const DISCOVERY_PATH: &str = "/.well-known/smart-configuration";
 /// Dynamic client registration (RFC 7591), under the FHIR base URL.
@@ -58,17 +74,23 @@ pub struct Endpoint {
 /// The authorization server's endpoints: the one source of both the discovery document and
 /// the CapabilityStatement's `rest.security`.
 pub fn endpoints(fhir_base_url: &str, config: &AuthConfig) -> Vec<Endpoint> {
-    let mut endpoints = vec![Endpoint {
-        oauth_uris: "token",
-        discovery: "token_endpoint",
-        url: format!("{fhir_base_url}{TOKEN_PATH}"),
-    }];
+    let endpoint = |oauth_uris, discovery, path: &str| Endpoint {
+        oauth_uris,
+        discovery,
+        url: format!("{fhir_base_url}{path}"),
+    };
+    let mut endpoints = vec![
+        endpoint(
+            "authorize",
+            "authorization_endpoint",
+            authorize::AUTHORIZE_PATH,
+        ),
+        endpoint("token", "token_endpoint", TOKEN_PATH),
+        endpoint("revoke", "revocation_endpoint", REVOKE_PATH),
+        endpoint("introspect", "introspection_endpoint", INTROSPECT_PATH),
+    ];
     if config.registration == RegistrationMode::Open {
-        endpoints.push(Endpoint {
-            oauth_uris: "register",
-            discovery: "registration_endpoint",
-            url: format!("{fhir_base_url}{REGISTER_PATH}"),
-        });
+        endpoints.push(endpoint("register", "registration_endpoint", REGISTER_PATH));
     }
     endpoints
 }
@@ -100,6 +122,13 @@ pub struct Auth {
     registration: RegistrationMode,
     /// `[auth] registration_scopes`, parsed.
     registration_scopes: scopes::ScopeSet,
+    /// The FHIR base URL's path (the session cookie's path starts with it).
+    base_path: String,
+    code_lifetime_secs: u64,
+    refresh_token_lifetime_secs: u64,
+    session_lifetime_secs: u64,
+    /// When expired sessions, codes and tokens were last removed (ms since the epoch).
+    last_housekeeping: std::sync::atomic::AtomicI64,
 }
 
 impl Auth {
@@ -142,7 +171,54 @@ impl Auth {
             registration: config.registration,
             registration_scopes: scopes::ScopeSet::parse(&config.registration_scopes)
                 .map_err(|e| anyhow::anyhow!("auth.registration_scopes: {e}"))?,
+            base_path: url_path(fhir_base_url),
+            code_lifetime_secs: config.code_lifetime_secs,
+            refresh_token_lifetime_secs: config.refresh_token_lifetime_secs,
+            session_lifetime_secs: config.session_lifetime_secs,
+            last_housekeeping: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// An absolute URL of the authorization server (`path` under the FHIR base URL).
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.fhir_base_url)
+    }
+
+    /// Whether expired rows are due to be removed (at most once a minute per process); if
+    /// so, the caller removes them.
+    fn housekeeping_due(&self, now_millis: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last_housekeeping.load(Ordering::Relaxed);
+        now_millis - last >= 60_000
+            && self
+                .last_housekeeping
+                .compare_exchange(last, now_millis, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn code_lifetime_millis(&self) -> i64 {
+        secs_to_millis(self.code_lifetime_secs)
+    }
+
+    fn refresh_lifetime_millis(&self) -> i64 {
+        secs_to_millis(self.refresh_token_lifetime_secs)
+    }
+
+    fn session_lifetime_millis(&self) -> i64 {
+        secs_to_millis(self.session_lifetime_secs)
+    }
+}
+
+fn secs_to_millis(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000) * 1000
+}
+
+/// The path of a URL (`/fhir` of `http://host:8080/fhir`), without a trailing slash.
+fn url_path(url: &str) -> String {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match without_scheme.find('/') {
+        Some(i) => without_scheme[i..].trim_end_matches('/').to_owned(),
+        None => String::new(),
     }
 }
 
@@ -285,8 +361,72 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{CLIENTS_PATH}/{{id}}"),
         web::delete().to(admin::remove),
+    )
+    .route(
+        &format!("{base_path}{OPENID_CONFIGURATION_PATH}"),
+        web::get().to(openid_configuration),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::AUTHORIZE_PATH),
+        web::get().to(authorize::authorize_get),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::AUTHORIZE_PATH),
+        web::post().to(authorize::authorize_post),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::APPROVE_PATH),
+        web::get().to(authorize::approve_get),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::APPROVE_PATH),
+        web::post().to(authorize::approve_post),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIGN_IN_PATH),
+        web::post().to(authorize::sign_in),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIGN_OUT_PATH),
+        web::post().to(authorize::sign_out),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::EHR_LAUNCH_PATH),
+        web::get().to(authorize::ehr_launch_get),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::EHR_LAUNCH_PATH),
+        web::post().to(authorize::ehr_launch_post),
+    )
+    .route(
+        &format!("{base_path}{REVOKE_PATH}"),
+        web::post().to(revoke::revoke),
+    )
+    .route(
+        &format!("{base_path}{INTROSPECT_PATH}"),
+        web::post().to(introspect::introspect),
     );
 }
+
+/// The scopes this server grants to apps, as advertised (`scopes_supported`).
+const SCOPES_SUPPORTED: [&str; 16] = [
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "patient/*.cruds",
+    "patient/*.rs",
+    "patient/*.read",
+    "user/*.cruds",
+    "user/*.rs",
+    "user/*.read",
+    "system/*.cruds",
+    "system/*.rs",
+    "system/*.read",
+];
 
 /// `GET [base]/.well-known/smart-configuration`: what works now, and nothing more.
 async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
@@ -294,19 +434,31 @@ async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
     let mut doc = json!({
         "issuer": auth.issuer,
         "jwks_uri": format!("{base}{JWKS_PATH}"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": token::GRANT_TYPES,
+        "response_types_supported": ["code"],
         "token_endpoint_auth_methods_supported":
             clients::AuthMethod::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "token_endpoint_auth_signing_alg_values_supported": client_auth::ASSERTION_ALGORITHMS,
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
-        // no authorization endpoint yet, hence no PKCE method (see README)
-        "code_challenge_methods_supported": [],
+        "scopes_supported": SCOPES_SUPPORTED,
+        "code_challenge_methods_supported": ["S256"],
         "capabilities": [
+            "launch-ehr",
+            "launch-standalone",
+            "authorize-post",
             "client-public",
             "client-confidential-symmetric",
             "client-confidential-asymmetric",
+            "context-ehr-patient",
+            "context-ehr-encounter",
+            "context-standalone-patient",
+            "context-banner",
+            "permission-offline",
+            "permission-online",
+            "permission-patient",
+            "permission-user",
             "permission-v1",
             "permission-v2",
+            "sso-openid-connect",
         ],
     });
     for endpoint in &auth.endpoints {
@@ -315,6 +467,29 @@ async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(doc.to_string())
+}
+
+/// `GET [base]/.well-known/openid-configuration` (OpenID Connect Discovery 1.0): what an
+/// OpenID client needs to verify the `id_token`s issued with `openid`.
+async fn openid_configuration(auth: web::Data<Auth>) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(
+        json!({
+            "issuer": auth.issuer,
+            "authorization_endpoint": auth.url(authorize::AUTHORIZE_PATH),
+            "token_endpoint": auth.token_url,
+            "jwks_uri": auth.url(JWKS_PATH),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "scopes_supported": ["openid", "fhirUser"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported":
+                clients::AuthMethod::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        })
+        .to_string(),
+    )
 }
 
 /// `GET [base]/.well-known/jwks.json`: the public keys that verify the gateway's tokens (the

@@ -1,6 +1,8 @@
-//! `POST [base]/auth/token`: SMART Backend Services (`client_credentials`, for backend
-//! clients, which authenticate with a `private_key_jwt` client assertion, SMART App Launch 2.2
-//! "Client Authentication: Asymmetric"). Client authentication is [`super::client_auth`]'s.
+//! `POST [base]/auth/token`: the SMART App Launch grants (`authorization_code` and
+//! `refresh_token`, in [`super::grants`]) and SMART Backend Services (`client_credentials`, for
+//! backend clients, which authenticate with a `private_key_jwt` client assertion, SMART App
+//! Launch 2.2 "Client Authentication: Asymmetric"). Client authentication is
+//! [`super::client_auth`]'s, for every grant.
 //! Every refusal is an OAuth 2.0 error (RFC 6749 §5.2); every failure to authenticate the
 //! client is `invalid_client`, as SMART requires. Neither assertions nor tokens are logged.
 
@@ -11,7 +13,7 @@ use super::claims::AccessClaims;
 use super::client_auth;
 use super::clients::ClientKind;
 use super::oauth::{Form, OAuthError};
-use super::{Auth, scopes};
+use super::{Auth, grants, scopes};
 use crate::model::Instant;
 
 pub(super) async fn token(
@@ -19,7 +21,7 @@ pub(super) async fn token(
     request: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    match issue(&auth, &request, &body).await {
+    match dispatch(&auth, &request, &body).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code, "token request refused");
@@ -28,27 +30,48 @@ pub(super) async fn token(
     }
 }
 
-async fn issue(
+/// The grant types the token endpoint supports.
+pub(super) const GRANT_TYPES: [&str; 3] =
+    ["authorization_code", "refresh_token", "client_credentials"];
+
+async fn dispatch(
     auth: &Auth,
     request: &HttpRequest,
     body: &[u8],
 ) -> Result<HttpResponse, OAuthError> {
     let form = Form::parse(body)?;
     match form.get("grant_type")? {
-        None => return Err(OAuthError::new("invalid_request", "grant_type is missing")),
-        Some("client_credentials") => {}
-        Some(other) => {
-            return Err(OAuthError::new(
-                "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use client_credentials"),
-            ));
+        None => Err(OAuthError::new("invalid_request", "grant_type is missing")),
+        Some("client_credentials") => issue(auth, request, &form).await,
+        Some("authorization_code") => {
+            let client = client_auth::authenticate(auth, request.headers(), &form).await?;
+            grants::authorization_code(auth, &form, &client.client).await
         }
+        Some("refresh_token") => {
+            let client = client_auth::authenticate(auth, request.headers(), &form).await?;
+            grants::refresh_token(auth, &form, &client.client).await
+        }
+        Some(other) => Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!(
+                "grant_type {other:?} is not supported; use one of {}",
+                GRANT_TYPES.join(", ")
+            ),
+        )),
     }
+}
+
+/// `grant_type=client_credentials` (SMART Backend Services).
+async fn issue(
+    auth: &Auth,
+    request: &HttpRequest,
+    form: &Form,
+) -> Result<HttpResponse, OAuthError> {
     let requested = form
         .get("scope")?
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| OAuthError::new("invalid_request", "scope is missing"))?;
-    let authenticated = client_auth::authenticate(auth, request.headers(), &form).await?;
+    let authenticated = client_auth::authenticate(auth, request.headers(), form).await?;
     if authenticated.kind != ClientKind::Backend {
         return Err(OAuthError::new(
             "unauthorized_client",
@@ -106,7 +129,7 @@ async fn issue(
         .insert_header(("Pragma", "no-cache"))
         .json(json!({
             "access_token": access_token,
-            "token_type": "bearer",
+            "token_type": "Bearer",
             "expires_in": lifetime,
             "scope": scope,
         })))

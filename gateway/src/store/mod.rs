@@ -10,9 +10,11 @@
 
 pub mod clients;
 pub mod erasure;
+pub mod grants;
 mod index;
 pub mod log;
 pub mod search;
+pub mod users;
 mod versions;
 
 use std::str::FromStr;

@@ -8,6 +8,7 @@ mod helpers;
 mod access;
 mod anchoring;
 mod auth;
+mod authorize;
 mod bundles;
 mod client_kinds;
 mod clients;

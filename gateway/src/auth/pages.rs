@@ -1,0 +1,95 @@
+//! The authorization server's pages (templates in `templates/auth/`, checked at compile time
+//! and HTML-escaped by askama): sign-in, patient picker, approval, EHR launch, and the error
+//! page shown when a request cannot be sent back to the app. No JavaScript; every form
+//! carries the session's CSRF token; every page has a language, a heading, labelled fields
+//! and, after a mistake, an error summary linking to the field.
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use askama::Template;
+
+/// A value with its words for people (an option, a scope).
+#[derive(Debug)]
+pub(crate) struct Choice {
+    pub(crate) value: String,
+    pub(crate) words: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "auth/error.html")]
+pub(crate) struct ErrorPage<'a> {
+    pub(crate) message: &'a str,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "auth/sign_in.html")]
+pub(crate) struct SignIn<'a> {
+    pub(crate) action: &'a str,
+    pub(crate) csrf_token: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) next: &'a str,
+    pub(crate) client_name: &'a str,
+    pub(crate) error: &'a str,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "auth/pick_patient.html")]
+pub(crate) struct PickPatient<'a> {
+    pub(crate) action: &'a str,
+    pub(crate) csrf_token: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) client_name: &'a str,
+    pub(crate) error: &'a str,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "auth/approve.html")]
+pub(crate) struct Approve<'a> {
+    pub(crate) action: &'a str,
+    pub(crate) csrf_token: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) client_name: &'a str,
+    pub(crate) patient: &'a str,
+    pub(crate) scopes: Vec<Choice>,
+    pub(crate) error: &'a str,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "auth/ehr_launch.html")]
+pub(crate) struct EhrLaunch<'a> {
+    pub(crate) action: &'a str,
+    pub(crate) sign_out_action: &'a str,
+    pub(crate) csrf_token: &'a str,
+    pub(crate) clients: Vec<Choice>,
+    pub(crate) error: &'a str,
+}
+
+/// A page as a response: HTML, never cached, never framed.
+pub(crate) fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
+    match page.render() {
+        Ok(html) => HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header(("Cache-Control", "no-store"))
+            .insert_header(("X-Frame-Options", "DENY"))
+            .insert_header((
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'",
+            ))
+            .body(html),
+        Err(error) => {
+            tracing::error!(%error, "a page could not be rendered");
+            HttpResponse::InternalServerError()
+                .content_type("text/plain; charset=utf-8")
+                .body("the page could not be shown")
+        }
+    }
+}
+
+/// The error page, for requests that cannot go back to the app.
+pub(crate) fn error(status: StatusCode, message: &str) -> HttpResponse {
+    render(status, &ErrorPage { message })
+}
+
+#[derive(Debug, Template)]
+#[template(path = "auth/signed_out.html")]
+pub(crate) struct SignedOut {}
