@@ -12,7 +12,6 @@
 //! actor and purpose of use (the seam: one place builds every access filter).
 
 use std::collections::BTreeSet;
-use std::future::{Ready, ready};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use fhir_profiles::compartment::{patient_compartment_params, patient_compartment_types};
@@ -449,10 +448,28 @@ fn verb(permission: Permission) -> (&'static str, char) {
 /// when the API requires no token. Tokens are never logged.
 impl FromRequest for Access {
     type Error = Error;
-    type Future = Ready<Result<Access>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Access>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(access_of(req))
+        let access = access_of(req);
+        let auth = req.app_data::<web::Data<Auth>>().cloned();
+        Box::pin(async move {
+            let access = access?;
+            // a revoked token (RFC 7009) is refused like an invalid one
+            if let (Some(jti), Some(auth)) = (&access.jti, auth)
+                && auth
+                    .is_revoked(jti)
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))?
+            {
+                return Err(Error::Unauthorized {
+                    realm: auth.fhir_base_url().to_owned(),
+                    invalid_token: true,
+                    description: "the access token was revoked".to_owned(),
+                });
+            }
+            Ok(access)
+        })
     }
 }
 

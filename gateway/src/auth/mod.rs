@@ -33,6 +33,7 @@ mod revoke;
 pub mod scopes;
 pub mod siwe;
 mod token;
+pub mod token_cache;
 pub mod users;
 
 use actix_web::{HttpResponse, web};
@@ -107,6 +108,10 @@ pub struct Auth {
     jwks: jsonwebtoken::jwk::JwkSet,
     /// Whether the FHIR API requires a token (`auth.required`).
     pub required: bool,
+    /// Tokens verified before (see [`token_cache`]).
+    verified: token_cache::Verified,
+    /// Revoked access tokens (see [`token_cache`]).
+    revoked: token_cache::Revoked,
     /// `iss` of issued tokens.
     issuer: String,
     /// The FHIR base URL: `aud` of issued tokens.
@@ -156,6 +161,8 @@ impl Auth {
             verifying_keys,
             jwks,
             required: config.required,
+            verified: token_cache::Verified::default(),
+            revoked: token_cache::Revoked::default(),
             issuer: config
                 .issuer
                 .clone()
@@ -277,8 +284,29 @@ pub struct InvalidToken(pub String);
 
 impl Auth {
     /// Verifies an access token fully: the algorithm (ES256 only: never `none`, never an HMAC),
-    /// the `kid` and signature, `iss`, `aud` (the FHIR base URL), `exp` and `nbf`.
+    /// the `kid` and signature, `iss`, `aud` (the FHIR base URL), `exp` and `nbf`. A token
+    /// verified before is recognised by its hash and only its times are checked again (see
+    /// [`token_cache`]).
     pub fn verify(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+        let now = crate::model::Instant::now().millis() / 1000;
+        let leeway = TOKEN_LEEWAY_SECS as i64;
+        let key = token_cache::digest(token);
+        if let Some(claims) = self.verified.get(&key, now, leeway) {
+            return Ok((*claims).clone());
+        }
+        let claims = self.verify_fully(token)?;
+        self.verified
+            .insert(key, std::sync::Arc::new(claims.clone()), now);
+        Ok(claims)
+    }
+
+    /// Whether the access token `jti` was revoked (RFC 7009), by a list at most
+    /// [`token_cache::REVOCATION_REFRESH`] old.
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool, sqlx::Error> {
+        self.revoked.contains(&self.store, jti).await
+    }
+
+    fn verify_fully(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
         use jsonwebtoken::errors::ErrorKind;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| InvalidToken("the access token is not a JWT".to_owned()))?;

@@ -11,7 +11,7 @@ use gateway::auth::keys::{SigningKey, generate_key_file};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Db, FHIR_JSON, TestApp, match_ids, spawn_app_with};
+use crate::helpers::{Db, FHIR_JSON, TestApp, diagnostics, match_ids, spawn_app_with};
 use crate::on_both;
 
 /// A gateway that requires tokens, with the key that signs them.
@@ -969,5 +969,40 @@ on_both!(
                 .await,
             "a create the client may not do",
         );
+    }
+);
+
+on_both!(
+    a_revoked_token_is_refused_within_a_second,
+    async |db: Db| {
+        let s = secured(db).await;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let token = s.token("system/*.rs", json!({"jti": jti}));
+        // verified once, then remembered: the revocation must still reach it
+        assert_eq!(s.get("Patient", &token).await.0, 200);
+        let mut conn = s.app.database_connection().await;
+        sqlx::query("INSERT INTO auth_revoked_jti (jti, expires_at) VALUES ($1, $2)")
+            .bind(&jti)
+            .bind(now() + 300)
+            .execute(&mut conn)
+            .await
+            .expect("revoked");
+        // the revocation list is at most a second old: wait for it, up to a deadline
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (status, outcome) = s.get("Patient", &token).await;
+            if status == 401 {
+                assert!(diagnostics(&outcome).contains("revoked"), "{outcome}");
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the revoked token is still served"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // another token of the same client is not affected
+        assert_eq!(s.get("Patient", &s.admin()).await.0, 200);
     }
 );

@@ -181,7 +181,7 @@ both!(
             )
             .await;
             assert_eq!(status, 200, "{alg:?}: {body}");
-            assert_eq!(body["token_type"], "bearer");
+            assert_eq!(body["token_type"], "Bearer");
             assert_eq!(
                 body["scope"],
                 "system/Observation.cruds system/Patient.read"

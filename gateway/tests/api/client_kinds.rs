@@ -801,20 +801,20 @@ both!(
                 )
             })
             .collect();
+        let named = |oauth_uris: &str, discovery: &str| {
+            (
+                oauth_uris.to_owned(),
+                doc[discovery].as_str().expect(discovery).to_owned(),
+            )
+        };
         assert_eq!(
             uris,
             vec![
-                (
-                    "token".to_owned(),
-                    doc["token_endpoint"].as_str().expect("token").to_owned()
-                ),
-                (
-                    "register".to_owned(),
-                    doc["registration_endpoint"]
-                        .as_str()
-                        .expect("register")
-                        .to_owned()
-                ),
+                named("authorize", "authorization_endpoint"),
+                named("token", "token_endpoint"),
+                named("revoke", "revocation_endpoint"),
+                named("introspect", "introspection_endpoint"),
+                named("register", "registration_endpoint"),
             ]
         );
     }
