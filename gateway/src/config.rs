@@ -185,6 +185,9 @@ pub struct AuthConfig {
     /// Unset: a key generated on first start into `database.data_dir` (`auth-signing.pem`,
     /// mode 0600) and reused after.
     pub signing_key_file: Option<PathBuf>,
+    /// An RSA private key (PEM, at least 2048 bits) that signs OpenID Connect ID tokens with
+    /// RS256; unset: one is made in the data directory on first start.
+    pub id_token_key_file: Option<PathBuf>,
     /// Lifetime of the access tokens the gateway issues, in seconds.
     pub access_token_lifetime_secs: u64,
     /// Whether the FHIR API requires an access token. `false` runs every request as the
@@ -298,6 +301,7 @@ impl Default for Config {
             auth: AuthConfig {
                 issuer: None,
                 signing_key_file: None,
+                id_token_key_file: None,
                 access_token_lifetime_secs: 300,
                 required: true,
                 previous_signing_key_files: Vec::new(),

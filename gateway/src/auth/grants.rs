@@ -306,7 +306,7 @@ async fn issue(
                 .has(OtherScope::FhirUser)
                 .then_some(user.fhir_user.as_str()),
         };
-        let id_token = auth.key.sign(&id_claims).map_err(sign_error)?;
+        let id_token = auth.id_token_key.sign(&id_claims).map_err(sign_error)?;
         body.insert("id_token".into(), Value::from(id_token));
     }
     let online = scopes.has(OtherScope::OnlineAccess);

@@ -101,6 +101,8 @@ pub fn endpoints(fhir_base_url: &str, config: &AuthConfig) -> Vec<Endpoint> {
 pub struct Auth {
     store: Store,
     key: SigningKey,
+    /// Signs ID tokens (RS256, as SMART's `sso-openid-connect` requires).
+    id_token_key: id_token_key::IdTokenKey,
     /// Verify tokens, by `kid`: the current key's first, then the earlier keys kept during a
     /// rotation (`auth.previous_signing_key_files`).
     verifying_keys: Vec<(String, jsonwebtoken::DecodingKey)>,
@@ -147,6 +149,8 @@ impl Auth {
         let key = SigningKey::load_or_generate(config.signing_key_file.as_deref(), data_dir)?;
         let mut verifying_keys = vec![(key.kid().to_owned(), key.decoding_key()?)];
         let mut jwks = key.jwks();
+        let id_token_key =
+            id_token_key::IdTokenKey::load_or_generate(config.id_token_key_file.as_deref(), data_dir)?;
         for path in &config.previous_signing_key_files {
             let previous = SigningKey::load(path)?;
             if verifying_keys.iter().any(|(kid, _)| kid == previous.kid()) {
@@ -155,9 +159,13 @@ impl Auth {
             verifying_keys.push((previous.kid().to_owned(), previous.decoding_key()?));
             jwks.keys.push(previous.public_jwk().clone());
         }
+        // the ID-token key verifies nothing here (access tokens are ES256), but clients verify
+        // ID tokens with it
+        jwks.keys.push(id_token_key.public_jwk().clone());
         Ok(Auth {
             store,
             key,
+            id_token_key,
             verifying_keys,
             jwks,
             required: config.required,
@@ -508,7 +516,7 @@ async fn openid_configuration(auth: web::Data<Auth>) -> HttpResponse {
             "jwks_uri": auth.url(JWKS_PATH),
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["ES256"],
+            "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "fhirUser"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
             "grant_types_supported": ["authorization_code", "refresh_token"],

@@ -314,10 +314,12 @@ on_both!(
         let (status, _) = s.get("Patient", &s.token("system/*.rs", json!({}))).await;
         assert_eq!(status, 200, "and so does one of the new key");
         let (_, jwks) = s.get(".well-known/jwks.json", "").await;
+        // the access-token keys (EC) in order; the RS256 ID-token key after them
         let kids: Vec<&str> = jwks["keys"]
             .as_array()
             .expect("keys")
             .iter()
+            .filter(|k| k["kty"] == "EC")
             .filter_map(|k| k["kid"].as_str())
             .collect();
         assert_eq!(

@@ -387,13 +387,18 @@ async fn introspect(app: &TestApp, caller: &str, token_value: &str) -> Value {
 async fn verify_with_jwks(app: &TestApp, jwt: &str, audience: &str) -> Value {
     let (_, jwks) = app.get_json(".well-known/jwks.json").await;
     let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).expect("a JWKS");
-    let kid = jsonwebtoken::decode_header(jwt)
-        .expect("a JWT")
-        .kid
-        .expect("a kid");
+    let header = jsonwebtoken::decode_header(jwt).expect("a JWT");
+    let kid = header.kid.expect("a kid");
     let key =
         jsonwebtoken::DecodingKey::from_jwk(jwks.find(&kid).expect("the key")).expect("a key");
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    // access tokens are ES256; ID tokens RS256 (SMART sso-openid-connect)
+    let expected = if audience == app.base {
+        jsonwebtoken::Algorithm::ES256
+    } else {
+        jsonwebtoken::Algorithm::RS256
+    };
+    assert_eq!(header.alg, expected);
+    let mut validation = jsonwebtoken::Validation::new(expected);
     validation.set_audience(&[audience]);
     validation.set_issuer(&[&app.base]);
     jsonwebtoken::decode::<Value>(jwt, &key, &validation)

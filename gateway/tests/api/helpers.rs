@@ -58,6 +58,11 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     config.database.max_connections = 8;
     // no chain unless a test asks for one (tests/api/anchoring.rs)
     config.chain.mode = gateway::config::ChainMode::Off;
+    // a fixture ID-token key: generating an RSA key per test app would cost a second each
+    config.auth.id_token_key_file = Some(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/auth/test-id-token-rs256.pem"),
+    );
     // no access token needed unless a test asks for it (tests/api/access.rs)
     config.auth.required = false;
     if let Db::Postgres = db {
