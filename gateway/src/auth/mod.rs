@@ -41,6 +41,9 @@ pub struct Auth {
     jwks: jsonwebtoken::jwk::JwkSet,
     /// Whether the FHIR API requires a token (`auth.required`).
     pub required: bool,
+    /// Tokens verified before, by the SHA-256 of their text: an ES256 verification costs
+    /// hundreds of µs, a client sends the same token with many requests (see `verify`).
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], AccessClaims>>,
     /// `iss` of issued tokens.
     issuer: String,
     /// The FHIR base URL: `aud` of issued tokens.
@@ -75,6 +78,7 @@ impl Auth {
             verifying_keys,
             jwks,
             required: config.required,
+            verified: std::sync::Mutex::default(),
             issuer: config
                 .issuer
                 .clone()
@@ -139,10 +143,47 @@ pub fn operator_token(
 #[error("{0}")]
 pub struct InvalidToken(pub String);
 
+/// How many verified tokens are remembered (about 2 kB each); beyond it the expired ones are
+/// dropped, and if that is not enough, all.
+const VERIFIED_TOKENS: usize = 10_000;
+
 impl Auth {
+    /// Verifies an access token: fully the first time ([`Auth::verify_uncached`]); a token
+    /// verified before (the very same text, so the same signature) only for its time, `exp`
+    /// and `nbf`. The keys that verify are fixed for the life of the process.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| InvalidToken("the access token could not be hashed".to_owned()))?;
+        let now = crate::model::Instant::now().millis() / 1000;
+        let leeway = TOKEN_LEEWAY_SECS as i64;
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(claims) = verified.get(&digest) {
+            if now > claims.exp + leeway {
+                return Err(InvalidToken("the access token has expired".to_owned()));
+            }
+            if now < claims.nbf - leeway {
+                return Err(InvalidToken("the access token is not valid yet".to_owned()));
+            }
+            return Ok(claims.clone());
+        }
+        drop(verified);
+        let claims = self.verify_uncached(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.retain(|_, c| now < c.exp + leeway);
+            if verified.len() >= VERIFIED_TOKENS {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
     /// Verifies an access token fully: the algorithm (ES256 only: never `none`, never an HMAC),
     /// the `kid` and signature, `iss`, `aud` (the FHIR base URL), `exp` and `nbf`.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+    pub fn verify_uncached(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
         use jsonwebtoken::errors::ErrorKind;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| InvalidToken("the access token is not a JWT".to_owned()))?;
