@@ -274,3 +274,36 @@ async fn discovery(auth: web::Data<Auth>) -> HttpResponse {
 async fn jwks(auth: web::Data<Auth>) -> HttpResponse {
     HttpResponse::Ok().json(&auth.jwks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "http://127.0.0.1:8080/fhir";
+
+    #[tokio::test]
+    async fn a_remembered_token_is_refused_once_it_expires() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = crate::config::Config::default();
+        config.database.data_dir = dir.path().to_path_buf();
+        let store = Store::connect(&config.database).await.expect("the store");
+        let auth = Auth::new(&config.auth, dir.path(), BASE, store).expect("the auth server");
+        let token = operator_token(&config.auth, dir.path(), BASE, "system/*.rs", None, 3600)
+            .expect("a token");
+        assert_eq!(auth.verify(&token).expect("valid").scope, "system/*.rs");
+        assert_eq!(auth.verified.lock().expect("the cache").len(), 1);
+        assert!(
+            auth.verify("not-a-token").is_err(),
+            "what fails is not remembered"
+        );
+        assert_eq!(auth.verified.lock().expect("the cache").len(), 1);
+        // the remembered claims expire like the token
+        for claims in auth.verified.lock().expect("the cache").values_mut() {
+            claims.exp -= 7200;
+        }
+        assert_eq!(
+            auth.verify(&token),
+            Err(InvalidToken("the access token has expired".to_owned()))
+        );
+    }
+}
