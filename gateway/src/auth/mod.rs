@@ -149,8 +149,10 @@ impl Auth {
         let key = SigningKey::load_or_generate(config.signing_key_file.as_deref(), data_dir)?;
         let mut verifying_keys = vec![(key.kid().to_owned(), key.decoding_key()?)];
         let mut jwks = key.jwks();
-        let id_token_key =
-            id_token_key::IdTokenKey::load_or_generate(config.id_token_key_file.as_deref(), data_dir)?;
+        let id_token_key = id_token_key::IdTokenKey::load_or_generate(
+            config.id_token_key_file.as_deref(),
+            data_dir,
+        )?;
         for path in &config.previous_signing_key_files {
             let previous = SigningKey::load(path)?;
             if verifying_keys.iter().any(|(kid, _)| kid == previous.kid()) {
@@ -302,7 +304,7 @@ impl Auth {
         if let Some(claims) = self.verified.get(&key, now, leeway) {
             return Ok((*claims).clone());
         }
-        let claims = self.verify_fully(token)?;
+        let claims = self.verify_uncached(token)?;
         self.verified
             .insert(key, std::sync::Arc::new(claims.clone()), now);
         Ok(claims)
@@ -314,7 +316,8 @@ impl Auth {
         self.revoked.contains(&self.store, jti).await
     }
 
-    fn verify_fully(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
+    /// [`Auth::verify`] without remembering: every check, every time (for benchmarks).
+    pub fn verify_uncached(&self, token: &str) -> Result<AccessClaims, InvalidToken> {
         use jsonwebtoken::errors::ErrorKind;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| InvalidToken("the access token is not a JWT".to_owned()))?;
