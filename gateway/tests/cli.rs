@@ -113,15 +113,35 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("the gateway starts");
+    // serving, not only bound: the listener is bound before the keys are loaded (or made), and
+    // a connection accepted by the kernel meanwhile waits in the backlog
     let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !is_live(port) {
         assert!(
             Instant::now() < deadline,
-            "the gateway did not start listening"
+            "the gateway did not start serving"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// Whether the gateway on `port` answers `/health/live`.
+fn is_live(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(
+        stream,
+        "GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
 }
 
 fn signal(child: &Child, name: &str) {
