@@ -720,7 +720,9 @@ pub(super) async fn siwe_sign_in(
                 Some(("siwe-button", text)),
             ))
         };
-        let message = form.get("message").unwrap_or_default();
+        // a browser submits a form's line breaks as CRLF; EIP-4361 messages have LF
+        let message = form.get("message").unwrap_or_default().replace("\r\n", "\n");
+        let message = message.as_str();
         let signature = form.get("signature").unwrap_or_default();
         if message.is_empty() || signature.is_empty() {
             return refuse("Sign the message with your wallet first.");

@@ -352,8 +352,10 @@ both!(
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].is_string(), "{body}");
 
-        // none of the refusals spent the nonce: the right signature still signs in
-        let response = post_signed(&mut browser, &app, &page, &message, &signature).await;
+        // none of the refusals spent the nonce: the right signature still signs in (the
+        // message's line breaks as CRLF, as a browser submits a form)
+        let crlf = message.replace('\n', "\r\n");
+        let response = post_signed(&mut browser, &app, &page, &crlf, &signature).await;
         let next = location(&response);
         assert!(next.contains("/auth/approve?request="), "{next}");
 
@@ -375,3 +377,66 @@ both!(
         assert_refused(response, "This wallet is not registered").await;
     }
 );
+
+/// The page's own script in headless Chromium (`tests/browser/siwe-sign-in.mjs`, Debian's
+/// chromium driven by playwright-core from `npm ci`): without a wallet it says one is needed;
+/// with a test wallet injected as `window.ethereum` (EIP-1193, signing in node with Foundry's
+/// `cast`), the patient clicks the button, approves, and lands on the app with a code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_signs_in_with_a_browser_wallet_in_chromium() {
+    let app = crate::helpers::spawn_app(crate::helpers::Db::Sqlite).await;
+    let setup = setup(&app).await;
+    let wallet = PrivateKeySigner::random();
+    add_patient_user(&app, &setup, &wallet).await;
+    let (verifier, challenge) = pkce();
+    let authorize_url = authorize_url_with(
+        &app,
+        &setup.client_id,
+        &challenge,
+        &[("scope", Some("openid fhirUser launch/patient patient/*.rs"))],
+    );
+    let options = serde_json::json!({
+        "authorizeUrl": authorize_url,
+        "privateKey": format!("0x{}", hex::encode(wallet.to_bytes())),
+        "address": wallet.address().to_checksum(None),
+        "redirectUri": crate::authorize::REDIRECT_URI,
+    });
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/siwe-sign-in.mjs"
+    );
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(options.to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs (Debian nodejs, and `npm ci` for playwright-core and Foundry's cast)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "the browser script's result: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(output.status.success(), "{result}");
+    let no_wallet = result["noWallet"].as_str().expect("the status line");
+    assert!(
+        no_wallet.contains("No Ethereum wallet was found"),
+        "without a wallet the page says one is needed: {no_wallet}"
+    );
+    assert!(
+        result["errors"].as_array().is_some_and(Vec::is_empty),
+        "no script errors or CSP violations: {result}"
+    );
+    assert_eq!(
+        result["heading"], "Allow Growth Chart to use your records?",
+        "{result}"
+    );
+    let back = result["back"].as_str().expect("the redirect back");
+    assert_eq!(param(back, "state").as_deref(), Some("st4te"), "{back}");
+    let code = param(back, "code").expect("a code");
+    let (status, body) = exchange(&app, &setup, &code, &verifier).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["patient"], setup.patient_id.as_str());
+}
