@@ -1,5 +1,6 @@
 //! `GET` and `POST [base]/auth/authorize` (SMART App Launch 2.2 "Obtain authorization code")
-//! and the pages behind it: sign-in, patient picker, approval; and the EHR side of an EHR
+//! and the pages behind it: sign-in (a password, or a patient's wallet: Sign-In with
+//! Ethereum, `[base]/auth/siwe/*`), patient picker, approval; and the EHR side of an EHR
 //! launch (`[base]/auth/ehr-launch`).
 //!
 //! Until the client and its `redirect_uri` are verified, an error is a page: nothing is sent
