@@ -214,6 +214,9 @@ pub struct AuthConfig {
     /// How long a user stays signed in at the authorization server's pages, in seconds;
     /// `online_access` refresh tokens end with the session.
     pub session_lifetime_secs: u64,
+    /// The EIP-155 chain id written into the Sign-In with Ethereum messages patients sign
+    /// (and required back). The messages' domain and URI come from the FHIR base URL.
+    pub siwe_chain_id: u64,
 }
 
 /// See [`AuthConfig::registration`].
@@ -314,6 +317,7 @@ impl Default for Config {
                 code_lifetime_secs: 60,
                 refresh_token_lifetime_secs: 30 * 24 * 3600,
                 session_lifetime_secs: 8 * 3600,
+                siwe_chain_id: 1,
             },
         }
     }
@@ -414,6 +418,10 @@ impl Config {
         anyhow::ensure!(
             self.auth.session_lifetime_secs >= 60,
             "auth.session_lifetime_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            self.auth.siwe_chain_id > 0,
+            "auth.siwe_chain_id must be an EIP-155 chain id (1 for Ethereum mainnet)"
         );
         if let Some(issuer) = &self.auth.issuer {
             anyhow::ensure!(

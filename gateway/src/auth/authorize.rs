@@ -1,5 +1,6 @@
 //! `GET` and `POST [base]/auth/authorize` (SMART App Launch 2.2 "Obtain authorization code")
-//! and the pages behind it: sign-in, patient picker, approval; and the EHR side of an EHR
+//! and the pages behind it: sign-in (a password, or a patient's wallet: Sign-In with
+//! Ethereum, `[base]/auth/siwe/*`), patient picker, approval; and the EHR side of an EHR
 //! launch (`[base]/auth/ehr-launch`).
 //!
 //! Until the client and its `redirect_uri` are verified, an error is a page: nothing is sent
@@ -31,6 +32,10 @@ pub const APPROVE_PATH: &str = "/auth/approve";
 pub const SIGN_IN_PATH: &str = "/auth/sign-in";
 pub const SIGN_OUT_PATH: &str = "/auth/sign-out";
 pub const EHR_LAUNCH_PATH: &str = "/auth/ehr-launch";
+/// Sign-In with Ethereum: the message to sign, the signed message, the page's script.
+pub const SIWE_MESSAGE_PATH: &str = "/auth/siwe/message";
+pub const SIWE_SIGN_IN_PATH: &str = "/auth/siwe/sign-in";
+pub const SIWE_SCRIPT_PATH: &str = "/auth/siwe.js";
 
 /// The session cookie's name.
 const COOKIE: &str = "fhir_gateway_session";
@@ -502,16 +507,13 @@ async fn next_step(
     error: &str,
 ) -> Result<HttpResponse, Failure> {
     let Some(user) = session_user(auth, session).await? else {
-        return Ok(pages::render(
-            StatusCode::OK,
-            &pages::SignIn {
-                action: &auth.url(SIGN_IN_PATH),
-                csrf_token: &session.csrf_token,
-                request_id: &request.request_id,
-                next: "",
-                client_name: &client.name,
-                error,
-            },
+        return Ok(sign_in_page(
+            auth,
+            session,
+            &request.request_id,
+            "",
+            &client.name,
+            Some(("username", error)),
         ));
     };
     let scopes = ScopeSet::parse_lenient(&request.scope);
@@ -594,18 +596,15 @@ pub(super) async fn sign_in(
                 tracing::info!(?reason, "a sign-in was refused");
                 let error =
                     "The username or password is not right, or this account cannot sign in now.";
-                return Ok(pages::render(
-                    StatusCode::OK,
-                    &pages::SignIn {
-                        action: &auth.url(SIGN_IN_PATH),
-                        csrf_token: &session.csrf_token,
-                        request_id: form.get("request").unwrap_or_default(),
-                        next: form.get("next").unwrap_or_default(),
-                        client_name: pending_request
-                            .as_ref()
-                            .map_or("", |(_, c)| c.name.as_str()),
-                        error,
-                    },
+                return Ok(sign_in_page(
+                    &auth,
+                    &session,
+                    form.get("request").unwrap_or_default(),
+                    form.get("next").unwrap_or_default(),
+                    pending_request
+                        .as_ref()
+                        .map_or("", |(_, c)| c.name.as_str()),
+                    Some(("username", error)),
                 ));
             }
         };
@@ -621,9 +620,155 @@ pub(super) async fn sign_in(
     result.unwrap_or_else(Failure::response)
 }
 
-/// After a user proved who they are (a password here; Sign-In with Ethereum calls this too
-/// once the signature is verified and the wallet's user found with
-/// `users::find_by_wallet`): replaces the anonymous `session` by a signed-in one (no session
+/// The sign-in page (password form and wallet button); `error` names the field it is about
+/// (`username` or `siwe-button`) and says what is wrong.
+fn sign_in_page(
+    auth: &Auth,
+    session: &Session,
+    request_id: &str,
+    next: &str,
+    client_name: &str,
+    error: Option<(&str, &str)>,
+) -> HttpResponse {
+    let (error_target, error) = error.unwrap_or(("username", ""));
+    let script_url = auth.url(SIWE_SCRIPT_PATH);
+    let message_url = auth.url(SIWE_MESSAGE_PATH);
+    pages::render_sign_in(
+        StatusCode::OK,
+        &pages::SignIn {
+            action: &auth.url(SIGN_IN_PATH),
+            csrf_token: &session.csrf_token,
+            request_id,
+            next,
+            client_name,
+            error,
+            error_target,
+            siwe_action: &auth.url(SIWE_SIGN_IN_PATH),
+            siwe_message_url: &message_url,
+            siwe_script_url: &script_url,
+        },
+        &script_url,
+        &message_url,
+    )
+}
+
+/// `GET [base]/auth/siwe.js`: the sign-in page's wallet script (EIP-1193: it asks the
+/// browser's wallet for the account, gets the message from [`siwe_message`], has the wallet
+/// sign it and posts it to [`siwe_sign_in`]).
+pub(super) async fn siwe_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(include_str!("../../assets/siwe.js"))
+}
+
+/// `POST [base]/auth/siwe/message` (form: `csrf_token`, `address`): the Sign-In with
+/// Ethereum message (EIP-4361) for the address to sign, as JSON `{"message": ...}`; its nonce
+/// is bound to this browser's session. A refusal is `{"error": ...}` (400, or 403 without the
+/// session's CSRF token), in words for the page's status line.
+pub(super) async fn siwe_message(
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let form = PageForm::parse(&body);
+    let refusal = |status: StatusCode, text: &str| {
+        HttpResponse::build(status)
+            .insert_header(("Cache-Control", "no-store"))
+            .json(serde_json::json!({ "error": text }))
+    };
+    let session = match posted_session(&auth, &req, &form).await {
+        Ok(session) => session,
+        Err(Failure::Page(status, text)) => return refusal(status, &text),
+        Err(_) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, SOMETHING_WRONG),
+    };
+    let address = form.get("address").unwrap_or_default();
+    match super::siwe::new_message(&auth.store, &auth.siwe, address, &session.session_hash).await {
+        Ok(Ok(message)) => HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .json(serde_json::json!({ "message": message })),
+        Ok(Err(refused)) => refusal(StatusCode::BAD_REQUEST, &refused.0),
+        Err(error) => {
+            tracing::error!(%error, "a sign-in message could not be made");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, SOMETHING_WRONG)
+        }
+    }
+}
+
+const SOMETHING_WRONG: &str = "Something went wrong on our side. Try again later.";
+
+/// `POST [base]/auth/siwe/sign-in` (form: `csrf_token`, `request`, `message`, `signature`):
+/// verifies the signed message ([`super::siwe::verify`]: this gateway's message, for this
+/// browser, unexpired, signed by its address, once), finds the patient user of the wallet and
+/// signs them in as the password form does. Refusals are shown on the sign-in page.
+pub(super) async fn siwe_sign_in(
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let form = PageForm::parse(&body);
+    let result = async {
+        let session = posted_session(&auth, &req, &form).await?;
+        let (request, client) = pending(&auth, &session, form.get("request")).await?;
+        let refuse = |text: &str| {
+            Ok(sign_in_page(
+                &auth,
+                &session,
+                &request.request_id,
+                "",
+                &client.name,
+                Some(("siwe-button", text)),
+            ))
+        };
+        // a browser submits a form's line breaks as CRLF; EIP-4361 messages have LF
+        let message = form.get("message").unwrap_or_default().replace("\r\n", "\n");
+        let message = message.as_str();
+        let signature = form.get("signature").unwrap_or_default();
+        if message.is_empty() || signature.is_empty() {
+            return refuse("Sign the message with your wallet first.");
+        }
+        let verified = super::siwe::verify(
+            &auth.store,
+            &auth.siwe,
+            message,
+            signature,
+            &session.session_hash,
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "a signed sign-in message could not be checked");
+            Failure::Internal
+        })?;
+        let address = match verified {
+            Ok(address) => address,
+            Err(refused) => {
+                tracing::info!(reason = %refused, "a wallet sign-in was refused");
+                let text = format!("Your wallet's signature was not accepted: {refused}.");
+                return refuse(&text);
+            }
+        };
+        let user = super::users::find_by_wallet(&auth.store, &address)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "the wallet's user could not be looked up");
+                Failure::Internal
+            })?
+            .filter(|u| u.kind == Kind::Patient.as_str());
+        let Some(user) = user else {
+            tracing::info!("a wallet without a patient account tried to sign in");
+            return refuse(
+                "This wallet is not registered for a patient who can sign in here. Use the wallet your care provider registered for you.",
+            );
+        };
+        start_signed_in_session(&auth, &session, &user, Some(&request)).await
+    }
+    .await;
+    result.unwrap_or_else(Failure::response)
+}
+
+/// After a user proved who they are (a password, or a wallet's signature with
+/// [`siwe_sign_in`]): replaces the anonymous `session` by a signed-in one (no session
 /// fixation), moves the pending request to it, and sends the browser on (the request's next
 /// step, or the EHR launch page).
 async fn start_signed_in_session(
@@ -823,16 +968,13 @@ async fn ehr_launch_page(
         .await?
         .filter(|u| u.kind != Kind::Patient.as_str());
     if user.is_none() {
-        return Ok(pages::render(
-            StatusCode::OK,
-            &pages::SignIn {
-                action: &auth.url(SIGN_IN_PATH),
-                csrf_token: &session.csrf_token,
-                request_id: "",
-                next: "ehr-launch",
-                client_name: "",
-                error,
-            },
+        return Ok(sign_in_page(
+            auth,
+            session,
+            "",
+            "ehr-launch",
+            "",
+            Some(("username", error)),
         ));
     }
     let clients = clients::list(&mut *auth.store.reader().await?)

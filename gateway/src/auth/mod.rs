@@ -134,6 +134,8 @@ pub struct Auth {
     code_lifetime_secs: u64,
     refresh_token_lifetime_secs: u64,
     session_lifetime_secs: u64,
+    /// What Sign-In with Ethereum messages say (`auth.siwe_chain_id`, the base URL's domain).
+    siwe: siwe::SiwePolicy,
     /// When expired sessions, codes and tokens were last removed (ms since the epoch).
     last_housekeeping: std::sync::atomic::AtomicI64,
 }
@@ -192,6 +194,7 @@ impl Auth {
             code_lifetime_secs: config.code_lifetime_secs,
             refresh_token_lifetime_secs: config.refresh_token_lifetime_secs,
             session_lifetime_secs: config.session_lifetime_secs,
+            siwe: siwe::SiwePolicy::for_base_url(fhir_base_url, config.siwe_chain_id)?,
             last_housekeeping: std::sync::atomic::AtomicI64::new(0),
         })
     }
@@ -424,6 +427,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{}", authorize::SIGN_IN_PATH),
         web::post().to(authorize::sign_in),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIWE_MESSAGE_PATH),
+        web::post().to(authorize::siwe_message),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIWE_SIGN_IN_PATH),
+        web::post().to(authorize::siwe_sign_in),
+    )
+    .route(
+        &format!("{base_path}{}", authorize::SIWE_SCRIPT_PATH),
+        web::get().to(authorize::siwe_script),
     )
     .route(
         &format!("{base_path}{}", authorize::SIGN_OUT_PATH),

@@ -1,7 +1,8 @@
 //! The authorization server's pages (templates in `templates/auth/`, checked at compile time
 //! and HTML-escaped by askama): sign-in, patient picker, approval, EHR launch, and the error
-//! page shown when a request cannot be sent back to the app. No JavaScript; every form
-//! carries the session's CSRF token; every page has a language, a heading, labelled fields
+//! page shown when a request cannot be sent back to the app. No JavaScript but the sign-in
+//! page's wallet script (`assets/siwe.js`, the only script its Content-Security-Policy
+//! allows); every form carries the session's CSRF token; every page has a language, a heading, labelled fields
 //! and, after a mistake, an error summary linking to the field.
 
 use actix_web::HttpResponse;
@@ -30,6 +31,13 @@ pub(crate) struct SignIn<'a> {
     pub(crate) next: &'a str,
     pub(crate) client_name: &'a str,
     pub(crate) error: &'a str,
+    /// The field the error is about: `username` or `siwe-button`.
+    pub(crate) error_target: &'a str,
+    /// Sign-In with Ethereum: where the signed message goes, where the message comes from,
+    /// and the script that asks the wallet.
+    pub(crate) siwe_action: &'a str,
+    pub(crate) siwe_message_url: &'a str,
+    pub(crate) siwe_script_url: &'a str,
 }
 
 #[derive(Debug, Template)]
@@ -64,17 +72,35 @@ pub(crate) struct EhrLaunch<'a> {
     pub(crate) error: &'a str,
 }
 
-/// A page as a response: HTML, never cached, never framed.
+/// The Content-Security-Policy of pages without a script.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'";
+
+/// A page as a response: HTML, never cached, never framed, no script.
 pub(crate) fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
+    render_with_csp(status, page, CSP)
+}
+
+/// The sign-in page: [`render`], with the wallet script at `script_url` (and nothing else)
+/// allowed to run and to fetch `message_url`.
+pub(crate) fn render_sign_in(
+    status: StatusCode,
+    page: &SignIn<'_>,
+    script_url: &str,
+    message_url: &str,
+) -> HttpResponse {
+    let csp = format!(
+        "default-src 'none'; script-src {script_url}; connect-src {message_url}; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"
+    );
+    render_with_csp(status, page, &csp)
+}
+
+fn render_with_csp(status: StatusCode, page: &impl Template, csp: &str) -> HttpResponse {
     match page.render() {
         Ok(html) => HttpResponse::build(status)
             .content_type("text/html; charset=utf-8")
             .insert_header(("Cache-Control", "no-store"))
             .insert_header(("X-Frame-Options", "DENY"))
-            .insert_header((
-                "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'",
-            ))
+            .insert_header(("Content-Security-Policy", csp))
             .body(html),
         Err(error) => {
             tracing::error!(%error, "a page could not be rendered");

@@ -14,20 +14,20 @@ use sha2::{Digest as _, Sha256};
 use crate::both;
 use crate::helpers::TestApp;
 
-const REDIRECT_URI: &str = "https://app.example/callback";
+pub(crate) const REDIRECT_URI: &str = "https://app.example/callback";
 const LAUNCH_URI: &str = "https://app.example/launch";
 const PASSWORD: &str = "correct horse battery staple";
 const ALL_SCOPES: &str = "openid fhirUser launch launch/patient launch/encounter \
                           offline_access online_access patient/*.rs user/*.rs";
 
 /// What a test sets up: a public app, a practitioner, a patient user and their Patient.
-struct Setup {
-    client_id: String,
-    patient_id: String,
-    patient_user_id: String,
+pub(crate) struct Setup {
+    pub(crate) client_id: String,
+    pub(crate) patient_id: String,
+    pub(crate) patient_user_id: String,
 }
 
-async fn setup(app: &TestApp) -> Setup {
+pub(crate) async fn setup(app: &TestApp) -> Setup {
     setup_at(app, &app.base).await
 }
 
@@ -83,13 +83,13 @@ async fn setup_at(app: &TestApp, fhir_base: &str) -> Setup {
 }
 
 /// A browser: no automatic redirects, one session cookie.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     cookie: Option<String>,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -110,7 +110,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, url: &str) -> reqwest::Response {
+    pub(crate) async fn get(&mut self, url: &str) -> reqwest::Response {
         let mut request = self.http.get(url);
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", cookie);
@@ -120,7 +120,7 @@ impl Browser {
         response
     }
 
-    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self.http.post(url).form(form);
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", cookie);
@@ -131,7 +131,7 @@ impl Browser {
     }
 
     /// The page at `url` (200), as text.
-    async fn page(&mut self, url: &str) -> String {
+    pub(crate) async fn page(&mut self, url: &str) -> String {
         let response = self.get(url).await;
         assert_eq!(response.status(), 200, "GET {url}");
         response.text().await.expect("text")
@@ -149,7 +149,7 @@ impl Browser {
     }
 }
 
-fn location(response: &reqwest::Response) -> String {
+pub(crate) fn location(response: &reqwest::Response) -> String {
     assert_eq!(response.status(), 303, "a redirect");
     response.headers()["location"]
         .to_str()
@@ -158,7 +158,7 @@ fn location(response: &reqwest::Response) -> String {
 }
 
 /// The value of the form field `name` on a page.
-fn field(page: &str, name: &str) -> String {
+pub(crate) fn field(page: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page
         .find(&marker)
@@ -175,7 +175,7 @@ fn query(url: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param(url: &str, name: &str) -> Option<String> {
+pub(crate) fn param(url: &str, name: &str) -> Option<String> {
     query(url)
         .into_iter()
         .find(|(k, _)| k == name)
@@ -183,7 +183,7 @@ fn param(url: &str, name: &str) -> Option<String> {
 }
 
 /// A PKCE verifier and its S256 challenge.
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let verifier = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -200,7 +200,7 @@ fn authorize_url(app: &TestApp, client_id: &str, changes: &[(&str, Option<&str>)
     authorize_url_with(app, client_id, &challenge, changes)
 }
 
-fn authorize_url_with(
+pub(crate) fn authorize_url_with(
     app: &TestApp,
     client_id: &str,
     challenge: &str,
@@ -256,7 +256,7 @@ async fn approve_all(browser: &mut Browser, app: &TestApp, page: &str) -> String
 }
 
 /// Approves the scopes on the approval page but `unticked`; the redirect back to the app.
-async fn approve_except(
+pub(crate) async fn approve_except(
     browser: &mut Browser,
     app: &TestApp,
     page: &str,
@@ -338,7 +338,12 @@ async fn token(app: &TestApp, form: &[(&str, &str)]) -> (u16, Value) {
     (status, response.json().await.expect("JSON"))
 }
 
-async fn exchange(app: &TestApp, setup: &Setup, code: &str, verifier: &str) -> (u16, Value) {
+pub(crate) async fn exchange(
+    app: &TestApp,
+    setup: &Setup,
+    code: &str,
+    verifier: &str,
+) -> (u16, Value) {
     token(
         app,
         &[
@@ -472,8 +477,8 @@ both!(
             sign_in.contains("sign-in-with-ethereum"),
             "the wallet hook: {sign_in}"
         );
-        // Sign-In with Ethereum is added separately: the session is given the patient user as
-        // a verified wallet signature would
+        // the session is given the patient user as a verified wallet signature would (the
+        // wallet sign-in itself is tested in tests/api/siwe.rs)
         let mut db = app.database_connection().await;
         sqlx::query("UPDATE auth_session SET user_id = $1 WHERE session_hash = $2")
             .bind(&setup.patient_user_id)
