@@ -1,7 +1,9 @@
 //! What enforcing SMART costs per request: verifying an access token (ES256 signature,
 //! `kid`, `iss`, `aud`, `exp`, `nbf`; the first time, and again from the cache), building the request's `Access` from its claims, and
 //! deciding what a scope allows for a type (unrestricted, and confined to a patient's
-//! compartment with a restriction).
+//! compartment with a restriction); and what issuing a token costs the token endpoint's CPU:
+//! verifying a client's ES384 assertion, signing the access token (ES256) and an ID token
+//! (RS256).
 //!
 //! `cargo bench -p gateway --bench access`; the figures are in BENCHMARKS.md.
 
@@ -70,8 +72,52 @@ fn access(c: &mut Criterion) {
             });
         },
     );
+    issuing(c, dir.path());
     runtime.block_on(async {
         drop(auth);
+    });
+}
+
+/// The CPU of issuing one token: what bounds tokens issued per second.
+fn issuing(c: &mut Criterion, data_dir: &std::path::Path) {
+    let key = gateway::auth::keys::SigningKey::load_or_generate(None, data_dir).expect("the key");
+    let id_key = gateway::auth::id_token_key::IdTokenKey::from_pem(include_bytes!(
+        "../tests/fixtures/auth/test-id-token-rs256.pem"
+    ))
+    .expect("the ID-token key");
+    let claims = serde_json::json!({
+        "iss": BASE, "aud": BASE, "sub": "c", "client_id": "c", "scope": "system/*.rs",
+        "iat": 1, "nbf": 1, "exp": 4_000_000_000u64, "jti": "00000000-0000-4000-8000-000000000000",
+    });
+    c.bench_function("sign an access token (ES256)", |b| {
+        b.iter(|| key.sign(black_box(&claims)).expect("signed"));
+    });
+    c.bench_function("sign an ID token (RS256, 2048 bits)", |b| {
+        b.iter(|| id_key.sign(black_box(&claims)).expect("signed"));
+    });
+    // a Backend Services client's assertion, as the token endpoint checks it
+    let client_key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!(
+        "../tests/fixtures/auth/test-client-es384.pem"
+    ))
+    .expect("the client key");
+    let public =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&client_key, jsonwebtoken::Algorithm::ES384)
+            .expect("a public key");
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&public).expect("a decoding key");
+    let token_url = format!("{BASE}/auth/token");
+    let assertion = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384),
+        &serde_json::json!({"iss": "c", "sub": "c", "aud": token_url, "exp": 4_000_000_000u64, "jti": "j"}),
+        &client_key,
+    )
+    .expect("an assertion");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES384);
+    validation.set_audience(&[&token_url]);
+    c.bench_function("verify a client assertion (ES384)", |b| {
+        b.iter(|| {
+            jsonwebtoken::decode::<serde_json::Value>(black_box(&assertion), &decoding, &validation)
+                .expect("valid")
+        });
     });
 }
 
