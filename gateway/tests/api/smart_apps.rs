@@ -43,6 +43,8 @@ fn now() -> i64 {
 /// user (a password).
 struct Ehr {
     app: TestApp,
+    /// A token for setting up data (`system/*.cruds`).
+    admin: String,
     patient_id: String,
     practitioner_id: String,
 }
@@ -58,27 +60,25 @@ async fn ehr(db: Db) -> Ehr {
             "jti": uuid::Uuid::new_v4().to_string(),
         }))
         .expect("signed");
-    let mut ids = Vec::new();
-    for resource in [
-        json!({"resourceType": "Patient", "name": [{"family": "Lovelace", "given": ["Ada"]}],
-               "birthDate": "1815-12-10"}),
-        json!({"resourceType": "Patient", "name": [{"family": "Someone", "given": ["Else"]}]}),
-        json!({"resourceType": "Practitioner", "name": [{"family": "Careful"}]}),
-    ] {
-        let response = app
-            .client
-            .post(app.url(resource["resourceType"].as_str().expect("a type")))
-            .bearer_auth(&admin)
-            .header("content-type", FHIR_JSON)
-            .body(resource.to_string())
-            .send()
-            .await
-            .expect("request sent");
-        assert_eq!(response.status(), 201, "creating {resource}");
-        let created: Value = response.json().await.expect("JSON");
-        ids.push(created["id"].as_str().expect("an id").to_owned());
-    }
-    let store = Store::connect(&app.database).await.expect("the store");
+    let mut ehr = Ehr {
+        app,
+        admin,
+        patient_id: String::new(),
+        practitioner_id: String::new(),
+    };
+    ehr.patient_id = ehr
+        .create(
+            &json!({"resourceType": "Patient", "birthDate": "1815-12-10",
+                        "name": [{"family": "Lovelace", "given": ["Ada"]}]}),
+        )
+        .await;
+    // another patient, whom no launch is about
+    ehr.create(&json!({"resourceType": "Patient", "name": [{"family": "Someone"}]}))
+        .await;
+    ehr.practitioner_id = ehr
+        .create(&json!({"resourceType": "Practitioner", "name": [{"family": "Careful"}]}))
+        .await;
+    let store = Store::connect(&ehr.app.database).await.expect("the store");
     users::add(
         &store,
         Kind::Practitioner,
@@ -86,19 +86,35 @@ async fn ehr(db: Db) -> Ehr {
             username: USERNAME.to_owned(),
             password: PASSWORD.to_owned().into(),
         },
-        &format!("Practitioner/{}", ids[2]),
+        &format!("Practitioner/{}", ehr.practitioner_id),
     )
     .await
     .expect("practitioner added");
     store.close().await;
-    Ehr {
-        app,
-        patient_id: ids[0].clone(),
-        practitioner_id: ids[2].clone(),
-    }
+    ehr
 }
 
 impl Ehr {
+    /// Creates `resource`; its id.
+    async fn create(&self, resource: &Value) -> String {
+        let response = self
+            .app
+            .client
+            .post(
+                self.app
+                    .url(resource["resourceType"].as_str().expect("a type")),
+            )
+            .bearer_auth(&self.admin)
+            .header("content-type", FHIR_JSON)
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 201, "creating {resource}");
+        let created: Value = response.json().await.expect("JSON");
+        created["id"].as_str().expect("an id").to_owned()
+    }
+
     /// Registers a public app with these redirect and launch URIs; its client id.
     async fn register_app(&self, redirect_uri: &str, launch_uri: &str, scopes: &str) -> String {
         let store = Store::connect(&self.app.database).await.expect("the store");
@@ -129,11 +145,21 @@ impl Ehr {
     }
 }
 
+/// How the app is launched.
+enum Launch {
+    /// By the user, from the app (the practitioner picks the patient on the gateway's page).
+    Standalone,
+    /// By the EHR, with a launch value the EHR side issued (`fhir-gateway launch`).
+    IssuedValue,
+    /// By the practitioner on the gateway's EHR launch page, for the patient and this
+    /// encounter.
+    Page { encounter: String },
+}
+
 /// Runs the SMART JS client in Chromium (smart-launch.mjs): it serves the app on a port of
-/// its own, the app is registered for that port, then the launch runs with `launch` (an EHR
-/// launch) or without (standalone). The app's result, and the script's whole output for
-/// failure messages.
-async fn browser_launch(ehr: &Ehr, scope: &str, ehr_launch: bool) -> (Value, String) {
+/// its own, the app is registered for that port, then the launch runs. The app's result, and
+/// the script's whole output for failure messages.
+async fn browser_launch(ehr: &Ehr, scope: &str, launch: Launch) -> (Value, String) {
     let script = workspace().join("gateway/tests/browser/smart-launch.mjs");
     assert!(
         workspace().join("node_modules/playwright-core").exists()
@@ -162,7 +188,7 @@ async fn browser_launch(ehr: &Ehr, scope: &str, ehr_launch: bool) -> (Value, Str
         .register_app(
             &format!("{app_origin}/index.html"),
             &format!("{app_origin}/launch.html"),
-            "launch launch/patient openid fhirUser patient/*.rs offline_access",
+            "launch launch/patient launch/encounter openid fhirUser patient/*.rs offline_access",
         )
         .await;
     let mut options = json!({
@@ -173,8 +199,13 @@ async fn browser_launch(ehr: &Ehr, scope: &str, ehr_launch: bool) -> (Value, Str
         "password": PASSWORD,
         "patient": ehr.patient_id,
     });
-    if ehr_launch {
-        options["launch"] = json!(ehr.launch_value(&client_id).await);
+    match launch {
+        Launch::Standalone => {}
+        Launch::IssuedValue => options["launch"] = json!(ehr.launch_value(&client_id).await),
+        Launch::Page { encounter } => {
+            options["ehrLaunchPage"] = json!(format!("{}/auth/ehr-launch", ehr.app.base));
+            options["encounter"] = json!(encounter);
+        }
     }
     let mut stdin = child.stdin.take().expect("stdin");
     stdin
@@ -218,7 +249,7 @@ on_both!(
     |db: Db| async move {
         let ehr = ehr(db).await;
         let scope = "launch/patient openid fhirUser patient/*.rs";
-        let (result, output) = browser_launch(&ehr, scope, false).await;
+        let (result, output) = browser_launch(&ehr, scope, Launch::Standalone).await;
         // the practitioner picked the patient on the gateway's page
         assert!(output.contains("Choose a patient"), "{output}");
         // the app read the patient it was given, with the token of the granted scopes
@@ -243,6 +274,11 @@ on_both!(
             "{output}"
         );
         assert_eq!(result["context"]["hasRefreshToken"], false, "{output}");
+        assert_eq!(result["context"]["tokenType"], "Bearer", "{output}");
+        assert!(
+            result["context"]["expiresIn"].as_u64() > Some(0),
+            "{output}"
+        );
     }
 );
 
@@ -251,7 +287,7 @@ on_both!(
     |db: Db| async move {
         let ehr = ehr(db).await;
         let scope = "launch openid fhirUser patient/*.rs offline_access";
-        let (result, output) = browser_launch(&ehr, scope, true).await;
+        let (result, output) = browser_launch(&ehr, scope, Launch::IssuedValue).await;
         // the patient came with the launch: nobody picked it
         assert!(!output.contains("Choose a patient"), "{output}");
         assert_eq!(result["patient"]["id"], ehr.patient_id.as_str(), "{output}");
@@ -270,7 +306,67 @@ on_both!(
             format!("Practitioner/{}", ehr.practitioner_id),
             "{output}"
         );
+        // the client's own refresh: a new access token (and a rotated refresh token) that
+        // reads the patient
         assert_eq!(result["context"]["hasRefreshToken"], true, "{output}");
+        assert_eq!(result["refreshed"]["newAccessToken"], true, "{output}");
+        assert_eq!(result["refreshed"]["newRefreshToken"], true, "{output}");
+        assert_eq!(
+            result["refreshed"]["patient"],
+            ehr.patient_id.as_str(),
+            "{output}"
+        );
+        assert_eq!(
+            scopes(&result["refreshed"]["scope"]),
+            scopes(&json!(scope)),
+            "{output}"
+        );
+    }
+);
+
+on_both!(
+    the_smart_js_client_is_launched_from_the_ehr_launch_page_with_an_encounter,
+    |db: Db| async move {
+        let ehr = ehr(db).await;
+        let encounter = ehr
+            .create(
+                &json!({"resourceType": "Encounter", "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{}", ehr.patient_id)}}),
+            )
+            .await;
+        let scope = "launch openid fhirUser patient/*.rs";
+        let (result, output) = browser_launch(
+            &ehr,
+            scope,
+            Launch::Page {
+                encounter: encounter.clone(),
+            },
+        )
+        .await;
+        assert!(output.contains("Launch an app"), "{output}");
+        assert!(!output.contains("Choose a patient"), "{output}");
+        assert_eq!(result["patient"]["id"], ehr.patient_id.as_str(), "{output}");
+        assert_eq!(
+            result["context"]["patient"],
+            ehr.patient_id.as_str(),
+            "{output}"
+        );
+        assert_eq!(
+            result["context"]["encounter"],
+            encounter.as_str(),
+            "{output}"
+        );
+        assert_eq!(
+            scopes(&result["context"]["scope"]),
+            scopes(&json!(scope)),
+            "{output}"
+        );
+        assert_eq!(
+            result["context"]["fhirUser"],
+            format!("Practitioner/{}", ehr.practitioner_id),
+            "{output}"
+        );
     }
 );
 

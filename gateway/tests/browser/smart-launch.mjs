@@ -10,7 +10,9 @@
 // one line of JSON on stdin:
 //   { "iss": FHIR base URL, "clientId", "scope",
 //     "launch": EHR launch value (omit for a standalone launch),
-//     "username", "password", "patient": id to pick when the gateway asks }
+//     "ehrLaunchPage": the gateway's EHR launch page: the browser starts there instead, and the
+//                      user launches the app for "patient" (and "encounter") from it,
+//     "username", "password", "patient": id to pick when the gateway asks, "encounter" }
 //
 // Exit 0 with {"patient": ..., "context": ..., "steps": [...]}, or 1 with {"error": ..., "steps"}
 // as the last line on stdout ("steps": the pages the browser went through, for the test's
@@ -27,6 +29,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 const bundle = require.resolve("fhirclient/build/fhir-client.js");
 
+let options = {};
 const files = {
   "/launch.html": [join(here, "smart-app", "launch.html"), "text/html"],
   "/index.html": [join(here, "smart-app", "index.html"), "text/html"],
@@ -39,6 +42,13 @@ const server = createServer(async (req, res) => {
     res.writeHead(204).end();
     return;
   }
+  if (path === "/settings.js") {
+    // the app's settings (an EHR launch page opens launch.html with iss and launch only)
+    const settings = { clientId: options.clientId, scope: options.scope };
+    res.writeHead(200, { "content-type": "text/javascript", "cache-control": "no-store" });
+    res.end(`window.appSettings = ${JSON.stringify(settings)};`);
+    return;
+  }
   const file = files[path];
   if (!file) {
     res.writeHead(404).end();
@@ -49,7 +59,7 @@ const server = createServer(async (req, res) => {
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 const port = server.address().port;
 process.stdout.write(JSON.stringify({ port }) + "\n");
-const options = JSON.parse(await firstLine(process.stdin));
+options = JSON.parse(await firstLine(process.stdin));
 
 /** The first line of a stream. */
 async function firstLine(stream) {
@@ -88,12 +98,13 @@ try {
   page.on("requestfailed", (request) =>
     steps.push(`request failed: ${request.method()} ${request.url()} ${request.failure()?.errorText}`),
   );
-  const params = new URLSearchParams({ iss: options.iss });
-  if (options.launch) params.set("launch", options.launch);
-  const settings = encodeURIComponent(
-    JSON.stringify({ clientId: options.clientId, scope: options.scope }),
-  );
-  await page.goto(`http://127.0.0.1:${port}/launch.html?${params}#${settings}`);
+  if (options.ehrLaunchPage) {
+    await page.goto(options.ehrLaunchPage);
+  } else {
+    const params = new URLSearchParams({ iss: options.iss });
+    if (options.launch) params.set("launch", options.launch);
+    await page.goto(`http://127.0.0.1:${port}/launch.html?${params}`);
+  }
 
   // the gateway's pages, until the browser is back at the app
   const app = `http://127.0.0.1:${port}/index.html`;
@@ -113,6 +124,7 @@ try {
     steps.push(`${url.split("?")[0]}: ${heading.trim()}`);
     const password = page.getByLabel(/password/i);
     const approve = page.getByRole("button", { name: /^(approve|allow)$/i });
+    const launch = page.getByRole("button", { name: /^launch$/i });
     const patientPicker = page.getByLabel(/patient/i);
     if (await password.count()) {
       await page.getByLabel(/user ?name/i).fill(options.username);
@@ -120,6 +132,11 @@ try {
       await Promise.all([page.waitForNavigation(), page.getByRole("button", { name: /^sign in$/i }).click()]);
     } else if (await approve.count()) {
       await Promise.all([page.waitForNavigation(), approve.click()]);
+    } else if (await launch.count()) {
+      await page.getByLabel(/^app$/i).selectOption(options.clientId);
+      await page.getByLabel(/patient/i).fill(options.patient);
+      if (options.encounter) await page.getByLabel(/encounter/i).fill(options.encounter);
+      await Promise.all([page.waitForNavigation(), launch.click()]);
     } else if (await patientPicker.count()) {
       await patientPicker.first().fill(options.patient);
       await Promise.all([
