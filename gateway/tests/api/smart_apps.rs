@@ -423,10 +423,10 @@ on_both!(
             .register_app(
                 redirect_uri,
                 "http://127.0.0.1/python-app/launch",
-                "launch/patient openid fhirUser patient/*.rs",
+                "launch/patient openid fhirUser patient/*.rs offline_access",
             )
             .await;
-        let scope = "launch/patient openid fhirUser patient/*.rs";
+        let scope = "launch/patient openid fhirUser patient/*.rs offline_access";
         let result = python_launch(&ehr, &client_id, redirect_uri, scope).await;
         assert_eq!(result["patient_id"], ehr.patient_id.as_str(), "{result}");
         assert_eq!(result["patient"]["id"], ehr.patient_id.as_str(), "{result}");
@@ -435,5 +435,17 @@ on_both!(
             "{result}"
         );
         assert_eq!(scopes(&result["scope"]), scopes(&json!(scope)), "{result}");
+        // the client's own refresh
+        assert_eq!(result["refreshed"]["new_access_token"], true, "{result}");
+        assert_eq!(
+            result["refreshed"]["patient_id"],
+            ehr.patient_id.as_str(),
+            "{result}"
+        );
+        assert_eq!(
+            scopes(&result["refreshed"]["scope"]),
+            scopes(&json!(scope)),
+            "{result}"
+        );
     }
 );
