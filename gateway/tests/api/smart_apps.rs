@@ -117,12 +117,28 @@ impl Ehr {
 
     /// Registers a public app with these redirect and launch URIs; its client id.
     async fn register_app(&self, redirect_uri: &str, launch_uri: &str, scopes: &str) -> String {
+        self.register(ClientKind::Public, redirect_uri, launch_uri, scopes)
+            .await
+    }
+
+    /// Registers an app of `kind` (a confidential asymmetric one with the ES384 fixture key's
+    /// JWKS, kid [`APP_KEY_ID`]); its client id.
+    async fn register(
+        &self,
+        kind: ClientKind,
+        redirect_uri: &str,
+        launch_uri: &str,
+        scopes: &str,
+    ) -> String {
         let store = Store::connect(&self.app.database).await.expect("the store");
+        let jwks = (kind == ClientKind::ConfidentialAsymmetric)
+            .then(|| crate::auth::public_jwks(jsonwebtoken::Algorithm::ES384, APP_KEY_ID));
         let client = clients::register(
             &store,
             NewClient {
                 launch_uri: Some(launch_uri.to_owned()),
-                ..NewClient::app("Test SMART app", ClientKind::Public, redirect_uri, scopes)
+                jwks,
+                ..NewClient::app("Test SMART app", kind, redirect_uri, scopes)
             },
         )
         .await
@@ -145,6 +161,9 @@ impl Ehr {
     }
 }
 
+/// The kid of the confidential app's key (the ES384 fixture, tests/fixtures/auth/).
+const APP_KEY_ID: &str = "test-app-es384";
+
 /// How the app is launched.
 enum Launch {
     /// By the user, from the app (the practitioner picks the patient on the gateway's page).
@@ -160,6 +179,17 @@ enum Launch {
 /// its own, the app is registered for that port, then the launch runs. The app's result, and
 /// the script's whole output for failure messages.
 async fn browser_launch(ehr: &Ehr, scope: &str, launch: Launch) -> (Value, String) {
+    browser_launch_of(ehr, ClientKind::Public, scope, launch).await
+}
+
+/// [`browser_launch`] of an app of `kind` (public, or confidential asymmetric: the client then
+/// signs its `private_key_jwt` assertions with the ES384 fixture key).
+async fn browser_launch_of(
+    ehr: &Ehr,
+    kind: ClientKind,
+    scope: &str,
+    launch: Launch,
+) -> (Value, String) {
     let script = workspace().join("gateway/tests/browser/smart-launch.mjs");
     assert!(
         workspace().join("node_modules/playwright-core").exists()
@@ -185,7 +215,8 @@ async fn browser_launch(ehr: &Ehr, scope: &str, launch: Launch) -> (Value, Strin
         .expect("a port");
     let app_origin = format!("http://127.0.0.1:{port}");
     let client_id = ehr
-        .register_app(
+        .register(
+            kind,
             &format!("{app_origin}/index.html"),
             &format!("{app_origin}/launch.html"),
             "launch launch/patient launch/encounter openid fhirUser patient/*.rs offline_access",
@@ -199,6 +230,13 @@ async fn browser_launch(ehr: &Ehr, scope: &str, launch: Launch) -> (Value, Strin
         "password": PASSWORD,
         "patient": ehr.patient_id,
     });
+    if kind == ClientKind::ConfidentialAsymmetric {
+        options["clientKey"] = json!({
+            "pem": workspace().join("gateway/tests/fixtures/auth/test-client-es384.pem"),
+            "alg": "ES384",
+            "kid": APP_KEY_ID,
+        });
+    }
     match launch {
         Launch::Standalone => {}
         Launch::IssuedValue => options["launch"] = json!(ehr.launch_value(&client_id).await),
@@ -446,6 +484,37 @@ on_both!(
             scopes(&result["refreshed"]["scope"]),
             scopes(&json!(scope)),
             "{result}"
+        );
+    }
+);
+
+on_both!(
+    the_smart_js_client_of_a_confidential_app_authenticates_with_its_private_key,
+    |db: Db| async move {
+        let ehr = ehr(db).await;
+        // no offline_access: the SMART JS client (2.6) authenticates its refresh requests with
+        // a client secret only, never with its private key, and the gateway rightly refuses
+        // a confidential client's unauthenticated refresh (RFC 6749 §6)
+        let scope = "launch/patient openid fhirUser patient/*.rs";
+        let (result, output) = browser_launch_of(
+            &ehr,
+            ClientKind::ConfidentialAsymmetric,
+            scope,
+            Launch::Standalone,
+        )
+        .await;
+        // the code exchanged with a private_key_jwt assertion the client signed (ES384) in
+        // the browser
+        assert_eq!(result["patient"]["id"], ehr.patient_id.as_str(), "{output}");
+        assert_eq!(
+            scopes(&result["context"]["scope"]),
+            scopes(&json!(scope)),
+            "{output}"
+        );
+        assert_eq!(
+            result["context"]["fhirUser"],
+            format!("Practitioner/{}", ehr.practitioner_id),
+            "{output}"
         );
     }
 );

@@ -12,7 +12,9 @@
 //     "launch": EHR launch value (omit for a standalone launch),
 //     "ehrLaunchPage": the gateway's EHR launch page: the browser starts there instead, and the
 //                      user launches the app for "patient" (and "encounter") from it,
-//     "username", "password", "patient": id to pick when the gateway asks, "encounter" }
+//     "username", "password", "patient": id to pick when the gateway asks, "encounter",
+//     "clientKey": {"pem": path of a PKCS#8 private key, "alg": "ES384" or "RS384", "kid"}
+//                  for a confidential asymmetric app (private_key_jwt), omit for a public one }
 //
 // Exit 0 with {"patient": ..., "context": ..., "steps": [...]}, or 1 with {"error": ..., "steps"}
 // as the last line on stdout ("steps": the pages the browser went through, for the test's
@@ -20,6 +22,7 @@
 
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
+import { createPrivateKey } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
@@ -45,6 +48,12 @@ const server = createServer(async (req, res) => {
   if (path === "/settings.js") {
     // the app's settings (an EHR launch page opens launch.html with iss and launch only)
     const settings = { clientId: options.clientId, scope: options.scope };
+    if (options.clientKey) {
+      // the app's private key as a JWK, as the SMART JS client takes it (clientPrivateJwk)
+      const pem = await readFile(options.clientKey.pem);
+      const jwk = createPrivateKey(pem).export({ format: "jwk" });
+      settings.clientPrivateJwk = { ...jwk, alg: options.clientKey.alg, kid: options.clientKey.kid };
+    }
     res.writeHead(200, { "content-type": "text/javascript", "cache-control": "no-store" });
     res.end(`window.appSettings = ${JSON.stringify(settings)};`);
     return;
