@@ -130,6 +130,59 @@ pub(crate) async fn authenticate(
     })
 }
 
+/// Authenticates the client of a `refresh_token` request: as [`authenticate`], except that a
+/// request naming no client at all (no credentials, no `client_id`) is the refresh token's own
+/// client when that is a public client. RFC 6749 §6 requires confidential clients to
+/// authenticate on refresh and asks nothing of public ones (their `client_id` proves nothing;
+/// the refresh token is the credential), and SMART's refresh request has no `client_id`: the
+/// SMART JS client (npm `fhirclient`) sends none by default. A confidential client's token
+/// presented so is `invalid_client` still.
+pub(crate) async fn authenticate_refresh(
+    auth: &Auth,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<AuthenticatedClient, OAuthError> {
+    let mut names_a_client = headers.contains_key(AUTHORIZATION);
+    for name in [
+        "client_id",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+    ] {
+        names_a_client |= form.get(name)?.is_some();
+    }
+    let token = form.get("refresh_token")?;
+    let (false, Some(token)) = (names_a_client, token) else {
+        return authenticate(auth, headers, form).await;
+    };
+    let found = match auth.store.reader().await {
+        Ok(mut conn) => {
+            crate::store::grants::find_refresh(&mut conn, &super::grants::hash_secret(token)).await
+        }
+        Err(e) => Err(e),
+    }
+    .map_err(|_| OAuthError::new("server_error", "the database is unavailable"))?;
+    let public = match found {
+        Some(refresh) => {
+            let client = find_client(auth, &refresh.grant.client_id).await?;
+            (client.token_endpoint_auth_method == AuthMethod::None.as_str()).then_some(client)
+        }
+        None => None,
+    };
+    let Some(client) = public else {
+        // a confidential client's token, or none the gateway knows: the usual refusal
+        return authenticate(auth, headers, form).await;
+    };
+    let kind = client
+        .kind()
+        .ok_or_else(|| OAuthError::new("server_error", "the client's kind is unknown"))?;
+    Ok(AuthenticatedClient {
+        client,
+        kind,
+        method: AuthMethod::None,
+    })
+}
+
 /// The client id and secret of an `Authorization: Basic` header, each form-urlencoded
 /// (RFC 6749 §2.3.1); None without a Basic header.
 fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {

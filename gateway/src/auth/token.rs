@@ -48,7 +48,7 @@ async fn dispatch(
             grants::authorization_code(auth, &form, &client.client).await
         }
         Some("refresh_token") => {
-            let client = client_auth::authenticate(auth, request.headers(), &form).await?;
+            let client = client_auth::authenticate_refresh(auth, request.headers(), &form).await?;
             grants::refresh_token(auth, &form, &client.client).await
         }
         Some(other) => Err(OAuthError::new(

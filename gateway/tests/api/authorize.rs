@@ -577,6 +577,91 @@ both!(
 );
 
 both!(
+    a_public_app_refreshes_without_naming_itself,
+    |app: TestApp| async move {
+        // RFC 6749 §6 asks public clients for nothing but the refresh token, and SMART's
+        // refresh request has no client_id: the SMART JS client sends none by default
+        let setup = setup(&app).await;
+        let (code, verifier) =
+            practitioner_code(&app, &setup, "offline_access launch/patient patient/*.rs").await;
+        let (status, first) = exchange(&app, &setup, &code, &verifier).await;
+        assert_eq!(status, 200, "{first}");
+        let first_refresh = first["refresh_token"].as_str().expect("a refresh token");
+        let (status, second) = token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", first_refresh),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{second}");
+        assert_eq!(second["patient"], setup.patient_id.as_str());
+        let second_refresh = second["refresh_token"].as_str().expect("rotated");
+        assert_ne!(second_refresh, first_refresh);
+        // rotation and reuse detection hold the same
+        let (status, error) = token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", first_refresh),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{error}"
+        );
+        // an unknown token names no client: invalid_client
+        let (status, error) = token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "nonsense"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{error}"
+        );
+        // a confidential client's refresh token needs the client's authentication still
+        let (code, verifier) =
+            practitioner_code(&app, &setup, "offline_access launch/patient patient/*.rs").await;
+        let (status, third) = exchange(&app, &setup, &code, &verifier).await;
+        assert_eq!(status, 200, "{third}");
+        let mut conn = app.database_connection().await;
+        sqlx::query(
+            "UPDATE auth_client SET kind = 'confidential-symmetric', \
+             auth_method = 'client_secret_basic', secret_hash = 'not a secret' \
+             WHERE client_id = $1",
+        )
+        .bind(&setup.client_id)
+        .execute(&mut conn)
+        .await
+        .expect("the client made confidential");
+        let (status, error) = token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                (
+                    "refresh_token",
+                    third["refresh_token"].as_str().expect("a refresh token"),
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{error}"
+        );
+    }
+);
+
+both!(
     refresh_tokens_rotate_and_reuse_revokes_the_family,
     |app: TestApp| async move {
         let setup = setup(&app).await;

@@ -24,5 +24,6 @@ mod search;
 mod search_modifiers;
 mod second_opinion;
 mod siwe;
+mod smart_apps;
 mod summary;
 mod tls;

@@ -9,7 +9,9 @@ reads the patient in context.
     python3 smart_standalone.py '{"base": ..., "client_id": ..., "redirect_uri": ...,
                                   "scope": ..., "username": ..., "password": ..., "patient": ...}'
 
-Prints {"patient": ..., "patient_id": ..., "scope": ...} and exits 0, or exits non-zero with the
+With a refresh token (offline_access), the client then refreshes its token and reads the
+patient again. Prints {"patient": ..., "patient_id": ..., "scope": ..., "refreshed": ...} and
+exits 0, or exits non-zero with the
 reason. Run by gateway/tests/api (the SMART launch tests).
 """
 import json
@@ -114,8 +116,19 @@ def main(options):
     if not smart.ready:
         raise SystemExit("FAILED: the client has no access token")
     patient = Patient.read(smart.patient_id, smart.server)
-    print(json.dumps({"patient": patient.as_json(), "patient_id": smart.patient_id,
-                      "scope": smart.server.auth.access_token and smart.launch_context.get("scope")}))
+    result = {"patient": patient.as_json(), "patient_id": smart.patient_id,
+              "scope": smart.launch_context.get("scope"), "refreshed": None}
+    # with a refresh token: the client's own refresh (reauthorize), then the patient read again
+    # with the new access token
+    if smart.server.auth.refresh_token:
+        before = smart.server.auth.access_token
+        if not smart.reauthorize():
+            raise SystemExit("FAILED: the client could not refresh its token")
+        again = Patient.read(smart.patient_id, smart.server)
+        result["refreshed"] = {"new_access_token": smart.server.auth.access_token != before,
+                               "patient_id": again.id,
+                               "scope": smart.launch_context.get("scope")}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
