@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 use serde::Serialize;
 
@@ -47,7 +47,7 @@ impl IdTokenKey {
     /// An RSA private key (PKCS#8 or PKCS#1 PEM) of at least 2048 bits.
     pub fn from_pem(pem: &[u8]) -> anyhow::Result<Self> {
         let key = EncodingKey::from_rsa_pem(pem).context("not a PEM RSA private key")?;
-        let mut public = Jwk::from_encoding_key(&key, ALGORITHM)
+        let public = super::keys::published_jwk(&key, ALGORITHM)
             .context("not an RSA key (ID tokens are signed with RS256)")?;
         if let jsonwebtoken::jwk::AlgorithmParameters::RSA(rsa) = &public.algorithm {
             let modulus =
@@ -60,11 +60,6 @@ impl IdTokenKey {
                 "an RSA key of {bits} bits is too short (2048 at least)"
             );
         }
-        let kid = public
-            .thumbprint(ThumbprintHash::SHA256)
-            .context("computing the key's thumbprint")?;
-        public.common.key_id = Some(kid);
-        public.common.public_key_use = Some(PublicKeyUse::Signature);
         Ok(IdTokenKey { key, public })
     }
 
@@ -79,9 +74,8 @@ impl IdTokenKey {
 
     /// Signs `claims` as a JWT (RS256, with this key's `kid`).
     pub fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
-        let mut header = Header::new(ALGORITHM);
-        header.kid = Some(self.kid().to_owned());
-        jsonwebtoken::encode(&header, claims, &self.key).context("signing an ID token")
+        super::keys::sign_with(&self.key, &self.public, ALGORITHM, claims)
+            .context("signing an ID token")
     }
 }
 

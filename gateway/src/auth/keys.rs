@@ -60,13 +60,8 @@ impl SigningKey {
     pub fn from_pem(pem: &[u8]) -> anyhow::Result<Self> {
         let key =
             EncodingKey::from_ec_pem(pem).context("not a PKCS#8 PEM elliptic-curve private key")?;
-        let mut public = Jwk::from_encoding_key(&key, ALGORITHM)
+        let public = published_jwk(&key, ALGORITHM)
             .context("not a P-256 key (the gateway signs with ES256)")?;
-        let kid = public
-            .thumbprint(ThumbprintHash::SHA256)
-            .context("computing the key's thumbprint")?;
-        public.common.key_id = Some(kid);
-        public.common.public_key_use = Some(PublicKeyUse::Signature);
         Ok(SigningKey { key, public })
     }
 
@@ -88,10 +83,32 @@ impl SigningKey {
 
     /// Signs `claims` as a JWT (ES256, with this key's `kid`).
     pub fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
-        let mut header = Header::new(ALGORITHM);
-        header.kid = Some(self.kid().to_owned());
-        jsonwebtoken::encode(&header, claims, &self.key).context("signing a token")
+        sign_with(&self.key, &self.public, ALGORITHM, claims)
     }
+}
+
+/// The public JWK of a private key the gateway signs with `alg`: its `kid` is the RFC 7638
+/// thumbprint, its `use` is signing.
+pub(super) fn published_jwk(key: &EncodingKey, alg: Algorithm) -> anyhow::Result<Jwk> {
+    let mut public = Jwk::from_encoding_key(key, alg)?;
+    let kid = public
+        .thumbprint(ThumbprintHash::SHA256)
+        .context("computing the key's thumbprint")?;
+    public.common.key_id = Some(kid);
+    public.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok(public)
+}
+
+/// Signs `claims` as a JWT with `key` (`alg`, and the `kid` of its `public` JWK).
+pub(super) fn sign_with(
+    key: &EncodingKey,
+    public: &Jwk,
+    alg: Algorithm,
+    claims: &impl Serialize,
+) -> anyhow::Result<String> {
+    let mut header = Header::new(alg);
+    header.kid = public.common.key_id.clone();
+    jsonwebtoken::encode(&header, claims, key).context("signing a token")
 }
 
 /// `data_dir/auth-signing.pem`, made (P-256, mode 0600) if it does not exist.

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr as _;
 
-use sha2::{Digest as _, Sha256};
+use super::grants::hash_secret;
 use sqlx::AnyConnection;
 use time::OffsetDateTime;
 
@@ -76,11 +76,6 @@ fn parse_address(text: &str) -> Result<[u8; 20], Refused> {
         .map_err(|_| refused("an Ethereum address has 20 bytes"))
 }
 
-/// The SHA-256 of what binds a nonce to one browser, as stored.
-fn binding_hash(binding: &str) -> String {
-    hex::encode(Sha256::digest(binding.as_bytes()))
-}
-
 /// Writes the message for `address` to sign, with a fresh nonce bound to `binding` (a secret
 /// only the asking browser holds, such as its session id).
 pub async fn new_message(
@@ -117,7 +112,7 @@ pub async fn new_message(
         .await?;
     sqlx::query("INSERT INTO auth_siwe_nonce (nonce, binding, expires_at) VALUES ($1, $2, $3)")
         .bind(&nonce)
-        .bind(binding_hash(binding))
+        .bind(hash_secret(binding))
         .bind(expires.unix_timestamp())
         .execute(&mut *tx)
         .await?;
@@ -160,7 +155,7 @@ async fn spend_nonce(
         "DELETE FROM auth_siwe_nonce WHERE nonce = $1 AND binding = $2 AND expires_at >= $3",
     )
     .bind(nonce)
-    .bind(binding_hash(binding))
+    .bind(hash_secret(binding))
     .bind(now)
     .execute(conn)
     .await?
