@@ -256,15 +256,7 @@ pub async fn find_code(
     .await?;
     row.map(|row| {
         Ok(Code {
-            grant: Grant {
-                family_id: row.try_get("family_id")?,
-                client_id: row.try_get("client_id")?,
-                user_id: row.try_get("user_id")?,
-                scope: row.try_get("scope")?,
-                patient: row.try_get("patient")?,
-                encounter: row.try_get("encounter")?,
-                need_patient_banner: row.try_get::<i64, _>("need_patient_banner")? != 0,
-            },
+            grant: grant_of(&row)?,
             redirect_uri: row.try_get("redirect_uri")?,
             session_hash: row.try_get("session_hash")?,
             code_challenge: row.try_get("code_challenge")?,
@@ -274,6 +266,19 @@ pub async fn find_code(
         })
     })
     .transpose()
+}
+
+/// The grant columns that codes and refresh tokens share.
+fn grant_of(row: &sqlx::any::AnyRow) -> Result<Grant, sqlx::Error> {
+    Ok(Grant {
+        family_id: row.try_get("family_id")?,
+        client_id: row.try_get("client_id")?,
+        user_id: row.try_get("user_id")?,
+        scope: row.try_get("scope")?,
+        patient: row.try_get("patient")?,
+        encounter: row.try_get("encounter")?,
+        need_patient_banner: row.try_get::<i64, _>("need_patient_banner")? != 0,
+    })
 }
 
 /// Marks a code used; false when it already was (a concurrent exchange won).
@@ -404,15 +409,7 @@ pub async fn find_refresh(
     .await?;
     row.map(|row| {
         Ok(Refresh {
-            grant: Grant {
-                family_id: row.try_get("family_id")?,
-                client_id: row.try_get("client_id")?,
-                user_id: row.try_get("user_id")?,
-                scope: row.try_get("scope")?,
-                patient: row.try_get("patient")?,
-                encounter: row.try_get("encounter")?,
-                need_patient_banner: row.try_get::<i64, _>("need_patient_banner")? != 0,
-            },
+            grant: grant_of(&row)?,
             session_hash: row.try_get("session_hash")?,
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
