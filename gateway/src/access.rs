@@ -8,8 +8,10 @@
 //! query (search, includes, chains) or is checked on the resource row (read, writes). The
 //! rules are in ARCHITECTURE.md ("Access").
 //!
-//! Consent (issue 5) is not here; it will narrow what [`Access::allowed`] returns for the
-//! actor and purpose of use (the seam: one place builds every access filter).
+//! Consent (issue 5, [`crate::consent`]) narrows what [`Access::allowed`] returns for reads
+//! of patient-compartment data: the request's [`Gate`] adds the consent condition to the
+//! scopes' filter (the same seam builds every access filter), so read, vread, history,
+//! search, includes, chains, `$everything`, Bundle entries and `$proof` all apply it.
 
 use std::collections::BTreeSet;
 
@@ -20,6 +22,8 @@ use sqlx::AnyConnection;
 use crate::auth::Auth;
 use crate::auth::claims::{AccessClaims, UserKind};
 use crate::auth::scopes::{Context, Permission, ResourceScope, ScopeSet};
+use crate::config::ConsentDenied;
+use crate::consent::{BREAK_THE_GLASS_PURPOSE, Consent, Gate};
 use crate::error::{Error, Result};
 use crate::store::search::{self as sql, Alternative, Filter, TypeCondition};
 
@@ -61,6 +65,13 @@ pub struct Access {
     pub purpose_of_use: String,
     /// The token's id (for audit); `None` for the operator.
     pub jti: Option<String>,
+    /// Break-the-glass: a user with that permission named the emergency purpose of use, so
+    /// patient data is served without a consent grant (audited and flagged).
+    pub break_glass: bool,
+    /// What on-chain consent lets through ([`Gate::Open`] until [`Consent::gate`] set it).
+    pub consent: Gate,
+    /// How a read of one resource that consent does not cover answers.
+    pub consent_denied: ConsentDenied,
 }
 
 impl Access {
@@ -74,22 +85,36 @@ impl Access {
             encounter: None,
             purpose_of_use: purpose_of_use.unwrap_or(DEFAULT_PURPOSE_OF_USE).to_owned(),
             jti: None,
+            break_glass: false,
+            consent: Gate::Open,
+            consent_denied: ConsentDenied::Forbidden,
         }
     }
 
     /// The access a verified token grants. A request can name a purpose of use only if it is
-    /// the token's own (it cannot widen it), else 403.
+    /// the token's own (it cannot widen it), else 403; or `ETREAT` (break-the-glass) if the
+    /// token's user holds that permission.
     pub fn from_claims(claims: AccessClaims, requested_purpose: Option<&str>) -> Result<Access> {
-        let purpose = claims
+        let mut purpose = claims
             .purpose_of_use
             .clone()
             .unwrap_or_else(|| DEFAULT_PURPOSE_OF_USE.to_owned());
+        let mut break_glass = false;
         if let Some(requested) = requested_purpose
             && requested != purpose
         {
-            return Err(Error::Forbidden(format!(
-                "the token was granted for the purpose of use {purpose}; a request cannot name another ({requested})"
-            )));
+            if requested != BREAK_THE_GLASS_PURPOSE {
+                return Err(Error::Forbidden(format!(
+                    "the token was granted for the purpose of use {purpose}; a request cannot name another ({requested})"
+                )));
+            }
+            if !(claims.break_glass && claims.user_kind.is_some()) {
+                return Err(Error::Forbidden(format!(
+                    "only users with the break-the-glass permission may name the purpose of use {BREAK_THE_GLASS_PURPOSE} (emergency treatment without consent); this token's user does not hold it"
+                )));
+            }
+            break_glass = true;
+            purpose = BREAK_THE_GLASS_PURPOSE.to_owned();
         }
         let actor = match claims.user_kind {
             Some(kind) => Actor::User {
@@ -108,6 +133,9 @@ impl Access {
             encounter: claims.encounter,
             purpose_of_use: purpose,
             jti: Some(claims.jti),
+            break_glass,
+            consent: Gate::Open,
+            consent_denied: ConsentDenied::Forbidden,
         })
     }
 
@@ -138,8 +166,44 @@ impl Access {
     }
 
     /// What `permission` on `resource_type` is allowed: `None` every resource of the type,
-    /// `Some(filter)` those matching it; 403 when no scope grants it.
+    /// `Some(filter)` those matching it; 403 when no scope grants it. Reads of
+    /// patient-compartment types are narrowed further by consent (503 when its view is stale).
     pub fn allowed(&self, permission: Permission, resource_type: &str) -> Result<Option<Filter>> {
+        let scope = self.scope_allowed(permission, resource_type)?;
+        let consent = self.consent_filter(permission, resource_type)?;
+        Ok(match (scope, consent) {
+            (scope, None) => scope,
+            (None, consent) => consent,
+            (Some(scope), Some(consent)) => Some(both(scope, Some(consent))),
+        })
+    }
+
+    /// Whether reads of `resource_type` are consent-gated for this request: patient data
+    /// (the Patient compartment) read while the gate is not open.
+    fn consent_gated(&self, permission: Permission, resource_type: &str) -> bool {
+        matches!(permission, Permission::Read | Permission::Search)
+            && !matches!(self.consent, Gate::Open)
+            && (resource_type == "Patient"
+                || !patient_compartment_params(resource_type).is_empty())
+    }
+
+    /// The consent condition on reads of `resource_type`, if any.
+    fn consent_filter(&self, permission: Permission, resource_type: &str) -> Result<Option<Filter>> {
+        if !self.consent_gated(permission, resource_type) {
+            return Ok(None);
+        }
+        match &self.consent {
+            Gate::Open => Ok(None),
+            Gate::Stale(reason) => Err(Error::Unavailable(reason.clone())),
+            Gate::Grants(grants) => Ok(Some(Filter::Consent {
+                grants: grants.clone(),
+                params: patient_compartment_params(resource_type).to_vec(),
+            })),
+        }
+    }
+
+    /// What the token's scopes allow of `permission` on `resource_type`, consent aside.
+    fn scope_allowed(&self, permission: Permission, resource_type: &str) -> Result<Option<Filter>> {
         if self.is_operator() {
             return Ok(None);
         }
@@ -223,7 +287,7 @@ impl Access {
             s.context == Context::Patient
                 || (s.context == Context::User && self.patient_user().is_some())
         });
-        if compartment_bound {
+        if compartment_bound || self.consent_gated(permission, "Patient") {
             named.extend(patient_compartment_types().map(str::to_owned));
             named.insert("Patient".to_owned());
         }
@@ -334,17 +398,26 @@ impl Access {
         resource_type: &str,
         id: &str,
     ) -> Result<()> {
-        let Some(filter) = self.allowed(permission, resource_type)? else {
-            return Ok(());
-        };
-        if sql::row_matches(conn, resource_type, id, &filter, base_url).await? {
-            return Ok(());
+        if let Some(filter) = self.scope_allowed(permission, resource_type)?
+            && !sql::row_matches(conn, resource_type, id, &filter, base_url).await?
+        {
+            let (verb, _) = verb(permission);
+            return Err(Error::Forbidden(format!(
+                "{resource_type}/{id} is outside what the token may {verb} (its scopes' restrictions or patient compartment): {}",
+                self.scopes
+            )));
         }
-        let (verb, _) = verb(permission);
-        Err(Error::Forbidden(format!(
-            "{resource_type}/{id} is outside what the token may {verb} (its scopes' restrictions or patient compartment): {}",
-            self.scopes
-        )))
+        if let Some(filter) = self.consent_filter(permission, resource_type)?
+            && !sql::row_matches(conn, resource_type, id, &filter, base_url).await?
+        {
+            return Err(Consent::denied_error(
+                self.consent_denied,
+                resource_type,
+                id,
+                &self.purpose_of_use,
+            ));
+        }
+        Ok(())
     }
 
     /// Search filters confined to what the token may search: the inner resources of chained
@@ -453,8 +526,13 @@ impl FromRequest for Access {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let access = access_of(req);
         let auth = req.app_data::<web::Data<Auth>>().cloned();
+        let consent = req.app_data::<web::Data<Consent>>().cloned();
         Box::pin(async move {
-            let access = access?;
+            let mut access = access?;
+            if let Some(consent) = consent {
+                access.consent = consent.gate(&access).await?;
+                access.consent_denied = consent.config().denied;
+            }
             // a revoked token (RFC 7009) is refused like an invalid one
             if let (Some(jti), Some(auth)) = (&access.jti, auth)
                 && auth
@@ -531,6 +609,9 @@ mod tests {
             encounter: None,
             purpose_of_use: DEFAULT_PURPOSE_OF_USE.to_owned(),
             jti: Some("j".to_owned()),
+            break_glass: false,
+            consent: Gate::Open,
+            consent_denied: ConsentDenied::Forbidden,
         }
     }
 
@@ -593,6 +674,7 @@ mod tests {
             patient: None,
             encounter: None,
             purpose_of_use: None,
+            break_glass: false,
         };
         assert_eq!(
             Access::from_claims(claims.clone(), None)

@@ -22,6 +22,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub chain: ChainConfig,
     pub auth: AuthConfig,
+    pub consent: ConsentConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +220,39 @@ pub struct AuthConfig {
     pub siwe_chain_id: u64,
 }
 
+/// On-chain patient consent (the `[consent]` section): the ConsentRegistry the gateway follows
+/// and how it enforces what the index holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// Whether patient-compartment reads need a consent grant on chain. `false` serves every
+    /// token by its scopes alone (for a deployment whose consent lives elsewhere; the gateway
+    /// warns at start). The operator (`auth.required = false`) is never consent-gated.
+    pub enforce: bool,
+    /// The `ConsentRegistry` address. Unset: on the embedded chain the gateway deploys one
+    /// and records it in the database; on an `rpc` chain it must be set.
+    pub registry: Option<String>,
+    /// How deep a granting block must be before the grant counts (1 = mined).
+    /// Revocations count as soon as their block is seen.
+    pub confirmations: u64,
+    /// Milliseconds between two looks at the chain for new consent events.
+    pub poll_interval_ms: u64,
+    /// Seconds the index may go without catching up with the chain head before
+    /// consent-gated reads are refused with 503 (fail closed).
+    pub max_lag_secs: u64,
+    /// How a read of one resource that no grant covers answers: `forbidden` (403, saying
+    /// that consent is missing) or `not-found` (404, hiding that the resource exists).
+    pub denied: ConsentDenied,
+}
+
+/// See [`ConsentConfig::denied`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsentDenied {
+    Forbidden,
+    NotFound,
+}
+
 /// See [`AuthConfig::registration`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -319,6 +353,14 @@ impl Default for Config {
                 session_lifetime_secs: 8 * 3600,
                 siwe_chain_id: 1,
             },
+            consent: ConsentConfig {
+                enforce: true,
+                registry: None,
+                confirmations: 2,
+                poll_interval_ms: 500,
+                max_lag_secs: 30,
+                denied: ConsentDenied::Forbidden,
+            },
         }
     }
 }
@@ -393,14 +435,35 @@ impl Config {
                 "chain.mode = \"rpc\" needs exactly one of chain.signer_key (from the environment) and chain.signer_key_file"
             );
         }
-        if let Some(registry) = &self.chain.registry {
-            anyhow::ensure!(
-                registry.len() == 42
-                    && registry.starts_with("0x")
-                    && registry[2..].bytes().all(|b| b.is_ascii_hexdigit()),
-                "chain.registry must be a 0x-prefixed 20-byte hexadecimal address"
-            );
+        for (name, registry) in [
+            ("chain.registry", &self.chain.registry),
+            ("consent.registry", &self.consent.registry),
+        ] {
+            if let Some(registry) = registry {
+                anyhow::ensure!(
+                    registry.len() == 42
+                        && registry.starts_with("0x")
+                        && registry[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{name} must be a 0x-prefixed 20-byte hexadecimal address"
+                );
+            }
         }
+        anyhow::ensure!(
+            self.consent.confirmations >= 1,
+            "consent.confirmations must be at least 1"
+        );
+        anyhow::ensure!(
+            self.consent.poll_interval_ms >= 10,
+            "consent.poll_interval_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.consent.max_lag_secs >= 1,
+            "consent.max_lag_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.consent.max_lag_secs * 1000 > self.consent.poll_interval_ms,
+            "consent.max_lag_secs must be longer than consent.poll_interval_ms, or every read would be refused"
+        );
         anyhow::ensure!(
             (10..=3600).contains(&self.auth.access_token_lifetime_secs),
             "auth.access_token_lifetime_secs must be between 10 and 3600 (tokens are short-lived)"

@@ -71,6 +71,14 @@ pub enum Error {
     /// A valid token that does not grant the interaction (403, `error="insufficient_scope"`).
     #[error("{0}")]
     Forbidden(String),
+    /// Patient data the token's scopes allow, but no consent on chain covers (403, without a
+    /// `WWW-Authenticate` challenge: another token would not help).
+    #[error("{0}")]
+    NoConsent(String),
+    /// The server cannot decide right now, e.g. its view of the chain's consent state is too
+    /// old (503 with `Retry-After`: fail closed).
+    #[error("{0}")]
+    Unavailable(String),
     /// A business rule refused the request (a semantically wrong but well-formed request).
     #[error("{0}")]
     Unprocessable(String),
@@ -98,7 +106,8 @@ impl Error {
             Error::PayloadTooLarge(_) => "too-costly",
             Error::Unprocessable(_) => "processing",
             Error::Unauthorized { .. } => "login",
-            Error::Forbidden(_) => "forbidden",
+            Error::Forbidden(_) | Error::NoConsent(_) => "forbidden",
+            Error::Unavailable(_) => "transient",
             Error::Database(_) | Error::Internal(_) => "exception",
         }
     }
@@ -214,7 +223,8 @@ impl ResponseError for Error {
             }
             Error::Gone { .. } | Error::Erased { .. } => StatusCode::GONE,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::NoConsent(_) => StatusCode::FORBIDDEN,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -239,6 +249,9 @@ impl ResponseError for Error {
         let mut response = HttpResponse::build(self.status_code());
         if let Some(challenge) = self.challenge() {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
+        if let Error::Unavailable(_) = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "5"));
         }
         response
             .content_type(crate::rest::format::FHIR_JSON)
@@ -296,6 +309,8 @@ mod tests {
             (Error::PayloadTooLarge("x".into()), 413),
             (Error::MethodNotAllowed("x".into()), 405),
             (Error::Unprocessable("x".into()), 422),
+            (Error::NoConsent("x".into()), 403),
+            (Error::Unavailable("x".into()), 503),
             (Error::InvalidPatchResult(Vec::new()), 422),
             (Error::ProfileViolation(Vec::new()), 422),
         ];

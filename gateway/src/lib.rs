@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod erasure;
 pub mod error;
 pub mod interaction;

@@ -80,6 +80,20 @@ impl Application {
                 "auth.required = false: the FHIR API serves every request WITHOUT an access token, with full access to every record; never run so with real patient data"
             );
         }
+        if config.consent.enforce && config.chain.mode == ChainMode::Off && config.auth.required {
+            tracing::warn!(
+                "consent.enforce is on but chain.mode = \"off\": no consent can be read, so patient data is refused to every token (fail closed); set consent.enforce = false only if consent is decided elsewhere"
+            );
+        }
+        if !config.consent.enforce {
+            tracing::warn!(
+                "consent.enforce = false: patient data is served to any token whose scopes allow it, without on-chain consent"
+            );
+        }
+        let consent = web::Data::new(crate::consent::Consent::new(
+            config.consent.clone(),
+            store.clone(),
+        ));
         let state = web::Data::new(AppState {
             store: store.clone(),
             ctx: Context {
@@ -97,6 +111,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(auth.clone())
+                .app_data(consent.clone())
                 .wrap(Compress::default())
                 .wrap(crate::auth::cors::middleware(&base_path))
                 .wrap_fn(|req, srv| {

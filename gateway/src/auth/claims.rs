@@ -49,4 +49,9 @@ pub struct AccessClaims {
     /// when not the default, treatment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose_of_use: Option<String>,
+    /// The user may break the glass: read patient data without a consent grant in an
+    /// emergency, by naming the purpose of use `ETREAT` on the request (always audited and
+    /// flagged). Only users the operator gave that permission get it.
+    #[serde(default, rename = "btg", skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }

@@ -286,6 +286,7 @@ pub fn operator_token(
         patient,
         encounter: None,
         purpose_of_use: None,
+        break_glass: false,
     };
     key.sign(&claims)
 }

@@ -114,6 +114,7 @@ async fn issue(
         patient: None,
         encounter: None,
         purpose_of_use: None,
+        break_glass: false,
     };
     let access_token = auth
         .key

@@ -115,6 +115,7 @@ mod tests {
             patient: None,
             encounter: None,
             purpose_of_use: None,
+            break_glass: false,
         })
     }
 

@@ -104,6 +104,13 @@ pub fn capability_statement(ctx: &Context) -> Value {
             if !supported.is_empty() {
                 resource["supportedProfile"] = json!(supported);
             }
+            if resource_type == "Patient" {
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    "documentation": "GET Patient/[id]/$everything (_type, _since, _count): the Patient and its compartment, within the token's scopes and the patient's consent"
+                }]);
+            }
             resource
         })
         .collect();

@@ -23,7 +23,7 @@ use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType};
 use crate::store::search::{
-    self as sql, Cursor, Filter, Modifier, Query, SortField, SortKey, TextQuery,
+    self as sql, Alternative, Cursor, Filter, Modifier, Query, SortField, SortKey, TextQuery, TypeCondition,
 };
 use crate::subset::{self, ResultParams, SearchMode, Subset};
 
@@ -87,6 +87,9 @@ pub enum Scope<'a> {
     Type(&'a ResourceType),
     /// `[base]/Patient/[id]/[type]?...`
     PatientCompartment(&'a ResourceId, &'a ResourceType),
+    /// `[base]/Patient/[id]/$everything?...`: the patient and every resource in their
+    /// compartment (`_type` narrows the types, `_since` the last update).
+    Everything(&'a ResourceId),
 }
 
 fn registry() -> &'static Registry {
@@ -116,9 +119,18 @@ impl SearchRequest {
             ignored: Vec::new(),
             applied: Vec::new(),
         };
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
+        if let Scope::Everything(_) = scope {
+            // `_since`: what changed since then (the Patient included when it changed)
+            for (name, value) in &mut pairs {
+                if name == "_since" {
+                    *name = "_lastUpdated".to_owned();
+                    *value = format!("ge{value}");
+                }
+            }
+        }
         match scope {
             Scope::Type(t) => request.types.push(t.to_string()),
             Scope::PatientCompartment(patient, t) => {
@@ -133,6 +145,39 @@ impl SearchRequest {
                     patient_id: patient.to_string(),
                     params: params.to_vec(),
                 });
+            }
+            Scope::Everything(patient) => {
+                let mut types: Vec<String> = std::iter::once("Patient")
+                    .chain(fhir_profiles::compartment::patient_compartment_types())
+                    .map(str::to_owned)
+                    .collect();
+                types.sort();
+                types.dedup();
+                if let Some((_, value)) = pairs.iter().find(|(name, _)| name == "_type") {
+                    let mut asked = Vec::new();
+                    for t in value.split(',') {
+                        let t = ResourceType::parse(t.trim())?.to_string();
+                        if !types.contains(&t) {
+                            return Err(Error::Invalid(format!(
+                                "_type={t}: $everything returns the Patient and the types of the Patient compartment; {t} is not one of them"
+                            )));
+                        }
+                        asked.push(t);
+                    }
+                    types = asked;
+                }
+                let alternatives = types
+                    .iter()
+                    .map(|t| Alternative {
+                        types: TypeCondition::Is(t.clone()),
+                        filters: vec![Filter::PatientCompartment {
+                            patient_id: patient.to_string(),
+                            params: patient_compartment_params(t).to_vec(),
+                        }],
+                    })
+                    .collect();
+                request.filters.push(Filter::AnyOf(alternatives));
+                request.types = types;
             }
             Scope::System => {
                 for (name, value) in &pairs {
@@ -900,6 +945,7 @@ fn link(
         Scope::System => String::new(),
         Scope::Type(t) => format!("/{t}"),
         Scope::PatientCompartment(id, t) => format!("/Patient/{id}/{t}"),
+        Scope::Everything(id) => format!("/Patient/{id}/$everything"),
     };
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in applied {

@@ -85,6 +85,11 @@ pub(super) fn scope(base_path: &str) -> Scope {
                 .default_service(not_allowed()),
         )
         .service(
+            web::resource("/Patient/{id}/$everything")
+                .route(web::get().to(patient_everything))
+                .default_service(not_allowed()),
+        )
+        .service(
             web::resource("/{type}/{id}/$proof")
                 .route(web::get().to(proof_current))
                 .default_service(not_allowed()),
@@ -597,6 +602,36 @@ async fn search_system_post(
 ) -> Result<HttpResponse> {
     let query = form_query(&req, payload, &state).await?;
     run_search(&req, &state, &access, SearchScope::System, &query).await
+}
+
+/// `GET [base]/Patient/[id]/$everything?...`: the patient's record, as far as the token's
+/// scopes and the patient's consent allow (operation-patient-everything.html).
+async fn patient_everything(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: State,
+    access: Access,
+) -> Result<HttpResponse> {
+    let patient = ResourceId::parse(&path)?;
+    // the patient must be readable at all: an unknown or hidden patient answers as a read does
+    let mut conn = state.store.reader().await?;
+    crate::interaction::read::read(
+        &mut conn,
+        &state.ctx,
+        &access,
+        &ResourceType::parse("Patient")?,
+        &patient,
+    )
+    .await?;
+    drop(conn);
+    run_search(
+        &req,
+        &state,
+        &access,
+        SearchScope::Everything(&patient),
+        req.query_string(),
+    )
+    .await
 }
 
 /// `GET [base]/Patient/[id]/[type]?...` (Patient compartment search)

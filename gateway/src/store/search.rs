@@ -38,7 +38,7 @@ impl Sql {
         format!("${}", self.binds.len())
     }
 
-    fn text(&mut self, value: &str) -> String {
+    pub(crate) fn text(&mut self, value: &str) -> String {
         self.bind(Bind::Text(value.to_owned()))
     }
 
@@ -167,6 +167,12 @@ pub enum Filter {
     /// Resources in the compartment of `Patient/{0}`, linked by the given parameters.
     PatientCompartment {
         patient_id: String,
+        params: Vec<String>,
+    },
+    /// Resources of a Patient-compartment type (linked to patients by `params`) whose every
+    /// patient has consented to the requester reading them ([`super::consent::condition`]).
+    Consent {
+        grants: std::sync::Arc<super::consent::Grants>,
         params: Vec<String>,
     },
     /// Resources for which one of the alternatives holds (none: no resource). What an access
@@ -324,6 +330,9 @@ pub fn condition(
             } else {
                 format!("({})", parts.join(" OR "))
             }
+        }
+        Filter::Consent { grants, params } => {
+            super::consent::condition(sql, alias, rtype, params, grants)
         }
         Filter::PatientCompartment { patient_id, params } => {
             let id = sql.text(patient_id);

@@ -65,6 +65,8 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     );
     // no access token needed unless a test asks for it (tests/api/access.rs)
     config.auth.required = false;
+    // no on-chain consent unless a test asks for it (tests/api/consent.rs)
+    config.consent.enforce = false;
     if let Db::Postgres = db {
         config.database.url = Some(new_postgres_database().await.into());
     }

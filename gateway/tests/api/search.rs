@@ -89,6 +89,56 @@ both!(
 );
 
 both!(
+    patient_everything_returns_the_patient_and_their_compartment,
+    |app: TestApp| async move {
+        let (ann, bob, hba1c, bp) = fixture(&app).await;
+        let mut ids = app.search_ids(&format!("Patient/{ann}/$everything")).await;
+        ids.sort();
+        let mut expected = vec![ann.clone(), hba1c.clone()];
+        expected.sort();
+        assert_eq!(ids, expected, "ann's record and nothing of bob's ({bob}, {bp})");
+        let ids = app
+            .search_ids(&format!("Patient/{ann}/$everything?_type=Observation"))
+            .await;
+        assert_eq!(ids, vec![hba1c.clone()]);
+        let ids = app
+            .search_ids(&format!("Patient/{ann}/$everything?_since=2999-01-01"))
+            .await;
+        assert!(ids.is_empty(), "nothing changed since then: {ids:?}");
+        // paging: one resource a page, every page linked
+        let (status, page) = app
+            .get_json(&format!("Patient/{ann}/$everything?_count=1"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(page["total"], 2);
+        assert_eq!(page["entry"].as_array().map(Vec::len), Some(1));
+        let next = page["link"]
+            .as_array()
+            .and_then(|links| links.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .expect("a next link")
+            .to_owned();
+        assert!(next.contains("/Patient/") && next.contains("$everything"), "{next}");
+        let page = app
+            .client
+            .get(&next)
+            .send()
+            .await
+            .expect("sent")
+            .json::<serde_json::Value>()
+            .await
+            .expect("json");
+        assert_eq!(page["entry"].as_array().map(Vec::len), Some(1));
+        let (status, outcome) = app
+            .get_json(&format!("Patient/{ann}/$everything?_type=Organization"))
+            .await;
+        assert_eq!(status, 400, "{outcome}");
+        let (status, outcome) = app.get_json("Patient/nobody/$everything").await;
+        assert_eq!(status, 404, "{outcome}");
+    }
+);
+
+both!(
     includes_sorting_totals_and_paging,
     |app: TestApp| async move {
         let (ann, bob, hba1c, bp) = fixture(&app).await;

@@ -1,0 +1,329 @@
+//! The consent index (migration 0012): the ConsentRegistry's grants as the follower read them
+//! from the chain, the Patient ↔ wallet binding, and the SQL condition that lets
+//! patient-compartment rows through only where a grant covers them.
+
+use sqlx::{AnyConnection, Row as _};
+
+use super::search::Sql;
+
+/// Where the index stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub chain_id: i64,
+    /// The registry followed (`0x` + 40 lowercase hex digits).
+    pub registry: String,
+    /// The registry's deployment block: where a full re-read starts.
+    pub start_block: i64,
+    /// Read through this block.
+    pub block_number: i64,
+    pub block_hash: String,
+    /// The chain head when last synced.
+    pub head: i64,
+    /// When the index last caught up with the head (ms since the epoch).
+    pub synced_at: i64,
+}
+
+/// The condition that lets patient-compartment data through: a grant to one of `grantees`
+/// for `purpose`, effective at the index's block, or the requester's own record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grants {
+    /// Grantee ids (`0x` + 64 lowercase hex digits) the request acts as.
+    pub grantees: Vec<String>,
+    /// The request's purpose of use.
+    pub purpose: String,
+    /// A patient user's own Patient id: always readable.
+    pub own_patient: Option<String>,
+    /// Grants made in blocks up to this one count (confirmations reached).
+    pub confirmed_through: i64,
+    /// Now, in seconds since the epoch: grants expiring at or before it do not count.
+    pub now_secs: i64,
+    /// The block the index had read through: the chain state the decision rests on.
+    pub block: i64,
+}
+
+/// The index's cursor; `None` before the follower first caught up.
+pub async fn cursor(conn: &mut AnyConnection) -> Result<Option<Cursor>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT chain_id, registry, start_block, block_number, block_hash, head, synced_at \
+         FROM consent_cursor WHERE id = 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(Cursor {
+            chain_id: row.try_get("chain_id")?,
+            registry: row.try_get("registry")?,
+            start_block: row.try_get("start_block")?,
+            block_number: row.try_get("block_number")?,
+            block_hash: row.try_get("block_hash")?,
+            head: row.try_get("head")?,
+            synced_at: row.try_get("synced_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// The Patient ids whose data of `resource_type` `grants` opens: a subquery.
+fn consented_patients(sql: &mut Sql, resource_type: &str, grants: &Grants) -> String {
+    let grantees: Vec<String> = grants.grantees.iter().map(|g| sql.text(g)).collect();
+    let purpose = sql.text(&grants.purpose);
+    let confirmed = sql.bind(super::search::Bind::Int(grants.confirmed_through));
+    let now = sql.bind(super::search::Bind::Int(grants.now_secs));
+    let rt = sql.text(resource_type);
+    let grantees = if grantees.is_empty() {
+        "NULL".to_owned()
+    } else {
+        grantees.join(", ")
+    };
+    format!(
+        "SELECT b.patient_id FROM patient_wallet b JOIN consent_grant g ON g.patient_wallet = b.wallet_address \
+         WHERE g.grantee IN ({grantees}) AND g.purpose = {purpose} AND g.revoked_block IS NULL \
+         AND g.granted_block <= {confirmed} AND (g.expires_at = 0 OR g.expires_at > {now}) \
+         AND (g.all_types = 1 OR EXISTS (SELECT 1 FROM consent_grant_type t WHERE t.grant_id = g.grant_id \
+         AND t.resource_type = {rt}))"
+    )
+}
+
+/// The condition on the row `{alias}` of `resource_type` (in the Patient compartment through
+/// `params`): every patient whose compartment holds it has a grant in `grants` (or is the
+/// requester). A resource in no patient's compartment (an Observation of a Group) passes.
+pub fn condition(
+    sql: &mut Sql,
+    alias: &str,
+    resource_type: &str,
+    params: &[String],
+    grants: &Grants,
+) -> String {
+    let mut parts = Vec::new();
+    if !params.is_empty() {
+        let rt = sql.text(resource_type);
+        let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
+        let own = grants
+            .own_patient
+            .as_deref()
+            .map(|p| format!(" AND x.target_id <> {}", sql.text(p)))
+            .unwrap_or_default();
+        let consented = consented_patients(sql, resource_type, grants);
+        parts.push(format!(
+            "NOT EXISTS (SELECT 1 FROM idx_reference x WHERE x.rkey = {alias}.rkey AND x.rtype = {rt} \
+             AND x.param IN ({}) AND x.target_type = 'Patient'{own} AND x.target_id NOT IN ({consented}))",
+            list.join(", ")
+        ));
+    }
+    if resource_type == "Patient" {
+        let own = grants
+            .own_patient
+            .as_deref()
+            .map(|p| format!("{alias}.id = {} OR ", sql.text(p)))
+            .unwrap_or_default();
+        let consented = consented_patients(sql, resource_type, grants);
+        parts.push(format!("({own}{alias}.id IN ({consented}))"));
+    }
+    if parts.is_empty() {
+        "1 = 1".to_owned()
+    } else {
+        format!("({})", parts.join(" AND "))
+    }
+}
+
+/// One grant as a `ConsentGranted` event recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub grant_id: i64,
+    /// `0x` + 40 lowercase hex digits.
+    pub patient_wallet: String,
+    /// `0x` + 64 lowercase hex digits.
+    pub grantee: String,
+    pub purpose: String,
+    /// Empty: every resource type.
+    pub resource_types: Vec<String>,
+    /// Seconds since the epoch; 0: until revoked.
+    pub expires_at: i64,
+    pub block: i64,
+    pub tx: String,
+}
+
+/// What one block range of the registry's events changes in the index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub grants: Vec<GrantRecord>,
+    /// `(grant_id, block, tx)` of each revocation.
+    pub revocations: Vec<(i64, i64, String)>,
+    /// `(number, hash)` of the blocks that held the events.
+    pub blocks: Vec<(i64, String)>,
+}
+
+/// How many block hashes are kept to find where a reorg forked off.
+const KEPT_BLOCK_HASHES: i64 = 256;
+
+/// Starts (or restarts) the index for `registry`: everything recorded of another registry or
+/// chain goes, and reading starts after `start_block - 1` (whose hash is `start_hash`).
+/// `synced_at` 0: not caught up yet.
+pub async fn reset(
+    conn: &mut AnyConnection,
+    chain_id: i64,
+    registry: &str,
+    start_block: i64,
+    start_hash: &str,
+) -> Result<(), sqlx::Error> {
+    for table in [
+        "consent_grant_type",
+        "consent_grant",
+        "consent_block",
+        "consent_cursor",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO consent_cursor (id, chain_id, registry, start_block, block_number, block_hash, head, synced_at) \
+         VALUES (1, $1, $2, $3, $4, $5, $4, 0)",
+    )
+    .bind(chain_id)
+    .bind(registry)
+    .bind(start_block)
+    .bind(start_block - 1)
+    .bind(start_hash)
+    .execute(&mut *conn)
+    .await?;
+    remember_block(conn, start_block - 1, start_hash).await
+}
+
+async fn remember_block(conn: &mut AnyConnection, number: i64, hash: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM consent_block WHERE block_number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO consent_block (block_number, block_hash) VALUES ($1, $2)")
+        .bind(number)
+        .bind(hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Records `changes` (read from the blocks after the cursor through `block`) and moves the
+/// cursor to `block`; `caught_up_at` (ms since the epoch) when `block` was the head, so the
+/// index is current as of then.
+pub async fn apply(
+    conn: &mut AnyConnection,
+    changes: &Changes,
+    block: (i64, &str),
+    head: i64,
+    caught_up_at: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    for grant in &changes.grants {
+        sqlx::query(
+            "INSERT INTO consent_grant (grant_id, patient_wallet, grantee, purpose, all_types, expires_at, granted_block, granted_tx) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(grant.grant_id)
+        .bind(&grant.patient_wallet)
+        .bind(&grant.grantee)
+        .bind(&grant.purpose)
+        .bind(i64::from(grant.resource_types.is_empty()))
+        .bind(grant.expires_at)
+        .bind(grant.block)
+        .bind(&grant.tx)
+        .execute(&mut *conn)
+        .await?;
+        for resource_type in &grant.resource_types {
+            sqlx::query(
+                "INSERT INTO consent_grant_type (grant_id, resource_type) VALUES ($1, $2) \
+                 ON CONFLICT (grant_id, resource_type) DO NOTHING",
+            )
+            .bind(grant.grant_id)
+            .bind(resource_type)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    for (grant_id, revoked_block, tx) in &changes.revocations {
+        sqlx::query(
+            "UPDATE consent_grant SET revoked_block = $2, revoked_tx = $3 \
+             WHERE grant_id = $1 AND revoked_block IS NULL",
+        )
+        .bind(grant_id)
+        .bind(revoked_block)
+        .bind(tx)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (number, hash) in &changes.blocks {
+        remember_block(conn, *number, hash).await?;
+    }
+    remember_block(conn, block.0, block.1).await?;
+    sqlx::query("DELETE FROM consent_block WHERE block_number < $1")
+        .bind(block.0 - KEPT_BLOCK_HASHES)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE consent_cursor SET block_number = $1, block_hash = $2, head = $3, \
+         synced_at = CASE WHEN $4 > 0 THEN $4 ELSE synced_at END WHERE id = 1",
+    )
+    .bind(block.0)
+    .bind(block.1)
+    .bind(head)
+    .bind(caught_up_at.unwrap_or(0))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The block hashes the index remembers, newest first.
+pub async fn known_blocks(conn: &mut AnyConnection) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT block_number, block_hash FROM consent_block ORDER BY block_number DESC",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("block_number")?, row.try_get("block_hash")?)))
+        .collect()
+}
+
+/// Undoes everything recorded from blocks after `block` (a reorg replaced them): their
+/// grants go, their revocations are lifted, and the cursor returns to `block`.
+pub async fn roll_back(
+    conn: &mut AnyConnection,
+    block: (i64, &str),
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM consent_grant_type WHERE grant_id IN \
+         (SELECT grant_id FROM consent_grant WHERE granted_block > $1)",
+    )
+    .bind(block.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM consent_grant WHERE granted_block > $1")
+        .bind(block.0)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE consent_grant SET revoked_block = NULL, revoked_tx = NULL WHERE revoked_block > $1",
+    )
+    .bind(block.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM consent_block WHERE block_number > $1")
+        .bind(block.0)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE consent_cursor SET block_number = $1, block_hash = $2 WHERE id = 1")
+        .bind(block.0)
+        .bind(block.1)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks the index current as of `now_ms` with the head at `head` (nothing new to read).
+pub async fn touch(conn: &mut AnyConnection, head: i64, now_ms: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE consent_cursor SET head = $1, synced_at = $2 WHERE id = 1")
+        .bind(head)
+        .bind(now_ms)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
