@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage as _, HttpRequest, dev::Payload, web};
 use fhir_profiles::compartment::{patient_compartment_params, patient_compartment_types};
 use sqlx::AnyConnection;
 
@@ -23,7 +23,7 @@ use crate::auth::Auth;
 use crate::auth::claims::{AccessClaims, UserKind};
 use crate::auth::scopes::{Context, Permission, ResourceScope, ScopeSet};
 use crate::config::ConsentDenied;
-use crate::consent::{BREAK_THE_GLASS_PURPOSE, Consent, Gate};
+use crate::consent::{BREAK_THE_GLASS_PURPOSE, BreakGlass, Consent, Gate};
 use crate::error::{Error, Result};
 use crate::store::search::{self as sql, Alternative, Filter, TypeCondition};
 
@@ -527,11 +527,22 @@ impl FromRequest for Access {
         let access = access_of(req);
         let auth = req.app_data::<web::Data<Auth>>().cloned();
         let consent = req.app_data::<web::Data<Consent>>().cloned();
+        let req = req.clone();
         Box::pin(async move {
             let mut access = access?;
             if let Some(consent) = consent {
                 access.consent = consent.gate(&access).await?;
                 access.consent_denied = consent.config().denied;
+            }
+            if access.break_glass
+                && let Actor::User { id, .. } = &access.actor
+            {
+                // recorded by the middleware before the response goes out
+                req.extensions_mut().insert(BreakGlass {
+                    user_id: id.clone(),
+                    client_id: access.client_id.clone().unwrap_or_default(),
+                    jti: access.jti.clone().unwrap_or_default(),
+                });
             }
             // a revoked token (RFC 7009) is refused like an invalid one
             if let (Some(jti), Some(auth)) = (&access.jti, auth)

@@ -143,6 +143,17 @@ enum UserCommand {
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Give (or with --revoke take) a practitioner's or staff user's permission to break the
+    /// glass: to read patient data without consent in an emergency, by naming the purpose of
+    /// use ETREAT (always recorded and flagged). Tokens issued afterwards carry it.
+    BreakGlass {
+        /// The user, by id or username.
+        user: String,
+        #[arg(long)]
+        revoke: bool,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Disable a user (by id or username): they can no longer sign in or refresh tokens.
     Disable {
         user: String,
@@ -432,7 +443,8 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
     let config = match &command {
         UserCommand::Add { config, .. }
         | UserCommand::List { config }
-        | UserCommand::Disable { config, .. } => Config::load(config.as_deref())?,
+        | UserCommand::Disable { config, .. }
+        | UserCommand::BreakGlass { config, .. } => Config::load(config.as_deref())?,
     };
     telemetry::init_stderr(&config.log);
     let store = Store::connect(&config.database).await?;
@@ -469,6 +481,20 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&users::list(&store).await?)?
+                );
+            }
+            UserCommand::BreakGlass {
+                user,
+                revoke,
+                config: _,
+            } => {
+                anyhow::ensure!(
+                    users::set_break_glass(&store, &user, !revoke).await?,
+                    "no practitioner or staff user {user:?}"
+                );
+                println!(
+                    "{}",
+                    serde_json::json!({"user": user, "breakGlass": !revoke})
                 );
             }
             UserCommand::Disable { user, config: _ } => {

@@ -6,7 +6,7 @@ use std::time::Instant as StdInstant;
 
 use actix_web::dev::{Server, Service};
 use actix_web::middleware::Compress;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpMessage as _, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use serde_json::json;
 
@@ -106,12 +106,60 @@ impl Application {
         fhir_profiles::Definitions::r4();
         fhir_profiles::search::Registry::r4();
         let workers = config.server.workers;
+        let break_glass_store = store.clone();
         let mut server = HttpServer::new(move || {
+            let break_glass_store = break_glass_store.clone();
             let base_path = base_path.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(consent.clone())
+                .wrap_fn(move |req, srv| {
+                    // break-the-glass: recorded before the response goes out, or not served
+                    let store = break_glass_store.clone();
+                    let response = srv.call(req);
+                    async move {
+                        let response = response.await?;
+                        let marker = response
+                            .request()
+                            .extensions()
+                            .get::<crate::consent::BreakGlass>()
+                            .cloned();
+                        let Some(marker) = marker else {
+                            return Ok(response.map_into_left_body());
+                        };
+                        let method = response.request().method().to_string();
+                        let path = response
+                            .request()
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str().to_owned())
+                            .unwrap_or_default();
+                        let status = response.status().as_u16();
+                        match crate::consent::record_break_glass(&store, &marker, &method, &path, status).await {
+                            Ok(()) => {
+                                let mut response = response.map_into_left_body();
+                                response.headers_mut().insert(
+                                    actix_web::http::header::HeaderName::from_static("x-break-the-glass"),
+                                    actix_web::http::header::HeaderValue::from_static("recorded"),
+                                );
+                                Ok(response)
+                            }
+                            Err(error) => {
+                                tracing::error!(error = %format!("{error:#}"), "a break-the-glass access could not be recorded; not served");
+                                let refusal = crate::error::Error::Unavailable(
+                                    "a break-the-glass access is served only once it is recorded, and recording it failed; retry".to_owned(),
+                                );
+                                let (req, _) = response.into_parts();
+                                Ok(actix_web::dev::ServiceResponse::new(
+                                    req,
+                                    actix_web::ResponseError::error_response(&refusal),
+                                )
+                                .map_into_right_body())
+                            }
+                        }
+                    }
+                })
                 .wrap(Compress::default())
                 .wrap(crate::auth::cors::middleware(&base_path))
                 .wrap_fn(|req, srv| {

@@ -271,7 +271,7 @@ async fn issue(
         patient: grant.patient.clone(),
         encounter: grant.encounter.clone(),
         purpose_of_use: None,
-        break_glass: false,
+        break_glass: user.break_glass && user_kind != UserKind::Patient,
     };
     let sign_error = |_| OAuthError::new("server_error", "the token could not be signed");
     let access_token = auth.key.sign(&claims).map_err(sign_error)?;

@@ -122,6 +122,7 @@ pub async fn add(
         locked_until: None,
         disabled_at: None,
         created_at: Instant::now().millis(),
+        break_glass: false,
     };
     let mut tx = store.begin().await?;
     users::insert(&mut tx, &user).await.map_err(|e| match e {
@@ -136,6 +137,15 @@ pub async fn add(
 
 pub async fn list(store: &Store) -> anyhow::Result<Vec<User>> {
     Ok(users::list(&mut *store.reader().await?).await?)
+}
+
+/// Gives (`allowed`) or takes the break-the-glass permission of a practitioner or staff user,
+/// by id or username; whether there was one. Tokens issued after carry it.
+pub async fn set_break_glass(store: &Store, user: &str, allowed: bool) -> anyhow::Result<bool> {
+    let mut tx = store.begin().await?;
+    let changed = users::set_break_glass(&mut tx, user, allowed).await?;
+    tx.commit().await?;
+    Ok(changed)
 }
 
 /// Disables a user, by id or username; whether there was one (not yet disabled).

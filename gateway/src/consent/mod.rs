@@ -182,3 +182,82 @@ pub fn grantee_of_user(user_id: &str) -> String {
 fn hex_id(text: &str) -> String {
     format!("0x{}", hex::encode(alloy::primitives::keccak256(text.as_bytes())))
 }
+
+/// Marks a request served under break-the-glass (set by the access extractor, read by the
+/// middleware that records it: [`record_break_glass`]).
+#[derive(Debug, Clone)]
+pub struct BreakGlass {
+    pub user_id: String,
+    pub client_id: String,
+    pub jti: String,
+}
+
+/// Records one request served under break-the-glass, before its response goes out: who,
+/// through which app, the method, path and status, and the patient when the path names one
+/// (`Patient/{id}...`, or a resource in a patient's compartment). The path stays in the
+/// database, never in a log line.
+pub async fn record_break_glass(
+    store: &Store,
+    marker: &BreakGlass,
+    method: &str,
+    path: &str,
+    status: u16,
+) -> anyhow::Result<()> {
+    let mut tx = store.begin().await?;
+    let patient = patient_of_path(&mut tx, path).await?;
+    sqlx::query(
+        "INSERT INTO break_glass_access (access_id, at, user_id, client_id, jti, method, route, patient_id, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(crate::model::Instant::now().millis())
+    .bind(&marker.user_id)
+    .bind(&marker.client_id)
+    .bind(&marker.jti)
+    .bind(method)
+    .bind(path)
+    .bind(patient)
+    .bind(i64::from(status))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(method, status, "break-the-glass access served and recorded");
+    Ok(())
+}
+
+/// The patient a FHIR path is about: `.../Patient/{id}[/...]`, or the first patient in the
+/// compartment of `.../{type}/{id}`.
+async fn patient_of_path(conn: &mut sqlx::AnyConnection, path: &str) -> anyhow::Result<Option<String>> {
+    let segments: Vec<&str> = path
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    for (i, pair) in segments.windows(2).enumerate() {
+        let (resource_type, id) = (pair[0], pair[1]);
+        if resource_type == "Patient" && !id.starts_with('$') && !id.starts_with('_') {
+            return Ok(Some(id.to_owned()));
+        }
+        let params = fhir_profiles::compartment::patient_compartment_params(resource_type);
+        if !params.is_empty() && i + 2 == segments.len() || (!params.is_empty() && segments.get(i + 2) == Some(&"_history")) {
+            let placeholders: Vec<String> = (0..params.len()).map(|n| format!("${}", n + 3)).collect();
+            // audited: only placeholders are formatted in
+            let sql = format!(
+                "SELECT x.target_id FROM idx_reference x JOIN resource r ON r.rkey = x.rkey \
+                 WHERE r.resource_type = $1 AND r.id = $2 AND x.target_type = 'Patient' AND x.param IN ({}) \
+                 ORDER BY x.target_id LIMIT 1",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(resource_type)
+                .bind(id);
+            for param in params {
+                query = query.bind(param.as_str());
+            }
+            return Ok(query.fetch_optional(&mut *conn).await?);
+        }
+    }
+    Ok(None)
+}

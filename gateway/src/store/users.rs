@@ -28,10 +28,13 @@ pub struct User {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<i64>,
     pub created_at: i64,
+    /// May read patient data without consent in an emergency (break-the-glass).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 const COLUMNS: &str = "user_id, kind, username, password_hash, wallet_address, fhir_user, \
-                       failed_sign_ins, locked_until, disabled_at, created_at";
+                       failed_sign_ins, locked_until, disabled_at, created_at, break_glass";
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
     Ok(User {
@@ -45,6 +48,7 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
         locked_until: row.try_get("locked_until")?,
         disabled_at: row.try_get("disabled_at")?,
         created_at: row.try_get("created_at")?,
+        break_glass: row.try_get::<i64, _>("break_glass")? != 0,
     })
 }
 
@@ -117,6 +121,25 @@ pub async fn disable(conn: &mut AnyConnection, user: &str, now: i64) -> Result<b
          WHERE (user_id = $2 OR username = $2) AND disabled_at IS NULL",
     )
     .bind(now)
+    .bind(user)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+/// Gives or takes the break-the-glass permission of a practitioner or staff user (by id or
+/// username); whether there was such a user.
+pub async fn set_break_glass(
+    conn: &mut AnyConnection,
+    user: &str,
+    allowed: bool,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE auth_user SET break_glass = $1 \
+         WHERE (user_id = $2 OR username = $2) AND kind <> 'patient'",
+    )
+    .bind(i64::from(allowed))
     .bind(user)
     .execute(conn)
     .await?
