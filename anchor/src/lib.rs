@@ -56,6 +56,7 @@ pub mod audit;
 mod bytes;
 mod canonical;
 pub mod chain;
+pub mod consent;
 pub mod error;
 mod leaf;
 mod tree;
