@@ -29,6 +29,10 @@
 //! it. Error and log lines name the RPC endpoint by scheme, host and port only, since a path or
 //! query often holds an API key.
 //!
+//! The sending (nonces, simulation, fees, replacements, reorgs, confirmations) is the crate's
+//! `TxSender` (`chain/sender.rs`), which the consent relayer ([`crate::consent`]) shares: each
+//! transaction's plan carries the decoder of its contract's custom errors.
+//!
 //! A [`RegistryReader`] reads without a key: the registry's views and events, the head,
 //! canonical block hashes and receipts, what an auditor checks a proof against (the
 //! `fhir-anchor` command, [`crate::audit`]). The client's read methods go through one.
