@@ -29,19 +29,19 @@
 //! it. Error and log lines name the RPC endpoint by scheme, host and port only, since a path or
 //! query often holds an API key.
 //!
+//! The sending (nonces, simulation, fees, replacements, reorgs, confirmations) is the crate's
+//! `TxSender` (`chain/sender.rs`), which the consent relayer ([`crate::consent`]) shares: each
+//! transaction's plan carries the decoder of its contract's custom errors.
+//!
 //! A [`RegistryReader`] reads without a key: the registry's views and events, the head,
 //! canonical block hashes and receipts, what an auditor checks a proof against (the
 //! `fhir-anchor` command, [`crate::audit`]). The client's read methods go through one.
 
 use std::str::FromStr as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use alloy::eips::BlockNumberOrTag;
-use alloy::eips::eip2718::Encodable2718 as _;
-use alloy::network::{EthereumWallet, NetworkTransactionBuilder as _, TransactionBuilder as _};
 use alloy::primitives::{Bytes, TxKind};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolInterface as _;
 use alloy::transports::{RpcError, TransportErrorKind};
@@ -51,7 +51,9 @@ use crate::NodeHash;
 pub use alloy::primitives::{Address, B256, U256};
 
 mod reader;
+mod sender;
 pub use reader::{AnchorReceipt, RegistryReader};
+pub(crate) use sender::{Plan, TxSender};
 
 alloy::sol!(
     #[sol(rpc)]
@@ -262,6 +264,9 @@ pub enum ChainError {
     /// The registry refused the call with one of its custom errors.
     #[error("the registry refused: {0}")]
     Registry(#[from] RegistryError),
+    /// The consent registry refused the call with one of its custom errors.
+    #[error("the consent registry refused: {0}")]
+    Consent(#[from] crate::consent::ConsentError),
     /// The RPC endpoint failed or answered with an error (the message names the endpoint by
     /// scheme, host and port only).
     #[error("RPC error from {endpoint}: {message}")]
@@ -361,68 +366,17 @@ pub struct Deployed {
     pub block_number: u64,
 }
 
-/// A transaction to send: where to and what.
-#[derive(Debug, Clone)]
-struct Plan {
-    kind: TxKind,
-    input: Bytes,
-}
-
-/// The versions of one transaction sent with one nonce.
-#[derive(Debug)]
-struct InFlight {
-    nonce: u64,
-    gas_limit: u64,
-    max_fee: u128,
-    priority_fee: u128,
-    hashes: Vec<B256>,
-    last_sent: Instant,
-}
-
-/// How waiting for a sent transaction ended.
-#[derive(Debug)]
-enum Outcome {
-    /// One version was mined.
-    Mined {
-        receipt: Box<TransactionReceipt>,
-        replacements: u32,
-        flight: InFlight,
-    },
-    /// No version was mined and the node knows none of them any more.
-    Vanished { replacements: u32 },
-}
-
-/// What a confirmed transaction left.
-#[derive(Debug)]
-struct Confirmed {
-    receipt: TransactionReceipt,
-    replacements: u32,
-    reorgs: u32,
-    dropped: u32,
-}
-
 /// The client of one registry, signing with one key.
 pub struct AnchorClient {
-    provider: DynProvider,
-    wallet: EthereumWallet,
-    signer: Address,
-    chain_id: u64,
+    sender: TxSender,
     registry: Address,
-    endpoint: String,
-    config: ChainConfig,
-    /// The next nonce to use, or `None` to read it from the chain first. Held for the whole of
-    /// a send, so the client's transactions go out one at a time.
-    nonce: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for AnchorClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnchorClient")
-            .field("endpoint", &self.endpoint)
-            .field("chain_id", &self.chain_id)
             .field("registry", &self.registry)
-            .field("signer", &self.signer)
-            .field("config", &self.config)
+            .field("sender", &self.sender)
             .finish_non_exhaustive()
     }
 }
@@ -440,6 +394,13 @@ mod reqwest_url {
     pub(super) use alloy::transports::http::reqwest::Url;
 }
 
+/// The registry's custom error in the revert data of a failed simulation.
+fn registry_revert(data: &[u8]) -> Option<ChainError> {
+    Raw::abi_decode(data)
+        .ok()
+        .map(|raw| ChainError::Registry(raw.into()))
+}
+
 impl AnchorClient {
     /// Connects to the registry at `registry`, checking that it holds code.
     pub async fn connect(
@@ -448,17 +409,11 @@ impl AnchorClient {
         registry: Address,
         config: ChainConfig,
     ) -> Result<Self, ChainError> {
-        let client = Self::connect_without_registry(rpc_url, key, config).await?;
-        let client = Self { registry, ..client };
-        let code = client
-            .provider
-            .get_code_at(registry)
-            .await
-            .map_err(|e| client.rpc(&e))?;
-        if code.is_empty() {
+        let sender = TxSender::connect(rpc_url, key, config).await?;
+        if !sender.has_code(registry).await? {
             return Err(ChainError::NoRegistry(registry));
         }
-        Ok(client)
+        Ok(Self { sender, registry })
     }
 
     /// Deploys a new registry with `key` and returns the client of it, once the deployment is
@@ -468,50 +423,17 @@ impl AnchorClient {
         key: SignerKey,
         config: ChainConfig,
     ) -> Result<(Self, Deployed), ChainError> {
-        let client = Self::connect_without_registry(rpc_url, key, config).await?;
-        let plan = Plan {
-            kind: TxKind::Create,
-            input: AnchorRegistry::BYTECODE.clone(),
-        };
-        let confirmed = client.send_confirmed(&plan).await?;
-        let receipt = confirmed.receipt;
-        let registry = receipt.contract_address.ok_or_else(|| {
-            ChainError::Unexpected("a deployment receipt without an address".into())
-        })?;
-        let deployed = Deployed {
-            registry,
-            tx_hash: receipt.transaction_hash,
-            block_number: receipt.block_number.unwrap_or_default(),
-        };
-        tracing::info!(%registry, tx = %deployed.tx_hash, "deployed the AnchorRegistry");
-        Ok((Self { registry, ..client }, deployed))
-    }
-
-    async fn connect_without_registry(
-        rpc_url: &str,
-        key: SignerKey,
-        config: ChainConfig,
-    ) -> Result<Self, ChainError> {
-        let (provider, endpoint) = http_provider(rpc_url)?;
-        let chain_id = provider
-            .get_chain_id()
-            .await
-            .map_err(|e| rpc_error(&endpoint, &e))?;
-        let signer = key.address();
-        Ok(Self {
-            provider,
-            wallet: EthereumWallet::from(key.0),
-            signer,
-            chain_id,
-            registry: Address::ZERO,
-            endpoint,
-            config: ChainConfig {
-                confirmations: config.confirmations.max(1),
-                bump_percent: config.bump_percent.max(10),
-                ..config
+        let sender = TxSender::connect(rpc_url, key, config).await?;
+        let deployed =
+            deploy_contract(&sender, AnchorRegistry::BYTECODE.clone(), registry_revert).await?;
+        tracing::info!(registry = %deployed.registry, tx = %deployed.tx_hash, "deployed the AnchorRegistry");
+        Ok((
+            Self {
+                sender,
+                registry: deployed.registry,
             },
-            nonce: tokio::sync::Mutex::new(None),
-        })
+            deployed,
+        ))
     }
 
     /// The registry's address.
@@ -521,35 +443,31 @@ impl AnchorClient {
 
     /// The anchoring account: the log this client appends to.
     pub fn anchorer(&self) -> Address {
-        self.signer
+        self.sender.signer()
     }
 
     /// The chain's id.
     pub fn chain_id(&self) -> u64 {
-        self.chain_id
+        self.sender.chain_id()
     }
 
     /// The provider, for reads this client does not wrap.
     pub fn provider(&self) -> &DynProvider {
-        &self.provider
+        self.sender.provider()
     }
 
     /// A read-only client of the same registry over the same connection.
     pub fn reader(&self) -> RegistryReader {
         RegistryReader::from_parts(
-            self.provider.clone(),
+            self.sender.provider().clone(),
             self.registry,
-            self.chain_id,
-            self.endpoint.clone(),
+            self.sender.chain_id(),
+            self.sender.endpoint().to_owned(),
         )
     }
 
     fn contract(&self) -> AnchorRegistry::AnchorRegistryInstance<&DynProvider> {
-        AnchorRegistry::new(self.registry, &self.provider)
-    }
-
-    fn rpc(&self, error: &RpcError<TransportErrorKind>) -> ChainError {
-        rpc_error(&self.endpoint, error)
+        AnchorRegistry::new(self.registry, self.sender.provider())
     }
 
     /// Anchors the batch of `size` leaves starting at log index `first_index` with `root`, and
@@ -576,8 +494,9 @@ impl AnchorClient {
         let plan = Plan {
             kind: TxKind::Call(self.registry),
             input: call.calldata().clone(),
+            decode_revert: registry_revert,
         };
-        let confirmed = self.send_confirmed(&plan).await?;
+        let confirmed = self.sender.send_confirmed(&plan).await?;
         let receipt = &confirmed.receipt;
         let event = receipt
             .inner
@@ -616,13 +535,14 @@ impl AnchorClient {
     /// its latest one): after a restart, the transactions an earlier process sent and never
     /// saw mined.
     pub async fn unmined_transactions(&self) -> Result<u64, ChainError> {
-        let pending = self.chain_nonce().await?;
+        let pending = self.sender.chain_nonce().await?;
         let latest = self
-            .provider
-            .get_transaction_count(self.signer)
+            .sender
+            .provider()
+            .get_transaction_count(self.sender.signer())
             .latest()
             .await
-            .map_err(|e| self.rpc(&e))?;
+            .map_err(|e| self.sender.rpc(&e))?;
         Ok(pending.saturating_sub(latest))
     }
 
@@ -658,345 +578,33 @@ impl AnchorClient {
             .batch_anchored_events(anchorer, from_block, to_block)
             .await
     }
-
-    /// Sends `plan` and waits until it is confirmed, replacing it while it stays unmined and
-    /// sending it again if a reorg drops it.
-    async fn send_confirmed(&self, plan: &Plan) -> Result<Confirmed, ChainError> {
-        let mut replacements = 0;
-        let mut reorgs = 0;
-        let mut dropped = 0;
-        let mut in_flight: Option<InFlight> = None;
-        loop {
-            let outcome = {
-                let mut next_nonce = self.nonce.lock().await;
-                let result = self
-                    .send_until_mined(plan, &mut next_nonce, in_flight.take())
-                    .await;
-                if !matches!(result, Ok(Outcome::Mined { .. })) {
-                    *next_nonce = None;
-                }
-                result?
-            };
-            let (receipt, bumps) = match outcome {
-                Outcome::Mined {
-                    receipt,
-                    replacements: bumps,
-                    flight,
-                } => (*receipt, (bumps, flight)),
-                Outcome::Vanished {
-                    replacements: bumps,
-                } => {
-                    // Neither mined nor known to the node: simulate and send it again, with a
-                    // nonce read from the chain.
-                    replacements += bumps;
-                    dropped += 1;
-                    continue;
-                }
-            };
-            replacements += bumps.0;
-            if !receipt.status() {
-                // The simulation passed and the transaction reverted: the state changed in
-                // between. Simulating again names the reason if it is one of the registry's.
-                self.simulate(plan).await?;
-                return Err(ChainError::Reverted {
-                    tx_hash: receipt.transaction_hash,
-                });
-            }
-            match self.wait_confirmations(receipt, &mut reorgs).await? {
-                Ok(receipt) => {
-                    return Ok(Confirmed {
-                        receipt,
-                        replacements,
-                        reorgs,
-                        dropped,
-                    });
-                }
-                // Still in the node's pool: wait for it (or a replacement) again.
-                Err(true) => in_flight = Some(bumps.1.restarted()),
-                // Gone: simulate and send it again, with a nonce read from the chain.
-                Err(false) => {}
-            }
-        }
-    }
-
-    /// Simulates `plan` (`eth_estimateGas` from the signer) and returns its gas estimate, or
-    /// the registry's error.
-    async fn simulate(&self, plan: &Plan) -> Result<u64, ChainError> {
-        let request = TransactionRequest::default()
-            .with_from(self.signer)
-            .with_kind(plan.kind)
-            .with_input(plan.input.clone());
-        self.provider.estimate_gas(request).await.map_err(|e| {
-            let raw = e
-                .as_error_resp()
-                .and_then(|resp| resp.as_revert_data())
-                .and_then(|data| Raw::abi_decode(&data).ok());
-            match raw {
-                Some(raw) => ChainError::Registry(raw.into()),
-                None => self.rpc(&e),
-            }
-        })
-    }
-
-    /// Sends `plan` (or keeps waiting for `resume`, a transaction already sent) until one of
-    /// its versions is mined; returns its receipt, the number of replacements and the last
-    /// in-flight state (to resume if a reorg sends the transaction back to the pool).
-    async fn send_until_mined(
-        &self,
-        plan: &Plan,
-        next_nonce: &mut Option<u64>,
-        resume: Option<InFlight>,
-    ) -> Result<Outcome, ChainError> {
-        let mut replacements = 0;
-        let mut unknown_polls = 0;
-        let mut flight = match resume {
-            Some(flight) => flight,
-            None => {
-                let gas = self.simulate(plan).await?;
-                let (max_fee, priority_fee) = self.fees().await?;
-                let mut flight = InFlight {
-                    nonce: 0,
-                    // 20% above the estimate: the state may change between estimate and block.
-                    gas_limit: gas.saturating_add(gas / 5),
-                    max_fee,
-                    priority_fee,
-                    hashes: Vec::new(),
-                    last_sent: Instant::now(),
-                };
-                match *next_nonce {
-                    Some(nonce) => {
-                        flight.nonce = nonce;
-                        if let Err(error) = self.send_version(plan, &mut flight).await {
-                            // The local nonce may be stale (the key used elsewhere, a
-                            // transaction dropped): read it from the chain and try once more.
-                            tracing::warn!(%error, nonce, "send refused; reading the nonce from the chain");
-                            flight.nonce = self.chain_nonce().await?;
-                            self.send_version(plan, &mut flight).await?;
-                        }
-                    }
-                    None => {
-                        flight.nonce = self.chain_nonce().await?;
-                        self.send_version(plan, &mut flight).await?;
-                    }
-                }
-                *next_nonce = Some(flight.nonce + 1);
-                flight
-            }
-        };
-        loop {
-            for hash in flight.hashes.iter().rev() {
-                let receipt = self
-                    .provider
-                    .get_transaction_receipt(*hash)
-                    .await
-                    .map_err(|e| self.rpc(&e))?;
-                if let Some(receipt) = receipt.filter(|r| r.block_hash.is_some()) {
-                    *next_nonce = Some(flight.nonce + 1);
-                    return Ok(Outcome::Mined {
-                        receipt: Box::new(receipt),
-                        replacements,
-                        flight,
-                    });
-                }
-            }
-            // Not mined: is any version still known to the node? A transaction can vanish
-            // from the pool (evicted, or a reorg undid its block before its receipt was read).
-            // Twice in a row, so that one inconsistent answer does not cause a re-send.
-            if self.any_known(&flight.hashes).await? {
-                unknown_polls = 0;
-            } else {
-                unknown_polls += 1;
-                if unknown_polls >= 2 {
-                    tracing::warn!(
-                        nonce = flight.nonce,
-                        "the transaction vanished before it was mined"
-                    );
-                    return Ok(Outcome::Vanished { replacements });
-                }
-            }
-            if flight.last_sent.elapsed() >= self.config.bump_after
-                && self.bump(&mut flight).await?
-            {
-                match self.send_version(plan, &mut flight).await {
-                    Ok(()) => replacements += 1,
-                    // A version may have been mined since the receipts were read: the next
-                    // round finds it. Otherwise the node wants more: the next bump offers it.
-                    Err(error) => {
-                        tracing::warn!(%error, nonce = flight.nonce, "a replacement was refused");
-                        flight.last_sent = Instant::now();
-                    }
-                }
-            }
-            tokio::time::sleep(self.config.poll_interval).await;
-        }
-    }
-
-    /// Whether the node knows any of `hashes` (pending or mined).
-    async fn any_known(&self, hashes: &[B256]) -> Result<bool, ChainError> {
-        for hash in hashes.iter().rev() {
-            let known = self
-                .provider
-                .get_transaction_by_hash(*hash)
-                .await
-                .map_err(|e| self.rpc(&e))?;
-            if known.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Raises the fees of `flight` for a replacement; `false` if the cap forbids it.
-    async fn bump(&self, flight: &mut InFlight) -> Result<bool, ChainError> {
-        let percent = u128::from(self.config.bump_percent);
-        let raise = |fee: u128| fee.saturating_mul(100 + percent).div_ceil(100).max(fee + 1);
-        let (market_fee, market_priority) = self.fees().await?;
-        let priority_fee = raise(flight.priority_fee).max(market_priority);
-        let mut max_fee = raise(flight.max_fee).max(market_fee).max(priority_fee);
-        if let Some(cap) = self.config.max_fee_per_gas {
-            if flight.max_fee >= cap {
-                return Ok(false);
-            }
-            max_fee = max_fee.min(cap);
-        }
-        flight.max_fee = max_fee;
-        flight.priority_fee = priority_fee.min(max_fee);
-        Ok(true)
-    }
-
-    /// Signs the current version of `flight` and sends it.
-    async fn send_version(&self, plan: &Plan, flight: &mut InFlight) -> Result<(), ChainError> {
-        let request = TransactionRequest::default()
-            .with_from(self.signer)
-            .with_kind(plan.kind)
-            .with_input(plan.input.clone())
-            .with_chain_id(self.chain_id)
-            .with_nonce(flight.nonce)
-            .with_gas_limit(flight.gas_limit)
-            .with_max_fee_per_gas(flight.max_fee)
-            .with_max_priority_fee_per_gas(flight.priority_fee);
-        let envelope = request
-            .build(&self.wallet)
-            .await
-            .map_err(|e| ChainError::Unexpected(format!("signing failed: {e}")))?;
-        let hash = *envelope.tx_hash();
-        flight.hashes.push(hash);
-        flight.last_sent = Instant::now();
-        tracing::debug!(
-            tx = %hash,
-            nonce = flight.nonce,
-            max_fee = flight.max_fee,
-            priority_fee = flight.priority_fee,
-            "sending a transaction"
-        );
-        match self
-            .provider
-            .send_raw_transaction(&envelope.encoded_2718())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("already known") => Ok(()),
-            Err(e) => {
-                flight.hashes.pop();
-                Err(self.rpc(&e))
-            }
-        }
-    }
-
-    /// The signer's next nonce as the node sees it (pending transactions included).
-    async fn chain_nonce(&self) -> Result<u64, ChainError> {
-        self.provider
-            .get_transaction_count(self.signer)
-            .pending()
-            .await
-            .map_err(|e| self.rpc(&e))
-    }
-
-    /// The node's EIP-1559 fee estimate, capped by the configuration.
-    async fn fees(&self) -> Result<(u128, u128), ChainError> {
-        let estimate = self
-            .provider
-            .estimate_eip1559_fees()
-            .await
-            .map_err(|e| self.rpc(&e))?;
-        let mut max_fee = estimate.max_fee_per_gas;
-        if let Some(cap) = self.config.max_fee_per_gas {
-            max_fee = max_fee.min(cap);
-        }
-        Ok((max_fee, estimate.max_priority_fee_per_gas.min(max_fee)))
-    }
-
-    /// Waits until the block of `receipt` is deep enough. `Ok(Err(in_pool))` when a reorg took
-    /// the transaction out of the chain: `true` if the node still holds it in its pool (wait
-    /// for it again), `false` if it is gone (send it again).
-    async fn wait_confirmations(
-        &self,
-        mut receipt: TransactionReceipt,
-        reorgs: &mut u32,
-    ) -> Result<Result<TransactionReceipt, bool>, ChainError> {
-        loop {
-            let (Some(number), Some(hash)) = (receipt.block_number, receipt.block_hash) else {
-                return Err(missing("block of a receipt"));
-            };
-            let canonical = self
-                .provider
-                .get_block_by_number(BlockNumberOrTag::Number(number))
-                .await
-                .map_err(|e| self.rpc(&e))?
-                .map(|block| block.header.hash);
-            if canonical != Some(hash) {
-                *reorgs += 1;
-                let tx = receipt.transaction_hash;
-                let again = self
-                    .provider
-                    .get_transaction_receipt(tx)
-                    .await
-                    .map_err(|e| self.rpc(&e))?;
-                if let Some(moved) = again.filter(|r| r.block_hash.is_some_and(|h| h != hash)) {
-                    tracing::warn!(%tx, block = number, "a reorg moved the transaction to another block");
-                    receipt = moved;
-                    continue;
-                }
-                let pending = self
-                    .provider
-                    .get_transaction_by_hash(tx)
-                    .await
-                    .map_err(|e| self.rpc(&e))?;
-                tracing::warn!(
-                    %tx,
-                    block = number,
-                    in_pool = pending.is_some(),
-                    "a reorg dropped the transaction from the chain"
-                );
-                // The local nonce may be ahead of the chain's now.
-                *self.nonce.lock().await = None;
-                return Ok(Err(pending.is_some()));
-            }
-            let head = self
-                .provider
-                .get_block_number()
-                .await
-                .map_err(|e| self.rpc(&e))?;
-            if head.saturating_sub(number) + 1 >= self.config.confirmations {
-                return Ok(Ok(receipt));
-            }
-            tokio::time::sleep(self.config.poll_interval).await;
-        }
-    }
 }
 
-impl InFlight {
-    /// The same versions, waited for afresh (their bump timer restarted).
-    fn restarted(self) -> Self {
-        Self {
-            last_sent: Instant::now(),
-            ..self
-        }
-    }
+/// Deploys a contract from `bytecode` (constructor arguments appended, if any) and returns
+/// where it is once the deployment is confirmed.
+pub(crate) async fn deploy_contract(
+    sender: &TxSender,
+    bytecode: Bytes,
+    decode_revert: fn(&[u8]) -> Option<ChainError>,
+) -> Result<Deployed, ChainError> {
+    let plan = Plan {
+        kind: TxKind::Create,
+        input: bytecode,
+        decode_revert,
+    };
+    let receipt = sender.send_confirmed(&plan).await?.receipt;
+    let registry = receipt
+        .contract_address
+        .ok_or_else(|| ChainError::Unexpected("a deployment receipt without an address".into()))?;
+    Ok(Deployed {
+        registry,
+        tx_hash: receipt.transaction_hash,
+        block_number: receipt.block_number.unwrap_or_default(),
+    })
 }
 
 /// A provider for `rpc_url` (`http://` or `https://`) and the endpoint's printable name.
-fn http_provider(rpc_url: &str) -> Result<(DynProvider, String), ChainError> {
+pub(crate) fn http_provider(rpc_url: &str) -> Result<(DynProvider, String), ChainError> {
     let url: reqwest_url::Url = rpc_url.parse().map_err(|_| ChainError::InvalidUrl)?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ChainError::UnsupportedScheme(url.scheme().to_owned()));
@@ -1030,11 +638,11 @@ fn contract_error(endpoint: &str, error: &alloy::contract::Error) -> ChainError 
     }
 }
 
-fn missing(what: &str) -> ChainError {
+pub(crate) fn missing(what: &str) -> ChainError {
     ChainError::Unexpected(format!("the node's answer lacks the {what}"))
 }
 
-fn rpc_error(endpoint: &str, error: &RpcError<TransportErrorKind>) -> ChainError {
+pub(crate) fn rpc_error(endpoint: &str, error: &RpcError<TransportErrorKind>) -> ChainError {
     ChainError::Rpc {
         endpoint: endpoint.to_owned(),
         message: redact(&error.to_string(), endpoint),
@@ -1043,7 +651,7 @@ fn rpc_error(endpoint: &str, error: &RpcError<TransportErrorKind>) -> ChainError
 
 /// Removes URLs from an error message (reqwest names the full URL, API key included); the
 /// endpoint is reported separately.
-fn redact(message: &str, endpoint: &str) -> String {
+pub(crate) fn redact(message: &str, endpoint: &str) -> String {
     message
         .split(' ')
         .map(|word| {

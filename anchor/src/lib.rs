@@ -42,6 +42,10 @@
 //!   N confirmations, re-sending an anchor a reorg dropped), read batches and `BatchAnchored`
 //!   events back, the contract's custom errors as a typed [`chain::RegistryError`];
 //!   [`chain::RegistryReader`] reads the registry and the chain without a key.
+//! - [`consent`]: the Ethereum client of the `ConsentRegistry` (issue 5): patients' grants
+//!   read back as events and views ([`consent::ConsentReader`]), their EIP-712-signed grants
+//!   and revocations relayed ([`consent::ConsentRelayer`], the same sender as the anchor
+//!   client), the typed data a wallet signs and its hash, and the grantee convention.
 //! - [`audit`]: the auditor's checks behind the `fhir-anchor` command (`src/bin`): a resource
 //!   version against its `$proof` document and the chain, and a whole log replayed from its
 //!   `BatchAnchored` events.
@@ -56,6 +60,7 @@ pub mod audit;
 mod bytes;
 mod canonical;
 pub mod chain;
+pub mod consent;
 pub mod error;
 mod leaf;
 mod tree;

@@ -7,7 +7,7 @@
 set -euo pipefail
 contracts="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-$contracts/artifacts}"
-artifacts=(AnchorRegistry)
+artifacts=(AnchorRegistry ConsentRegistry)
 
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT

@@ -10,6 +10,28 @@ use std::time::Duration;
 /// anvil's first dev account (a published test key).
 pub(crate) const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
+/// The path of a Foundry tool (`anvil`, `cast`) from the platform's npm package; fails (never
+/// skips) when it is missing.
+pub(crate) fn foundry_binary(tool: &str) -> PathBuf {
+    let platform = match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("linux", "x86_64") => "linux-amd64",
+        ("linux", "aarch64") => "linux-arm64",
+        ("macos", "x86_64") => "darwin-amd64",
+        ("macos", "aarch64") => "darwin-arm64",
+        (os, arch) => panic!("no Foundry npm package for {os} {arch}"),
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = root.join(format!(
+        "node_modules/@foundry-rs/{tool}-{platform}/bin/{tool}"
+    ));
+    assert!(
+        binary.is_file(),
+        "{tool} is missing at {}: run `npm ci` in the repository root",
+        binary.display()
+    );
+    binary
+}
+
 /// An anvil process, killed on drop.
 pub(crate) struct Anvil {
     child: Child,
@@ -20,22 +42,7 @@ pub(crate) struct Anvil {
 impl Anvil {
     /// Starts anvil with `args` on a free port; fails (never skips) when anvil is missing.
     pub(crate) fn start(args: &[&str]) -> Self {
-        let platform = match (std::env::consts::OS, std::env::consts::ARCH) {
-            ("linux", "x86_64") => "linux-amd64",
-            ("linux", "aarch64") => "linux-arm64",
-            ("macos", "x86_64") => "darwin-amd64",
-            ("macos", "aarch64") => "darwin-arm64",
-            (os, arch) => panic!("no Foundry npm package for {os} {arch}"),
-        };
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let binary = root.join(format!(
-            "node_modules/@foundry-rs/anvil-{platform}/bin/anvil"
-        ));
-        assert!(
-            binary.is_file(),
-            "anvil is missing at {}: run `npm ci` in the repository root",
-            binary.display()
-        );
+        let binary = foundry_binary("anvil");
         let mut child = Command::new(&binary)
             .args(["--port", "0"])
             .args(args)

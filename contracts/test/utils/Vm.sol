@@ -14,6 +14,10 @@ interface Vm {
     function roll(uint256 newHeight) external;
     function warp(uint256 newTimestamp) external;
 
+    // keys and signatures (secp256k1)
+    function addr(uint256 privateKey) external pure returns (address keyAddr);
+    function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
+
     // expectations
     function expectRevert(bytes4 revertData) external;
     function expectRevert(bytes calldata revertData) external;
@@ -25,6 +29,8 @@ interface Vm {
     function assertFalse(bool condition, string calldata message) external pure;
     function assertEq(uint256 left, uint256 right, string calldata message) external pure;
     function assertEq(bytes32 left, bytes32 right, string calldata message) external pure;
+    function assertEq(address left, address right, string calldata message) external pure;
+    function assertEq(string calldata left, string calldata right, string calldata message) external pure;
     function assertLe(uint256 left, uint256 right, string calldata message) external pure;
 
     // files and JSON
