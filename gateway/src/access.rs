@@ -183,12 +183,15 @@ impl Access {
     fn consent_gated(&self, permission: Permission, resource_type: &str) -> bool {
         matches!(permission, Permission::Read | Permission::Search)
             && !matches!(self.consent, Gate::Open)
-            && (resource_type == "Patient"
-                || !patient_compartment_params(resource_type).is_empty())
+            && (resource_type == "Patient" || !patient_compartment_params(resource_type).is_empty())
     }
 
     /// The consent condition on reads of `resource_type`, if any.
-    fn consent_filter(&self, permission: Permission, resource_type: &str) -> Result<Option<Filter>> {
+    fn consent_filter(
+        &self,
+        permission: Permission,
+        resource_type: &str,
+    ) -> Result<Option<Filter>> {
         if !self.consent_gated(permission, resource_type) {
             return Ok(None);
         }

@@ -229,9 +229,20 @@ pub struct ConsentConfig {
     /// token by its scopes alone (for a deployment whose consent lives elsewhere; the gateway
     /// warns at start). The operator (`auth.required = false`) is never consent-gated.
     pub enforce: bool,
-    /// The `ConsentRegistry` address. Unset: on the embedded chain the gateway deploys one
-    /// and records it in the database; on an `rpc` chain it must be set.
+    /// The `ConsentRegistry` address. Unset: the gateway deploys one with the relayer key
+    /// (on the embedded chain, its own) and records it in the database, then reuses it.
     pub registry: Option<String>,
+    /// The block the configured registry was deployed in: where reading its events starts
+    /// (unset: block 0).
+    pub start_block: Option<u64>,
+    /// `rpc` mode: the key of the account that relays patients' signed grants and
+    /// revocations and pays their gas (64 hex digits), from the environment
+    /// (`FHIR_GATEWAY_CONSENT__RELAYER_KEY`); or `relayer_key_file`. Unset: no relaying
+    /// (patients send their grants themselves). The embedded chain makes and funds its own.
+    #[serde(serialize_with = "serialize_secret", default)]
+    pub relayer_key: Option<SecretString>,
+    /// `rpc` mode: a file holding the relayer's key.
+    pub relayer_key_file: Option<PathBuf>,
     /// How deep a granting block must be before the grant counts (1 = mined).
     /// Revocations count as soon as their block is seen.
     pub confirmations: u64,
@@ -356,6 +367,9 @@ impl Default for Config {
             consent: ConsentConfig {
                 enforce: true,
                 registry: None,
+                start_block: None,
+                relayer_key: None,
+                relayer_key_file: None,
                 confirmations: 2,
                 poll_interval_ms: 500,
                 max_lag_secs: 30,

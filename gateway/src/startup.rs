@@ -29,6 +29,12 @@ pub struct Application {
     anvil: Option<Anvil>,
     target: Option<Target>,
     anchoring: SharedStatus,
+    /// What the consent follower reads, from which block, for which enforcement.
+    consent_follower: Option<(
+        anchor::consent::ConsentReader,
+        u64,
+        std::sync::Arc<crate::consent::Consent>,
+    )>,
 }
 
 impl Application {
@@ -90,10 +96,21 @@ impl Application {
                 "consent.enforce = false: patient data is served to any token whose scopes allow it, without on-chain consent"
             );
         }
+        let consent_chain =
+            crate::consent::ConsentChain::connect(&config, anvil.as_ref().map(Anvil::url), &store)
+                .await
+                .context("the consent registry")?;
+        let (consent_reader, relayer, consent_start) = match consent_chain {
+            Some(chain) => (Some(chain.reader), chain.relayer, chain.start_block),
+            None => (None, None, 0),
+        };
         let consent = web::Data::new(crate::consent::Consent::new(
             config.consent.clone(),
             store.clone(),
+            relayer,
         ));
+        let consent_follower =
+            consent_reader.map(|reader| (reader, consent_start, consent.clone().into_inner()));
         let state = web::Data::new(AppState {
             store: store.clone(),
             ctx: Context {
@@ -205,6 +222,7 @@ impl Application {
             anvil,
             target,
             anchoring,
+            consent_follower,
         })
     }
 
@@ -230,7 +248,20 @@ impl Application {
         let anchoring = self
             .target
             .map(|target| Anchoring::spawn(self.store.clone(), target, self.anchoring.clone()));
+        let follower = self.consent_follower.map(|(reader, start_block, consent)| {
+            let status = consent.status.clone();
+            crate::consent::follower::Follower::spawn(
+                self.store.clone(),
+                reader,
+                start_block,
+                consent,
+                status,
+            )
+        });
         let served = self.server.await;
+        if let Some(follower) = follower {
+            follower.stop().await;
+        }
         sequencer.stop().await;
         if let Some(anchoring) = anchoring {
             anchoring.stop().await;
@@ -298,7 +329,10 @@ async fn live() -> HttpResponse {
         .body(json!({"status": "pass"}).to_string())
 }
 
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+async fn ready(
+    state: web::Data<AppState>,
+    consent: web::Data<crate::consent::Consent>,
+) -> HttpResponse {
     let database = state.store.ping().await;
     // the anchored log's backlog is information, not a reason to stop taking writes
     let backlog = match state.store.reader().await {
@@ -319,6 +353,7 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
                 "submittedBatchesAwaitingConfirmation": backlog.map(|b| b.submitted_batches),
             }],
             "log:anchoring": [anchoring_check(&state.anchoring)],
+            "consent:index": [consent.health().await],
         },
     });
     let mut response = if database {

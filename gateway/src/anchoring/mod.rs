@@ -84,9 +84,11 @@ impl Target {
     ) -> anyhow::Result<Option<Target>> {
         let (rpc_url, key, embedded) = match (config.mode, anvil) {
             (ChainMode::Off, _) => return Ok(None),
-            (ChainMode::Embedded, Some(anvil)) => {
-                (anvil.url().to_owned(), embedded_key(data_dir)?, true)
-            }
+            (ChainMode::Embedded, Some(anvil)) => (
+                anvil.url().to_owned(),
+                embedded_key(data_dir, "anchor-signer.key")?,
+                true,
+            ),
             (ChainMode::Embedded, None) => anyhow::bail!("the embedded chain is not running"),
             (ChainMode::Rpc, _) => {
                 let url = config
@@ -168,10 +170,10 @@ impl Target {
     }
 }
 
-/// The embedded chain's anchoring key: `anchor-signer.key` in the data directory, made on
-/// first use and readable by its owner only.
-fn embedded_key(data_dir: &Path) -> anyhow::Result<SignerKey> {
-    let path = data_dir.join("anchor-signer.key");
+/// A key of the embedded chain: `file_name` in the data directory (`anchor-signer.key` for
+/// anchoring), made on first use and readable by its owner only.
+pub(crate) fn embedded_key(data_dir: &Path, file_name: &str) -> anyhow::Result<SignerKey> {
+    let path = data_dir.join(file_name);
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -179,7 +181,7 @@ fn embedded_key(data_dir: &Path) -> anyhow::Result<SignerKey> {
     }
     let key = SignerKey::generate()?;
     crate::secret_file::create(&path, format!("{}\n", key.expose_hex()).as_bytes())?;
-    tracing::info!(anchorer = %key.address(), "made the embedded chain's anchoring key");
+    tracing::info!(account = %key.address(), file = file_name, "made a key for the embedded chain");
     Ok(key)
 }
 

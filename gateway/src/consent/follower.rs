@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anchor::chain::ChainError;
-use anchor::consent::{ConsentEvent, ConsentEventKind, ConsentReader};
+use anchor::consent::{ConsentChange, ConsentEvent, ConsentReader};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -126,7 +126,11 @@ enum RoundError {
 }
 
 /// One round: reorg check, then the next window of events.
-async fn round(store: &Store, reader: &ConsentReader, start_block: u64) -> Result<Round, RoundError> {
+async fn round(
+    store: &Store,
+    reader: &ConsentReader,
+    start_block: u64,
+) -> Result<Round, RoundError> {
     let registry = hex_address(reader.registry());
     let chain_id = reader.chain_id() as i64;
     let mut outcome = Round::default();
@@ -141,12 +145,18 @@ async fn round(store: &Store, reader: &ConsentReader, start_block: u64) -> Resul
                 tracing::warn!(%registry, "the consent registry changed: the index is read again from its deployment");
             }
             let before = start_block.saturating_sub(1);
-            let hash = reader
-                .block_hash(before)
-                .await?
-                .ok_or_else(|| RoundError::Inconsistent(format!("block {before} is not on the chain")))?;
+            let hash = reader.block_hash(before).await?.ok_or_else(|| {
+                RoundError::Inconsistent(format!("block {before} is not on the chain"))
+            })?;
             let mut tx = store.begin().await?;
-            index::reset(&mut tx, chain_id, &registry, start_block as i64, &hex32(hash)).await?;
+            index::reset(
+                &mut tx,
+                chain_id,
+                &registry,
+                start_block as i64,
+                &hex32(hash),
+            )
+            .await?;
             tx.commit().await?;
             outcome.more = true;
             return Ok(outcome);
@@ -154,7 +164,10 @@ async fn round(store: &Store, reader: &ConsentReader, start_block: u64) -> Resul
     };
     let head = reader.head().await?;
     // 1. is what the index read still the canonical chain?
-    let at_cursor = reader.block_hash(cursor.block_number as u64).await?.map(hex32);
+    let at_cursor = reader
+        .block_hash(cursor.block_number as u64)
+        .await?
+        .map(hex32);
     if at_cursor.as_deref() != Some(cursor.block_hash.as_str()) {
         let known = {
             let mut conn = store.reader().await?;
@@ -165,7 +178,13 @@ async fn round(store: &Store, reader: &ConsentReader, start_block: u64) -> Resul
             if number >= cursor.block_number {
                 continue;
             }
-            if reader.block_hash(number as u64).await?.map(hex32).as_deref() == Some(hash.as_str()) {
+            if reader
+                .block_hash(number as u64)
+                .await?
+                .map(hex32)
+                .as_deref()
+                == Some(hash.as_str())
+            {
                 fork = Some((number, hash));
                 break;
             }
@@ -181,12 +200,21 @@ async fn round(store: &Store, reader: &ConsentReader, start_block: u64) -> Resul
                 index::roll_back(&mut tx, (number, &hash)).await?;
             }
             None => {
-                tracing::warn!("a reorg deeper than the remembered blocks: the consent index is read again from the registry's deployment");
+                tracing::warn!(
+                    "a reorg deeper than the remembered blocks: the consent index is read again from the registry's deployment"
+                );
                 let before = start_block.saturating_sub(1);
                 let hash = reader.block_hash(before).await?.ok_or_else(|| {
                     RoundError::Inconsistent(format!("block {before} is not on the chain"))
                 })?;
-                index::reset(&mut tx, chain_id, &registry, start_block as i64, &hex32(hash)).await?;
+                index::reset(
+                    &mut tx,
+                    chain_id,
+                    &registry,
+                    start_block as i64,
+                    &hex32(hash),
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -217,13 +245,22 @@ async fn round(store: &Store, reader: &ConsentReader, start_block: u64) -> Resul
     // another replica may have moved the cursor meanwhile: only the one that finds it where
     // it read from writes
     let now = index::cursor(&mut tx).await?;
-    if now.as_ref().map(|c| (c.block_number, c.block_hash.as_str()))
+    if now
+        .as_ref()
+        .map(|c| (c.block_number, c.block_hash.as_str()))
         != Some((cursor.block_number, cursor.block_hash.as_str()))
     {
         outcome.more = true;
         return Ok(outcome);
     }
-    index::apply(&mut tx, &changes, (to as i64, &hex32(to_hash)), head as i64, caught_up).await?;
+    index::apply(
+        &mut tx,
+        &changes,
+        (to as i64, &hex32(to_hash)),
+        head as i64,
+        caught_up,
+    )
+    .await?;
     tx.commit().await?;
     if !changes.grants.is_empty() || !changes.revocations.is_empty() {
         tracing::info!(
@@ -244,8 +281,8 @@ fn changes_of(events: &[ConsentEvent]) -> Changes {
     for event in events {
         let block = event.block_number as i64;
         let tx = hex32(event.tx_hash);
-        match &event.kind {
-            ConsentEventKind::Granted {
+        match &event.change {
+            ConsentChange::Granted {
                 grant_id,
                 patient,
                 grantee,
@@ -262,7 +299,7 @@ fn changes_of(events: &[ConsentEvent]) -> Changes {
                 block,
                 tx,
             }),
-            ConsentEventKind::Revoked { grant_id, .. } => {
+            ConsentChange::Revoked { grant_id, .. } => {
                 changes.revocations.push((*grant_id as i64, block, tx))
             }
         }

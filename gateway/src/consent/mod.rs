@@ -20,7 +20,7 @@
 //! A request is covered by a grant to any of them. A patient always reads their own
 //! compartment.
 
-// pub mod follower;
+pub mod follower;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,15 +54,61 @@ pub struct Consent {
     config: ConsentConfig,
     store: Store,
     cursor: Mutex<Option<(Instant, Option<Cursor>)>>,
+    /// The relayer of patients' signed grants, when the gateway has a key for it.
+    relayer: Option<anchor::consent::ConsentRelayer>,
+    /// What the follower reports.
+    pub status: follower::SharedFollowerStatus,
 }
 
 impl Consent {
-    pub fn new(config: ConsentConfig, store: Store) -> Consent {
+    pub fn new(
+        config: ConsentConfig,
+        store: Store,
+        relayer: Option<anchor::consent::ConsentRelayer>,
+    ) -> Consent {
         Consent {
             config,
             store,
             cursor: Mutex::new(None),
+            relayer,
+            status: Default::default(),
         }
+    }
+
+    /// The relayer, when the gateway relays grants.
+    pub fn relayer(&self) -> Option<&anchor::consent::ConsentRelayer> {
+        self.relayer.as_ref()
+    }
+
+    /// What `/health/ready` shows: the index's block, the head, its age, the follower's
+    /// last error; `fail` when consent-gated reads are being refused.
+    pub async fn health(&self) -> serde_json::Value {
+        let status = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !self.config.enforce {
+            return serde_json::json!({"status": "pass", "enforced": false});
+        }
+        let cursor = self.cursor().await.ok().flatten();
+        let now = crate::model::Instant::now().millis();
+        let age_secs = cursor
+            .as_ref()
+            .filter(|c| c.synced_at > 0)
+            .map(|c| (now - c.synced_at).max(0) / 1000);
+        let fresh = age_secs.is_some_and(|age| age <= self.config.max_lag_secs as i64);
+        serde_json::json!({
+            "status": if fresh { "pass" } else { "fail" },
+            "enforced": true,
+            "registry": cursor.as_ref().map(|c| c.registry.clone()),
+            "block": cursor.as_ref().map(|c| c.block_number),
+            "head": cursor.as_ref().map(|c| c.head),
+            "ageSecs": age_secs,
+            "maxLagSecs": self.config.max_lag_secs,
+            "reorgs": status.reorgs,
+            "lastError": status.last_error,
+        })
     }
 
     pub fn config(&self) -> &ConsentConfig {
@@ -169,18 +215,14 @@ impl Consent {
     }
 }
 
-/// The grantee id of an app or backend system: `keccak256("client:" ‖ client_id)`.
+/// The grantee id of an app or backend system (as the index writes it).
 pub fn grantee_of_client(client_id: &str) -> String {
-    hex_id(&format!("client:{client_id}"))
+    follower::hex32(anchor::consent::grantee_of_client(client_id))
 }
 
-/// The grantee id of a user of the gateway: `keccak256("user:" ‖ user_id)`.
+/// The grantee id of a user of the gateway (as the index writes it).
 pub fn grantee_of_user(user_id: &str) -> String {
-    hex_id(&format!("user:{user_id}"))
-}
-
-fn hex_id(text: &str) -> String {
-    format!("0x{}", hex::encode(alloy::primitives::keccak256(text.as_bytes())))
+    follower::hex32(anchor::consent::grantee_of_user(user_id))
 }
 
 /// Marks a request served under break-the-glass (set by the access extractor, read by the
@@ -227,7 +269,10 @@ pub async fn record_break_glass(
 
 /// The patient a FHIR path is about: `.../Patient/{id}[/...]`, or the first patient in the
 /// compartment of `.../{type}/{id}`.
-async fn patient_of_path(conn: &mut sqlx::AnyConnection, path: &str) -> anyhow::Result<Option<String>> {
+async fn patient_of_path(
+    conn: &mut sqlx::AnyConnection,
+    path: &str,
+) -> anyhow::Result<Option<String>> {
     let segments: Vec<&str> = path
         .split('?')
         .next()
@@ -241,8 +286,11 @@ async fn patient_of_path(conn: &mut sqlx::AnyConnection, path: &str) -> anyhow::
             return Ok(Some(id.to_owned()));
         }
         let params = fhir_profiles::compartment::patient_compartment_params(resource_type);
-        if !params.is_empty() && i + 2 == segments.len() || (!params.is_empty() && segments.get(i + 2) == Some(&"_history")) {
-            let placeholders: Vec<String> = (0..params.len()).map(|n| format!("${}", n + 3)).collect();
+        if !params.is_empty() && i + 2 == segments.len()
+            || (!params.is_empty() && segments.get(i + 2) == Some(&"_history"))
+        {
+            let placeholders: Vec<String> =
+                (0..params.len()).map(|n| format!("${}", n + 3)).collect();
             // audited: only placeholders are formatted in
             let sql = format!(
                 "SELECT x.target_id FROM idx_reference x JOIN resource r ON r.rkey = x.rkey \
@@ -260,4 +308,142 @@ async fn patient_of_path(conn: &mut sqlx::AnyConnection, path: &str) -> anyhow::
         }
     }
     Ok(None)
+}
+
+/// The consent registry as this gateway reaches it: what the follower reads, and the relayer
+/// that sends patients' signed grants (when there is a key for it).
+#[derive(Debug)]
+pub struct ConsentChain {
+    pub reader: anchor::consent::ConsentReader,
+    pub relayer: Option<anchor::consent::ConsentRelayer>,
+    /// The registry's deployment block: where the follower starts.
+    pub start_block: u64,
+}
+
+impl ConsentChain {
+    /// Connects to the configured registry, or the one the index recorded, or deploys one
+    /// (with the relayer key) when there is neither. `None` without a chain.
+    pub async fn connect(
+        config: &crate::config::Config,
+        embedded_url: Option<&str>,
+        store: &Store,
+    ) -> anyhow::Result<Option<ConsentChain>> {
+        use anchor::chain::{Address, ChainConfig as ClientConfig, ChainError, SignerKey, U256};
+        use anyhow::Context as _;
+        use secrecy::ExposeSecret as _;
+
+        let chain = &config.chain;
+        let (rpc_url, key) = match (chain.mode, embedded_url) {
+            (crate::config::ChainMode::Off, _) => return Ok(None),
+            (crate::config::ChainMode::Embedded, Some(url)) => {
+                let key = crate::anchoring::embedded_key(
+                    &config.database.data_dir,
+                    "consent-relayer.key",
+                )?;
+                // 1,000 ether: far more grants than a development chain will see
+                let wei = U256::from(1_000u64) * U256::from(10u64).pow(U256::from(18u64));
+                anchor::chain::set_dev_balance(url, key.address(), wei)
+                    .await
+                    .context("funding the consent relayer on the embedded chain")?;
+                (url.to_owned(), Some(key))
+            }
+            (crate::config::ChainMode::Embedded, None) => {
+                anyhow::bail!("the embedded chain is not running")
+            }
+            (crate::config::ChainMode::Rpc, _) => {
+                let url = chain
+                    .rpc_url
+                    .as_ref()
+                    .context("chain.rpc_url is not set")?
+                    .expose_secret()
+                    .to_owned();
+                let key = match (
+                    &config.consent.relayer_key,
+                    &config.consent.relayer_key_file,
+                ) {
+                    (Some(key), None) => Some(
+                        SignerKey::from_hex(key.expose_secret())
+                            .context("in consent.relayer_key")?,
+                    ),
+                    (None, Some(path)) => {
+                        let text = std::fs::read_to_string(path).with_context(|| {
+                            format!("reading consent.relayer_key_file {}", path.display())
+                        })?;
+                        Some(SignerKey::from_hex(&text).with_context(|| {
+                            format!("in consent.relayer_key_file {}", path.display())
+                        })?)
+                    }
+                    (None, None) => None,
+                    _ => anyhow::bail!(
+                        "give one of consent.relayer_key and consent.relayer_key_file, not both"
+                    ),
+                };
+                (url, key)
+            }
+        };
+        let client_config = ClientConfig {
+            confirmations: config.consent.confirmations,
+            poll_interval: Duration::from_millis(chain.poll_interval_ms),
+            bump_after: Duration::from_secs(chain.bump_after_secs),
+            bump_percent: chain.bump_percent,
+            max_fee_per_gas: chain
+                .max_fee_per_gas_gwei
+                .map(|gwei| u128::from(gwei) * 1_000_000_000),
+        };
+        let recorded = index::cursor(&mut *store.reader().await?).await?;
+        let known = match &config.consent.registry {
+            Some(address) => Some((
+                address.parse::<Address>().context("consent.registry")?,
+                config.consent.start_block.unwrap_or(0),
+            )),
+            None => recorded
+                .as_ref()
+                .and_then(|c| Some((c.registry.parse::<Address>().ok()?, c.start_block as u64))),
+        };
+        if let Some((registry, start_block)) = known {
+            let reader = match anchor::consent::ConsentReader::connect(&rpc_url, registry).await {
+                Ok(reader) => Some(reader),
+                // the embedded chain lost its state: deploy again below
+                Err(ChainError::NoRegistry(_))
+                    if config.consent.registry.is_none()
+                        && chain.mode == crate::config::ChainMode::Embedded =>
+                {
+                    tracing::warn!(
+                        "the recorded ConsentRegistry is gone from the embedded chain; deploying a new one"
+                    );
+                    None
+                }
+                Err(error) => return Err(error).context("connecting to the ConsentRegistry"),
+            };
+            if let Some(reader) = reader {
+                let relayer = match key {
+                    Some(key) => Some(
+                        anchor::consent::ConsentRelayer::connect(
+                            &rpc_url,
+                            key,
+                            registry,
+                            client_config,
+                        )
+                        .await?,
+                    ),
+                    None => None,
+                };
+                return Ok(Some(ConsentChain {
+                    reader,
+                    relayer,
+                    start_block,
+                }));
+            }
+        }
+        let key = key.context(
+            "no consent.registry is set and there is no relayer key to deploy one with (consent.relayer_key)",
+        )?;
+        let (relayer, deployed) =
+            anchor::consent::ConsentRelayer::deploy(&rpc_url, key, client_config).await?;
+        Ok(Some(ConsentChain {
+            reader: relayer.reader(),
+            relayer: Some(relayer),
+            start_block: deployed.block_number,
+        }))
+    }
 }

@@ -23,7 +23,8 @@ use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::model::{ResourceId, ResourceType};
 use crate::store::search::{
-    self as sql, Alternative, Cursor, Filter, Modifier, Query, SortField, SortKey, TextQuery, TypeCondition,
+    self as sql, Alternative, Cursor, Filter, Modifier, Query, SortField, SortKey, TextQuery,
+    TypeCondition,
 };
 use crate::subset::{self, ResultParams, SearchMode, Subset};
 

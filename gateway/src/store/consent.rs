@@ -190,7 +190,11 @@ pub async fn reset(
     remember_block(conn, start_block - 1, start_hash).await
 }
 
-async fn remember_block(conn: &mut AnyConnection, number: i64, hash: &str) -> Result<(), sqlx::Error> {
+async fn remember_block(
+    conn: &mut AnyConnection,
+    number: i64,
+    hash: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM consent_block WHERE block_number = $1")
         .bind(number)
         .execute(&mut *conn)
@@ -285,10 +289,7 @@ pub async fn known_blocks(conn: &mut AnyConnection) -> Result<Vec<(i64, String)>
 
 /// Undoes everything recorded from blocks after `block` (a reorg replaced them): their
 /// grants go, their revocations are lifted, and the cursor returns to `block`.
-pub async fn roll_back(
-    conn: &mut AnyConnection,
-    block: (i64, &str),
-) -> Result<(), sqlx::Error> {
+pub async fn roll_back(conn: &mut AnyConnection, block: (i64, &str)) -> Result<(), sqlx::Error> {
     sqlx::query(
         "DELETE FROM consent_grant_type WHERE grant_id IN \
          (SELECT grant_id FROM consent_grant WHERE granted_block > $1)",

@@ -17,17 +17,17 @@ use crate::helpers::{Db, TestApp, new_postgres_database, spawn_app_with};
 use crate::log::{check_as_auditor, part, proof_of, read_proof, version_path};
 
 /// anvil's first dev account (a published test key, never a secret).
-const KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+pub(crate) const KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// An anvil process, stopped on drop.
-struct Anvil {
+pub(crate) struct Anvil {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Anvil {
     /// Starts anvil on `port` (0: a free one) with `args`.
-    fn start(port: u16, args: &[&str]) -> Anvil {
+    pub(crate) fn start(port: u16, args: &[&str]) -> Anvil {
         let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
         assert!(
@@ -62,7 +62,7 @@ impl Anvil {
     }
 
     /// Stops anvil with SIGINT, so that it writes its `--state`.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         signal(self.child.id(), "INT");
         let _ = self.child.wait();
     }
@@ -91,7 +91,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn rpc(url: &str, method: &str, params: Value) -> Value {
+pub(crate) async fn rpc(url: &str, method: &str, params: Value) -> Value {
     let response: Value = reqwest::Client::new()
         .post(url)
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))

@@ -13,6 +13,7 @@ mod bundles;
 mod client_kinds;
 mod clients;
 mod concurrency;
+mod consent;
 mod crud;
 mod erasure;
 mod errors;

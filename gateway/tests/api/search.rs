@@ -96,7 +96,10 @@ both!(
         ids.sort();
         let mut expected = vec![ann.clone(), hba1c.clone()];
         expected.sort();
-        assert_eq!(ids, expected, "ann's record and nothing of bob's ({bob}, {bp})");
+        assert_eq!(
+            ids, expected,
+            "ann's record and nothing of bob's ({bob}, {bp})"
+        );
         let ids = app
             .search_ids(&format!("Patient/{ann}/$everything?_type=Observation"))
             .await;
@@ -118,7 +121,10 @@ both!(
             .and_then(|l| l["url"].as_str())
             .expect("a next link")
             .to_owned();
-        assert!(next.contains("/Patient/") && next.contains("$everything"), "{next}");
+        assert!(
+            next.contains("/Patient/") && next.contains("$everything"),
+            "{next}"
+        );
         let page = app
             .client
             .get(&next)

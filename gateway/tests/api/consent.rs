@@ -1,0 +1,683 @@
+//! On-chain consent enforced on the FHIR API (issue 5), against a real anvil with the
+//! ConsentRegistry the gateway deploys: patients' grants are EIP-712 signatures relayed on
+//! chain, the gateway's follower indexes them, and every read path answers to that index:
+//! a grant opens exactly its types for its grantee and purpose (not through includes,
+//! revincludes, chains or `$everything`), a revocation closes access at the next request after
+//! the gateway saw its block, an expired grant counts for nothing, a reorg that removes a grant
+//! removes access, a chain out of reach makes patient reads fail closed (503), a patient
+//! always reads their own record, and break-the-glass is served, recorded and flagged.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::signers::SignerSync as _;
+use alloy::signers::local::PrivateKeySigner;
+use anchor::chain::{ChainConfig as ClientConfig, SignerKey};
+use anchor::consent::{
+    ConsentReader, ConsentRelayer, GrantRequest, RevokeRequest, grantee_of_client,
+    signing_hash_grant, signing_hash_revoke,
+};
+use gateway::auth::keys::{SigningKey, generate_key_file};
+use gateway::config::{ChainMode, ConsentDenied};
+use serde_json::{Value, json};
+
+use crate::anchoring::{Anvil, KEY};
+use crate::helpers::{Db, FHIR_JSON, TestApp, spawn_app_with};
+
+/// anvil's second dev account (a published test key): the gateway's relayer. The test relays
+/// with a key of its own, funded on the spot, so that the two never share nonces.
+const GATEWAY_RELAYER_KEY: &str =
+    "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+/// A consent-enforcing gateway on its own anvil, with what the test needs to act on chain.
+struct World {
+    app: TestApp,
+    anvil: Anvil,
+    key: SigningKey,
+    relayer: ConsentRelayer,
+    reader: ConsentReader,
+    _keys: tempfile::TempDir,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+async fn world(db: Db, adjust: impl FnOnce(&mut gateway::config::Config)) -> World {
+    let anvil = Anvil::start(0, &[]);
+    let keys = tempfile::tempdir().expect("temporary directory");
+    let key_file = keys.path().join("signing.pem");
+    generate_key_file(&key_file).expect("a key");
+    let key = SigningKey::load(&key_file).expect("the key");
+    let url = anvil.url.clone();
+    let app = spawn_app_with(db, |config| {
+        config.chain.mode = ChainMode::Rpc;
+        config.chain.rpc_url = Some(url.clone().into());
+        config.chain.signer_key = Some(KEY.to_owned().into());
+        config.chain.confirmations = 1;
+        config.chain.poll_interval_ms = 10;
+        config.consent.enforce = true;
+        config.consent.relayer_key = Some(GATEWAY_RELAYER_KEY.to_owned().into());
+        config.consent.confirmations = 1;
+        config.consent.poll_interval_ms = 20;
+        config.consent.max_lag_secs = 3;
+        config.auth.required = true;
+        config.auth.signing_key_file = Some(key_file);
+        adjust(config);
+    })
+    .await;
+    let health = until_consent(&app, |c| c["status"] == "pass").await;
+    let registry: Address = health["registry"]
+        .as_str()
+        .expect("the registry")
+        .parse()
+        .expect("an address");
+    let config = ClientConfig {
+        confirmations: 1,
+        poll_interval: Duration::from_millis(10),
+        ..ClientConfig::default()
+    };
+    let test_key = SignerKey::generate().expect("a key");
+    anchor::chain::set_dev_balance(
+        &anvil.url,
+        test_key.address(),
+        U256::from(10u64).pow(U256::from(21u64)),
+    )
+    .await
+    .expect("funded");
+    let relayer = ConsentRelayer::connect(&anvil.url, test_key, registry, config)
+        .await
+        .expect("the test's relayer");
+    let reader = relayer.reader();
+    World {
+        app,
+        anvil,
+        key,
+        relayer,
+        reader,
+        _keys: keys,
+    }
+}
+
+/// The consent check of `/health/ready`, once `done` holds of it.
+async fn until_consent(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
+    let url = app.base.replace("/fhir", "/health/ready");
+    let started = Instant::now();
+    loop {
+        let ready: Value = app
+            .client
+            .get(&url)
+            .send()
+            .await
+            .expect("ready answers")
+            .json()
+            .await
+            .expect("health JSON");
+        let check = ready["checks"]["consent:index"][0].clone();
+        if done(&check) {
+            return check;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the consent index never got there: {check}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl World {
+    /// A token with `scope` for the app `client_id`, with `extra` claims.
+    fn token(&self, client_id: &str, scope: &str, extra: Value) -> String {
+        let mut claims = json!({
+            "iss": self.app.base, "aud": self.app.base, "sub": client_id, "client_id": client_id,
+            "scope": scope, "iat": now(), "nbf": now(), "exp": now() + 600,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        if let (Some(claims), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            claims.extend(extra);
+        }
+        self.key.sign(&claims).expect("signed")
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .app
+            .client
+            .request(method, self.app.url(path))
+            .bearer_auth(token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", FHIR_JSON)
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (
+            status,
+            response.json().await.unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let (status, body, _) = self
+            .call(reqwest::Method::GET, path, token, &[], None)
+            .await;
+        (status, body)
+    }
+
+    async fn create(&self, resource: Value) -> String {
+        let admin = self.token("loader", "system/*.c", json!({}));
+        let t = resource["resourceType"]
+            .as_str()
+            .expect("a type")
+            .to_owned();
+        let (status, body, _) = self
+            .call(reqwest::Method::POST, &t, &admin, &[], Some(&resource))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Binds `patient` to `wallet` (what redeeming a link code leaves behind).
+    async fn bind(&self, patient: &str, wallet: Address) {
+        let mut conn = self.app.database_connection().await;
+        sqlx::query(
+            "INSERT INTO patient_wallet (patient_id, wallet_address, user_id, bound_at) VALUES ($1, $2, $3, 0)",
+        )
+        .bind(patient)
+        .bind(format!("0x{}", hex::encode(wallet.as_slice())))
+        .bind(format!("user-of-{patient}"))
+        .execute(&mut conn)
+        .await
+        .expect("bound");
+    }
+
+    /// `patient` grants `types` for `purpose` to the app `client_id` on chain (signed, relayed
+    /// by the test); returns the grant id and its block once the gateway has read that block.
+    async fn grant(
+        &self,
+        patient: &PrivateKeySigner,
+        client_id: &str,
+        types: &[&str],
+        purpose: &str,
+        expires_at: u64,
+    ) -> (u64, u64) {
+        let nonce = self.reader.nonce(patient.address()).await.expect("nonce");
+        let request = GrantRequest {
+            patient: patient.address(),
+            grantee: grantee_of_client(client_id),
+            resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            purpose: purpose.to_owned(),
+            expires_at,
+            nonce,
+            deadline: U256::from(now() + 600),
+        };
+        let hash = signing_hash_grant(self.reader.chain_id(), self.reader.registry(), &request);
+        let relayed = self
+            .relayer
+            .relay_grant(&request, sign(patient, hash))
+            .await
+            .expect("the grant is relayed");
+        self.seen(relayed.block_number).await;
+        (relayed.grant_id, relayed.block_number)
+    }
+
+    /// `patient` revokes `grant_id`; returns its block once the gateway has read it.
+    async fn revoke(&self, patient: &PrivateKeySigner, grant_id: u64) -> u64 {
+        let nonce = self.reader.nonce(patient.address()).await.expect("nonce");
+        let request = RevokeRequest {
+            patient: patient.address(),
+            grant_id,
+            nonce,
+            deadline: U256::from(now() + 600),
+        };
+        let hash = signing_hash_revoke(self.reader.chain_id(), self.reader.registry(), &request);
+        let relayed = self
+            .relayer
+            .relay_revoke(&request, sign(patient, hash))
+            .await
+            .expect("the revocation is relayed");
+        self.seen(relayed.block_number).await;
+        relayed.block_number
+    }
+
+    /// Waits until the gateway's index has read through `block`.
+    async fn seen(&self, block: u64) {
+        until_consent(&self.app, |c| {
+            c["block"].as_u64().is_some_and(|b| b >= block)
+        })
+        .await;
+    }
+}
+
+fn sign(key: &PrivateKeySigner, hash: B256) -> Bytes {
+    Bytes::from(
+        key.sign_hash_sync(&hash)
+            .expect("signs")
+            .as_bytes()
+            .to_vec(),
+    )
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap_or_default(),
+                        e["resource"]["id"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Two patients with wallets, each with an Observation and a Condition, and an Organization.
+struct Records {
+    ann: String,
+    bob: String,
+    ann_obs: String,
+    ann_cond: String,
+    bob_obs: String,
+    org: String,
+    ann_key: PrivateKeySigner,
+    bob_key: PrivateKeySigner,
+}
+
+async fn records(world: &World) -> Records {
+    let org = world
+        .create(json!({"resourceType": "Organization", "name": "Clinic"}))
+        .await;
+    let ann = world
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Ann"}], "managingOrganization": {"reference": format!("Organization/{org}")}}))
+        .await;
+    let bob = world
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Bob"}]}))
+        .await;
+    let observation = |patient: &str, code: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+               "subject": {"reference": format!("Patient/{patient}")}})
+    };
+    let ann_obs = world.create(observation(&ann, "4548-4")).await;
+    let bob_obs = world.create(observation(&bob, "4548-4")).await;
+    let ann_cond = world
+        .create(
+            json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{ann}")},
+                       "code": {"text": "diabetes"}}),
+        )
+        .await;
+    let (ann_key, bob_key) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+    world.bind(&ann, ann_key.address()).await;
+    world.bind(&bob, bob_key.address()).await;
+    Records {
+        ann,
+        bob,
+        ann_obs,
+        ann_cond,
+        bob_obs,
+        org,
+        ann_key,
+        bob_key,
+    }
+}
+
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(Db::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(Db::Sqlite).await;
+            }
+        }
+    };
+}
+
+on_both!(
+    a_grant_opens_exactly_its_types_and_a_revocation_closes_them,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let app_token = w.token("app-x", "system/*.rs", json!({}));
+        // no grant: the token's scopes are not enough
+        let (status, outcome) = w
+            .get(&format!("Observation/{}", r.ann_obs), &app_token)
+            .await;
+        assert_eq!(status, 403, "{outcome}");
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("consent")),
+            "{outcome}"
+        );
+        let (status, bundle) = w.get("Observation", &app_token).await;
+        assert_eq!(
+            (status, bundle["total"].as_u64()),
+            (200, Some(0)),
+            "{bundle}"
+        );
+        // data outside every patient compartment is not consent-gated
+        let (status, _) = w.get(&format!("Organization/{}", r.org), &app_token).await;
+        assert_eq!(status, 200);
+
+        // ann grants Observation for treatment to app-x
+        let (grant, _) = w
+            .grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+            .await;
+        let (status, _) = w
+            .get(&format!("Observation/{}", r.ann_obs), &app_token)
+            .await;
+        assert_eq!(status, 200);
+        for path in [
+            format!("Condition/{}", r.ann_cond),
+            format!("Patient/{}", r.ann),
+            format!("Observation/{}", r.bob_obs),
+            format!("Patient/{}/$everything", r.ann),
+        ] {
+            let (status, outcome) = w.get(&path, &app_token).await;
+            assert_eq!(status, 403, "{path}: {outcome}");
+        }
+        // searches leave out what is not consented, with exact totals and pages
+        let (_, bundle) = w.get("Observation?_count=1", &app_token).await;
+        assert_eq!(bundle["total"], 1, "{bundle}");
+        assert_eq!(ids(&bundle), vec![format!("Observation/{}", r.ann_obs)]);
+        let (_, bundle) = w.get("Condition", &app_token).await;
+        assert_eq!(bundle["total"], 0, "{bundle}");
+        // no leak through includes, revincludes or chains
+        let (_, bundle) = w
+            .get("Observation?_include=Observation:subject", &app_token)
+            .await;
+        assert_eq!(
+            ids(&bundle),
+            vec![format!("Observation/{}", r.ann_obs)],
+            "the Patient is not granted: {bundle}"
+        );
+        let (_, bundle) = w
+            .get(
+                &format!(
+                    "Observation?_revinclude=Condition:subject&_id={}",
+                    r.ann_obs
+                ),
+                &app_token,
+            )
+            .await;
+        assert_eq!(ids(&bundle), vec![format!("Observation/{}", r.ann_obs)]);
+        let (_, bundle) = w
+            .get("Observation?subject:Patient.family=Ann", &app_token)
+            .await;
+        assert_eq!(
+            bundle["total"], 0,
+            "a chain through an unconsented Patient: {bundle}"
+        );
+        let (_, bundle) = w
+            .get(
+                &format!(
+                    "Observation?_has:Condition:subject:code:text=diabetes&subject={}",
+                    r.ann
+                ),
+                &app_token,
+            )
+            .await;
+        assert_eq!(bundle["total"], 0, "{bundle}");
+        let (_, bundle) = w
+            .get(
+                &format!("Patient?_has:Condition:subject:code:text=diabetes"),
+                &app_token,
+            )
+            .await;
+        assert_eq!(bundle["total"], 0, "{bundle}");
+        // another app, or another purpose, is not covered
+        let other = w.token("app-y", "system/*.rs", json!({}));
+        let (status, _) = w.get(&format!("Observation/{}", r.ann_obs), &other).await;
+        assert_eq!(status, 403);
+        let research = w.token("app-x", "system/*.rs", json!({"purpose_of_use": "HRESCH"}));
+        let (status, _) = w
+            .get(&format!("Observation/{}", r.ann_obs), &research)
+            .await;
+        assert_eq!(status, 403);
+        // a grant of every type opens the whole record, $everything included
+        let (all, _) = w.grant(&r.ann_key, "app-x", &[], "TREAT", 0).await;
+        let (status, bundle) = w
+            .get(&format!("Patient/{}/$everything", r.ann), &app_token)
+            .await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(
+            ids(&bundle),
+            {
+                let mut expected = vec![
+                    format!("Condition/{}", r.ann_cond),
+                    format!("Observation/{}", r.ann_obs),
+                    format!("Patient/{}", r.ann),
+                ];
+                expected.sort();
+                expected
+            },
+            "{bundle}"
+        );
+        // revoked: closed at the next request after the gateway saw the revoking block
+        w.revoke(&r.ann_key, all).await;
+        w.revoke(&r.ann_key, grant).await;
+        let (status, _) = w
+            .get(&format!("Observation/{}", r.ann_obs), &app_token)
+            .await;
+        assert_eq!(status, 403);
+        let (_, bundle) = w
+            .get(&format!("Observation/{}/$proof", r.ann_obs), &app_token)
+            .await;
+        assert_eq!(
+            bundle["resourceType"], "OperationOutcome",
+            "$proof is gated too"
+        );
+        // an expired grant counts for nothing
+        let expires = (now() + 2) as u64;
+        w.grant(&r.bob_key, "app-x", &["Observation"], "TREAT", expires)
+            .await;
+        let (status, _) = w
+            .get(&format!("Observation/{}", r.bob_obs), &app_token)
+            .await;
+        assert_eq!(status, 200);
+        while now() < expires as i64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, _) = w
+            .get(&format!("Observation/{}", r.bob_obs), &app_token)
+            .await;
+        assert_eq!(status, 403, "expired");
+        // a Bundle's GET entries answer the same
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("Observation/{}", r.ann_obs)}},
+            {"request": {"method": "GET", "url": format!("Organization/{}", r.org)}}]});
+        let (status, bundle, _) = w
+            .call(reqwest::Method::POST, "", &app_token, &[], Some(&batch))
+            .await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(
+            bundle["entry"][0]["response"]["status"]
+                .as_str()
+                .map(|s| &s[..3]),
+            Some("403"),
+            "{bundle}"
+        );
+        assert_eq!(
+            bundle["entry"][1]["response"]["status"]
+                .as_str()
+                .map(|s| &s[..3]),
+            Some("200"),
+            "{bundle}"
+        );
+    }
+);
+
+on_both!(
+    a_patient_reads_their_own_record_and_break_the_glass_is_recorded,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        // the patient, without any grant
+        let own = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "ann-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.ann), "patient": r.ann}),
+        );
+        let (status, bundle) = w.get(&format!("Patient/{}/$everything", r.ann), &own).await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(bundle["total"], 3, "{bundle}");
+        // a practitioner without a grant: refused; with break-the-glass: served and flagged
+        let practitioner = |btg: bool| {
+            w.token(
+                "ehr",
+                "user/*.rs",
+                json!({"sub": "dr-who", "user_kind": "practitioner", "fhirUser": "Practitioner/1", "btg": btg}),
+            )
+        };
+        let path = format!("Observation/{}", r.ann_obs);
+        let (status, _) = w.get(&path, &practitioner(true)).await;
+        assert_eq!(status, 403, "break-the-glass only when asked for");
+        let etreat = [("X-Purpose-Of-Use", "ETREAT")];
+        let (status, outcome, _) = w
+            .call(
+                reqwest::Method::GET,
+                &path,
+                &practitioner(false),
+                &etreat,
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "without the permission: {outcome}");
+        let (status, _, headers) = w
+            .call(
+                reqwest::Method::GET,
+                &path,
+                &practitioner(true),
+                &etreat,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-break-the-glass"], "recorded");
+        let mut conn = w.app.database_connection().await;
+        let recorded: Vec<(String, Option<String>, i64)> =
+            sqlx::query_as("SELECT user_id, patient_id, status FROM break_glass_access")
+                .fetch_all(&mut conn)
+                .await
+                .expect("recorded");
+        assert_eq!(
+            recorded,
+            vec![("dr-who".to_owned(), Some(r.ann.clone()), 200)]
+        );
+    }
+);
+
+on_both!(
+    no_stale_serve_over_a_thousand_interleaved_reads_and_revocations,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let token = w.token("app-x", "system/*.rs", json!({}));
+        let path = format!("Observation/{}", r.ann_obs);
+        let (mut stale, mut reads, mut changes) = (0, 0, 0);
+        while reads + changes < 1000 {
+            let (grant, _) = w
+                .grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+                .await;
+            changes += 1;
+            for _ in 0..3 {
+                let (status, _) = w.get(&path, &token).await;
+                assert_eq!(status, 200, "granted and seen: served");
+                reads += 1;
+            }
+            w.revoke(&r.ann_key, grant).await;
+            changes += 1;
+            for _ in 0..3 {
+                let (status, _) = w.get(&path, &token).await;
+                if status != 403 {
+                    stale += 1;
+                }
+                reads += 1;
+            }
+        }
+        assert_eq!(stale, 0, "reads served after the revoking block was seen");
+    }
+);
+
+on_both!(
+    a_chain_out_of_reach_fails_closed_and_a_reorg_removes_a_grant,
+    |db| async move {
+        let mut w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let token = w.token("app-x", "system/*.rs", json!({}));
+        let path = format!("Observation/{}", r.ann_obs);
+        // a grant that a reorg takes away
+        let snapshot = crate::anchoring::rpc(&w.anvil.url, "evm_snapshot", json!([])).await;
+        w.grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+            .await;
+        let (status, _) = w.get(&path, &token).await;
+        assert_eq!(status, 200);
+        crate::anchoring::rpc(&w.anvil.url, "evm_revert", json!([snapshot])).await;
+        crate::anchoring::rpc(&w.anvil.url, "anvil_mine", json!([5])).await;
+        until_consent(&w.app, |c| c["reorgs"].as_u64().unwrap_or(0) >= 1).await;
+        let head = w.reader.head().await.expect("head");
+        w.seen(head).await;
+        let (status, outcome) = w.get(&path, &token).await;
+        assert_eq!(status, 403, "the reorg removed the grant: {outcome}");
+        // the chain goes away: after the bound, patient data is refused with 503
+        w.anvil.stop();
+        let started = Instant::now();
+        loop {
+            let (status, outcome) = w.get(&path, &token).await;
+            if status == 503 {
+                assert_eq!(outcome["issue"][0]["code"], "transient", "{outcome}");
+                break;
+            }
+            assert_eq!(status, 403, "{outcome}");
+            assert!(started.elapsed() < Duration::from_secs(20), "never refused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // what holds no patient data is still served
+        let (status, _) = w.get(&format!("Organization/{}", r.org), &token).await;
+        assert_eq!(status, 200);
+        let (status, _) = w.get("Observation", &token).await;
+        assert_eq!(status, 503);
+        let _ = &r.bob;
+    }
+);
+
+on_both!(
+    a_denied_read_can_hide_that_the_resource_exists,
+    |db| async move {
+        let w = world(db, |config| config.consent.denied = ConsentDenied::NotFound).await;
+        let r = records(&w).await;
+        let token = w.token("app-x", "system/*.rs", json!({}));
+        let (status, outcome) = w.get(&format!("Observation/{}", r.ann_obs), &token).await;
+        assert_eq!(status, 404, "{outcome}");
+    }
+);
