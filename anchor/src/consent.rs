@@ -177,8 +177,10 @@ pub fn signing_hash_revoke(chain_id: u64, registry: Address, request: &RevokeReq
 }
 
 /// The typed data of `request` as a browser wallet takes it in `eth_signTypedData_v4`: `types`
-/// (with `EIP712Domain`), `primaryType`, `domain` and `message`; integers as decimal strings,
-/// addresses and `bytes32` as 0x-hex.
+/// (with `EIP712Domain`), `primaryType`, `domain` and `message`; the message's integers as
+/// decimal strings (a `uint256` does not fit a JavaScript number), addresses (checksummed) and
+/// `bytes32` as 0x-hex; the domain's `chainId` as a JSON number, the form wallets compare with
+/// the chain they are connected to.
 pub fn typed_data_grant(chain_id: u64, registry: Address, request: &GrantRequest) -> Value {
     let message = json!({
         "patient": request.patient.to_checksum(None),

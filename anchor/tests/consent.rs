@@ -442,7 +442,7 @@ fn cast_sign(key: &str, typed_data: &serde_json::Value) -> Bytes {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grantee_helpers_match_the_contract_and_reader_needs_code() {
+async fn grantee_helpers_match_the_contract_and_clients_need_code() {
     let anvil = Anvil::start(&[]);
     let relayer = deploy(&anvil).await;
     let provider =
@@ -476,4 +476,13 @@ async fn grantee_helpers_match_the_contract_and_reader_needs_code() {
         ConsentReader::connect(&anvil.url, nowhere).await,
         Err(ChainError::NoRegistry(address)) if address == nowhere
     ));
+    let key = SignerKey::from_hex(KEY).expect("the relayer key");
+    assert!(matches!(
+        ConsentRelayer::connect(&anvil.url, key.clone(), nowhere, fast()).await,
+        Err(ChainError::NoRegistry(address)) if address == nowhere
+    ));
+    let connected = ConsentRelayer::connect(&anvil.url, key, relayer.registry(), fast())
+        .await
+        .expect("connects to the deployed registry");
+    assert_eq!(connected.relayer(), relayer.relayer());
 }
