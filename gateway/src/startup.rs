@@ -203,6 +203,7 @@ impl Application {
                 .route("/health/live", web::get().to(live))
                 .route("/health/ready", web::get().to(ready))
                 .configure(|cfg| crate::auth::configure(cfg, &base_path))
+                .configure(|cfg| crate::consent::api::configure(cfg, &base_path))
                 .configure(|cfg| rest::configure(cfg, &base_path))
         })
         .shutdown_timeout(config.server.shutdown_timeout_secs);

@@ -20,6 +20,7 @@
 //! A request is covered by a grant to any of them. A patient always reads their own
 //! compartment.
 
+pub mod api;
 pub mod follower;
 
 use std::sync::{Arc, Mutex};

@@ -328,3 +328,101 @@ pub async fn touch(conn: &mut AnyConnection, head: i64, now_ms: i64) -> Result<(
         .await?;
     Ok(())
 }
+
+/// The wallet bound to `patient_id`.
+pub async fn wallet_of_patient(
+    conn: &mut AnyConnection,
+    patient_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT wallet_address FROM patient_wallet WHERE patient_id = $1")
+        .bind(patient_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A grant as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedGrant {
+    pub record: GrantRecord,
+    /// The revoking block and transaction, once revoked.
+    pub revoked: Option<(i64, String)>,
+}
+
+/// The grants `wallet` made, newest first.
+pub async fn grants_of_wallet(
+    conn: &mut AnyConnection,
+    wallet: &str,
+) -> Result<Vec<IndexedGrant>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT grant_id, patient_wallet, grantee, purpose, expires_at, granted_block, granted_tx, \
+         revoked_block, revoked_tx FROM consent_grant WHERE patient_wallet = $1 ORDER BY grant_id DESC",
+    )
+    .bind(wallet)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut grants = Vec::new();
+    for row in rows {
+        let grant_id: i64 = row.try_get("grant_id")?;
+        let resource_types: Vec<String> = sqlx::query_scalar(
+            "SELECT resource_type FROM consent_grant_type WHERE grant_id = $1 ORDER BY resource_type",
+        )
+        .bind(grant_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let revoked_block: Option<i64> = row.try_get("revoked_block")?;
+        let revoked_tx: Option<String> = row.try_get("revoked_tx")?;
+        grants.push(IndexedGrant {
+            record: GrantRecord {
+                grant_id,
+                patient_wallet: row.try_get("patient_wallet")?,
+                grantee: row.try_get("grantee")?,
+                purpose: row.try_get("purpose")?,
+                resource_types,
+                expires_at: row.try_get("expires_at")?,
+                block: row.try_get("granted_block")?,
+                tx: row.try_get("granted_tx")?,
+            },
+            revoked: revoked_block.zip(revoked_tx),
+        });
+    }
+    Ok(grants)
+}
+
+/// One request served under break-the-glass.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakGlassAccess {
+    /// ms since the epoch.
+    pub at: i64,
+    pub user_id: String,
+    pub client_id: String,
+    pub method: String,
+    pub path: String,
+    pub status: i64,
+}
+
+/// The break-the-glass accesses to `patient_id`'s record, newest first.
+pub async fn break_glass_of_patient(
+    conn: &mut AnyConnection,
+    patient_id: &str,
+) -> Result<Vec<BreakGlassAccess>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT at, user_id, client_id, method, route, status FROM break_glass_access \
+         WHERE patient_id = $1 ORDER BY at DESC",
+    )
+    .bind(patient_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(BreakGlassAccess {
+                at: row.try_get("at")?,
+                user_id: row.try_get("user_id")?,
+                client_id: row.try_get("client_id")?,
+                method: row.try_get("method")?,
+                path: row.try_get("route")?,
+                status: row.try_get("status")?,
+            })
+        })
+        .collect()
+}
