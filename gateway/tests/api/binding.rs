@@ -286,6 +286,27 @@ both!(
         assert_eq!(status, 403);
         let (status, body) = unbind(&app, &admin, &patient).await;
         assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+
+        // scripts may call the admin API cross-origin (as auth/clients); the link page is
+        // the gateway's own (cookies): no CORS
+        for (path, cors) in [(path.as_str(), true), ("auth/link", false)] {
+            let response = app
+                .client
+                .request(Method::OPTIONS, app.url(path))
+                .header("origin", "https://admin.example.org")
+                .header("access-control-request-method", "POST")
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .is_some(),
+                cors,
+                "{path}"
+            );
+        }
     }
 );
 
