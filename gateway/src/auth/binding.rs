@@ -289,20 +289,37 @@ pub async fn bind(
         disabled_at: None,
         created_at: now,
     };
-    users::insert(conn, &user).await?;
-    store::insert(
-        conn,
-        &Binding {
-            patient_id: patient_id.to_owned(),
-            wallet_address: wallet_address.to_owned(),
-            user_id: user.user_id.clone(),
-            bound_at: now,
-        },
-    )
-    .await?;
-    store::record(conn, patient_id, wallet_address, "bind", actor, now).await?;
+    // a concurrent binding of the same wallet or record got there first: the same refusals
+    if let Some(refused) = unique(users::insert(conn, &user).await, Refused::WalletBound)? {
+        return Ok(Err(refused));
+    }
+    let binding = Binding {
+        patient_id: patient_id.to_owned(),
+        wallet_address: wallet_address.to_owned(),
+        user_id: user.user_id.clone(),
+        bound_at: now,
+    };
+    if let Some(refused) = unique(store::insert(conn, &binding).await, Refused::PatientBound)? {
+        return Ok(Err(refused));
+    }
+    let recorded = store::record(conn, patient_id, wallet_address, "bind", actor, now).await;
+    if let Some(refused) = unique(recorded, Refused::PatientBound)? {
+        return Ok(Err(refused));
+    }
     tracing::info!(actor, "a patient's wallet was bound");
     Ok(Ok(user))
+}
+
+/// `refused` when `result` broke a uniqueness constraint; its other errors.
+fn unique(
+    result: Result<(), sqlx::Error>,
+    refused: Refused,
+) -> Result<Option<Refused>, sqlx::Error> {
+    match result {
+        Ok(()) => Ok(None),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(Some(refused)),
+        Err(other) => Err(other),
+    }
 }
 
 /// Unbinds a Patient: in one transaction the binding goes, its patient user is removed (its

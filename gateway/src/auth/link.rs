@@ -156,7 +156,13 @@ pub(super) async fn link_post(
                     Refused::UnknownCode | Refused::UsedCode | Refused::ExpiredCode => "code",
                     _ => "siwe-button",
                 };
-                return refuse(target, &refused.to_string());
+                let text = match refused {
+                    Refused::NoSuchPatient => {
+                        "The health record this code was issued for no longer exists. Ask your care provider.".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                return refuse(target, &text);
             }
         };
         let linked = format!("{}?linked", auth.url(LINK_PATH));

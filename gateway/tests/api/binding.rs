@@ -505,6 +505,29 @@ both!(
         );
         assert_eq!(rows_of(&app, &patient).await.0.len(), 1);
 
+        // a code whose Patient was deleted since: refused, nothing written
+        let gone = new_patient(&app).await;
+        let gone_code = issue(&app, &admin, &gone).await;
+        let deleted = app
+            .client
+            .delete(app.url(&format!("Patient/{gone}")))
+            .send()
+            .await
+            .expect("sent");
+        assert!(deleted.status().is_success());
+        let (_, response) = redeem(
+            &app,
+            gone_code["code"].as_str().expect("a code"),
+            &PrivateKeySigner::random(),
+        )
+        .await;
+        assert_link_refused(response, "no longer exists").await;
+        assert_eq!(
+            rows_of(&app, &gone).await,
+            (vec![], vec![]),
+            "nothing written"
+        );
+
         // guessing stops: after five wrong codes in a browser session, no code is tried
         let mut guesser = Browser::new();
         let (page, _) = link_page(&mut guesser, &app.url("auth/link")).await;
