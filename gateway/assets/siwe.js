@@ -1,4 +1,5 @@
-// Sign-In with Ethereum (EIP-4361) on the gateway's sign-in page: the only script on the
+// Sign-In with Ethereum (EIP-4361) on the gateway's sign-in page and on its link page (where a
+// patient's wallet is bound to their record with a link code): the only script on the
 // authorization server's pages (their Content-Security-Policy allows this file alone).
 //
 // With the browser's wallet (EIP-1193, `window.ethereum`): asks for the account
@@ -32,6 +33,13 @@
         "No Ethereum wallet was found in this browser. To sign in as a patient you need a " +
           "wallet (such as a browser extension) holding the account registered for you.",
       );
+      return;
+    }
+    // the link page: the code comes first (the gateway checks it again)
+    const code = form.elements.code;
+    if (code && !code.value.trim()) {
+      say("Enter the link code from your care provider first.");
+      code.focus();
       return;
     }
     button.disabled = true;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::clients::{self, AuthMethod, ClientKind, NewClient};
-use crate::auth::{authorize, users};
+use crate::auth::{authorize, binding, users};
 use crate::config::Config;
 use crate::erasure::{self, Erasure};
 use crate::model::{ResourceId, ResourceType};
@@ -67,6 +67,12 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Bind Patient records to patients' wallets: issue link codes, show and remove
+    /// bindings (prints JSON).
+    Patient {
+        #[command(subcommand)]
+        command: PatientCommand,
+    },
     /// Issue an EHR launch value (prints it): opaque, single use, valid for 5 minutes; the
     /// app sends it as `launch` to the authorization endpoint and gets this context back with
     /// its token.
@@ -80,6 +86,34 @@ enum Command {
         /// Only this client may use the launch value.
         #[arg(long)]
         client: Option<String>,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PatientCommand {
+    /// Issue a one-time link code for a Patient (prints it, its expiry and the URL of the page
+    /// where the patient redeems it by signing in with their wallet). The Patient's earlier
+    /// unused codes stop working.
+    LinkCode {
+        /// The Patient's id.
+        id: String,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Show a Patient's wallet binding and its history.
+    Show {
+        /// The Patient's id.
+        id: String,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Unbind a Patient's wallet: the patient user goes (its sessions end, its tokens are
+    /// revoked) and the wallet is free again; a new link code binds the Patient again.
+    Unbind {
+        /// The Patient's id.
+        id: String,
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -268,15 +302,7 @@ pub async fn run() -> anyhow::Result<()> {
                 },
         } => {
             let config = Config::load(config.as_deref())?;
-            let base_url = config
-                .server
-                .base_url
-                .clone()
-                .unwrap_or_else(|| {
-                    format!("http://{}:{}/fhir", config.server.host, config.server.port)
-                })
-                .trim_end_matches('/')
-                .to_owned();
+            let base_url = base_url(&config);
             let token = crate::auth::operator_token(
                 &config.auth,
                 &config.database.data_dir,
@@ -289,6 +315,7 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { command } => user(command).await,
+        Command::Patient { command } => patient(command).await,
         Command::Launch {
             patient,
             encounter,
@@ -510,6 +537,58 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
     .await;
     store.close().await;
     result
+}
+
+/// `fhir-gateway patient ...`.
+async fn patient(command: PatientCommand) -> anyhow::Result<()> {
+    let config = match &command {
+        PatientCommand::LinkCode { config, .. }
+        | PatientCommand::Show { config, .. }
+        | PatientCommand::Unbind { config, .. } => Config::load(config.as_deref())?,
+    };
+    telemetry::init_stderr(&config.log);
+    let store = Store::connect(&config.database).await?;
+    let result = async {
+        let output = match command {
+            PatientCommand::LinkCode { id, config: _ } => serde_json::to_value(
+                binding::issue_code(
+                    &store,
+                    &id,
+                    binding::CLI,
+                    config.auth.link_code_lifetime_secs,
+                    &base_url(&config),
+                )
+                .await?
+                .map_err(|refused| anyhow::anyhow!("Patient/{id}: {refused}"))?,
+            )?,
+            PatientCommand::Show { id, config: _ } => serde_json::to_value(
+                binding::status(&store, &id)
+                    .await?
+                    .map_err(|refused| anyhow::anyhow!("Patient/{id}: {refused}"))?,
+            )?,
+            PatientCommand::Unbind { id, config: _ } => serde_json::json!({
+                "unbound": binding::unbind(&store, &id, binding::CLI)
+                    .await?
+                    .map_err(|refused| anyhow::anyhow!("Patient/{id}: {refused}"))?,
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&output)?);
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// The FHIR base URL: `server.base_url`, or what `serve` would use without TLS.
+fn base_url(config: &Config) -> String {
+    config
+        .server
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}:{}/fhir", config.server.host, config.server.port))
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// The password from `--password-file` (its first line) or `FHIR_GATEWAY_USER_PASSWORD`.

@@ -218,6 +218,9 @@ pub struct AuthConfig {
     /// The EIP-155 chain id written into the Sign-In with Ethereum messages patients sign
     /// (and required back). The messages' domain and URI come from the FHIR base URL.
     pub siwe_chain_id: u64,
+    /// How long a link code that binds a Patient to the patient's wallet can be redeemed,
+    /// in seconds (single use in any case).
+    pub link_code_lifetime_secs: u64,
 }
 
 /// On-chain patient consent (the `[consent]` section): the ConsentRegistry the gateway follows
@@ -363,6 +366,7 @@ impl Default for Config {
                 refresh_token_lifetime_secs: 30 * 24 * 3600,
                 session_lifetime_secs: 8 * 3600,
                 siwe_chain_id: 1,
+                link_code_lifetime_secs: 7 * 24 * 3600,
             },
             consent: ConsentConfig {
                 enforce: true,
@@ -495,6 +499,10 @@ impl Config {
         anyhow::ensure!(
             self.auth.session_lifetime_secs >= 60,
             "auth.session_lifetime_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            (60..=90 * 24 * 3600).contains(&self.auth.link_code_lifetime_secs),
+            "auth.link_code_lifetime_secs must be between 60 and 7776000 (90 days)"
         );
         anyhow::ensure!(
             self.auth.siwe_chain_id > 0,

@@ -16,7 +16,7 @@ use super::clients::{self, AuthMethod, ClientKind, NewClient, RegistrationError}
 use super::{Auth, CLIENTS_PATH};
 
 /// An admin API error.
-fn error(status: StatusCode, code: &str, description: &str) -> HttpResponse {
+pub(super) fn error(status: StatusCode, code: &str, description: &str) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     response.insert_header(("Cache-Control", "no-store"));
     match status {
@@ -43,8 +43,9 @@ fn error(status: StatusCode, code: &str, description: &str) -> HttpResponse {
     response.json(json!({"error": code, "error_description": description}))
 }
 
-/// Lets the request through if its bearer token is an admin client's; the refusal if not.
-async fn admin_only(auth: &Auth, request: &HttpRequest) -> Result<(), HttpResponse> {
+/// Lets the request through if its bearer token is an admin client's (returns the client's
+/// id); the refusal if not.
+pub(super) async fn admin_only(auth: &Auth, request: &HttpRequest) -> Result<String, HttpResponse> {
     let token = request
         .headers()
         .get(AUTHORIZATION)
@@ -56,7 +57,7 @@ async fn admin_only(auth: &Auth, request: &HttpRequest) -> Result<(), HttpRespon
             error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request",
-                "the client admin API needs a bearer token of an admin client",
+                "the admin API needs a bearer token of an admin client",
             )
         })?;
     let claims = auth
@@ -72,7 +73,7 @@ async fn admin_only(auth: &Auth, request: &HttpRequest) -> Result<(), HttpRespon
             )
         })?;
     match client {
-        Some(client) if client.admin && claims.sub == client.client_id => Ok(()),
+        Some(client) if client.admin && claims.sub == client.client_id => Ok(client.client_id),
         Some(_) => Err(error(
             StatusCode::FORBIDDEN,
             "insufficient_scope",
@@ -86,7 +87,7 @@ async fn admin_only(auth: &Auth, request: &HttpRequest) -> Result<(), HttpRespon
     }
 }
 
-fn unavailable() -> HttpResponse {
+pub(super) fn unavailable() -> HttpResponse {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",

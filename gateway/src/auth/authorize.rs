@@ -47,7 +47,7 @@ const ANONYMOUS_SESSION_MILLIS: i64 = 30 * 60 * 1000;
 pub const LAUNCH_LIFETIME_SECS: i64 = 5 * 60;
 
 /// An error while handling a request, as the browser sees it.
-enum Failure {
+pub(super) enum Failure {
     /// A page (the redirect URI is not verified, or the problem is the user's session).
     Page(StatusCode, String),
     /// Back to the app.
@@ -69,11 +69,11 @@ impl From<sqlx::Error> for Failure {
 }
 
 impl Failure {
-    fn page(message: impl Into<String>) -> Self {
+    pub(super) fn page(message: impl Into<String>) -> Self {
         Failure::Page(StatusCode::BAD_REQUEST, message.into())
     }
 
-    fn response(self) -> HttpResponse {
+    pub(super) fn response(self) -> HttpResponse {
         match self {
             Failure::Page(status, message) => pages::error(status, &message),
             Failure::Redirect {
@@ -110,7 +110,7 @@ fn with_query(uri: &str, params: &[(&str, String)]) -> String {
     format!("{uri}{separator}{}", query.finish())
 }
 
-fn see_other(location: &str) -> HttpResponse {
+pub(super) fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header(("Location", location))
         .insert_header(("Cache-Control", "no-store"))
@@ -325,7 +325,10 @@ fn cookie_value(req: &HttpRequest) -> Option<String> {
 }
 
 /// The live session of the request's cookie.
-async fn current_session(auth: &Auth, req: &HttpRequest) -> Result<Option<Session>, Failure> {
+pub(super) async fn current_session(
+    auth: &Auth,
+    req: &HttpRequest,
+) -> Result<Option<Session>, Failure> {
     let Some(id) = cookie_value(req) else {
         return Ok(None);
     };
@@ -362,7 +365,7 @@ async fn new_session(auth: &Auth, user_id: Option<String>) -> Result<(Session, S
 }
 
 /// The request's session, or a new anonymous one (with the cookie to set).
-async fn session_or_new(
+pub(super) async fn session_or_new(
     auth: &Auth,
     req: &HttpRequest,
 ) -> Result<(Session, Option<String>), Failure> {
@@ -375,7 +378,7 @@ async fn session_or_new(
     }
 }
 
-fn set_cookie(response: &mut HttpResponse, auth: &Auth, id: &str) {
+pub(super) fn set_cookie(response: &mut HttpResponse, auth: &Auth, id: &str) {
     let secure = if auth.fhir_base_url.starts_with("https://") {
         "; Secure"
     } else {
@@ -393,10 +396,10 @@ fn set_cookie(response: &mut HttpResponse, auth: &Auth, id: &str) {
 }
 
 /// The fields of a page's form, each name possibly more than once (the scope checkboxes).
-struct PageForm(Vec<(String, String)>);
+pub(super) struct PageForm(Vec<(String, String)>);
 
 impl PageForm {
-    fn parse(body: &[u8]) -> PageForm {
+    pub(super) fn parse(body: &[u8]) -> PageForm {
         PageForm(
             form_urlencoded::parse(body)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -404,7 +407,7 @@ impl PageForm {
         )
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
@@ -426,7 +429,7 @@ const FORM_NOT_OURS: &str =
     "This form has expired or did not come from this site. Go back to the app and start again.";
 
 /// The session of a form post whose CSRF token matches it.
-async fn posted_session(
+pub(super) async fn posted_session(
     auth: &Auth,
     req: &HttpRequest,
     form: &PageForm,
@@ -472,7 +475,7 @@ async fn pending(
 }
 
 /// The signed-in user of a session (not disabled).
-async fn session_user(auth: &Auth, session: &Session) -> Result<Option<User>, Failure> {
+pub(super) async fn session_user(auth: &Auth, session: &Session) -> Result<Option<User>, Failure> {
     let Some(user_id) = &session.user_id else {
         return Ok(None);
     };
@@ -633,7 +636,7 @@ fn sign_in_page(
     let (error_target, error) = error.unwrap_or(("username", ""));
     let script_url = auth.url(SIWE_SCRIPT_PATH);
     let message_url = auth.url(SIWE_MESSAGE_PATH);
-    pages::render_sign_in(
+    pages::render_with_wallet(
         StatusCode::OK,
         &pages::SignIn {
             action: &auth.url(SIGN_IN_PATH),
@@ -696,7 +699,7 @@ pub(super) async fn siwe_message(
     }
 }
 
-const SOMETHING_WRONG: &str = "Something went wrong on our side. Try again later.";
+pub(super) const SOMETHING_WRONG: &str = "Something went wrong on our side. Try again later.";
 
 /// `POST [base]/auth/siwe/sign-in` (form: `csrf_token`, `request`, `message`, `signature`):
 /// verifies the signed message ([`super::siwe::verify`]: this gateway's message, for this
@@ -771,28 +774,39 @@ pub(super) async fn siwe_sign_in(
 /// [`siwe_sign_in`]): replaces the anonymous `session` by a signed-in one (no session
 /// fixation), moves the pending request to it, and sends the browser on (the request's next
 /// step, or the EHR launch page).
-async fn start_signed_in_session(
+pub(super) async fn start_signed_in_session(
     auth: &Auth,
     session: &Session,
     user: &User,
     pending_request: Option<&Request>,
 ) -> Result<HttpResponse, Failure> {
+    let location = match pending_request {
+        Some(request) => with_query(
+            &auth.url(APPROVE_PATH),
+            &[("request", request.request_id.clone())],
+        ),
+        None => auth.url(EHR_LAUNCH_PATH),
+    };
+    signed_in_to(auth, session, user, pending_request, &location).await
+}
+
+/// [`start_signed_in_session`], the browser sent on to `location`.
+pub(super) async fn signed_in_to(
+    auth: &Auth,
+    session: &Session,
+    user: &User,
+    pending_request: Option<&Request>,
+    location: &str,
+) -> Result<HttpResponse, Failure> {
     tracing::info!(user_id = %user.user_id, "a user signed in");
     let (signed_in, cookie) = new_session(auth, Some(user.user_id.clone())).await?;
     let mut tx = auth.store.begin().await?;
     store::end_session(&mut tx, &session.session_hash, now_millis()).await?;
-    let location = match pending_request {
-        Some(request) => {
-            store::move_request(&mut tx, &request.request_id, &signed_in.session_hash).await?;
-            with_query(
-                &auth.url(APPROVE_PATH),
-                &[("request", request.request_id.clone())],
-            )
-        }
-        None => auth.url(EHR_LAUNCH_PATH),
-    };
+    if let Some(request) = pending_request {
+        store::move_request(&mut tx, &request.request_id, &signed_in.session_hash).await?;
+    }
     tx.commit().await?;
-    let mut response = see_other(&location);
+    let mut response = see_other(location);
     set_cookie(&mut response, auth, &cookie);
     Ok(response)
 }

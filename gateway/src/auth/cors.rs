@@ -8,7 +8,14 @@ use actix_cors::Cors;
 use actix_web::http::{Method, header};
 
 /// The endpoints under `[base]/auth/` browser apps call from scripts.
-const SCRIPT_ENDPOINTS: [&str; 5] = ["token", "register", "revoke", "introspect", "clients"];
+const SCRIPT_ENDPOINTS: [&str; 6] = [
+    "token",
+    "register",
+    "revoke",
+    "introspect",
+    "clients",
+    "patients",
+];
 
 /// The CORS middleware for the gateway mounted at `base_path` (the FHIR base URL's path).
 pub fn middleware(base_path: &str) -> Cors {

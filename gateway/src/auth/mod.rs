@@ -14,9 +14,14 @@
 //! the authorization endpoint and the sign-in, patient and approval pages; [`grants`]: the
 //! `authorization_code` and `refresh_token` grants); tokens can be revoked ([`revoke`],
 //! RFC 7009) and introspected ([`introspect`], RFC 7662).
+//!
+//! Patients' wallets are bound to their Patient records through one-time link codes
+//! ([`binding`]: issued with the admin API, `patients.rs`, or the CLI; redeemed on the page
+//! `link.rs` by signing in with the wallet).
 
 mod admin;
 pub mod authorize;
+pub mod binding;
 pub mod claims;
 pub(crate) mod client_auth;
 pub mod clients;
@@ -26,8 +31,10 @@ pub mod id_token_key;
 mod introspect;
 mod jwks_url;
 pub mod keys;
+mod link;
 mod oauth;
 mod pages;
+mod patients;
 mod register;
 mod revoke;
 pub mod scopes;
@@ -134,6 +141,8 @@ pub struct Auth {
     code_lifetime_secs: u64,
     refresh_token_lifetime_secs: u64,
     session_lifetime_secs: u64,
+    /// `auth.link_code_lifetime_secs`.
+    link_code_lifetime_secs: u64,
     /// What Sign-In with Ethereum messages say (`auth.siwe_chain_id`, the base URL's domain).
     siwe: siwe::SiwePolicy,
     /// When expired sessions, codes and tokens were last removed (ms since the epoch).
@@ -194,6 +203,7 @@ impl Auth {
             code_lifetime_secs: config.code_lifetime_secs,
             refresh_token_lifetime_secs: config.refresh_token_lifetime_secs,
             session_lifetime_secs: config.session_lifetime_secs,
+            link_code_lifetime_secs: config.link_code_lifetime_secs,
             siwe: siwe::SiwePolicy::for_base_url(fhir_base_url, config.siwe_chain_id)?,
             last_housekeeping: std::sync::atomic::AtomicI64::new(0),
         })
@@ -452,6 +462,26 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{}", authorize::EHR_LAUNCH_PATH),
         web::post().to(authorize::ehr_launch_post),
+    )
+    .route(
+        &format!("{base_path}{}", binding::LINK_PATH),
+        web::get().to(link::link_get),
+    )
+    .route(
+        &format!("{base_path}{}", binding::LINK_PATH),
+        web::post().to(link::link_post),
+    )
+    .route(
+        &format!("{base_path}{}", patients::LINK_CODES_PATH),
+        web::post().to(patients::issue_code),
+    )
+    .route(
+        &format!("{base_path}{}", patients::BINDING_PATH),
+        web::get().to(patients::show),
+    )
+    .route(
+        &format!("{base_path}{}", patients::BINDING_PATH),
+        web::delete().to(patients::unbind),
     )
     .route(
         &format!("{base_path}{REVOKE_PATH}"),

@@ -1,7 +1,8 @@
 //! The authorization server's pages (templates in `templates/auth/`, checked at compile time
-//! and HTML-escaped by askama): sign-in, patient picker, approval, EHR launch, and the error
-//! page shown when a request cannot be sent back to the app. No JavaScript but the sign-in
-//! page's wallet script (`assets/siwe.js`, the only script its Content-Security-Policy
+//! and HTML-escaped by askama): sign-in, patient picker, approval, EHR launch, the link page
+//! where a patient binds their wallet to their record, and the error page shown when a
+//! request cannot be sent back to the app. No JavaScript but the sign-in and link pages'
+//! wallet script (`assets/siwe.js`, the only script its Content-Security-Policy
 //! allows); every form carries the session's CSRF token; every page has a language, a heading, labelled fields
 //! and, after a mistake, an error summary linking to the field.
 
@@ -80,11 +81,11 @@ pub(crate) fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
     render_with_csp(status, page, CSP)
 }
 
-/// The sign-in page: [`render`], with the wallet script at `script_url` (and nothing else)
-/// allowed to run and to fetch `message_url`.
-pub(crate) fn render_sign_in(
+/// A page with the wallet button (sign-in, link): [`render`], with the wallet script at
+/// `script_url` (and nothing else) allowed to run and to fetch `message_url`.
+pub(crate) fn render_with_wallet(
     status: StatusCode,
-    page: &SignIn<'_>,
+    page: &impl Template,
     script_url: &str,
     message_url: &str,
 ) -> HttpResponse {
@@ -119,3 +120,25 @@ pub(crate) fn error(status: StatusCode, message: &str) -> HttpResponse {
 #[derive(Debug, Template)]
 #[template(path = "auth/signed_out.html")]
 pub(crate) struct SignedOut {}
+
+/// `[base]/auth/link`: a patient enters the link code from their care provider and signs in
+/// with their wallet, which binds it to their record.
+#[derive(Debug, Template)]
+#[template(path = "auth/link.html")]
+pub(crate) struct Link<'a> {
+    pub(crate) action: &'a str,
+    pub(crate) csrf_token: &'a str,
+    pub(crate) code: &'a str,
+    /// What is wrong, about the field `error_target` (`code` or `siwe-button`).
+    pub(crate) error: &'a str,
+    pub(crate) error_target: &'a str,
+    pub(crate) siwe_message_url: &'a str,
+    pub(crate) siwe_script_url: &'a str,
+}
+
+/// The wallet is linked: the patient is signed in.
+#[derive(Debug, Template)]
+#[template(path = "auth/linked.html")]
+pub(crate) struct Linked<'a> {
+    pub(crate) wallet_address: &'a str,
+}

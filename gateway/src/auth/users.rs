@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use secrecy::{ExposeSecret as _, SecretString};
 
+use super::binding;
 use crate::model::{Instant, ResourceId};
 use crate::store::Store;
 use crate::store::users::{self, User};
@@ -86,9 +87,9 @@ pub async fn add(
         kind.fhir_user_types().join(", ")
     );
     ResourceId::parse(id).map_err(|e| anyhow::anyhow!("--fhir-user: {e}"))?;
-    let (username, password_hash, wallet_address) = match (kind, credential) {
+    let (username, password_hash) = match (kind, credential) {
         (Kind::Patient, Credential::Wallet(address)) => {
-            (None, None, Some(parse_wallet_address(&address)?))
+            return add_patient(store, id, &parse_wallet_address(&address)?).await;
         }
         (Kind::Patient, Credential::Password { .. }) => {
             anyhow::bail!("patients sign in with an Ethereum wallet: give --wallet")
@@ -108,7 +109,7 @@ pub async fn add(
                 password.expose_secret().chars().count() >= MIN_PASSWORD_CHARS,
                 "the password must have at least {MIN_PASSWORD_CHARS} characters"
             );
-            (Some(username), Some(hash_password(&password)?), None)
+            (Some(username), Some(hash_password(&password)?))
         }
     };
     let user = User {
@@ -116,7 +117,7 @@ pub async fn add(
         kind: kind.as_str().to_owned(),
         username,
         password_hash,
-        wallet_address,
+        wallet_address: None,
         fhir_user: fhir_user.to_owned(),
         failed_sign_ins: 0,
         locked_until: None,
@@ -135,6 +136,33 @@ pub async fn add(
     Ok(user)
 }
 
+/// A patient user: the Patient's binding to the wallet, made as a redeemed link code makes
+/// it ([`binding::bind`], history actor `cli`).
+async fn add_patient(
+    store: &Store,
+    patient_id: &str,
+    wallet_address: &str,
+) -> anyhow::Result<User> {
+    let mut tx = store.begin().await?;
+    match binding::bind(
+        &mut tx,
+        patient_id,
+        wallet_address,
+        binding::CLI,
+        Instant::now().millis(),
+    )
+    .await?
+    {
+        Ok(user) => {
+            tx.commit().await?;
+            Ok(user)
+        }
+        Err(refused) => {
+            anyhow::bail!("Patient/{patient_id} was not bound to the wallet: {refused}")
+        }
+    }
+}
+
 pub async fn list(store: &Store) -> anyhow::Result<Vec<User>> {
     Ok(users::list(&mut *store.reader().await?).await?)
 }
@@ -148,10 +176,24 @@ pub async fn set_break_glass(store: &Store, user: &str, allowed: bool) -> anyhow
     Ok(changed)
 }
 
-/// Disables a user, by id or username; whether there was one (not yet disabled).
+/// Disables a user, by id or username; whether there was one (not yet disabled). A bound
+/// patient user is unbound instead ([`binding::unbind_in`], history actor `cli`): the user
+/// goes and the wallet is free again.
 pub async fn disable(store: &Store, user: &str) -> anyhow::Result<bool> {
     let mut tx = store.begin().await?;
-    let disabled = users::disable(&mut tx, user, Instant::now().millis()).await?;
+    let now = Instant::now().millis();
+    let bound = match users::find(&mut tx, user).await? {
+        Some(found) if found.kind == Kind::Patient.as_str() => {
+            crate::store::binding::of_user(&mut tx, &found.user_id).await?
+        }
+        _ => None,
+    };
+    if let Some(bound) = bound {
+        binding::unbind_in(&mut tx, &bound, binding::CLI, now).await?;
+        tx.commit().await?;
+        return Ok(true);
+    }
+    let disabled = users::disable(&mut tx, user, now).await?;
     tx.commit().await?;
     Ok(disabled)
 }

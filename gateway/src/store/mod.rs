@@ -8,6 +8,7 @@
 //! transaction as the version. Erasure ([`erasure`]) removes a resource's content and the
 //! salts of its log leaves but keeps every row, so history and the log keep their shape.
 
+pub mod binding;
 pub mod clients;
 pub mod consent;
 pub mod erasure;

@@ -147,6 +147,15 @@ pub async fn set_break_glass(
     Ok(changed > 0)
 }
 
+/// Removes a user (a patient user whose wallet is unbound: the wallet is free again).
+pub async fn remove(conn: &mut AnyConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM auth_user WHERE user_id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Counts a failed password sign-in; from the `limit`th in a row on, locks password sign-in
 /// until `lock_until`.
 pub async fn record_failed_sign_in(

@@ -821,7 +821,7 @@ both!(
 );
 
 /// An access token for a backend client signing with the ES384 fixture key.
-async fn backend_token(app: &TestApp, admin: bool) -> (String, String) {
+pub(crate) async fn backend_token(app: &TestApp, admin: bool) -> (String, String) {
     let mut new = NewClient::backend(
         if admin {
             "operator's admin tool"
@@ -848,7 +848,7 @@ async fn backend_token(app: &TestApp, admin: bool) -> (String, String) {
 }
 
 /// A request to the admin API: status, WWW-Authenticate, Location, body.
-async fn admin_request(
+pub(crate) async fn admin_request(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,

@@ -9,6 +9,7 @@ mod access;
 mod anchoring;
 mod auth;
 mod authorize;
+mod binding;
 mod bundles;
 mod client_kinds;
 mod clients;

@@ -7,6 +7,7 @@
 use ::siwe as siwe_crate;
 use alloy::signers::SignerSync as _;
 use alloy::signers::local::PrivateKeySigner;
+use gateway::auth::binding;
 use gateway::auth::siwe::{self, SiwePolicy};
 use gateway::auth::users::{self, Credential, Kind};
 use gateway::store::Store;
@@ -19,7 +20,7 @@ use crate::authorize::{
 use crate::both;
 use crate::helpers::TestApp;
 
-fn sign(signer: &PrivateKeySigner, message: &str) -> String {
+pub(crate) fn sign(signer: &PrivateKeySigner, message: &str) -> String {
     let signature = signer
         .sign_message_sync(message.as_bytes())
         .expect("signed");
@@ -80,9 +81,14 @@ both!(
     }
 );
 
-/// A patient user whose wallet is `wallet`, for the setup's Patient.
+/// A patient user whose wallet is `wallet`, for the setup's Patient (unbound from the
+/// setup's patient user first: one record, one wallet).
 async fn add_patient_user(app: &TestApp, setup: &Setup, wallet: &PrivateKeySigner) -> String {
     let store = Store::connect(&app.database).await.expect("the store");
+    binding::unbind(&store, &setup.patient_id, binding::CLI)
+        .await
+        .expect("the database")
+        .expect("the setup's patient user was bound");
     let user = users::add(
         &store,
         Kind::Patient,
@@ -97,7 +103,7 @@ async fn add_patient_user(app: &TestApp, setup: &Setup, wallet: &PrivateKeySigne
 
 /// A patient's standalone launch up to the sign-in page: the page, its CSP and the PKCE
 /// verifier.
-async fn sign_in_page(
+pub(crate) async fn sign_in_page(
     browser: &mut Browser,
     app: &TestApp,
     setup: &Setup,
@@ -122,7 +128,7 @@ async fn sign_in_page(
 }
 
 /// `POST [base]/auth/siwe/message` from the sign-in page `page`: status and JSON.
-async fn ask_message(
+pub(crate) async fn ask_message(
     browser: &mut Browser,
     app: &TestApp,
     page: &str,
@@ -142,7 +148,7 @@ async fn ask_message(
 }
 
 /// The message the gateway writes for `wallet`, from the sign-in page `page`.
-async fn message_for(
+pub(crate) async fn message_for(
     browser: &mut Browser,
     app: &TestApp,
     page: &str,
@@ -154,7 +160,7 @@ async fn message_for(
 }
 
 /// Posts a signed message with the sign-in page's form.
-async fn post_signed(
+pub(crate) async fn post_signed(
     browser: &mut Browser,
     app: &TestApp,
     page: &str,
@@ -175,7 +181,7 @@ async fn post_signed(
 }
 
 /// A refusal: the sign-in page again (200), with an error summary saying `expected`.
-async fn assert_refused(response: reqwest::Response, expected: &str) -> String {
+pub(crate) async fn assert_refused(response: reqwest::Response, expected: &str) -> String {
     assert_eq!(response.status(), 200, "the sign-in page again");
     let page = response.text().await.expect("text");
     assert!(
