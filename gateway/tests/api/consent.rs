@@ -856,3 +856,104 @@ on_both!(
         assert_eq!(listed["grants"][0]["status"], "revoked");
     }
 );
+
+on_both!(each_grant_is_a_read_only_fhir_consent, |db| async move {
+    let w = world(db, |_| {}).await;
+    let r = records(&w).await;
+    let (observations, _) = w
+        .grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+        .await;
+    let (everything, _) = w.grant(&r.ann_key, "app-y", &[], "HRESCH", 0).await;
+    w.revoke(&r.ann_key, everything).await;
+    let own = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "ann-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.ann), "patient": r.ann}),
+        );
+    let (status, bundle) = w.get(&format!("Consent?patient={}", r.ann), &own).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["total"], 2, "{bundle}");
+    let (status, consent) = w.get(&format!("Consent/{observations}"), &own).await;
+    assert_eq!(status, 200, "{consent}");
+    assert_eq!(consent["status"], "active");
+    assert_eq!(
+        consent["patient"]["reference"],
+        format!("Patient/{}", r.ann)
+    );
+    assert_eq!(consent["provision"]["class"][0]["code"], "Observation");
+    assert_eq!(consent["provision"]["purpose"][0]["code"], "TREAT");
+    assert_eq!(
+        consent["provision"]["actor"][0]["reference"]["identifier"]["value"],
+        format!("{:#x}", grantee_of_client("app-x"))
+    );
+    let (_, revoked) = w.get(&format!("Consent/{everything}"), &own).await;
+    assert_eq!(revoked["status"], "inactive");
+    assert!(
+        revoked["provision"].get("class").is_none(),
+        "every type: {revoked}"
+    );
+    let (_, active) = w
+        .get(&format!("Consent?patient={}&status=active", r.ann), &own)
+        .await;
+    assert_eq!(active["total"], 1);
+    // the projection is a valid R4 Consent
+    let (status, outcome, _) = w
+        .call(
+            reqwest::Method::POST,
+            "Consent/$validate",
+            &w.token("v", "system/*.rs", json!({})),
+            &[],
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(status, 200, "{outcome}");
+    // nobody writes a Consent here
+    let admin = w.token("loader", "system/*.cruds", json!({}));
+    let (status, outcome, _) = w
+        .call(
+            reqwest::Method::POST,
+            "Consent",
+            &admin,
+            &[],
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(
+        (status, outcome["resourceType"].as_str()),
+        (405, Some("OperationOutcome")),
+        "{outcome}"
+    );
+    let (status, _, _) = w
+        .call(
+            reqwest::Method::PUT,
+            &format!("Consent/{observations}"),
+            &admin,
+            &[],
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(status, 405);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "POST", "url": "Consent"}, "resource": consent}]});
+    let (_, response, _) = w
+        .call(reqwest::Method::POST, "", &admin, &[], Some(&batch))
+        .await;
+    assert_eq!(
+        response["entry"][0]["response"]["status"]
+            .as_str()
+            .map(|s| &s[..3]),
+        Some("405"),
+        "{response}"
+    );
+    // bob's patient token does not see ann's; an app needs the patient's consent to read it
+    let bob = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "bob-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.bob), "patient": r.bob}),
+        );
+    let (status, _) = w.get(&format!("Consent?patient={}", r.ann), &bob).await;
+    assert_eq!(status, 403);
+    let app = w.token("app-x", "system/*.rs", json!({}));
+    let (status, _) = w.get(&format!("Consent/{observations}"), &app).await;
+    assert_eq!(status, 403, "app-x may read Observations only");
+});
