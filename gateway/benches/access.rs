@@ -5,6 +5,10 @@
 //! verifying a client's ES384 assertion, signing the access token (ES256) and an ID token
 //! (RS256).
 //!
+//! And what on-chain consent costs a request (issue 5): the request's gate (the index's
+//! cursor, cached, and the grantee ids), and a read's check on the resource row with the
+//! consent condition against one without (SQLite, one consented patient).
+//!
 //! `cargo bench -p gateway --bench access`; the figures are in BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -121,5 +125,101 @@ fn issuing(c: &mut Criterion, data_dir: &std::path::Path) {
     });
 }
 
-criterion_group!(benches, access);
+fn consent(c: &mut Criterion) {
+    use gateway::consent::{Consent, Gate};
+    use gateway::model::ResourceType;
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = Config::default();
+    config.database.data_dir = dir.path().to_path_buf();
+    let store = runtime
+        .block_on(Store::connect(&config.database))
+        .expect("the store");
+    let ctx = gateway::interaction::Context {
+        base_url: BASE.to_owned(),
+        config: config.clone(),
+    };
+    // a patient with an Observation, bound to a wallet that granted Observation to "app"
+    let operator = Access::operator(None);
+    let create = |json: String| {
+        let store = store.clone();
+        let ctx = ctx.clone();
+        let operator = operator.clone();
+        async move {
+            let body = gateway::resource::parse_json(json.as_bytes(), 64).expect("json");
+            let t = gateway::resource::resource_type_of(&body).expect("a type");
+            let mut tx = store.begin().await.expect("tx");
+            let outcome = gateway::interaction::create::create(&mut tx, &ctx, &operator, &t, body, None)
+                .await
+                .expect("created");
+            tx.commit().await.expect("committed");
+            outcome.location.expect("a location").split('/').nth_back(2).map(str::to_owned).expect("an id")
+        }
+    };
+    let patient = runtime.block_on(create(r#"{"resourceType":"Patient"}"#.to_owned()));
+    let observation = runtime.block_on(create(format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/{patient}"}}}}"#
+    )));
+    let wallet = "0x00000000000000000000000000000000000000aa";
+    runtime.block_on(async {
+        let mut tx = store.begin().await.expect("tx");
+        sqlx::query("INSERT INTO patient_wallet (patient_id, wallet_address, user_id, bound_at) VALUES ($1, $2, 'u', 0)")
+            .bind(&patient).bind(wallet).execute(&mut *tx).await.expect("bound");
+        let changes = gateway::store::consent::Changes {
+            grants: vec![gateway::store::consent::GrantRecord {
+                grant_id: 1,
+                patient_wallet: wallet.to_owned(),
+                grantee: gateway::consent::grantee_of_client("app"),
+                purpose: "TREAT".to_owned(),
+                resource_types: vec!["Observation".to_owned()],
+                expires_at: 0,
+                block: 1,
+                tx: "0x01".to_owned(),
+            }],
+            ..Default::default()
+        };
+        gateway::store::consent::reset(&mut tx, 1, "0x01", 1, "0x00").await.expect("reset");
+        let now = gateway::model::Instant::now().millis() + 3_600_000;
+        gateway::store::consent::apply(&mut tx, &changes, (10, "0x0a"), 10, Some(now)).await.expect("applied");
+        tx.commit().await.expect("committed");
+    });
+    let consent = Consent::new(config.consent.clone(), store.clone(), None);
+    let mut access = Access::from_claims(
+        serde_json::from_value(serde_json::json!({
+            "iss": BASE, "aud": BASE, "sub": "app", "client_id": "app", "scope": "system/*.rs",
+            "iat": 0, "nbf": 0, "exp": i64::MAX, "jti": "j"
+        }))
+        .expect("claims"),
+        None,
+    )
+    .expect("granted");
+    c.bench_function("consent: the request's gate (cursor cached)", |b| {
+        b.iter(|| runtime.block_on(consent.gate(black_box(&access))).expect("a gate"));
+    });
+    access.consent = runtime.block_on(consent.gate(&access)).expect("a gate");
+    assert!(matches!(access.consent, Gate::Grants(_)), "{:?}", access.consent);
+    let _ = ResourceType::parse("Observation");
+    let check = |access: &Access| {
+        let store = store.clone();
+        let access = access.clone();
+        let observation = observation.clone();
+        async move {
+            let mut conn = store.reader().await.expect("a connection");
+            access
+                .check(&mut conn, BASE, Permission::Read, "Observation", &observation)
+                .await
+                .expect("consented")
+        }
+    };
+    c.bench_function("consent: check a read of a consented Observation (SQLite)", |b| {
+        b.iter(|| runtime.block_on(check(black_box(&access))));
+    });
+    let mut open = access.clone();
+    open.consent = Gate::Open;
+    c.bench_function("consent: the same check with consent not enforced (SQLite)", |b| {
+        b.iter(|| runtime.block_on(check(black_box(&open))));
+    });
+}
+
+criterion_group!(benches, access, consent);
 criterion_main!(benches);
