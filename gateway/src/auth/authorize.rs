@@ -883,12 +883,7 @@ pub(super) async fn approve_post(
                 })
             }
             (Some("approve"), _) => {
-                let decided = Decided {
-                    session: &session,
-                    client: &client,
-                    user: &user,
-                };
-                approve(&auth, &consent, decided, request, &form).await
+                approve(&auth, &consent, &session, request, &client, &user, &form).await
             }
             _ => Err(Failure::page("Choose Allow or Deny.")),
         }
@@ -944,28 +939,18 @@ async fn patient_exists(auth: &Auth, id: &str) -> Result<bool, Failure> {
     resource_exists(auth, "Patient", id).await
 }
 
-/// Who decided on the approval page, for which app.
-struct Decided<'a> {
-    session: &'a Session,
-    client: &'a Client,
-    user: &'a User,
-}
-
 /// The user allowed the app the ticked scopes of `form`: records the consent on chain first
 /// when the patient ticked that box ([`chain_consent::record`]; a refusal shows the page
 /// again), then issues the authorization code.
 async fn approve(
     auth: &Auth,
     consent: &Consent,
-    decided: Decided<'_>,
+    session: &Session,
     request: Request,
+    client: &Client,
+    user: &User,
     form: &PageForm,
 ) -> Result<HttpResponse, Failure> {
-    let Decided {
-        session,
-        client,
-        user,
-    } = decided;
     let granted = ScopeSet::parse_lenient(&request.scope).keep(&form.all("scope"));
     if granted.is_empty() {
         return next_step(

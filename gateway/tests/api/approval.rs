@@ -258,6 +258,16 @@ on_both!(
         );
         assert!(grant.deadline > U256::from(now() as u64), "{typed}");
 
+        // no kind of data ticked: nothing to consent to
+        let (status, body) = typed_data(&mut browser, &w, &page, &["openid"], "1y").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("at least one kind of data")),
+            "{body}"
+        );
+
         // without the session's CSRF token: no grant to sign
         let response = browser
             .post(
