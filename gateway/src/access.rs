@@ -169,6 +169,14 @@ impl Access {
     /// `Some(filter)` those matching it; 403 when no scope grants it. Reads of
     /// patient-compartment types are narrowed further by consent (503 when its view is stale).
     pub fn allowed(&self, permission: Permission, resource_type: &str) -> Result<Option<Filter>> {
+        if resource_type == "Consent"
+            && matches!(
+                permission,
+                Permission::Create | Permission::Update | Permission::Delete
+            )
+        {
+            return Err(crate::consent::projection::read_only_error());
+        }
         let scope = self.scope_allowed(permission, resource_type)?;
         let consent = self.consent_filter(permission, resource_type)?;
         Ok(match (scope, consent) {

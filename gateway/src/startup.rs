@@ -204,6 +204,7 @@ impl Application {
                 .route("/health/ready", web::get().to(ready))
                 .configure(|cfg| crate::auth::configure(cfg, &base_path))
                 .configure(|cfg| crate::consent::api::configure(cfg, &base_path))
+                .configure(|cfg| crate::consent::projection::configure(cfg, &base_path))
                 .configure(|cfg| rest::configure(cfg, &base_path))
         })
         .shutdown_timeout(config.server.shutdown_timeout_secs);

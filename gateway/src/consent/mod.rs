@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod follower;
+pub mod projection;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -323,7 +324,8 @@ pub struct ConsentChain {
 
 impl ConsentChain {
     /// Connects to the configured registry, or the one the index recorded, or deploys one
-    /// (with the relayer key) when there is neither. `None` without a chain.
+    /// (with the relayer key) when there is neither. `None` without a chain, or when consent
+    /// is not enforced (nothing follows the registry then, and nothing is relayed).
     pub async fn connect(
         config: &crate::config::Config,
         embedded_url: Option<&str>,
@@ -333,6 +335,9 @@ impl ConsentChain {
         use anyhow::Context as _;
         use secrecy::ExposeSecret as _;
 
+        if !config.consent.enforce {
+            return Ok(None);
+        }
         let chain = &config.chain;
         let (rpc_url, key) = match (chain.mode, embedded_url) {
             (crate::config::ChainMode::Off, _) => return Ok(None),

@@ -104,6 +104,19 @@ pub fn capability_statement(ctx: &Context) -> Value {
             if !supported.is_empty() {
                 resource["supportedProfile"] = json!(supported);
             }
+            if resource_type == "Consent" {
+                resource["interaction"] = json!([{"code": "read"}, {"code": "search-type"}]);
+                resource["searchParam"] = json!([
+                    {"name": "patient", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/clinical-patient"},
+                    {"name": "status", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Consent-status"}
+                ]);
+                resource["documentation"] = json!("a read-only projection of the patient's grants on chain (ConsentRegistry); search by patient");
+                for key in ["versioning", "readHistory", "updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete", "searchInclude", "searchRevInclude"] {
+                    if let Some(object) = resource.as_object_mut() {
+                        object.remove(key);
+                    }
+                }
+            }
             if resource_type == "Patient" {
                 resource["operation"] = json!([{
                     "name": "everything",

@@ -171,6 +171,9 @@ fn entry_error(index: usize, error: Error) -> Error {
         Error::Unprocessable(m) => Error::Unprocessable(format!("Bundle.entry[{index}]: {m}")),
         Error::Forbidden(m) => Error::Forbidden(format!("Bundle.entry[{index}]: {m}")),
         Error::NoConsent(m) => Error::NoConsent(format!("Bundle.entry[{index}]: {m}")),
+        Error::MethodNotAllowed(m) => {
+            Error::MethodNotAllowed(format!("Bundle.entry[{index}]: {m}"))
+        }
         Error::Unavailable(m) => Error::Unavailable(format!("Bundle.entry[{index}]: {m}")),
         Error::InvalidPatchResult(issues) => {
             let mut issues = issues.clone();

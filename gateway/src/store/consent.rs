@@ -348,18 +348,55 @@ pub struct IndexedGrant {
     pub revoked: Option<(i64, String)>,
 }
 
+/// The Patient bound to `wallet`.
+pub async fn patient_of_wallet(
+    conn: &mut AnyConnection,
+    wallet: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT patient_id FROM patient_wallet WHERE wallet_address = $1")
+        .bind(wallet)
+        .fetch_optional(conn)
+        .await
+}
+
+const GRANT_COLUMNS: &str = "grant_id, patient_wallet, grantee, purpose, expires_at, granted_block, \
+                             granted_tx, revoked_block, revoked_tx";
+
+/// One grant of the index.
+pub async fn grant(
+    conn: &mut AnyConnection,
+    grant_id: i64,
+) -> Result<Option<IndexedGrant>, sqlx::Error> {
+    // audited: GRANT_COLUMNS is a constant
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GRANT_COLUMNS} FROM consent_grant WHERE grant_id = $1"
+    )))
+    .bind(grant_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(indexed(conn, rows).await?.pop())
+}
+
 /// The grants `wallet` made, newest first.
 pub async fn grants_of_wallet(
     conn: &mut AnyConnection,
     wallet: &str,
 ) -> Result<Vec<IndexedGrant>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT grant_id, patient_wallet, grantee, purpose, expires_at, granted_block, granted_tx, \
-         revoked_block, revoked_tx FROM consent_grant WHERE patient_wallet = $1 ORDER BY grant_id DESC",
-    )
+    // audited: GRANT_COLUMNS is a constant
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GRANT_COLUMNS} FROM consent_grant WHERE patient_wallet = $1 ORDER BY grant_id DESC"
+    )))
     .bind(wallet)
     .fetch_all(&mut *conn)
     .await?;
+    indexed(conn, rows).await
+}
+
+/// Grant rows with their resource types.
+async fn indexed(
+    conn: &mut AnyConnection,
+    rows: Vec<sqlx::any::AnyRow>,
+) -> Result<Vec<IndexedGrant>, sqlx::Error> {
     let mut grants = Vec::new();
     for row in rows {
         let grant_id: i64 = row.try_get("grant_id")?;

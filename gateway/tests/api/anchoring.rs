@@ -449,6 +449,8 @@ fn start_gateway(
         .arg("serve")
         .env("FHIR_GATEWAY_SERVER__PORT", port.to_string())
         .env("FHIR_GATEWAY_AUTH__REQUIRED", "false")
+        // anchoring only: no consent registry to follow (tests/api/consent.rs has those)
+        .env("FHIR_GATEWAY_CONSENT__ENFORCE", "false")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
         .env("FHIR_GATEWAY_DATABASE__SQLITE_SYNCHRONOUS", "normal")
         .env("FHIR_GATEWAY_LEDGER__INTERVAL_MS", "10")

@@ -681,3 +681,279 @@ on_both!(
         assert_eq!(status, 404, "{outcome}");
     }
 );
+
+/// The typed-data request the gateway wrote, as the Rust types the hash is made of.
+fn grant_of(request: &Value) -> GrantRequest {
+    let number = |v: &Value| -> U256 {
+        v.as_str()
+            .map(|s| s.parse().expect("a decimal"))
+            .or_else(|| v.as_u64().map(U256::from))
+            .expect("a number")
+    };
+    GrantRequest {
+        patient: request["patient"]
+            .as_str()
+            .expect("patient")
+            .parse()
+            .expect("an address"),
+        grantee: request["grantee"]
+            .as_str()
+            .expect("grantee")
+            .parse()
+            .expect("32 bytes"),
+        resource_types: request["resourceTypes"]
+            .as_array()
+            .expect("types")
+            .iter()
+            .map(|t| t.as_str().expect("a type").to_owned())
+            .collect(),
+        purpose: request["purpose"].as_str().expect("purpose").to_owned(),
+        expires_at: u64::try_from(number(&request["expiresAt"])).expect("u64"),
+        nonce: number(&request["nonce"]),
+        deadline: number(&request["deadline"]),
+    }
+}
+
+on_both!(
+    a_patient_grants_and_revokes_through_the_gateways_relay,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let patient = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "ann-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.ann), "patient": r.ann}),
+        );
+        let app = w.token("app-x", "system/*.rs", json!({}));
+        let post = |path: &'static str, token: String, body: Value| {
+            let w = &w;
+            async move {
+                let (status, body, _) = w
+                    .call(reqwest::Method::POST, path, &token, &[], Some(&body))
+                    .await;
+                (status, body)
+            }
+        };
+        // only a patient, for their own wallet
+        let (status, outcome) = post(
+            "consent/grant-request",
+            app.clone(),
+            json!({"grantee": {"client": "app-x"}}),
+        )
+        .await;
+        assert_eq!(status, 403, "{outcome}");
+        let (status, outcome) = post(
+            "consent/grant-request",
+            patient.clone(),
+            json!({"grantee": {"client": "app-x", "user": "u"}}),
+        )
+        .await;
+        assert_eq!(status, 400, "{outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let (status, asked) = post(
+            "consent/grant-request",
+            patient.clone(),
+            json!({"grantee": {"client": "app-x"}, "resourceTypes": ["Observation"], "purpose": "TREAT"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{asked}");
+        assert_eq!(asked["typedData"]["primaryType"], "Grant");
+        let request = grant_of(&asked["request"]);
+        assert_eq!(request.patient, r.ann_key.address());
+        assert_eq!(request.grantee, grantee_of_client("app-x"));
+        let signature = sign(
+            &r.ann_key,
+            signing_hash_grant(w.reader.chain_id(), w.reader.registry(), &request),
+        );
+        let signed = json!({"request": asked["request"], "signature": format!("0x{}", hex::encode(&signature))});
+        let (status, relayed) = post("consent/grants", patient.clone(), signed.clone()).await;
+        assert_eq!(status, 201, "{relayed}");
+        let grant_id = relayed["grantId"].as_u64().expect("a grant id");
+        w.seen(relayed["blockNumber"].as_u64().expect("a block"))
+            .await;
+        let (status, _) = w.get(&format!("Observation/{}", r.ann_obs), &app).await;
+        assert_eq!(status, 200, "granted through the relay");
+        // the same signature again: a replay, refused before anything is sent
+        let (status, outcome) = post("consent/grants", patient.clone(), signed).await;
+        assert_eq!(status, 409, "{outcome}");
+        // a signature by another wallet
+        let forged = sign(
+            &r.bob_key,
+            signing_hash_grant(
+                w.reader.chain_id(),
+                w.reader.registry(),
+                &GrantRequest {
+                    nonce: request.nonce + U256::from(1u64),
+                    ..request.clone()
+                },
+            ),
+        );
+        let mut other = asked["request"].clone();
+        other["nonce"] = json!((request.nonce + U256::from(1u64)).to_string());
+        let (status, outcome) = post(
+            "consent/grants",
+            patient.clone(),
+            json!({"request": other, "signature": format!("0x{}", hex::encode(&forged))}),
+        )
+        .await;
+        assert_eq!(status, 400, "{outcome}");
+        // bob's wallet is not ann's
+        let mut bobs = asked["request"].clone();
+        bobs["patient"] = json!(format!("{:#x}", r.bob_key.address()));
+        let (status, _) = post(
+            "consent/grants",
+            patient.clone(),
+            json!({"request": bobs, "signature": "0x00"}),
+        )
+        .await;
+        assert_eq!(status, 403);
+        // the patient's list
+        let (status, listed) = w.get("consent/grants", &patient).await;
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed["grants"][0]["grantId"], grant_id);
+        assert_eq!(listed["grants"][0]["status"], "active");
+        assert_eq!(listed["grants"][0]["resourceTypes"], json!(["Observation"]));
+        // revoked through the relay: closed at the next request
+        let (status, asked) = post(
+            "consent/revoke-request",
+            patient.clone(),
+            json!({"grantId": grant_id}),
+        )
+        .await;
+        assert_eq!(status, 200, "{asked}");
+        let nonce: U256 = asked["request"]["nonce"]
+            .as_str()
+            .expect("a nonce")
+            .parse()
+            .expect("decimal");
+        let deadline: U256 = asked["request"]["deadline"]
+            .as_str()
+            .expect("a deadline")
+            .parse()
+            .expect("decimal");
+        let revoke = RevokeRequest {
+            patient: r.ann_key.address(),
+            grant_id,
+            nonce,
+            deadline,
+        };
+        let signature = sign(
+            &r.ann_key,
+            signing_hash_revoke(w.reader.chain_id(), w.reader.registry(), &revoke),
+        );
+        let (status, relayed) = post(
+            "consent/revocations",
+            patient.clone(),
+            json!({"request": asked["request"], "signature": format!("0x{}", hex::encode(&signature))}),
+        )
+        .await;
+        assert_eq!(status, 200, "{relayed}");
+        w.seen(relayed["blockNumber"].as_u64().expect("a block"))
+            .await;
+        let (status, _) = w.get(&format!("Observation/{}", r.ann_obs), &app).await;
+        assert_eq!(status, 403);
+        let (_, listed) = w.get("consent/grants", &patient).await;
+        assert_eq!(listed["grants"][0]["status"], "revoked");
+    }
+);
+
+on_both!(each_grant_is_a_read_only_fhir_consent, |db| async move {
+    let w = world(db, |_| {}).await;
+    let r = records(&w).await;
+    let (observations, _) = w
+        .grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+        .await;
+    let (everything, _) = w.grant(&r.ann_key, "app-y", &[], "HRESCH", 0).await;
+    w.revoke(&r.ann_key, everything).await;
+    let own = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "ann-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.ann), "patient": r.ann}),
+        );
+    let (status, bundle) = w.get(&format!("Consent?patient={}", r.ann), &own).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["total"], 2, "{bundle}");
+    let (status, consent) = w.get(&format!("Consent/{observations}"), &own).await;
+    assert_eq!(status, 200, "{consent}");
+    assert_eq!(consent["status"], "active");
+    assert_eq!(
+        consent["patient"]["reference"],
+        format!("Patient/{}", r.ann)
+    );
+    assert_eq!(consent["provision"]["class"][0]["code"], "Observation");
+    assert_eq!(consent["provision"]["purpose"][0]["code"], "TREAT");
+    assert_eq!(
+        consent["provision"]["actor"][0]["reference"]["identifier"]["value"],
+        format!("{:#x}", grantee_of_client("app-x"))
+    );
+    let (_, revoked) = w.get(&format!("Consent/{everything}"), &own).await;
+    assert_eq!(revoked["status"], "inactive");
+    assert!(
+        revoked["provision"].get("class").is_none(),
+        "every type: {revoked}"
+    );
+    let (_, active) = w
+        .get(&format!("Consent?patient={}&status=active", r.ann), &own)
+        .await;
+    assert_eq!(active["total"], 1);
+    // the projection is a valid R4 Consent
+    let (status, outcome, _) = w
+        .call(
+            reqwest::Method::POST,
+            "Consent/$validate",
+            &w.token("v", "system/*.rs", json!({})),
+            &[],
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(status, 200, "{outcome}");
+    // nobody writes a Consent here
+    let admin = w.token("loader", "system/*.cruds", json!({}));
+    let (status, outcome, _) = w
+        .call(
+            reqwest::Method::POST,
+            "Consent",
+            &admin,
+            &[],
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(
+        (status, outcome["resourceType"].as_str()),
+        (405, Some("OperationOutcome")),
+        "{outcome}"
+    );
+    let (status, _, _) = w
+        .call(
+            reqwest::Method::PUT,
+            &format!("Consent/{observations}"),
+            &admin,
+            &[],
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(status, 405);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "POST", "url": "Consent"}, "resource": consent}]});
+    let (_, response, _) = w
+        .call(reqwest::Method::POST, "", &admin, &[], Some(&batch))
+        .await;
+    assert_eq!(
+        response["entry"][0]["response"]["status"]
+            .as_str()
+            .map(|s| &s[..3]),
+        Some("405"),
+        "{response}"
+    );
+    // bob's patient token does not see ann's; an app needs the patient's consent to read it
+    let bob = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "bob-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.bob), "patient": r.bob}),
+        );
+    let (status, _) = w.get(&format!("Consent?patient={}", r.ann), &bob).await;
+    assert_eq!(status, 403);
+    let app = w.token("app-x", "system/*.rs", json!({}));
+    let (status, _) = w.get(&format!("Consent/{observations}"), &app).await;
+    assert_eq!(status, 403, "app-x may read Observations only");
+});

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Read and search throughput with on-chain consent enforced and not (BENCHMARKS.md, "Consent"):
+# one PostgreSQL database (fhir_bench_consent, dropped after) loaded with the Synthea bundles,
+# a local anvil with the ConsentRegistry the gateway deploys, every Patient bound to a fresh
+# wallet that grants every type for treatment to the benchmark's app ("operator", the client
+# of `fhir-gateway token issue`), then the read-by-id and search loads of run.sh (wrk, 32
+# connections, a system/*.rs token) with consent.enforce = true and false, in alternating
+# runs (ORDER, ROUNDS) after a 5 s warm-up each. Both runs use the same token, chain and
+# database; "off" serves by scopes alone.
+# Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s).
+# Needs wrk (apt-get install wrk), python3, npm ci (anvil) and PostgreSQL on 127.0.0.1:5432.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${1:-../shared/data/synthea-r4}
+ORDER=${ORDER:-off on}
+ROUNDS=${ROUNDS:-2}
+DUR=${DUR:-20s}
+PG=postgres://postgres@127.0.0.1:5432
+PORT=8192
+ANVIL_PORT=8593
+OUT=target/bench-consent
+# anvil's first two dev accounts (published test keys): anchoring, and relaying consent
+ANCHOR_KEY=ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+RELAYER_KEY=59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
+cargo build --release --bin fhir-gateway --example bench_consent_grants
+mkdir -p $OUT
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent" -c "CREATE DATABASE fhir_bench_consent"
+rm -rf "$OUT/gateway-data"
+node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port $ANVIL_PORT >/dev/null &
+ANVIL=$!
+BASEENV=(FHIR_GATEWAY_DATABASE__URL="$PG/fhir_bench_consent" FHIR_GATEWAY_SERVER__PORT=$PORT
+  FHIR_GATEWAY_SERVER__BASE_URL="http://127.0.0.1:$PORT/fhir" FHIR_GATEWAY_SERVER__WORKERS=2
+  FHIR_GATEWAY_DATABASE__MAX_CONNECTIONS=16
+  FHIR_GATEWAY_DATABASE__DATA_DIR="$OUT/gateway-data" FHIR_GATEWAY_CHAIN__MODE=rpc
+  FHIR_GATEWAY_CHAIN__RPC_URL="http://127.0.0.1:$ANVIL_PORT" FHIR_GATEWAY_CHAIN__SIGNER_KEY=$ANCHOR_KEY
+  FHIR_GATEWAY_CONSENT__RELAYER_KEY=$RELAYER_KEY FHIR_GATEWAY_CONSENT__CONFIRMATIONS=1
+  FHIR_GATEWAY_LOG__FILTER=warn)
+start() {  # start AUTH_REQUIRED CONSENT_ENFORCE
+  env "${BASEENV[@]}" FHIR_GATEWAY_AUTH__REQUIRED=$1 FHIR_GATEWAY_CONSENT__ENFORCE=$2 target/release/fhir-gateway serve &
+  SERVER=$!
+  until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
+}
+stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
+trap 'kill $SERVER $ANVIL 2>/dev/null || true' EXIT
+until curl -sf -X POST -H 'content-type: application/json' --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "http://127.0.0.1:$ANVIL_PORT" >/dev/null; do sleep 0.2; done
+TOKEN=$(env "${BASEENV[@]}" target/release/fhir-gateway token issue --scope 'system/*.rs' --lifetime-secs 7200)
+start false true
+FHIR_TOKEN= python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
+psql "$PG/fhir_bench_consent" -qc "VACUUM ANALYZE" -c "CHECKPOINT"
+FHIR_TOKEN= python3 scripts/bench/prepare.py --base "http://127.0.0.1:$PORT/fhir" --out "$OUT"
+REGISTRY=$(curl -s "http://127.0.0.1:$PORT/health/ready" | python3 -c 'import json,sys; print(json.load(sys.stdin)["checks"]["consent:index"][0]["registry"])')
+stop
+target/release/examples/bench_consent_grants "$PG/fhir_bench_consent" "http://127.0.0.1:$ANVIL_PORT" "$REGISTRY" operator $RELAYER_KEY
+for round in $(seq "$ROUNDS"); do
+  for mode in $ORDER; do
+    if [ $mode = on ]; then start true true; else start true false; fi
+    # the index caught up with the grants before measuring
+    until curl -s "http://127.0.0.1:$PORT/health/ready" | grep -q '"consent:index":\[{[^]]*"status":"pass"'; do sleep 0.2; done
+    for load in reads searches; do
+      wrk -t2 -c32 -d5s -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" >/dev/null
+      echo "== round $round, consent $mode, $load, load $(cut -d' ' -f1-3 /proc/loadavg)"
+      wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" | grep -E "Requests/sec|50%|99%|Non-2xx|requests in"
+    done
+    stop
+  done
+done
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent WITH (FORCE)" || true
