@@ -15,11 +15,13 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use super::chain_consent;
 use super::grants::{hash_secret, now_millis, random_secret};
 use super::oauth::Form;
 use super::pages::{self, Choice};
 use super::scopes::{Context, OtherScope, ScopeSet};
 use super::{Auth, users::Kind};
+use crate::consent::Consent;
 use crate::model::ResourceId;
 use crate::store::clients::{self, Client};
 use crate::store::grants::{self as store, Code, Grant, Launch, Request, Session};
@@ -287,6 +289,7 @@ async fn start(auth: &Auth, req: &HttpRequest, params: &[u8]) -> Result<HttpResp
         encounter: launch.as_ref().and_then(|l| l.encounter.clone()),
         ehr_launch: launch.is_some(),
         expires_at: now + REQUEST_LIFETIME_MILLIS,
+        consent_offer: None,
     };
     let mut tx = auth.store.begin().await?;
     store::insert_request(&mut tx, &request).await?;
@@ -414,7 +417,7 @@ impl PageForm {
             .map(|(_, v)| v.as_str())
     }
 
-    fn all(&self, name: &str) -> Vec<&str> {
+    pub(super) fn all(&self, name: &str) -> Vec<&str> {
         self.0
             .iter()
             .filter(|(k, _)| k == name)
@@ -456,7 +459,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The pending request `request_id` of `session`, with its client.
-async fn pending(
+pub(super) async fn pending(
     auth: &Auth,
     session: &Session,
     request_id: Option<&str>,
@@ -488,14 +491,18 @@ fn needs_patient(scopes: &ScopeSet) -> bool {
 }
 
 /// `GET [base]/auth/approve?request=ID`: the next step of a pending request.
-pub(super) async fn approve_get(auth: web::Data<Auth>, req: HttpRequest) -> HttpResponse {
+pub(super) async fn approve_get(
+    auth: web::Data<Auth>,
+    consent: web::Data<Consent>,
+    req: HttpRequest,
+) -> HttpResponse {
     let query = PageForm::parse(req.query_string().as_bytes());
     let result = async {
         let session = current_session(&auth, &req)
             .await?
             .ok_or_else(|| Failure::page(SESSION_EXPIRED))?;
         let (request, client) = pending(&auth, &session, query.get("request")).await?;
-        next_step(&auth, &session, request, &client, "").await
+        next_step(&auth, &consent, &session, request, &client, "").await
     }
     .await;
     result.unwrap_or_else(Failure::response)
@@ -504,6 +511,7 @@ pub(super) async fn approve_get(auth: web::Data<Auth>, req: HttpRequest) -> Http
 /// Sign-in, then the patient (when the scopes need one), then approval.
 async fn next_step(
     auth: &Auth,
+    consent: &Consent,
     session: &Session,
     mut request: Request,
     client: &Client,
@@ -545,6 +553,31 @@ async fn next_step(
             ));
         }
     }
+    approval_page(
+        auth,
+        consent,
+        session,
+        &request,
+        client,
+        &user,
+        ("scope-0", error),
+    )
+    .await
+}
+
+/// The approval page: the scopes to tick and, for a patient with a bound wallet when the
+/// gateway relays grants, the offer to record the consent on chain ([`chain_consent`]);
+/// `error` is the field a mistake is about and what is wrong (empty: none).
+async fn approval_page(
+    auth: &Auth,
+    consent: &Consent,
+    session: &Session,
+    request: &Request,
+    client: &Client,
+    user: &User,
+    (error_target, error): (&str, &str),
+) -> Result<HttpResponse, Failure> {
+    let scopes = ScopeSet::parse_lenient(&request.scope);
     let choices = scopes
         .others
         .iter()
@@ -557,18 +590,27 @@ async fn next_step(
             words: s.describe(),
         }))
         .collect();
-    Ok(pages::render(
-        StatusCode::OK,
-        &pages::Approve {
-            action: &auth.url(APPROVE_PATH),
-            csrf_token: &session.csrf_token,
-            request_id: &request.request_id,
-            client_name: &client.name,
-            patient: request.patient.as_deref().unwrap_or_default(),
-            scopes: choices,
-            error,
-        },
-    ))
+    let offered = chain_consent::offered(auth, consent, user, &scopes).await?;
+    let script_url = auth.url(chain_consent::CONSENT_SCRIPT_PATH);
+    let typed_data_url = auth.url(chain_consent::CONSENT_TYPED_DATA_PATH);
+    let page = pages::Approve {
+        action: &auth.url(APPROVE_PATH),
+        csrf_token: &session.csrf_token,
+        request_id: &request.request_id,
+        client_name: &client.name,
+        patient: request.patient.as_deref().unwrap_or_default(),
+        scopes: choices,
+        error,
+        error_target,
+        consent_kinds: offered.as_ref().map_or("", |o| o.kinds.as_str()),
+        consent_expiries: chain_consent::expiry_choices(),
+        consent_url: &typed_data_url,
+        consent_script_url: &script_url,
+    };
+    Ok(match offered {
+        Some(_) => pages::render_with_wallet(StatusCode::OK, &page, &script_url, &typed_data_url),
+        None => pages::render(StatusCode::OK, &page),
+    })
 }
 
 /// `POST [base]/auth/sign-in`: username and password; a new session on success.
@@ -814,6 +856,7 @@ pub(super) async fn signed_in_to(
 /// `POST [base]/auth/approve`: a patient picked, or the user's decision.
 pub(super) async fn approve_post(
     auth: web::Data<Auth>,
+    consent: web::Data<Consent>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
@@ -822,11 +865,11 @@ pub(super) async fn approve_post(
         let session = posted_session(&auth, &req, &form).await?;
         let (request, client) = pending(&auth, &session, form.get("request")).await?;
         let Some(user) = session_user(&auth, &session).await? else {
-            return next_step(&auth, &session, request, &client, "").await;
+            return next_step(&auth, &consent, &session, request, &client, "").await;
         };
         match (form.get("decision"), form.get("patient")) {
             (None, Some(patient)) => {
-                pick_patient(&auth, &session, request, &client, &user, patient).await
+                pick_patient(&auth, &consent, &session, request, &client, &user, patient).await
             }
             (Some("deny"), _) => {
                 let mut tx = auth.store.begin().await?;
@@ -840,7 +883,7 @@ pub(super) async fn approve_post(
                 })
             }
             (Some("approve"), _) => {
-                approve(&auth, &session, request, &client, &user, &form.all("scope")).await
+                approve(&auth, &consent, &session, request, &client, &user, &form).await
             }
             _ => Err(Failure::page("Choose Allow or Deny.")),
         }
@@ -851,6 +894,7 @@ pub(super) async fn approve_post(
 
 async fn pick_patient(
     auth: &Auth,
+    consent: &Consent,
     session: &Session,
     request: Request,
     client: &Client,
@@ -862,7 +906,15 @@ async fn pick_patient(
     }
     let patient = patient.trim();
     if !patient_exists(auth, patient).await? {
-        return next_step(auth, session, request, client, "No patient has that id.").await;
+        return next_step(
+            auth,
+            consent,
+            session,
+            request,
+            client,
+            "No patient has that id.",
+        )
+        .await;
     }
     let mut tx = auth.store.begin().await?;
     store::set_request_patient(&mut tx, &request.request_id, patient).await?;
@@ -887,18 +939,23 @@ async fn patient_exists(auth: &Auth, id: &str) -> Result<bool, Failure> {
     resource_exists(auth, "Patient", id).await
 }
 
+/// The user allowed the app the ticked scopes of `form`: records the consent on chain first
+/// when the patient ticked that box ([`chain_consent::record`]; a refusal shows the page
+/// again), then issues the authorization code.
 async fn approve(
     auth: &Auth,
+    consent: &Consent,
     session: &Session,
     request: Request,
     client: &Client,
     user: &User,
-    chosen: &[&str],
+    form: &PageForm,
 ) -> Result<HttpResponse, Failure> {
-    let granted = ScopeSet::parse_lenient(&request.scope).keep(chosen);
+    let granted = ScopeSet::parse_lenient(&request.scope).keep(&form.all("scope"));
     if granted.is_empty() {
         return next_step(
             auth,
+            consent,
             session,
             request,
             client,
@@ -907,7 +964,21 @@ async fn approve(
         .await;
     }
     if needs_patient(&granted) && request.patient.is_none() {
-        return next_step(auth, session, request, client, "").await;
+        return next_step(auth, consent, session, request, client, "").await;
+    }
+    if form.get("consent") == Some("record") {
+        match chain_consent::record(auth, consent, &request, user, &granted, form).await? {
+            Ok(relayed) => tracing::info!(
+                client_id = %client.client_id,
+                grant = relayed.grant_id,
+                block = relayed.block_number,
+                "recorded the patient's consent on chain with the approval"
+            ),
+            Err(text) => {
+                let error = ("consent-record", text.as_str());
+                return approval_page(auth, consent, session, &request, client, user, error).await;
+            }
+        }
     }
     let code = random_secret();
     let now = now_millis();

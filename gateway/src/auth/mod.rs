@@ -17,11 +17,13 @@
 //!
 //! Patients' wallets are bound to their Patient records through one-time link codes
 //! ([`binding`]: issued with the admin API, `patients.rs`, or the CLI; redeemed on the page
-//! `link.rs` by signing in with the wallet).
+//! `link.rs` by signing in with the wallet). A patient with a bound wallet who allows an app
+//! can record that consent on chain in the same step (`chain_consent.rs`).
 
 mod admin;
 pub mod authorize;
 pub mod binding;
+mod chain_consent;
 pub mod claims;
 pub(crate) mod client_auth;
 pub mod clients;
@@ -434,6 +436,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
     .route(
         &format!("{base_path}{}", authorize::APPROVE_PATH),
         web::post().to(authorize::approve_post),
+    )
+    .route(
+        &format!("{base_path}{}", chain_consent::CONSENT_TYPED_DATA_PATH),
+        web::post().to(chain_consent::typed_data),
+    )
+    .route(
+        &format!("{base_path}{}", chain_consent::CONSENT_SCRIPT_PATH),
+        web::get().to(chain_consent::script),
     )
     .route(
         &format!("{base_path}{}", authorize::SIGN_IN_PATH),

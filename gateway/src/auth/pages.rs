@@ -2,8 +2,9 @@
 //! and HTML-escaped by askama): sign-in, patient picker, approval, EHR launch, the link page
 //! where a patient binds their wallet to their record, and the error page shown when a
 //! request cannot be sent back to the app. No JavaScript but the sign-in and link pages'
-//! wallet script (`assets/siwe.js`, the only script its Content-Security-Policy
-//! allows); every form carries the session's CSRF token; every page has a language, a heading, labelled fields
+//! wallet script (`assets/siwe.js`) and the approval page's consent script
+//! (`assets/consent.js`), each the only script its page's Content-Security-Policy allows;
+//! every form carries the session's CSRF token; every page has a language, a heading, labelled fields
 //! and, after a mistake, an error summary linking to the field.
 
 use actix_web::HttpResponse;
@@ -61,6 +62,15 @@ pub(crate) struct Approve<'a> {
     pub(crate) patient: &'a str,
     pub(crate) scopes: Vec<Choice>,
     pub(crate) error: &'a str,
+    /// The field the error is about: `scope-0` or `consent-record`.
+    pub(crate) error_target: &'a str,
+    /// The kinds of data an on-chain grant would open, in words; empty: no grant is offered
+    /// (see `chain_consent.rs`).
+    pub(crate) consent_kinds: &'a str,
+    pub(crate) consent_expiries: Vec<Choice>,
+    /// Where the script gets the grant to sign, and the script.
+    pub(crate) consent_url: &'a str,
+    pub(crate) consent_script_url: &'a str,
 }
 
 #[derive(Debug, Template)]
@@ -81,8 +91,9 @@ pub(crate) fn render(status: StatusCode, page: &impl Template) -> HttpResponse {
     render_with_csp(status, page, CSP)
 }
 
-/// A page with the wallet button (sign-in, link): [`render`], with the wallet script at
-/// `script_url` (and nothing else) allowed to run and to fetch `message_url`.
+/// A page with a wallet script (sign-in, link, approval with consent on chain): [`render`],
+/// with the script at `script_url` (and nothing else) allowed to run and to fetch
+/// `message_url`.
 pub(crate) fn render_with_wallet(
     status: StatusCode,
     page: &impl Template,

@@ -200,10 +200,10 @@ impl Consent {
 
     /// The index's cursor, read at most every [`CURSOR_CACHE`].
     async fn cursor(&self) -> Result<Option<Cursor>> {
-        if let Some((read_at, cursor)) = &*self.cursor.lock().expect("cursor cache") {
-            if read_at.elapsed() < CURSOR_CACHE {
-                return Ok(cursor.clone());
-            }
+        if let Some((read_at, cursor)) = &*self.cursor.lock().expect("cursor cache")
+            && read_at.elapsed() < CURSOR_CACHE
+        {
+            return Ok(cursor.clone());
         }
         let cursor = index::cursor(&mut *self.store.reader().await?).await?;
         *self.cursor.lock().expect("cursor cache") = Some((Instant::now(), cursor.clone()));

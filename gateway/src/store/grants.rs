@@ -90,6 +90,8 @@ pub struct Request {
     pub encounter: Option<String>,
     pub ehr_launch: bool,
     pub expires_at: i64,
+    /// The on-chain grant offered for the patient's wallet to sign (JSON), once asked for.
+    pub consent_offer: Option<String>,
 }
 
 pub async fn insert_request(conn: &mut AnyConnection, r: &Request) -> Result<(), sqlx::Error> {
@@ -123,7 +125,7 @@ pub async fn find_request(
 ) -> Result<Option<Request>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT request_id, session_hash, client_id, redirect_uri, scope, state, code_challenge, \
-         nonce, patient, encounter, ehr_launch, expires_at FROM auth_request \
+         nonce, patient, encounter, ehr_launch, expires_at, consent_offer FROM auth_request \
          WHERE request_id = $1 AND expires_at > $2",
     )
     .bind(request_id)
@@ -144,6 +146,7 @@ pub async fn find_request(
             encounter: row.try_get("encounter")?,
             ehr_launch: row.try_get::<i64, _>("ehr_launch")? != 0,
             expires_at: row.try_get("expires_at")?,
+            consent_offer: row.try_get("consent_offer")?,
         })
     })
     .transpose()
@@ -170,6 +173,21 @@ pub async fn set_request_patient(
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE auth_request SET patient = $1 WHERE request_id = $2")
         .bind(patient)
+        .bind(request_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records the on-chain grant offered for the request's patient to sign (replacing an earlier
+/// offer).
+pub async fn set_request_consent_offer(
+    conn: &mut AnyConnection,
+    request_id: &str,
+    offer: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth_request SET consent_offer = $1 WHERE request_id = $2")
+        .bind(offer)
         .bind(request_id)
         .execute(conn)
         .await?;

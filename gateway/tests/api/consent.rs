@@ -30,23 +30,23 @@ const GATEWAY_RELAYER_KEY: &str =
     "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 
 /// A consent-enforcing gateway on its own anvil, with what the test needs to act on chain.
-struct World {
-    app: TestApp,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
     anvil: Anvil,
     key: SigningKey,
     relayer: ConsentRelayer,
-    reader: ConsentReader,
+    pub(crate) reader: ConsentReader,
     _keys: tempfile::TempDir,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs() as i64
 }
 
-async fn world(db: Db, adjust: impl FnOnce(&mut gateway::config::Config)) -> World {
+pub(crate) async fn world(db: Db, adjust: impl FnOnce(&mut gateway::config::Config)) -> World {
     let anvil = Anvil::start(0, &[]);
     let keys = tempfile::tempdir().expect("temporary directory");
     let key_file = keys.path().join("signing.pem");
@@ -130,7 +130,7 @@ async fn until_consent(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
 
 impl World {
     /// A token with `scope` for the app `client_id`, with `extra` claims.
-    fn token(&self, client_id: &str, scope: &str, extra: Value) -> String {
+    pub(crate) fn token(&self, client_id: &str, scope: &str, extra: Value) -> String {
         let mut claims = json!({
             "iss": self.app.base, "aud": self.app.base, "sub": client_id, "client_id": client_id,
             "scope": scope, "iat": now(), "nbf": now(), "exp": now() + 600,
@@ -173,14 +173,14 @@ impl World {
         )
     }
 
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         let (status, body, _) = self
             .call(reqwest::Method::GET, path, token, &[], None)
             .await;
         (status, body)
     }
 
-    async fn create(&self, resource: Value) -> String {
+    pub(crate) async fn create(&self, resource: Value) -> String {
         let admin = self.token("loader", "system/*.c", json!({}));
         let t = resource["resourceType"]
             .as_str()
@@ -257,7 +257,7 @@ impl World {
     }
 
     /// Waits until the gateway's index has read through `block`.
-    async fn seen(&self, block: u64) {
+    pub(crate) async fn seen(&self, block: u64) {
         until_consent(&self.app, |c| {
             c["block"].as_u64().is_some_and(|b| b >= block)
         })
@@ -450,7 +450,7 @@ on_both!(
         assert_eq!(bundle["total"], 0, "{bundle}");
         let (_, bundle) = w
             .get(
-                &format!("Patient?_has:Condition:subject:code:text=diabetes"),
+                "Patient?_has:Condition:subject:code:text=diabetes",
                 &app_token,
             )
             .await;

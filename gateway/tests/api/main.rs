@@ -7,6 +7,7 @@ mod helpers;
 
 mod access;
 mod anchoring;
+mod approval;
 mod auth;
 mod authorize;
 mod binding;

@@ -242,6 +242,11 @@ both!(
             !approve.contains("Choose a patient"),
             "a patient picks no one: {approve}"
         );
+        assert!(
+            !approve.contains("Also record this consent on the blockchain")
+                && !approve.contains("<script"),
+            "a gateway without a chain offers no consent on chain: {approve}"
+        );
         let back = approve_except(&mut browser, &app, &approve, &[]).await;
         let code = param(&back, "code").expect("a code");
         let (status, body) = exchange(&app, &setup, &code, &verifier).await;
