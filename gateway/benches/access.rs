@@ -149,11 +149,18 @@ fn consent(c: &mut Criterion) {
             let body = gateway::resource::parse_json(json.as_bytes(), 64).expect("json");
             let t = gateway::resource::resource_type_of(&body).expect("a type");
             let mut tx = store.begin().await.expect("tx");
-            let outcome = gateway::interaction::create::create(&mut tx, &ctx, &operator, &t, body, None)
-                .await
-                .expect("created");
+            let outcome =
+                gateway::interaction::create::create(&mut tx, &ctx, &operator, &t, body, None)
+                    .await
+                    .expect("created");
             tx.commit().await.expect("committed");
-            outcome.location.expect("a location").split('/').nth_back(2).map(str::to_owned).expect("an id")
+            outcome
+                .location
+                .expect("a location")
+                .split('/')
+                .nth_back(2)
+                .map(str::to_owned)
+                .expect("an id")
         }
     };
     let patient = runtime.block_on(create(r#"{"resourceType":"Patient"}"#.to_owned()));
@@ -183,7 +190,7 @@ fn consent(c: &mut Criterion) {
         gateway::store::consent::apply(&mut tx, &changes, (10, "0x0a"), 10, Some(now)).await.expect("applied");
         tx.commit().await.expect("committed");
     });
-    let consent = Consent::new(config.consent.clone(), store.clone(), None);
+    let consent = Consent::new(config.consent, store.clone(), None);
     let mut access = Access::from_claims(
         serde_json::from_value(serde_json::json!({
             "iss": BASE, "aud": BASE, "sub": "app", "client_id": "app", "scope": "system/*.rs",
@@ -194,10 +201,18 @@ fn consent(c: &mut Criterion) {
     )
     .expect("granted");
     c.bench_function("consent: the request's gate (cursor cached)", |b| {
-        b.iter(|| runtime.block_on(consent.gate(black_box(&access))).expect("a gate"));
+        b.iter(|| {
+            runtime
+                .block_on(consent.gate(black_box(&access)))
+                .expect("a gate")
+        });
     });
     access.consent = runtime.block_on(consent.gate(&access)).expect("a gate");
-    assert!(matches!(access.consent, Gate::Grants(_)), "{:?}", access.consent);
+    assert!(
+        matches!(access.consent, Gate::Grants(_)),
+        "{:?}",
+        access.consent
+    );
     let _ = ResourceType::parse("Observation");
     let check = |access: &Access| {
         let store = store.clone();
@@ -206,19 +221,31 @@ fn consent(c: &mut Criterion) {
         async move {
             let mut conn = store.reader().await.expect("a connection");
             access
-                .check(&mut conn, BASE, Permission::Read, "Observation", &observation)
+                .check(
+                    &mut conn,
+                    BASE,
+                    Permission::Read,
+                    "Observation",
+                    &observation,
+                )
                 .await
                 .expect("consented")
         }
     };
-    c.bench_function("consent: check a read of a consented Observation (SQLite)", |b| {
-        b.iter(|| runtime.block_on(check(black_box(&access))));
-    });
+    c.bench_function(
+        "consent: check a read of a consented Observation (SQLite)",
+        |b| {
+            b.iter(|| runtime.block_on(check(black_box(&access))));
+        },
+    );
     let mut open = access.clone();
     open.consent = Gate::Open;
-    c.bench_function("consent: the same check with consent not enforced (SQLite)", |b| {
-        b.iter(|| runtime.block_on(check(black_box(&open))));
-    });
+    c.bench_function(
+        "consent: the same check with consent not enforced (SQLite)",
+        |b| {
+            b.iter(|| runtime.block_on(check(black_box(&open))));
+        },
+    );
 }
 
 criterion_group!(benches, access, consent);

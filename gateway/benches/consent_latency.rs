@@ -65,15 +65,23 @@ async fn measure(poll_ms: u64) {
     config.chain.mode = ChainMode::Rpc;
     config.chain.rpc_url = Some(url.clone().into());
     // anvil's first two dev accounts (published test keys)
-    config.chain.signer_key =
-        Some("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".to_owned().into());
-    config.consent.relayer_key =
-        Some("59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".to_owned().into());
+    config.chain.signer_key = Some(
+        "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+            .to_owned()
+            .into(),
+    );
+    config.consent.relayer_key = Some(
+        "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+            .to_owned()
+            .into(),
+    );
     config.consent.poll_interval_ms = poll_ms;
     config.consent.confirmations = 1;
     config.log.filter = "warn".to_owned();
     let auth_config = config.auth.clone();
-    let app = Application::build(config).await.expect("the gateway builds");
+    let app = Application::build(config)
+        .await
+        .expect("the gateway builds");
     let base = app.base_url().to_owned();
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
@@ -109,7 +117,10 @@ async fn measure(poll_ms: u64) {
         let writer = writer.clone();
         async move {
             let created: Value = client
-                .post(format!("{base}/{}", body["resourceType"].as_str().expect("type")))
+                .post(format!(
+                    "{base}/{}",
+                    body["resourceType"].as_str().expect("type")
+                ))
                 .bearer_auth(&writer)
                 .header("content-type", "application/fhir+json")
                 .body(body.to_string())
@@ -131,17 +142,29 @@ async fn measure(poll_ms: u64) {
         data_dir: dir.path().to_path_buf(),
         ..Config::default().database
     };
-    let store = gateway::store::Store::connect(&store_config).await.expect("the store");
-    let mut tx = store.begin().await.expect("tx");
-    gateway::auth::binding::bind(&mut tx, &patient, &format!("{:#x}", wallet.address()), "bench", 0)
+    let store = gateway::store::Store::connect(&store_config)
         .await
-        .expect("bound")
-        .expect("bound");
+        .expect("the store");
+    let mut tx = store.begin().await.expect("tx");
+    gateway::auth::binding::bind(
+        &mut tx,
+        &patient,
+        &format!("{:#x}", wallet.address()),
+        "bench",
+        0,
+    )
+    .await
+    .expect("bound")
+    .expect("bound");
     tx.commit().await.expect("committed");
     let key = SignerKey::generate().expect("a key");
-    anchor::chain::set_dev_balance(&url, key.address(), U256::from(10u64).pow(U256::from(21u64)))
-        .await
-        .expect("funded");
+    anchor::chain::set_dev_balance(
+        &url,
+        key.address(),
+        U256::from(10u64).pow(U256::from(21u64)),
+    )
+    .await
+    .expect("funded");
     let relayer = ConsentRelayer::connect(
         &url,
         key,

@@ -400,8 +400,39 @@ impl Access {
         ))
     }
 
-    /// 403 unless `resource_type/id` (its current row) is within what `permission` allows.
-    pub async fn check(
+    /// Reads the current version of `resource_type/id` together with the consent check a read
+    /// of it needs (one query); `Ok(None)` when there is no such resource. The consent refusal
+    /// comes after the caller's own checks: [`Access::consent_refusal`].
+    pub async fn read_current(
+        &self,
+        conn: &mut AnyConnection,
+        base_url: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<(crate::store::StoredVersion, bool)>> {
+        match self.consent_filter(Permission::Read, resource_type)? {
+            None => Ok(crate::store::read_current(conn, resource_type, id)
+                .await?
+                .map(|stored| (stored, true))),
+            Some(filter) => {
+                let mut sql = sql::Sql::default();
+                let condition = sql::condition(&mut sql, "r", resource_type, &filter, base_url)?;
+                Ok(
+                    crate::store::read_current_checked(conn, sql, &condition, resource_type, id)
+                        .await?,
+                )
+            }
+        }
+    }
+
+    /// The refusal of a read of `resource_type/id` that consent does not cover.
+    pub fn consent_refusal(&self, resource_type: &str, id: &str) -> Error {
+        Consent::denied_error(self.consent_denied, resource_type, id, &self.purpose_of_use)
+    }
+
+    /// 403 unless `resource_type/id` (its current row) is within what the token's scopes allow
+    /// for `permission` (consent aside: a read checks it with [`Access::read_current`]).
+    pub async fn check_scope(
         &self,
         conn: &mut AnyConnection,
         base_url: &str,
@@ -418,15 +449,24 @@ impl Access {
                 self.scopes
             )));
         }
+        Ok(())
+    }
+
+    /// 403 unless `resource_type/id` (its current row) is within what `permission` allows.
+    pub async fn check(
+        &self,
+        conn: &mut AnyConnection,
+        base_url: &str,
+        permission: Permission,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<()> {
+        self.check_scope(conn, base_url, permission, resource_type, id)
+            .await?;
         if let Some(filter) = self.consent_filter(permission, resource_type)?
             && !sql::row_matches(conn, resource_type, id, &filter, base_url).await?
         {
-            return Err(Consent::denied_error(
-                self.consent_denied,
-                resource_type,
-                id,
-                &self.purpose_of_use,
-            ));
+            return Err(self.consent_refusal(resource_type, id));
         }
         Ok(())
     }
@@ -491,6 +531,33 @@ impl Access {
             }
         }
         Ok(restricted.then_some(Filter::AnyOf(alternatives)))
+    }
+
+    /// What may be read among `types` (for `_include`d resources; empty: any type): `None`
+    /// everything, else a filter (matching nothing when nothing may be read).
+    pub fn readable_of(&self, types: &[String]) -> Result<Option<Filter>> {
+        match types {
+            [] => self.readable(None),
+            [one] => self.readable(Some(one)),
+            several => match self.allowed_types(Permission::Read, several) {
+                Err(Error::Forbidden(_)) => {
+                    // some of them may be readable: each on its own
+                    let alternatives = several
+                        .iter()
+                        .filter_map(|t| match self.readable(Some(t)) {
+                            Ok(Some(Filter::AnyOf(a))) if a.is_empty() => None,
+                            Ok(filter) => Some(Ok(Alternative {
+                                types: TypeCondition::Is(t.clone()),
+                                filters: filter.into_iter().collect(),
+                            })),
+                            Err(e) => Some(Err(e)),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Some(Filter::AnyOf(alternatives)))
+                }
+                other => other,
+            },
+        }
     }
 
     /// What may be read (for `_include`d resources): `None` everything, else a filter

@@ -7,7 +7,7 @@
 # connections, a system/*.rs token) with consent.enforce = true and false, in alternating
 # runs (ORDER, ROUNDS) after a 5 s warm-up each. Both runs use the same token, chain and
 # database; "off" serves by scopes alone.
-# Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s).
+# Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s); KEEP=1 keeps the database.
 # Needs wrk (apt-get install wrk), python3, npm ci (anvil) and PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,4 +65,4 @@ for round in $(seq "$ROUNDS"); do
     stop
   done
 done
-psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent WITH (FORCE)" || true
+[ -n "${KEEP:-}" ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent WITH (FORCE)" || true

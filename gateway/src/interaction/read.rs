@@ -23,7 +23,9 @@ pub async fn read(
 ) -> Result<Outcome> {
     // a token that may not read the type learns nothing, not even whether the id exists
     access.allowed(Permission::Read, resource_type.as_str())?;
-    let stored = store::read_current(conn, resource_type.as_str(), id.as_str())
+    // the version and its consent check in one query
+    let (stored, consented) = access
+        .read_current(conn, &ctx.base_url, resource_type.as_str(), id.as_str())
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
     // an erased resource's current version is the deletion its erasure wrote
@@ -34,7 +36,7 @@ pub async fn read(
         });
     }
     access
-        .check(
+        .check_scope(
             conn,
             &ctx.base_url,
             Permission::Read,
@@ -42,6 +44,9 @@ pub async fn read(
             id.as_str(),
         )
         .await?;
+    if !consented {
+        return Err(access.consent_refusal(resource_type.as_str(), id.as_str()));
+    }
     Ok(Outcome::version(stored))
 }
 

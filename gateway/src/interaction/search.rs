@@ -318,6 +318,18 @@ impl SearchRequest {
     }
 }
 
+/// The types an `_include` may bring in: its target type, else the types its parameter
+/// points to (so that the access condition is built for those types only, not for every
+/// type there is).
+fn include_targets(include: &Include) -> Vec<String> {
+    match &include.target_type {
+        Some(t) => vec![t.clone()],
+        None => lookup(&include.source_type, &include.param)
+            .map(|p| p.targets.clone())
+            .unwrap_or_default(),
+    }
+}
+
 fn parse_include(value: &str, iterate: bool) -> Result<Include> {
     let parts: Vec<&str> = value.split(':').collect();
     let (source_type, param, target_type) = match parts.as_slice() {
@@ -888,7 +900,7 @@ async fn includes(
                     &sources,
                     &include.param,
                     include.target_type.as_deref(),
-                    access.readable(include.target_type.as_deref())?.as_ref(),
+                    access.readable_of(&include_targets(include))?.as_ref(),
                     &ctx.base_url,
                 )
                 .await?,

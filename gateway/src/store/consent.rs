@@ -63,8 +63,11 @@ pub async fn cursor(conn: &mut AnyConnection) -> Result<Option<Cursor>, sqlx::Er
     .transpose()
 }
 
-/// The Patient ids whose data of `resource_type` `grants` opens: a subquery.
-fn consented_patients(sql: &mut Sql, resource_type: &str, grants: &Grants) -> String {
+/// The condition that `patient` (an SQL expression: a Patient id) has a grant in `grants`
+/// covering `resource_type`: a correlated lookup through the binding's primary key and the
+/// grants' (grantee, purpose, wallet) index, so its cost does not grow with the number of
+/// grants.
+fn consented(sql: &mut Sql, patient: &str, resource_type: &str, grants: &Grants) -> String {
     let grantees: Vec<String> = grants.grantees.iter().map(|g| sql.text(g)).collect();
     let purpose = sql.text(&grants.purpose);
     let confirmed = sql.bind(super::search::Bind::Int(grants.confirmed_through));
@@ -76,11 +79,12 @@ fn consented_patients(sql: &mut Sql, resource_type: &str, grants: &Grants) -> St
         grantees.join(", ")
     };
     format!(
-        "SELECT b.patient_id FROM patient_wallet b JOIN consent_grant g ON g.patient_wallet = b.wallet_address \
-         WHERE g.grantee IN ({grantees}) AND g.purpose = {purpose} AND g.revoked_block IS NULL \
-         AND g.granted_block <= {confirmed} AND (g.expires_at = 0 OR g.expires_at > {now}) \
+        "EXISTS (SELECT 1 FROM patient_wallet b JOIN consent_grant g ON g.patient_wallet = b.wallet_address \
+         WHERE b.patient_id = {patient} AND g.grantee IN ({grantees}) AND g.purpose = {purpose} \
+         AND g.revoked_block IS NULL AND g.granted_block <= {confirmed} \
+         AND (g.expires_at = 0 OR g.expires_at > {now}) \
          AND (g.all_types = 1 OR EXISTS (SELECT 1 FROM consent_grant_type t WHERE t.grant_id = g.grant_id \
-         AND t.resource_type = {rt}))"
+         AND t.resource_type = {rt})))"
     )
 }
 
@@ -103,10 +107,10 @@ pub fn condition(
             .as_deref()
             .map(|p| format!(" AND x.target_id <> {}", sql.text(p)))
             .unwrap_or_default();
-        let consented = consented_patients(sql, resource_type, grants);
+        let consented = consented(sql, "x.target_id", resource_type, grants);
         parts.push(format!(
             "NOT EXISTS (SELECT 1 FROM idx_reference x WHERE x.rkey = {alias}.rkey AND x.rtype = {rt} \
-             AND x.param IN ({}) AND x.target_type = 'Patient'{own} AND x.target_id NOT IN ({consented}))",
+             AND x.param IN ({}) AND x.target_type = 'Patient'{own} AND NOT {consented})",
             list.join(", ")
         ));
     }
@@ -116,8 +120,8 @@ pub fn condition(
             .as_deref()
             .map(|p| format!("{alias}.id = {} OR ", sql.text(p)))
             .unwrap_or_default();
-        let consented = consented_patients(sql, resource_type, grants);
-        parts.push(format!("({own}{alias}.id IN ({consented}))"));
+        let consented = consented(sql, &format!("{alias}.id"), resource_type, grants);
+        parts.push(format!("({own}{consented})"));
     }
     if parts.is_empty() {
         "1 = 1".to_owned()

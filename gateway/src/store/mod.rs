@@ -29,8 +29,8 @@ use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connectio
 
 pub use versions::{
     Current, HistoryScope, StoredVersion, VersionWrite, current_for_update,
-    current_with_body_for_update, history, read_current, read_version, versions_without_leaf,
-    write_new_versions, write_version,
+    current_with_body_for_update, history, read_current, read_current_checked, read_version,
+    versions_without_leaf, write_new_versions, write_version,
 };
 
 use crate::config::{DatabaseConfig, SqliteSynchronous};

@@ -42,7 +42,7 @@ impl StoredVersion {
         self.body.is_none() && self.erased_at.is_none()
     }
 
-    fn from_row(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+    pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
         Ok(StoredVersion {
             vkey: row.try_get("vkey")?,
             resource_type: row.try_get("resource_type")?,
@@ -58,7 +58,7 @@ impl StoredVersion {
     }
 }
 
-const VERSION_COLUMNS: &str =
+pub(crate) const VERSION_COLUMNS: &str =
     "v.vkey, r.resource_type, r.id, v.version_id, v.last_updated, v.method, v.body, v.erased_at";
 
 /// The current state of a resource, locked until the transaction ends (PostgreSQL) so that
@@ -143,6 +143,31 @@ pub async fn read_current(
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(StoredVersion::from_row).transpose()
+}
+
+/// The current version of a resource and whether it meets `condition` (a condition on the
+/// resource row `r`, built into `sql` with its bound values): one query for a read that must
+/// also pass a check.
+pub async fn read_current_checked(
+    conn: &mut AnyConnection,
+    mut sql: super::search::Sql,
+    condition: &str,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<(StoredVersion, bool)>, sqlx::Error> {
+    let (t, i) = (sql.text(resource_type), sql.text(id));
+    sql.text = format!(
+        "SELECT {VERSION_COLUMNS}, CASE WHEN {condition} THEN 1 ELSE 0 END AS passes FROM resource r \
+         JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = r.version_id \
+         WHERE r.resource_type = {t} AND r.id = {i}"
+    );
+    let row = sql.query().fetch_optional(conn).await?;
+    row.as_ref()
+        .map(|row| {
+            let passes: i64 = sqlx::Row::try_get(row, "passes")?;
+            Ok((StoredVersion::from_row(row)?, passes == 1))
+        })
+        .transpose()
 }
 
 /// One version of a resource.
