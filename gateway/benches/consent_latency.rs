@@ -250,4 +250,5 @@ async fn measure(poll_ms: u64) {
         blocks_past[ROUNDS - 1]
     );
     let _ = anvil.kill();
+    let _ = anvil.wait();
 }
