@@ -326,7 +326,8 @@ async fn records(world: &World) -> Records {
     let ann_cond = world
         .create(
             json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{ann}")},
-                       "code": {"text": "diabetes"}}),
+                       "code": {"text": "diabetes"},
+                       "evidence": [{"detail": [{"reference": format!("Observation/{ann_obs}")}]}]}),
         )
         .await;
     let (ann_key, bob_key) = (PrivateKeySigner::random(), PrivateKeySigner::random());
@@ -424,13 +425,17 @@ on_both!(
         let (_, bundle) = w
             .get(
                 &format!(
-                    "Observation?_revinclude=Condition:subject&_id={}",
+                    "Observation?_revinclude=Condition:evidence-detail&_id={}",
                     r.ann_obs
                 ),
                 &app_token,
             )
             .await;
-        assert_eq!(ids(&bundle), vec![format!("Observation/{}", r.ann_obs)]);
+        assert_eq!(
+            ids(&bundle),
+            vec![format!("Observation/{}", r.ann_obs)],
+            "the Condition pointing at the Observation is not granted: {bundle}"
+        );
         let (_, bundle) = w
             .get("Observation?subject:Patient.family=Ann", &app_token)
             .await;
@@ -483,6 +488,17 @@ on_both!(
             },
             "{bundle}"
         );
+        // ... and the includes that were left out come in
+        let (_, bundle) = w
+            .get(
+                &format!(
+                    "Observation?_revinclude=Condition:evidence-detail&_include=Observation:subject&_id={}",
+                    r.ann_obs
+                ),
+                &app_token,
+            )
+            .await;
+        assert_eq!(ids(&bundle).len(), 3, "{bundle}");
         // revoked: closed at the next request after the gateway saw the revoking block
         w.revoke(&r.ann_key, all).await;
         w.revoke(&r.ann_key, grant).await;
