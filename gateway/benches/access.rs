@@ -127,7 +127,6 @@ fn issuing(c: &mut Criterion, data_dir: &std::path::Path) {
 
 fn consent(c: &mut Criterion) {
     use gateway::consent::{Consent, Gate};
-    use gateway::model::ResourceType;
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = Config::default();
@@ -213,7 +212,6 @@ fn consent(c: &mut Criterion) {
         "{:?}",
         access.consent
     );
-    let _ = ResourceType::parse("Observation");
     let check = |access: &Access| {
         let store = store.clone();
         let access = access.clone();

@@ -201,8 +201,8 @@ fn configured_key(config: &ChainConfig) -> anyhow::Result<SignerKey> {
     }
 }
 
-/// `0x` and 40 lowercase hexadecimal digits.
-fn hex_address(address: Address) -> String {
+/// `0x` and 40 lowercase hexadecimal digits (as the database holds addresses).
+pub(crate) fn hex_address(address: Address) -> String {
     format!("0x{}", hex::encode(address))
 }
 

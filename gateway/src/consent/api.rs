@@ -25,13 +25,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Consent;
-use super::follower::{hex_address, hex32};
+use super::follower::hex32;
 use crate::access::{Access, Actor};
+use crate::anchoring::hex_address;
 use crate::auth::claims::UserKind;
 use crate::error::{Error, Result};
 use crate::model::ResourceType;
 use crate::store::Store;
-use crate::store::consent as index;
+use crate::store::consent::{self as index, GrantState};
 
 /// How long a typed-data request may be signed and sent back, in seconds.
 const DEADLINE_SECS: i64 = 600;
@@ -404,20 +405,17 @@ async fn list_grants(
     let grants = index::grants_of_wallet(&mut conn, &hex_address(wallet)).await?;
     let confirmed = cursor
         .as_ref()
-        .map(|c| (c.head - consent.config().confirmations as i64 + 1).min(c.block_number));
+        .map(|c| c.confirmed_through(consent.config().confirmations));
     let now = now_secs();
     let list: Vec<Value> = grants
         .iter()
         .map(|g| {
             let r = &g.record;
-            let status = if g.revoked.is_some() {
-                "revoked"
-            } else if r.expires_at != 0 && r.expires_at <= now {
-                "expired"
-            } else if confirmed.is_none_or(|c| r.block > c) {
-                "pending"
-            } else {
-                "active"
+            let status = match g.state(confirmed, now) {
+                GrantState::Active => "active",
+                GrantState::Pending => "pending",
+                GrantState::Revoked => "revoked",
+                GrantState::Expired => "expired",
             };
             json!({
                 "grantId": r.grant_id,

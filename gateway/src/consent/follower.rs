@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Consent;
+use crate::anchoring::hex_address;
 use crate::model::Instant;
 use crate::store::Store;
 use crate::store::consent::{self as index, Changes, GrantRecord};
@@ -309,11 +310,6 @@ fn changes_of(events: &[ConsentEvent]) -> Changes {
         }
     }
     changes
-}
-
-/// `0x` + 40 lowercase hex digits.
-pub fn hex_address(address: anchor::chain::Address) -> String {
-    format!("0x{}", hex::encode(address.as_slice()))
 }
 
 /// `0x` + 64 lowercase hex digits.

@@ -187,12 +187,11 @@ impl Consent {
                 self.config.max_lag_secs
             )));
         }
-        let confirmations = self.config.confirmations as i64;
         Ok(Gate::Grants(Arc::new(Grants {
             grantees,
             purpose: access.purpose_of_use.clone(),
             own_patient,
-            confirmed_through: (cursor.head - confirmations + 1).min(cursor.block_number),
+            confirmed_through: cursor.confirmed_through(self.config.confirmations),
             now_secs: now_ms / 1000,
             block: cursor.block_number,
         })))
@@ -288,9 +287,9 @@ async fn patient_of_path(
             return Ok(Some(id.to_owned()));
         }
         let params = fhir_profiles::compartment::patient_compartment_params(resource_type);
-        if !params.is_empty() && i + 2 == segments.len()
-            || (!params.is_empty() && segments.get(i + 2) == Some(&"_history"))
-        {
+        // `{type}/{id}` or `{type}/{id}/_history...` of a compartment type
+        let instance = matches!(segments.get(i + 2), None | Some(&"_history"));
+        if !params.is_empty() && instance {
             let placeholders: Vec<String> =
                 (0..params.len()).map(|n| format!("${}", n + 3)).collect();
             // audited: only placeholders are formatted in

@@ -26,7 +26,7 @@ use crate::auth::scopes::Permission;
 use crate::bundle::BundleWriter;
 use crate::error::{Error, Result};
 use crate::rest::AppState;
-use crate::store::consent::{self as index, Cursor, IndexedGrant};
+use crate::store::consent::{self as index, Cursor, GrantState, IndexedGrant};
 
 /// Mounts the projection's routes under `base_path` (before the FHIR routes).
 pub fn configure(cfg: &mut web::ServiceConfig, base_path: &str) {
@@ -88,13 +88,10 @@ pub fn resource(
     now_secs: i64,
 ) -> Value {
     let g = &grant.record;
-    let confirmed_through = (cursor.head - confirmations as i64 + 1).min(cursor.block_number);
-    let status = if grant.revoked.is_some() || (g.expires_at != 0 && g.expires_at <= now_secs) {
-        "inactive"
-    } else if g.block > confirmed_through {
-        "proposed"
-    } else {
-        "active"
+    let status = match grant.state(Some(cursor.confirmed_through(confirmations)), now_secs) {
+        GrantState::Active => "active",
+        GrantState::Pending => "proposed",
+        GrantState::Revoked | GrantState::Expired => "inactive",
     };
     let registry = format!(
         "urn:fhir-gateway:consent-registry:{}:{}",

@@ -23,6 +23,13 @@ pub struct Cursor {
     pub synced_at: i64,
 }
 
+impl Cursor {
+    /// The last block whose grants count: `confirmations` deep under the head, and read.
+    pub fn confirmed_through(&self, confirmations: u64) -> i64 {
+        (self.head - confirmations as i64 + 1).min(self.block_number)
+    }
+}
+
 /// The condition that lets patient-compartment data through: a grant to one of `grantees`
 /// for `purpose`, effective at the index's block, or the requester's own record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +386,33 @@ pub async fn grant(
     .fetch_all(&mut *conn)
     .await?;
     Ok(indexed(conn, rows).await?.pop())
+}
+
+/// Where a grant stands for the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantState {
+    Active,
+    /// Its block is not yet confirmed.
+    Pending,
+    Revoked,
+    Expired,
+}
+
+impl IndexedGrant {
+    /// Its state at `now_secs`, with grants confirmed through `confirmed_through` (none
+    /// confirmed before the index has a cursor).
+    pub fn state(&self, confirmed_through: Option<i64>, now_secs: i64) -> GrantState {
+        let r = &self.record;
+        if self.revoked.is_some() {
+            GrantState::Revoked
+        } else if r.expires_at != 0 && r.expires_at <= now_secs {
+            GrantState::Expired
+        } else if confirmed_through.is_none_or(|c| r.block > c) {
+            GrantState::Pending
+        } else {
+            GrantState::Active
+        }
+    }
 }
 
 /// The grants `wallet` made, newest first.
