@@ -14,7 +14,9 @@
 //! - [`compartment`]: the Patient compartment definition;
 //! - [`subset`]: `_summary` and `_elements`, the parts of a resource a client can ask for;
 //! - [`terminology`]: code system hierarchies and value set expansions of the package;
-//! - [`text`]: the words of a resource for `_text` and `_content`.
+//! - [`text`]: the words of a resource for `_text` and `_content`;
+//! - [`v2`]: HL7 v2 messages parsed and translated to a FHIR transaction Bundle, driven by
+//!   the HL7 v2-to-FHIR mapping tables (`v2/`, from `scripts/v2_tables.py`).
 //!
 //! Resources are handled as [`json_syntax::Value`], which keeps numbers exactly as
 //! written (`1.50` stays `1.50`) and members in their original order.
@@ -28,6 +30,7 @@ pub mod search;
 pub mod subset;
 pub mod terminology;
 pub mod text;
+pub mod v2;
 pub mod validate;
 
 pub use definitions::Definitions;

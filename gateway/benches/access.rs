@@ -169,8 +169,15 @@ fn consent(c: &mut Criterion) {
     let wallet = "0x00000000000000000000000000000000000000aa";
     runtime.block_on(async {
         let mut tx = store.begin().await.expect("tx");
-        sqlx::query("INSERT INTO patient_wallet (patient_id, wallet_address, user_id, bound_at) VALUES ($1, $2, 'u', 0)")
-            .bind(&patient).bind(wallet).execute(&mut *tx).await.expect("bound");
+        let binding = gateway::store::binding::Binding {
+            patient_id: patient.clone(),
+            wallet_address: wallet.to_owned(),
+            user_id: "u".to_owned(),
+            bound_at: 0,
+        };
+        gateway::store::binding::insert(&mut tx, &binding)
+            .await
+            .expect("bound");
         let changes = gateway::store::consent::Changes {
             grants: vec![gateway::store::consent::GrantRecord {
                 grant_id: 1,
@@ -184,9 +191,13 @@ fn consent(c: &mut Criterion) {
             }],
             ..Default::default()
         };
-        gateway::store::consent::reset(&mut tx, 1, "0x01", 1, "0x00").await.expect("reset");
+        gateway::store::consent::reset(&mut tx, 1, "0x01", 1, "0x00")
+            .await
+            .expect("reset");
         let now = gateway::model::Instant::now().millis() + 3_600_000;
-        gateway::store::consent::apply(&mut tx, &changes, (10, "0x0a"), 10, Some(now)).await.expect("applied");
+        gateway::store::consent::apply(&mut tx, &changes, (10, "0x0a"), 10, Some(now))
+            .await
+            .expect("applied");
         tx.commit().await.expect("committed");
     });
     let consent = Consent::new(config.consent, store.clone(), None);

@@ -47,6 +47,31 @@ enum Command {
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Import FHIR NDJSON files (one resource per line): each resource checked like a REST
+    /// write and stored with its id (create or update), its version and log leaf committed
+    /// together, in batches. Resumable: run it again after an interruption and it continues
+    /// after the last committed batch. Rejected lines go to the error file with their
+    /// OperationOutcome; the exit status is 2 when any line was rejected. Prints a JSON summary.
+    Import {
+        /// The NDJSON files, in order (references across them resolve).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where rejected lines are written (NDJSON: file, line, outcome).
+        #[arg(long, default_value = "import-errors.ndjson")]
+        errors: PathBuf,
+        /// Lines per database transaction.
+        #[arg(long, default_value_t = 2000)]
+        batch_size: usize,
+        /// Accept references to resources that are neither in the import nor stored (by
+        /// default such a line is rejected).
+        #[arg(long)]
+        allow_dangling: bool,
+        /// No progress bar (it is drawn on standard error only when that is a terminal).
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Register, list and remove SMART on FHIR clients (prints JSON).
     Client {
         #[command(subcommand)]
@@ -285,6 +310,38 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Client { command } => client(command).await,
+        Command::Import {
+            files,
+            errors,
+            batch_size,
+            allow_dangling,
+            no_progress,
+            config,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            telemetry::init_stderr(&config.log);
+            let store = Store::connect(&config.database).await?;
+            let ctx = crate::interaction::Context {
+                base_url: base_url(&config),
+                config,
+            };
+            let options = crate::import::Options {
+                files,
+                errors,
+                batch_size,
+                allow_dangling,
+                progress: !no_progress,
+            };
+            let summary = crate::import::run(&store, &ctx, &options).await;
+            store.close().await;
+            let summary = summary?;
+            println!("{}", serde_json::to_string(&summary)?);
+            if summary.rejected_in_files > 0 {
+                // rejections are not a failure of the command, but a script must see them
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::AuthKey {
             command: AuthKeyCommand::Generate { out },
         } => {

@@ -23,6 +23,7 @@ pub struct Config {
     pub chain: ChainConfig,
     pub auth: AuthConfig,
     pub consent: ConsentConfig,
+    pub mllp: MllpConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +260,37 @@ pub struct ConsentConfig {
     pub denied: ConsentDenied,
 }
 
+/// The HL7 v2 listener (the `[mllp]` section): MLLP over TCP, or over TLS with a certificate.
+/// MLLP carries no credentials: the listener writes as a system actor with `scopes`, and is
+/// protected by where it listens, TLS, and the list of sending facilities it accepts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0 picks a free port; 2575 is HL7's registered port).
+    pub port: u16,
+    /// Speak MLLP inside TLS (1.2 and 1.3) with this certificate chain (PEM); with
+    /// `tls_key_file`. Unset: plain TCP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest message accepted, in bytes; a larger one is refused (AR) and the connection
+    /// closed.
+    pub max_message_bytes: usize,
+    /// Seconds a connection may stay silent before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Most connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// The SMART scopes the listener writes with (it acts as the system client `mllp`).
+    pub scopes: String,
+    /// The sending facilities (MSH-4, its first component) whose messages are accepted;
+    /// empty accepts every facility. Others are answered AR and nothing is written.
+    pub allowed_facilities: Vec<String>,
+}
+
 /// See [`ConsentConfig::denied`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -379,6 +411,18 @@ impl Default for Config {
                 max_lag_secs: 30,
                 denied: ConsentDenied::Forbidden,
             },
+            mllp: MllpConfig {
+                enabled: false,
+                host: "127.0.0.1".to_owned(),
+                port: 2575,
+                tls_cert_file: None,
+                tls_key_file: None,
+                max_message_bytes: 1024 * 1024,
+                idle_timeout_secs: 600,
+                max_connections: 256,
+                scopes: "system/*.cruds".to_owned(),
+                allowed_facilities: Vec::new(),
+            },
         }
     }
 }
@@ -435,6 +479,20 @@ impl Config {
             self.chain.confirmations >= 1,
             "chain.confirmations must be at least 1"
         );
+        anyhow::ensure!(
+            self.mllp.tls_cert_file.is_some() == self.mllp.tls_key_file.is_some(),
+            "mllp.tls_cert_file and mllp.tls_key_file go together"
+        );
+        anyhow::ensure!(
+            self.mllp.max_message_bytes >= 1024,
+            "mllp.max_message_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.mllp.max_connections >= 1 && self.mllp.idle_timeout_secs >= 1,
+            "mllp.max_connections and mllp.idle_timeout_secs must be at least 1"
+        );
+        crate::auth::scopes::ScopeSet::parse(&self.mllp.scopes)
+            .map_err(|e| anyhow::anyhow!("mllp.scopes: {e}"))?;
         anyhow::ensure!(
             self.chain.poll_interval_ms >= 10,
             "chain.poll_interval_ms must be at least 10"

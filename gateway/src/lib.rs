@@ -5,7 +5,8 @@
 //! resource JSON, and [`error`] is the one door through which every failure becomes an
 //! OperationOutcome. [`erasure`] removes a record for good (the `erase` command). [`auth`] is
 //! the SMART on FHIR authorization server; [`access`] is who asks and what their token lets
-//! them do, enforced by every interaction.
+//! them do, enforced by every interaction. [`hl7v2`] takes HL7 v2 messages (MLLP and
+//! `$hl7v2`) and applies their translation as one transaction.
 
 pub mod access;
 pub mod anchoring;
@@ -16,6 +17,9 @@ pub mod config;
 pub mod consent;
 pub mod erasure;
 pub mod error;
+pub mod export;
+pub mod hl7v2;
+pub mod import;
 pub mod interaction;
 pub mod model;
 pub mod resource;

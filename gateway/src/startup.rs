@@ -35,6 +35,16 @@ pub struct Application {
         u64,
         std::sync::Arc<crate::consent::Consent>,
     )>,
+    /// The HL7 v2 MLLP listener (`[mllp] enabled`), bound, with the intake and the actor it
+    /// writes as.
+    mllp: Option<(
+        crate::hl7v2::mllp::MllpListener,
+        crate::hl7v2::Intake,
+        crate::access::Access,
+    )>,
+    shutdown_timeout_secs: u64,
+    /// What the Bulk Data export worker needs (it runs while the server does).
+    exporter: (Context, std::sync::Arc<crate::consent::Consent>),
 }
 
 impl Application {
@@ -111,12 +121,26 @@ impl Application {
         ));
         let consent_follower =
             consent_reader.map(|reader| (reader, consent_start, consent.clone().into_inner()));
+        let ctx = Context {
+            base_url: base_url.clone(),
+            config: config.clone(),
+        };
+        // one intake for MLLP and `$hl7v2`, so both keep one order per patient
+        let intake = crate::hl7v2::Intake::new(store.clone(), ctx.clone());
+        let mllp = if config.mllp.enabled {
+            Some((
+                crate::hl7v2::mllp::MllpListener::bind(&config.mllp).await?,
+                intake.clone(),
+                crate::hl7v2::Intake::mllp_access(&config.mllp)?,
+            ))
+        } else {
+            None
+        };
+        let intake = web::Data::new(intake);
+        let exporter = (ctx.clone(), consent.clone().into_inner());
         let state = web::Data::new(AppState {
             store: store.clone(),
-            ctx: Context {
-                base_url: base_url.clone(),
-                config: config.clone(),
-            },
+            ctx,
             anchoring: anchoring.clone(),
         });
         // parse the definitions now rather than in the first request
@@ -131,6 +155,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(auth.clone())
                 .app_data(consent.clone())
+                .app_data(intake.clone())
                 .wrap_fn(move |req, srv| {
                     // break-the-glass: recorded before the response goes out, or not served
                     let store = break_glass_store.clone();
@@ -225,6 +250,9 @@ impl Application {
             target,
             anchoring,
             consent_follower,
+            mllp,
+            shutdown_timeout_secs: config.server.shutdown_timeout_secs,
+            exporter,
         })
     }
 
@@ -234,6 +262,11 @@ impl Application {
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The port the MLLP listener is bound to, when it is enabled.
+    pub fn mllp_port(&self) -> Option<u16> {
+        self.mllp.as_ref().map(|(listener, _, _)| listener.port())
     }
 
     /// The embedded chain's JSON-RPC URL, when `chain.mode = "embedded"`.
@@ -260,7 +293,18 @@ impl Application {
                 status,
             )
         });
+        let mllp = self
+            .mllp
+            .map(|(listener, intake, access)| listener.spawn(intake, access));
+        let (export_ctx, export_consent) = self.exporter;
+        let exporter =
+            crate::export::Exporter::spawn(self.store.clone(), export_ctx, Some(export_consent));
         let served = self.server.await;
+        if let Some(mllp) = mllp {
+            mllp.stop(std::time::Duration::from_secs(self.shutdown_timeout_secs))
+                .await;
+        }
+        exporter.stop().await;
         if let Some(follower) = follower {
             follower.stop().await;
         }
@@ -283,11 +327,20 @@ impl Application {
 fn tls_config(
     server: &crate::config::ServerConfig,
 ) -> anyhow::Result<Option<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (Some(cert_file), Some(key_file)) = (&server.tls_cert_file, &server.tls_key_file) else {
         return Ok(None);
     };
+    tls_identity(cert_file, key_file).map(Some)
+}
+
+/// A TLS server configuration for a certificate chain and its key (PEM files): TLS 1.3 and
+/// 1.2, on ring. The HTTP and MLLP listeners use it.
+pub(crate) fn tls_identity(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("reading the certificates in {}: {e}", cert_file.display()))?;
@@ -312,7 +365,7 @@ fn tls_config(
             key_file.display()
         )
     })?;
-    Ok(Some(config))
+    Ok(config)
 }
 
 fn url_path(base_url: &str) -> String {

@@ -42,6 +42,9 @@ fn every_subcommand_has_help() {
         &["user", "list", "--help"],
         &["user", "disable", "--help"],
         &["launch", "--help"],
+        &["import", "--help"],
+        &["patient", "--help"],
+        &["user", "break-glass", "--help"],
     ] {
         let (ok, out) = run(args);
         assert!(ok, "{args:?} fails");

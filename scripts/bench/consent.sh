@@ -6,8 +6,12 @@
 # of `fhir-gateway token issue`), then the read-by-id and search loads of run.sh (wrk, 32
 # connections, a system/*.rs token) with consent.enforce = true and false, in alternating
 # runs (ORDER, ROUNDS) after a 5 s warm-up each. Both runs use the same token, chain and
-# database; "off" serves by scopes alone.
-# Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s); KEEP=1 keeps the database.
+# database; "off" serves by scopes alone. Besides throughput, each run prints the CPU time the
+# gateway and its PostgreSQL backends spent per request, which the machine's other load does
+# not move (the same work costs the same CPU), unlike requests per second.
+# Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s); KEEP=1 keeps the database;
+# PGLOG=1 has PostgreSQL log every statement of the measured runs (with their parameters, for
+# EXPLAIN), in its server log.
 # Needs wrk (apt-get install wrk), python3, npm ci (anvil) and PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,12 +46,22 @@ start() {  # start AUTH_REQUIRED CONSENT_ENFORCE
   until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
 }
 stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
+# CPU ticks (1/100 s) spent so far by the gateway and by the PostgreSQL backends of its
+# database: per request, a figure that other work on the machine does not move
+ticks() {
+  local g p=0 pid
+  g=$(awk '{print $14 + $15}' /proc/$SERVER/stat)
+  for pid in $(pgrep -f 'postgres: .*fhir_bench_consent'); do
+    p=$((p + $(awk '{print $14 + $15}' /proc/$pid/stat 2>/dev/null || echo 0)))
+  done
+  echo "$g $p"
+}
 trap 'kill $SERVER $ANVIL 2>/dev/null || true' EXIT
 until curl -sf -X POST -H 'content-type: application/json' --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "http://127.0.0.1:$ANVIL_PORT" >/dev/null; do sleep 0.2; done
 TOKEN=$(env "${BASEENV[@]}" target/release/fhir-gateway token issue --scope 'system/*.rs' --lifetime-secs 7200)
 start false true
 FHIR_TOKEN= python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
-psql "$PG/fhir_bench_consent" -qc "VACUUM ANALYZE" -c "CHECKPOINT"
+psql "$PG/fhir_bench_consent" -qc "VACUUM ANALYZE" -c "CHECKPOINT"${PGLOG:+ -c "ALTER DATABASE fhir_bench_consent SET log_min_duration_statement = 0"}
 FHIR_TOKEN= python3 scripts/bench/prepare.py --base "http://127.0.0.1:$PORT/fhir" --out "$OUT"
 REGISTRY=$(curl -s "http://127.0.0.1:$PORT/health/ready" | python3 -c 'import json,sys; print(json.load(sys.stdin)["checks"]["consent:index"][0]["registry"])')
 stop
@@ -60,7 +74,12 @@ for round in $(seq "$ROUNDS"); do
     for load in reads searches; do
       wrk -t2 -c32 -d5s -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" >/dev/null
       echo "== round $round, consent $mode, $load, load $(cut -d' ' -f1-3 /proc/loadavg)"
-      wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" | grep -E "Requests/sec|50%|99%|Non-2xx|requests in"
+      read -r g0 p0 < <(ticks)
+      wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" > $OUT/wrk.txt
+      read -r g1 p1 < <(ticks)
+      grep -E "Requests/sec|50%|99%|Non-2xx|requests in" $OUT/wrk.txt
+      n=$(awk '/requests in/ {print $1}' $OUT/wrk.txt)
+      echo "CPU per request: gateway $(( (g1 - g0) * 10000000 / n / 1000 )) µs, PostgreSQL $(( (p1 - p0) * 10000000 / n / 1000 )) µs"
     done
     stop
   done

@@ -143,24 +143,21 @@ async fn add_patient(
     patient_id: &str,
     wallet_address: &str,
 ) -> anyhow::Result<User> {
-    let mut tx = store.begin().await?;
-    match binding::bind(
-        &mut tx,
-        patient_id,
-        wallet_address,
-        binding::CLI,
-        Instant::now().millis(),
-    )
-    .await?
-    {
-        Ok(user) => {
-            tx.commit().await?;
-            Ok(user)
-        }
-        Err(refused) => {
-            anyhow::bail!("Patient/{patient_id} was not bound to the wallet: {refused}")
-        }
-    }
+    // through `Store::write`: a gateway serving the same SQLite file may commit between this
+    // transaction's first read and its first write (SQLITE_BUSY), and then it is run again
+    let user = store
+        .write(async |conn| {
+            let now = Instant::now().millis();
+            match binding::bind(conn, patient_id, wallet_address, binding::CLI, now).await? {
+                Ok(user) => Ok(user),
+                // an error rolls back what the attempt wrote (a disabled user it replaced)
+                Err(refused) => Err(crate::error::Error::Conflict(format!(
+                    "Patient/{patient_id} was not bound to the wallet: {refused}"
+                ))),
+            }
+        })
+        .await?;
+    Ok(user)
 }
 
 pub async fn list(store: &Store) -> anyhow::Result<Vec<User>> {

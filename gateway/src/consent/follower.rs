@@ -296,7 +296,8 @@ fn changes_of(events: &[ConsentEvent]) -> Changes {
                 grantee: hex32(*grantee),
                 purpose: purpose.clone(),
                 resource_types: resource_types.clone(),
-                expires_at: *expires_at as i64,
+                // a uint64 beyond i64 is as good as never expiring
+                expires_at: i64::try_from(*expires_at).unwrap_or(i64::MAX),
                 block,
                 tx,
             }),
@@ -315,4 +316,36 @@ fn changes_of(events: &[ConsentEvent]) -> Changes {
 /// `0x` + 64 lowercase hex digits.
 pub fn hex32(hash: anchor::chain::B256) -> String {
     format!("0x{}", hex::encode(hash.as_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anchor::chain::{Address, B256};
+
+    fn granted(expires_at: u64) -> ConsentEvent {
+        ConsentEvent {
+            block_number: 7,
+            block_hash: B256::repeat_byte(7),
+            tx_hash: B256::repeat_byte(1),
+            log_index: 0,
+            change: ConsentChange::Granted {
+                grant_id: 3,
+                patient: Address::repeat_byte(0xaa),
+                grantee: B256::repeat_byte(0xbb),
+                resource_types: vec!["Observation".to_owned()],
+                purpose: "TREAT".to_owned(),
+                expires_at,
+            },
+        }
+    }
+
+    #[test]
+    fn an_expiry_beyond_i64_never_comes_rather_than_wrapping_into_the_past() {
+        let changes = changes_of(&[granted(u64::MAX)]);
+        assert_eq!(changes.grants[0].expires_at, i64::MAX);
+        let changes = changes_of(&[granted(1_900_000_000)]);
+        assert_eq!(changes.grants[0].expires_at, 1_900_000_000);
+        assert_eq!(changes.blocks, vec![(7, hex32(B256::repeat_byte(7)))]);
+    }
 }

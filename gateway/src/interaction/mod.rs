@@ -166,7 +166,7 @@ impl PreparedVersion {
         })
     }
 
-    fn write(&self) -> VersionWrite<'_> {
+    pub(crate) fn write(&self) -> VersionWrite<'_> {
         VersionWrite {
             resource_type: self.resource_type.as_str(),
             id: self.id.as_str(),

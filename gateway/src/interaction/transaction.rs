@@ -362,6 +362,41 @@ pub async fn process(
     }
 }
 
+/// A transaction Bundle checked and split into its entries, to run inside a database
+/// transaction of the caller's (the HL7 v2 intake writes its idempotency record in the same
+/// one). Cloned for each run, since [`Store::write`] may run a conflicting transaction again.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedTransaction(Vec<Entry>);
+
+/// Checks a Bundle of type `transaction` and prepares its entries.
+pub(crate) fn prepare_transaction(bundle: &Json, ctx: &Context) -> Result<PreparedTransaction> {
+    match parse_entries(bundle, ctx)? {
+        (true, entries) => Ok(PreparedTransaction(entries)),
+        (false, _) => Err(Error::Invalid(
+            "a Bundle of type transaction is needed here".to_owned(),
+        )),
+    }
+}
+
+/// Runs a prepared transaction on the caller's connection (all or nothing with whatever else
+/// the caller's transaction holds); the responses in entry order.
+pub(crate) async fn run_transaction(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    prepared: &PreparedTransaction,
+) -> Result<Vec<(usize, Result<Outcome>)>> {
+    transaction(conn, ctx, access, prepared.0.clone()).await
+}
+
+/// The `transaction-response` Bundle of a run.
+pub(crate) fn transaction_response(
+    responses: Vec<(usize, Result<Outcome>)>,
+    preference: ReturnPreference,
+) -> Outcome {
+    response_bundle("transaction-response", responses, preference)
+}
+
 async fn transaction(
     conn: &mut AnyConnection,
     ctx: &Context,
@@ -892,6 +927,22 @@ fn status_line(status: u16) -> String {
     format!("{status} {reason}")
 }
 
+/// An entry's `response` in a batch or transaction response: status line, location, ETag
+/// and last-modified of its outcome.
+pub(crate) fn entry_response(outcome: &Outcome) -> serde_json::Value {
+    let mut response = json!({"status": status_line(outcome.status)});
+    if let Some(location) = &outcome.location {
+        response["location"] = json!(location);
+    }
+    if let Some(version) = outcome.version {
+        response["etag"] = json!(version.etag());
+    }
+    if let Some(modified) = outcome.last_modified {
+        response["lastModified"] = json!(modified.to_fhir());
+    }
+    response
+}
+
 fn response_bundle(
     bundle_type: &str,
     responses: Vec<(usize, Result<Outcome>)>,
@@ -901,16 +952,7 @@ fn response_bundle(
     for (_, result) in responses {
         match result {
             Ok(outcome) => {
-                let mut response = json!({"status": status_line(outcome.status)});
-                if let Some(location) = &outcome.location {
-                    response["location"] = json!(location);
-                }
-                if let Some(version) = outcome.version {
-                    response["etag"] = json!(version.etag());
-                }
-                if let Some(modified) = outcome.last_modified {
-                    response["lastModified"] = json!(modified.to_fhir());
-                }
+                let mut response = entry_response(&outcome);
                 let resource: Option<String> = match (&outcome.body, preference) {
                     (Body::Resource(text), ReturnPreference::Representation) => Some(text.clone()),
                     (Body::Bundle(text), _) => Some(text.clone()),

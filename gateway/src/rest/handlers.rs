@@ -47,6 +47,13 @@ pub(super) fn scope(base_path: &str) -> Scope {
                 .route(web::get().to(history_system))
                 .default_service(not_allowed()),
         )
+        // Bulk Data $export, before the [type] and [type]/[id] patterns that would take it
+        .configure(crate::export::routes)
+        .service(
+            web::resource("/$hl7v2")
+                .route(web::post().to(hl7v2_message))
+                .default_service(not_allowed()),
+        )
         .service(
             web::resource("/{type}")
                 .route(web::get().to(search_type))
@@ -504,6 +511,64 @@ async fn bundle(
     let body = resource_body(&req, payload, &state).await?;
     let outcome = transaction::process(&state.store, &state.ctx, &access, body, preference).await?;
     Ok(respond(outcome, ReturnPreference::Representation))
+}
+
+/// `POST [base]/$hl7v2`: one HL7 v2 message as the body (`x-application/hl7-v2+er7`,
+/// `application/hl7-v2` or `text/plain`), applied as one received over MLLP is (translated,
+/// one transaction, idempotent by sender and control id, in order per patient) with the
+/// request's token, so the token needs write scopes for every type the translation produces.
+/// Answers with the `transaction-response` Bundle; a re-sent message with the recorded entry
+/// responses and `X-HL7v2-Duplicate: true`. A refused message is an OperationOutcome saying
+/// what was wrong (400 unreadable or unsupported, 422 content that cannot be applied).
+async fn hl7v2_message(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: State,
+    access: Access,
+    intake: web::Data<crate::hl7v2::Intake>,
+) -> Result<HttpResponse> {
+    negotiate(&req)?;
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match content_type.as_deref() {
+        Some("x-application/hl7-v2+er7" | "application/hl7-v2" | "text/plain") => {}
+        other => {
+            return Err(Error::UnsupportedMediaType(format!(
+                "$hl7v2 takes an HL7 v2 message as x-application/hl7-v2+er7 or text/plain, not {}",
+                other.unwrap_or("a body without Content-Type")
+            )));
+        }
+    }
+    let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
+    if body.is_empty() {
+        return Err(Error::Invalid(
+            "the request has no body; send an HL7 v2 message".to_owned(),
+        ));
+    }
+    // a feed matches its patients by identifier among all records, consented or not: a
+    // match confined by consent would create a second Patient for an existing one. What the
+    // response shows is what the message itself carried, with ids and versions.
+    let mut access = access;
+    access.consent = crate::consent::Gate::Open;
+    let (_, result) = intake.process(&access, &[], &body).await;
+    let accepted = result.map_err(|refusal| *refusal.error)?;
+    let mut response = respond(accepted.response, ReturnPreference::Representation);
+    if accepted.duplicate {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("x-hl7v2-duplicate"),
+            actix_web::http::header::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 async fn run_search(

@@ -97,17 +97,17 @@ pub async fn insert(conn: &mut AnyConnection, binding: &Binding) -> Result<(), s
     .bind(&binding.wallet_address)
     .bind(&binding.user_id)
     .bind(binding.bound_at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    super::consent::refresh_access_of_patient(conn, &binding.patient_id).await
 }
 
 pub async fn remove(conn: &mut AnyConnection, patient_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM patient_wallet WHERE patient_id = $1")
         .bind(patient_id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(())
+    super::consent::refresh_access_of_patient(conn, patient_id).await
 }
 
 /// Records a bind or an unbind as the patient's next change.

@@ -1,6 +1,8 @@
 //! The consent index (migration 0012): the ConsentRegistry's grants as the follower read them
 //! from the chain, the Patient ↔ wallet binding, and the SQL condition that lets
-//! patient-compartment rows through only where a grant covers them.
+//! patient-compartment rows through only where a grant covers them. The condition reads
+//! `consent_access` (migration 0024), the grants joined with the bindings and flattened by
+//! type, which every change of either rebuilds in its own transaction.
 
 use sqlx::{AnyConnection, Row as _};
 
@@ -71,9 +73,9 @@ pub async fn cursor(conn: &mut AnyConnection) -> Result<Option<Cursor>, sqlx::Er
 }
 
 /// The condition that `patient` (an SQL expression: a Patient id) has a grant in `grants`
-/// covering `resource_type`: a correlated lookup through the binding's primary key and the
-/// grants' (grantee, purpose, wallet) index, so its cost does not grow with the number of
-/// grants.
+/// covering `resource_type`: one probe of `consent_access`'s primary key (the grants already
+/// joined with the bindings and flattened by type), so its cost does not grow with the
+/// number of grants.
 fn consented(sql: &mut Sql, patient: &str, resource_type: &str, grants: &Grants) -> String {
     let grantees: Vec<String> = grants.grantees.iter().map(|g| sql.text(g)).collect();
     let purpose = sql.text(&grants.purpose);
@@ -86,13 +88,60 @@ fn consented(sql: &mut Sql, patient: &str, resource_type: &str, grants: &Grants)
         grantees.join(", ")
     };
     format!(
-        "EXISTS (SELECT 1 FROM patient_wallet b JOIN consent_grant g ON g.patient_wallet = b.wallet_address \
-         WHERE b.patient_id = {patient} AND g.grantee IN ({grantees}) AND g.purpose = {purpose} \
-         AND g.revoked_block IS NULL AND g.granted_block <= {confirmed} \
-         AND (g.expires_at = 0 OR g.expires_at > {now}) \
-         AND (g.all_types = 1 OR EXISTS (SELECT 1 FROM consent_grant_type t WHERE t.grant_id = g.grant_id \
-         AND t.resource_type = {rt})))"
+        "EXISTS (SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
+         AND a.grantee IN ({grantees}) AND a.purpose = {purpose} AND a.resource_type IN ({rt}, '*') \
+         AND a.granted_block <= {confirmed} AND (a.expires_at = 0 OR a.expires_at > {now}))"
     )
+}
+
+/// The `consent_access` rows of unrevoked grants whose wallet is bound to a Patient: each
+/// opens its types (or `'*'`) to its grantee for its purpose. Completed with a condition on
+/// `g` (the grant) or `b` (the binding) whose value is `$1`.
+const ACCESS_ROWS: &str = "INSERT INTO consent_access \
+     (patient_id, grantee, purpose, resource_type, grant_id, granted_block, expires_at) \
+     SELECT b.patient_id, g.grantee, g.purpose, COALESCE(t.resource_type, '*'), g.grant_id, g.granted_block, g.expires_at \
+     FROM consent_grant g JOIN patient_wallet b ON b.wallet_address = g.patient_wallet \
+     LEFT JOIN consent_grant_type t ON t.grant_id = g.grant_id AND g.all_types = 0 \
+     WHERE g.revoked_block IS NULL AND (g.all_types = 1 OR t.resource_type IS NOT NULL)";
+
+/// Makes `consent_access` follow `grant_id` as `consent_grant` now holds it (recorded, or
+/// its revocation lifted), in the transaction that changed it.
+async fn refresh_access_of_grant(
+    conn: &mut AnyConnection,
+    grant_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM consent_access WHERE grant_id = $1")
+        .bind(grant_id)
+        .execute(&mut *conn)
+        .await?;
+    // audited: ACCESS_ROWS is a constant
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{ACCESS_ROWS} AND g.grant_id = $1"
+    )))
+    .bind(grant_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes `consent_access` follow a binding of `patient_id` made or removed in this
+/// transaction (the grants of its wallet open, or close, its record).
+pub async fn refresh_access_of_patient(
+    conn: &mut AnyConnection,
+    patient_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM consent_access WHERE patient_id = $1")
+        .bind(patient_id)
+        .execute(&mut *conn)
+        .await?;
+    // audited: ACCESS_ROWS is a constant
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{ACCESS_ROWS} AND b.patient_id = $1"
+    )))
+    .bind(patient_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The condition on the row `{alias}` of `resource_type` (in the Patient compartment through
@@ -178,6 +227,7 @@ pub async fn reset(
     start_hash: &str,
 ) -> Result<(), sqlx::Error> {
     for table in [
+        "consent_access",
         "consent_grant_type",
         "consent_grant",
         "consent_block",
@@ -253,6 +303,7 @@ pub async fn apply(
             .execute(&mut *conn)
             .await?;
         }
+        refresh_access_of_grant(conn, grant.grant_id).await?;
     }
     for (grant_id, revoked_block, tx) in &changes.revocations {
         sqlx::query(
@@ -264,6 +315,10 @@ pub async fn apply(
         .bind(tx)
         .execute(&mut *conn)
         .await?;
+        sqlx::query("DELETE FROM consent_access WHERE grant_id = $1")
+            .bind(grant_id)
+            .execute(&mut *conn)
+            .await?;
     }
     for (number, hash) in &changes.blocks {
         remember_block(conn, *number, hash).await?;
@@ -301,6 +356,10 @@ pub async fn known_blocks(conn: &mut AnyConnection) -> Result<Vec<(i64, String)>
 /// Undoes everything recorded from blocks after `block` (a reorg replaced them): their
 /// grants go, their revocations are lifted, and the cursor returns to `block`.
 pub async fn roll_back(conn: &mut AnyConnection, block: (i64, &str)) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM consent_access WHERE granted_block > $1")
+        .bind(block.0)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "DELETE FROM consent_grant_type WHERE grant_id IN \
          (SELECT grant_id FROM consent_grant WHERE granted_block > $1)",
@@ -312,12 +371,20 @@ pub async fn roll_back(conn: &mut AnyConnection, block: (i64, &str)) -> Result<(
         .bind(block.0)
         .execute(&mut *conn)
         .await?;
+    let reopened: Vec<i64> =
+        sqlx::query_scalar("SELECT grant_id FROM consent_grant WHERE revoked_block > $1")
+            .bind(block.0)
+            .fetch_all(&mut *conn)
+            .await?;
     sqlx::query(
         "UPDATE consent_grant SET revoked_block = NULL, revoked_tx = NULL WHERE revoked_block > $1",
     )
     .bind(block.0)
     .execute(&mut *conn)
     .await?;
+    for grant_id in reopened {
+        refresh_access_of_grant(conn, grant_id).await?;
+    }
     sqlx::query("DELETE FROM consent_block WHERE block_number > $1")
         .bind(block.0)
         .execute(&mut *conn)

@@ -13,6 +13,7 @@ pub mod clients;
 pub mod consent;
 pub mod erasure;
 pub mod grants;
+pub mod hl7v2;
 mod index;
 pub mod log;
 pub mod search;

@@ -169,6 +169,12 @@ pub enum Filter {
         patient_id: String,
         params: Vec<String>,
     },
+    /// Resources in the compartment of any of `patient_ids` (`None`: of any Patient), linked by
+    /// the given parameters (Bulk Data `$export` at Patient and Group level).
+    PatientsCompartment {
+        patient_ids: Option<Vec<String>>,
+        params: Vec<String>,
+    },
     /// Resources of a Patient-compartment type (linked to patients by `params`) whose every
     /// patient has consented to the requester reading them ([`super::consent::condition`]).
     Consent {
@@ -346,6 +352,42 @@ pub fn condition(
                 alternatives.push(format!(
                     "{alias}.rkey IN (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {rt} AND x.param IN ({}) \
                      AND x.target_type = 'Patient' AND x.target_id = {id})",
+                    list.join(", ")
+                ));
+            }
+            if alternatives.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("({})", alternatives.join(" OR "))
+            }
+        }
+        Filter::PatientsCompartment {
+            patient_ids,
+            params,
+        } => {
+            let ids: Option<Vec<String>> = patient_ids
+                .as_ref()
+                .map(|ids| ids.iter().map(|id| sql.text(id)).collect());
+            if ids.as_ref().is_some_and(Vec::is_empty) {
+                return Ok("1 = 0".to_owned());
+            }
+            let mut alternatives = Vec::new();
+            if rtype == "Patient" {
+                alternatives.push(match &ids {
+                    Some(ids) => format!("{alias}.id IN ({})", ids.join(", ")),
+                    None => "1 = 1".to_owned(),
+                });
+            }
+            if !params.is_empty() {
+                let rt = sql.text(rtype);
+                let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
+                let targets = match &ids {
+                    Some(ids) => format!(" AND x.target_id IN ({})", ids.join(", ")),
+                    None => String::new(),
+                };
+                alternatives.push(format!(
+                    "{alias}.rkey IN (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {rt} AND x.param IN ({}) \
+                     AND x.target_type = 'Patient'{targets})",
                     list.join(", ")
                 ));
             }

@@ -196,15 +196,15 @@ impl World {
     /// Binds `patient` to `wallet` (what redeeming a link code leaves behind).
     async fn bind(&self, patient: &str, wallet: Address) {
         let mut conn = self.app.database_connection().await;
-        sqlx::query(
-            "INSERT INTO patient_wallet (patient_id, wallet_address, user_id, bound_at) VALUES ($1, $2, $3, 0)",
-        )
-        .bind(patient)
-        .bind(format!("0x{}", hex::encode(wallet.as_slice())))
-        .bind(format!("user-of-{patient}"))
-        .execute(&mut conn)
-        .await
-        .expect("bound");
+        let binding = gateway::store::binding::Binding {
+            patient_id: patient.to_owned(),
+            wallet_address: format!("0x{}", hex::encode(wallet.as_slice())),
+            user_id: format!("user-of-{patient}"),
+            bound_at: 0,
+        };
+        gateway::store::binding::insert(&mut conn, &binding)
+            .await
+            .expect("bound");
     }
 
     /// `patient` grants `types` for `purpose` to the app `client_id` on chain (signed, relayed
@@ -688,6 +688,57 @@ on_both!(
 );
 
 on_both!(
+    grants_follow_the_binding_and_a_reorg_that_drops_a_revocation_reopens,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let token = w.token("app-x", "system/*.rs", json!({}));
+        let carol = w
+            .create(json!({"resourceType": "Patient", "name": [{"family": "Carol"}]}))
+            .await;
+        let observation = w
+            .create(json!({"resourceType": "Observation", "status": "final",
+                           "code": {"text": "weight"},
+                           "subject": {"reference": format!("Patient/{carol}")}}))
+            .await;
+        let path = format!("Observation/{observation}");
+        // a grant by a wallet bound to no record opens nothing
+        let key = PrivateKeySigner::random();
+        let (grant, _) = w.grant(&key, "app-x", &[], "TREAT", 0).await;
+        let (status, _) = w.get(&path, &token).await;
+        assert_eq!(status, 403);
+        // binding the wallet brings its grants to the record; unbinding takes them away
+        w.bind(&carol, key.address()).await;
+        let (status, _) = w.get(&path, &token).await;
+        assert_eq!(status, 200, "bound after granting");
+        let mut conn = w.app.database_connection().await;
+        gateway::store::binding::remove(&mut conn, &carol)
+            .await
+            .expect("unbound");
+        let (status, _) = w.get(&path, &token).await;
+        assert_eq!(status, 403, "unbound");
+        w.bind(&carol, key.address()).await;
+        let (status, _) = w.get(&path, &token).await;
+        assert_eq!(status, 200, "bound again");
+        // a revocation that a reorg takes away: the grant holds again
+        let snapshot = crate::anchoring::rpc(&w.anvil.url, "evm_snapshot", json!([])).await;
+        w.revoke(&key, grant).await;
+        let (status, _) = w.get(&path, &token).await;
+        assert_eq!(status, 403, "revoked");
+        crate::anchoring::rpc(&w.anvil.url, "evm_revert", json!([snapshot])).await;
+        crate::anchoring::rpc(&w.anvil.url, "anvil_mine", json!([5])).await;
+        until_consent(&w.app, |c| c["reorgs"].as_u64().unwrap_or(0) >= 1).await;
+        let head = w.reader.head().await.expect("head");
+        w.seen(head).await;
+        let (status, outcome) = w.get(&path, &token).await;
+        assert_eq!(status, 200, "the reorg dropped the revocation: {outcome}");
+        // the others' records are untouched by all this
+        let (status, _) = w.get(&format!("Observation/{}", r.bob_obs), &token).await;
+        assert_eq!(status, 403);
+    }
+);
+
+on_both!(
     a_denied_read_can_hide_that_the_resource_exists,
     |db| async move {
         let w = world(db, |config| config.consent.denied = ConsentDenied::NotFound).await;
@@ -973,3 +1024,48 @@ on_both!(each_grant_is_a_read_only_fhir_consent, |db| async move {
     let (status, _) = w.get(&format!("Consent/{observations}"), &app).await;
     assert_eq!(status, 403, "app-x may read Observations only");
 });
+
+on_both!(
+    an_export_holds_exactly_the_consented_resources,
+    |db| async move {
+        use crate::export::{contents, export};
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let token = w.token("exporter", "system/*.rs", json!({}));
+        let path = "Patient/$export?_type=Patient,Observation,Condition";
+        // no grant: the scopes alone export no patient data
+        let (_, manifest) = export(&w.app, path, &token).await;
+        assert_eq!(contents(&w.app, &manifest, &token).await, Vec::new());
+        // ann grants Observation to the exporter: exactly her Observation, at every level
+        let (grant, _) = w
+            .grant(&r.ann_key, "exporter", &["Observation"], "TREAT", 0)
+            .await;
+        let (_, manifest) = export(&w.app, path, &token).await;
+        assert_eq!(
+            contents(&w.app, &manifest, &token).await,
+            vec![("Observation".to_owned(), r.ann_obs.clone())]
+        );
+        let (_, manifest) = export(
+            &w.app,
+            "$export?_type=Patient,Observation,Condition,Organization",
+            &token,
+        )
+        .await;
+        assert_eq!(
+            contents(&w.app, &manifest, &token).await,
+            vec![
+                ("Observation".to_owned(), r.ann_obs.clone()),
+                ("Organization".to_owned(), r.org.clone()),
+            ]
+        );
+        // the grant is the exporter's only: another backend client gets nothing
+        let other = w.token("other-exporter", "system/*.rs", json!({}));
+        let (_, manifest) = export(&w.app, path, &other).await;
+        assert_eq!(contents(&w.app, &manifest, &other).await, Vec::new());
+        // revoked: the next export holds nothing of hers
+        w.revoke(&r.ann_key, grant).await;
+        let (_, manifest) = export(&w.app, path, &token).await;
+        assert_eq!(contents(&w.app, &manifest, &token).await, Vec::new());
+        let _ = (&r.bob, &r.bob_obs, &r.ann_cond, &r.bob_key);
+    }
+);

@@ -16,6 +16,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The database settings the gateway runs with (for tests that look into it).
     pub database: gateway::config::DatabaseConfig,
+    /// The port of the HL7 v2 MLLP listener, when the test enabled it (`mllp.enabled`).
+    pub mllp_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,6 +35,7 @@ impl TestApp {
             base,
             client: reqwest::Client::new(),
             database,
+            mllp_port: None,
             _dir: tempfile::tempdir().expect("temporary directory"),
         }
     }
@@ -76,11 +79,13 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
         .await
         .expect("the gateway builds");
     let base = app.base_url().to_owned();
+    let mllp_port = app.mllp_port();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         base,
         client: reqwest::Client::new(),
         database,
+        mllp_port,
         _dir: dir,
     }
 }

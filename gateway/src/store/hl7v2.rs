@@ -1,0 +1,70 @@
+//! The HL7 v2 messages the gateway accepted (migration 0016's `hl7v2_message`), keyed by
+//! sender and control id: the idempotency record of the intake, written in the transaction
+//! that stores the message's resources. Times are milliseconds since the Unix epoch.
+
+use sqlx::{AnyConnection, Row as _};
+
+/// What was recorded of an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub ack_code: String,
+    /// JSON array of the Bundle entries' responses (status, location, etag, lastModified).
+    pub responses: String,
+    pub received_at: i64,
+}
+
+/// A message to record.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub sender: &'a str,
+    pub control_id: &'a str,
+    pub message_type: &'a str,
+    pub ack_code: &'a str,
+    pub responses: &'a str,
+    pub received_at: i64,
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find(
+    conn: &mut AnyConnection,
+    sender: &str,
+    control_id: &str,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT ack_code, responses, received_at FROM hl7v2_message \
+         WHERE sender = $1 AND control_id = $2",
+    )
+    .bind(sender)
+    .bind(control_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(Recorded {
+            ack_code: row.try_get("ack_code")?,
+            responses: row.try_get("responses")?,
+            received_at: row.try_get("received_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Records an accepted message. A concurrent transaction that recorded the same message
+/// first makes this fail with a unique violation, which `Store::write` treats as a conflict
+/// and runs again (and the second run finds the record).
+#[tracing::instrument(skip_all)]
+pub async fn record(conn: &mut AnyConnection, record: Record<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hl7v2_message \
+         (sender, control_id, message_type, ack_code, responses, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(record.sender)
+    .bind(record.control_id)
+    .bind(record.message_type)
+    .bind(record.ack_code)
+    .bind(record.responses)
+    .bind(record.received_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
