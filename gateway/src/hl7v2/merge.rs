@@ -14,7 +14,7 @@ use sqlx::{AnyConnection, Row as _};
 use crate::access::Access;
 use crate::error::{Error, Result};
 use crate::interaction::search::matching_ids;
-use crate::interaction::{Context, update};
+use crate::interaction::{Checked, Context, update};
 use crate::model::{ResourceId, ResourceType};
 use crate::store;
 
@@ -63,13 +63,14 @@ pub(crate) async fn move_references(
         if !rewrite(&mut resource, &from, &from_absolute, &to) {
             continue;
         }
+        let resource_type = ResourceType::parse(&resource_type)?;
         update::update(
             conn,
             ctx,
             access,
-            &ResourceType::parse(&resource_type)?,
+            &resource_type,
             &ResourceId::parse(&id)?,
-            resource,
+            Checked::new(ctx, resource, &resource_type)?,
             None,
         )
         .await?;

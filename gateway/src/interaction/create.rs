@@ -5,10 +5,9 @@
 //! version); more than one match is 412 Precondition Failed. Concurrent conditional creates
 //! with the same criteria are serialized (`store::lock`), so they cannot both create.
 
-use fhir_profiles::Json;
 use sqlx::AnyConnection;
 
-use super::{Context, Method, Outcome, check_body, search, store_version};
+use super::{Checked, Context, Method, Outcome, search, store_version};
 use crate::access::Access;
 use crate::auth::scopes::Permission;
 use crate::error::{Error, Result};
@@ -21,11 +20,11 @@ pub async fn create(
     ctx: &Context,
     access: &Access,
     resource_type: &ResourceType,
-    body: Json,
+    checked: Checked,
     if_none_exist: Option<&str>,
 ) -> Result<Outcome> {
     access.allowed(Permission::Create, resource_type.as_str())?;
-    let issues = check_body(ctx, &body, resource_type)?;
+    let Checked { body, issues } = checked;
     if let Some(criteria) = if_none_exist {
         store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
         let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;

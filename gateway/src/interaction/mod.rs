@@ -225,6 +225,22 @@ pub(crate) async fn store_new_versions(
     Ok(())
 }
 
+/// A resource body that passed [`check_body`] for its type, with the issues that were not
+/// errors. Checked once, before the write's transaction: a retried transaction does not
+/// check again, and a large body is checked off the async workers ([`crate::rest`]).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub body: Json,
+    pub issues: Vec<Issue>,
+}
+
+impl Checked {
+    pub fn new(ctx: &Context, body: Json, expected: &ResourceType) -> Result<Checked> {
+        let issues = check_body(ctx, &body, expected)?;
+        Ok(Checked { body, issues })
+    }
+}
+
 /// Checks a resource body for a write: the right type, structurally valid, conforming to
 /// the profiles it claims, and not a subset (`SUBSETTED` in `meta.tag`), which would
 /// overwrite what it left out. Returns the issues that are not errors.

@@ -23,8 +23,8 @@ use sqlx::AnyConnection;
 
 use super::patch::PatchDocument;
 use super::{
-    Body, Context, Method, Outcome, PreparedVersion, check_body, create, delete, patch, read,
-    search, store_new_versions, store_version, update,
+    Body, Checked, Context, Method, Outcome, PreparedVersion, check_body, create, delete, patch,
+    read, search, store_new_versions, store_version, update,
 };
 use crate::access::Access;
 use crate::auth::scopes::Permission;
@@ -706,7 +706,7 @@ async fn run(
                 ctx,
                 access,
                 &resource_type,
-                resource,
+                Checked::new(ctx, resource, &resource_type)?,
                 if_none_exist.as_deref(),
             )
             .await
@@ -719,7 +719,8 @@ async fn run(
             let resource = entry
                 .resource
                 .ok_or_else(|| Error::Invalid("PUT needs a resource".to_owned()))?;
-            update::update(conn, ctx, access, &resource_type, &id, resource, if_match).await
+            let checked = Checked::new(ctx, resource, &resource_type)?;
+            update::update(conn, ctx, access, &resource_type, &id, checked, if_match).await
         }
         Request::ConditionalUpdate {
             resource_type,
@@ -735,7 +736,7 @@ async fn run(
                 access,
                 &resource_type,
                 &criteria,
-                resource,
+                Checked::new(ctx, resource, &resource_type)?,
                 if_match,
             )
             .await

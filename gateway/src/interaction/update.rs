@@ -9,7 +9,7 @@
 use fhir_profiles::Json;
 use sqlx::AnyConnection;
 
-use super::{Context, Method, Outcome, check_body, search, store_version};
+use super::{Checked, Context, Method, Outcome, search, store_version};
 use crate::access::Access;
 use crate::auth::scopes::Permission;
 use crate::error::{Error, Result};
@@ -23,10 +23,10 @@ pub async fn update(
     access: &Access,
     resource_type: &ResourceType,
     id: &ResourceId,
-    body: Json,
+    checked: Checked,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
-    let issues = check_body(ctx, &body, resource_type)?;
+    let Checked { body, issues } = checked;
     match resource::id_of(&body) {
         Some(body_id) if body_id == id.as_str() => {}
         Some(body_id) => {
@@ -110,10 +110,10 @@ pub async fn conditional_update(
     access: &Access,
     resource_type: &ResourceType,
     criteria: &str,
-    body: Json,
+    checked: Checked,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
-    let issues = check_body(ctx, &body, resource_type)?;
+    let Checked { body, issues } = checked;
     store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
     let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
     match matches.as_slice() {
@@ -165,7 +165,8 @@ pub async fn conditional_update(
             }
             let mut body = body;
             set_id(&mut body, id);
-            update(conn, ctx, access, resource_type, id, body, if_match).await
+            let checked = Checked { body, issues };
+            update(conn, ctx, access, resource_type, id, checked, if_match).await
         }
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}"

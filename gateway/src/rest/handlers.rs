@@ -9,12 +9,14 @@ use super::{
     AppState, format, if_match, if_none_exist, not_modified, preferences, read_body, respond,
 };
 use crate::access::Access;
+use crate::auth::scopes::Permission;
 use crate::error::{Error, Result, validation_outcome};
 use crate::interaction::patch::PatchDocument;
 use crate::interaction::search::{Scope as SearchScope, SearchRequest};
 use crate::interaction::transaction::ReturnPreference;
 use crate::interaction::{
-    Outcome, capabilities, create, delete, history, patch, proof, read, search, transaction, update,
+    Checked, Outcome, capabilities, create, delete, history, patch, proof, read, search,
+    transaction, update,
 };
 use crate::model::{ResourceId, ResourceType, VersionId};
 use crate::resource;
@@ -156,6 +158,37 @@ async fn resource_body(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<fhir_profiles::Json> {
+    let body = read_resource_bytes(req, payload, state).await?;
+    let max_depth = state.ctx.config.limits.max_json_depth;
+    off_worker_if_large(body.len(), move || resource::parse_json(&body, max_depth)).await
+}
+
+/// The request's resource, parsed and checked for a write of `resource_type`
+/// ([`Checked`]).
+async fn checked_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    resource_type: &ResourceType,
+) -> Result<Checked> {
+    let body = read_resource_bytes(req, payload, state).await?;
+    let (ctx, resource_type) = (state.ctx.clone(), resource_type.clone());
+    let max_depth = ctx.config.limits.max_json_depth;
+    off_worker_if_large(body.len(), move || {
+        Checked::new(
+            &ctx,
+            resource::parse_json(&body, max_depth)?,
+            &resource_type,
+        )
+    })
+    .await
+}
+
+async fn read_resource_bytes(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<web::Bytes> {
     format::check_content_type(req)?;
     let body = read_body(payload, state.ctx.config.limits.max_body_bytes).await?;
     if body.is_empty() {
@@ -163,7 +196,25 @@ async fn resource_body(
             "the request has no body; send a resource".to_owned(),
         ));
     }
-    resource::parse_json(&body, state.ctx.config.limits.max_json_depth)
+    Ok(body)
+}
+
+/// Bodies from this size on are parsed and validated on the blocking pool: a large Bundle
+/// takes hundreds of milliseconds (seconds in a debug build), during which an async worker
+/// would serve none of its other connections, and actix closes those whose keep-alive ran
+/// out meanwhile even if their next request is already waiting.
+const LARGE_BODY_BYTES: usize = 256 * 1024;
+
+async fn off_worker_if_large<T: Send + 'static>(
+    size: usize,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if size < LARGE_BODY_BYTES {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("checking a request body: {e}")))?
 }
 
 async fn metadata(req: HttpRequest, state: State) -> Result<HttpResponse> {
@@ -280,7 +331,8 @@ async fn create_resource(
     let resource_type = ResourceType::parse(&path)?;
     let (preference, _) = preferences(req.headers());
     let criteria = if_none_exist(req.headers())?;
-    let body = resource_body(&req, payload, &state).await?;
+    access.allowed(Permission::Create, resource_type.as_str())?;
+    let body = checked_body(&req, payload, &state, &resource_type).await?;
     let outcome = state
         .store
         .write(async |tx| {
@@ -311,7 +363,7 @@ async fn update_resource(
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
-    let body = resource_body(&req, payload, &state).await?;
+    let body = checked_body(&req, payload, &state, &resource_type).await?;
     let outcome = state
         .store
         .write(async |tx| {
@@ -335,7 +387,7 @@ async fn conditional_update(
     let criteria = conditional_criteria(&req, "update")?;
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
-    let body = resource_body(&req, payload, &state).await?;
+    let body = checked_body(&req, payload, &state, &resource_type).await?;
     let outcome = state
         .store
         .write(async |tx| {
