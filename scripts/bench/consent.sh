@@ -10,7 +10,8 @@
 # gateway and its PostgreSQL backends spent per request, which the machine's other load does
 # not move (the same work costs the same CPU), unlike requests per second.
 # Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s); KEEP=1 keeps the database;
-# PGLOG=1 has PostgreSQL log every statement of the measured runs (with their parameters, for
+# PG_OPTIONS sets PostgreSQL settings for the gateway's connections (e.g.
+# '-c plan_cache_mode=force_generic_plan'); PGLOG=1 has PostgreSQL log every statement of the measured runs (with their parameters, for
 # EXPLAIN), in its server log.
 # Needs wrk (apt-get install wrk), python3, npm ci (anvil) and PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
@@ -33,7 +34,9 @@ psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent" -c "CREATE 
 rm -rf "$OUT/gateway-data"
 node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port $ANVIL_PORT >/dev/null &
 ANVIL=$!
-BASEENV=(FHIR_GATEWAY_DATABASE__URL="$PG/fhir_bench_consent" FHIR_GATEWAY_SERVER__PORT=$PORT
+DB_URL="$PG/fhir_bench_consent"
+[ -z "${PG_OPTIONS:-}" ] || DB_URL="$DB_URL?options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$PG_OPTIONS")"
+BASEENV=(FHIR_GATEWAY_DATABASE__URL="$DB_URL" FHIR_GATEWAY_SERVER__PORT=$PORT
   FHIR_GATEWAY_SERVER__BASE_URL="http://127.0.0.1:$PORT/fhir" FHIR_GATEWAY_SERVER__WORKERS=2
   FHIR_GATEWAY_DATABASE__MAX_CONNECTIONS=16
   FHIR_GATEWAY_DATABASE__DATA_DIR="$OUT/gateway-data" FHIR_GATEWAY_CHAIN__MODE=rpc
