@@ -712,3 +712,95 @@ fn what_has_no_identifier_is_keyed_by_patient_and_code() {
         one(&other.bundle, "AllergyIntolerance").1
     );
 }
+
+/// An IN1 as a feed sends it: plan (IN1-2), insurer's id and name (IN1-3, IN1-4), group
+/// number, the plan's dates (IN1-12, IN1-13), plan type (IN1-15), the insured's relationship
+/// (IN1-17) and id (IN1-49).
+fn in1(plan: &str, insurer: &str, end: &str) -> String {
+    seg(
+        "IN1",
+        &[
+            (1, "1"),
+            (2, plan),
+            (3, "BCBS-1^^^NAIC&2.16.840.1.113883.6.300&ISO"),
+            (4, insurer),
+            (8, "GRP-77"),
+            (12, "20240101"),
+            (13, end),
+            (15, "HMO^health maintenance organization policy"),
+            (17, "SEL^Self^HL70063"),
+            (49, "MEM-555^^^BCBS^SN"),
+        ],
+    )
+}
+
+#[test]
+fn an_in1_is_a_coverage_of_the_patient_keyed_by_patient_payor_and_plan() {
+    let message = |control_id: &str, insurer: &str, end: &str| {
+        [
+            msh("ADT^A04^ADT_A01", control_id),
+            "EVN|A04|202401011200+0000".to_owned(),
+            pid(),
+            pv1("O", ""),
+            in1("BAV^Blue Advantage HMO^L", insurer, end),
+        ]
+        .join("\r")
+    };
+    let t = translate(message("C-IN1", "Blue Cross of Texas", "20241231").as_bytes())
+        .expect("translates");
+    assert_valid(&t.bundle);
+    let (coverage, request) = one(&t.bundle, "Coverage");
+    // R4 requires a status the map does not give: `active` (see README)
+    assert_eq!(text(coverage, "status"), "active");
+    assert_eq!(
+        text(coverage, "beneficiary.reference"),
+        full_url_of(&t.bundle, "Patient")[0]
+    );
+    // the insurer as a logical reference (no Organization is written)
+    assert_eq!(text(coverage, "payor.0.type"), "Organization");
+    assert_eq!(text(coverage, "payor.0.display"), "Blue Cross of Texas");
+    assert!(resources(&t.bundle, "Organization").is_empty());
+    assert_eq!(text(coverage, "period.start"), "2024-01-01");
+    assert_eq!(text(coverage, "period.end"), "2024-12-31");
+    // the plan's identifier as the map gives it, after the key
+    assert_eq!(
+        text(coverage, "identifier.0.system"),
+        "urn:fhir-gateway:hl7v2:Coverage"
+    );
+    assert_eq!(text(coverage, "identifier.1.value"), "BAV");
+    assert!(
+        request.starts_with("PUT Coverage?identifier=urn:fhir-gateway:hl7v2:Coverage|"),
+        "{request}"
+    );
+
+    // the same insurance sent again (another control id, a new end date): the same key
+    let again = translate(message("C-IN1-2", "Blue Cross of Texas", "20251231").as_bytes())
+        .expect("translates");
+    assert_eq!(one(&again.bundle, "Coverage").1, request);
+    // another insurer, or the same plan of another patient: another Coverage
+    let other_payor =
+        translate(message("C-IN1-3", "Aetna", "20241231").as_bytes()).expect("translates");
+    assert_ne!(one(&other_payor.bundle, "Coverage").1, request);
+    let other_patient =
+        message("C-IN1-4", "Blue Cross of Texas", "20241231").replace("PAT1^^^", "PAT2^^^");
+    let other_patient = translate(other_patient.as_bytes()).expect("translates");
+    assert_ne!(one(&other_patient.bundle, "Coverage").1, request);
+
+    // two IN1 segments: two Coverages
+    let two = [
+        message("C-IN1-5", "Blue Cross of Texas", "20241231"),
+        in1("DEN^Dental plan^L", "Delta Dental", ""),
+    ]
+    .join("\r");
+    let two = translate(two.as_bytes()).expect("translates");
+    let coverages = resources(&two.bundle, "Coverage");
+    assert_eq!(coverages.len(), 2);
+    assert_ne!(coverages[0].1, coverages[1].1);
+    assert_eq!(text(coverages[1].0, "payor.0.display"), "Delta Dental");
+
+    // without the insurer's name there is no payor, which R4 requires: AE naming IN1-4
+    let err = translate(message("C-IN1-6", "", "20241231").as_bytes()).expect_err("AE");
+    assert_eq!(err.severity, Severity::Error);
+    assert_eq!(err.location.segment, "IN1");
+    assert_eq!(err.location.field, Some(4));
+}

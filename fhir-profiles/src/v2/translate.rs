@@ -435,6 +435,11 @@ impl<'t> Mapper<'t> {
             .unwrap_or(0);
         for row in rows {
             let Some(&field) = row.field.first() else {
+                // a row of no field (one the script adds, as Coverage.status): its constant,
+                // once per segment
+                if row.value.is_some() {
+                    self.apply_row(row, Node::Empty, target, resource_type, scope_key, "#0");
+                }
                 continue;
             };
             let Some(f) = segment.field(field) else {
@@ -1384,6 +1389,7 @@ fn creates(segment: &str, resource: &str) -> bool {
         "Immunization" => matches!(segment, "ORC" | "RXA"),
         "AllergyIntolerance" => segment == "AL1",
         "Condition" => segment == "DG1",
+        "Coverage" => segment == "IN1",
         _ => false,
     }
 }
@@ -1634,6 +1640,45 @@ fn set_reference(resource: &mut J, element: &str, url: &str, repeating: bool) {
     }
 }
 
+/// What a coded resource without an identifier is about, for its derived key: its first
+/// coding's system and code, and its time (an Observation's).
+fn coded_subject(resource: &J) -> Option<Vec<String>> {
+    let coding = match resource.get("code")?.get("coding")? {
+        J::Arr(items) => items.first()?,
+        _ => return None,
+    };
+    let code = coding.get("code").and_then(J::as_str)?;
+    let system = coding.get("system").and_then(J::as_str).unwrap_or("");
+    let time = resource
+        .get("effectiveDateTime")
+        .and_then(J::as_str)
+        .unwrap_or("");
+    Some(vec![system.to_owned(), code.to_owned(), time.to_owned()])
+}
+
+/// What a Coverage is about, for its derived key: its payor (the logical reference's
+/// identifier, else its display) and its plan (the identifier IN1-2 gives, if any). `None`
+/// without a payor (the Coverage is then refused: R4 requires one).
+fn coverage_subject(resource: &J) -> Option<Vec<String>> {
+    let system_value = |identifier: &J| {
+        let value = identifier.get("value").and_then(J::as_str)?;
+        let system = identifier.get("system").and_then(J::as_str).unwrap_or("");
+        Some(format!("{system}|{value}"))
+    };
+    let payor = match resource.get("payor")? {
+        J::Arr(items) => items.first()?,
+        _ => return None,
+    };
+    let payor = payor
+        .get("identifier")
+        .and_then(system_value)
+        .or_else(|| payor.get("display").and_then(J::as_str).map(str::to_owned))?;
+    let plan = key_identifier(resource)
+        .and_then(system_value)
+        .unwrap_or_default();
+    Some(vec![payor, plan])
+}
+
 fn bundle(
     header: &Header,
     instances: &mut [Instance],
@@ -1750,41 +1795,28 @@ fn bundle(
     }
     // what the message gives no identifier at all (an AL1, a DG1 without DG1-20, an OBX of an
     // ADT) is keyed by what it is about: its patient, its code and, for an Observation, its
-    // time; so an A08 repeating the patient's allergies updates them instead of adding more
+    // time; so an A08 repeating the patient's allergies updates them instead of adding more.
+    // An IN1's Coverage always is: its identifier (IN1-2) names the health plan, which every
+    // patient of the plan shares, so it is keyed by its patient, payor and plan
     for i in 0..instances.len() {
         let instance = &instances[i];
-        if !matches!(
-            instance.resource_type.as_str(),
+        let about = match instance.resource_type.as_str() {
+            "Coverage" => coverage_subject(&instance.resource),
             "AllergyIntolerance" | "Condition" | "Observation"
-        ) || instance.resource.get("identifier").is_some()
-        {
+                if instance.resource.get("identifier").is_none() =>
+            {
+                coded_subject(&instance.resource)
+            }
+            _ => None,
+        };
+        let Some(about) = about else {
             continue;
-        }
+        };
         let Some(patient_key) = instance.patient.and_then(|p| instances[p].key.as_deref()) else {
             continue;
         };
-        let coding = instance
-            .resource
-            .get("code")
-            .and_then(|c| c.get("coding"))
-            .and_then(|c| match c {
-                J::Arr(items) => items.first(),
-                _ => None,
-            });
-        let Some(code) = coding.and_then(|c| c.get("code")).and_then(J::as_str) else {
-            continue;
-        };
-        let system = coding
-            .and_then(|c| c.get("system"))
-            .and_then(J::as_str)
-            .unwrap_or("");
-        let time = instance
-            .resource
-            .get("effectiveDateTime")
-            .and_then(J::as_str)
-            .unwrap_or("");
         let mut hash = Sha256::new();
-        for part in [patient_key, system, code, time] {
+        for part in std::iter::once(patient_key).chain(about.iter().map(String::as_str)) {
             hash.update(part.as_bytes());
             hash.update([0]);
         }
@@ -1799,9 +1831,12 @@ fn bundle(
             ),
             ("value".into(), J::Str(value)),
         ]);
-        instances[i]
-            .resource
-            .set("identifier", J::Arr(vec![identifier]));
+        // first, so that it is the key (`key_identifier`)
+        let resource = &mut instances[i].resource;
+        match resource.member("identifier") {
+            Some(J::Arr(identifiers)) => identifiers.insert(0, identifier),
+            _ => resource.set("identifier", J::Arr(vec![identifier])),
+        }
     }
 
     let mut entries = Vec::new();

@@ -782,3 +782,67 @@ on_both!(
         assert_eq!(survivor["link"][0]["type"], "replaces", "{survivor}");
     }
 );
+
+/// The resources of a search (first page).
+async fn search(app: &TestApp, query: &str) -> Vec<Value> {
+    let bundle: Value = app
+        .client
+        .get(app.url(query))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("a Bundle");
+    bundle["entry"]
+        .as_array()
+        .map(|entries| entries.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
+on_both!(
+    an_in1_is_stored_as_one_coverage_of_the_patient,
+    |db| async move {
+        let app = app_with_mllp(db).await;
+        let with_insurance = |event: &str, control_id: &str, plan_end: &str| {
+            format!(
+                "{}IN1|1|BAV^Blue Advantage HMO^L|BCBS-1^^^NAIC|Blue Cross of Texas|||||||\
+                 |20240101|{plan_end}||HMO^health maintenance organization policy||SEL^Self^HL70063\r",
+                adt(event, control_id, "COV100", "Payne", "Ada")
+            )
+        };
+        let mut stream = connect(&app).await;
+        let first = with_insurance("A04", "COV-1", "20241231");
+        let ack = exchange(&mut stream, &[first.as_bytes()]).await.remove(0);
+        assert_eq!(msa(&ack).0, "AA", "{ack:?}");
+        let patient = patients_with(&app, "COV100").await.remove(0);
+        let patient_id = patient["id"].as_str().expect("an id").to_owned();
+        let coverages = search(&app, "Coverage").await;
+        assert_eq!(coverages.len(), 1, "{coverages:?}");
+        let coverage = &coverages[0];
+        assert_eq!(coverage["status"], "active");
+        assert_eq!(
+            coverage["beneficiary"]["reference"],
+            format!("Patient/{patient_id}")
+        );
+        assert_eq!(coverage["payor"][0]["display"], "Blue Cross of Texas");
+        assert_eq!(coverage["period"]["end"], "2024-12-31");
+
+        // the same message again: acknowledged, nothing written
+        let before = footprint(&app).await;
+        let ack = exchange(&mut stream, &[first.as_bytes()]).await.remove(0);
+        assert_eq!(msa(&ack).0, "AA", "{ack:?}");
+        assert_eq!(footprint(&app).await, before);
+        // the insurance again in an A08 (another control id), the plan now ending later: the
+        // same Coverage, updated
+        let update = with_insurance("A08", "COV-2", "20251231");
+        let ack = exchange(&mut stream, &[update.as_bytes()]).await.remove(0);
+        assert_eq!(msa(&ack).0, "AA", "{ack:?}");
+        let coverages = search(&app, &format!("Coverage?beneficiary=Patient/{patient_id}")).await;
+        assert_eq!(coverages.len(), 1, "not duplicated: {coverages:?}");
+        assert_eq!(coverages[0]["id"], coverage["id"]);
+        assert_eq!(coverages[0]["meta"]["versionId"], "2");
+        assert_eq!(coverages[0]["period"]["end"], "2025-12-31");
+        assert_eq!(search(&app, "Coverage").await.len(), 1);
+    }
+);
