@@ -2,7 +2,7 @@
 //! message type, and that every resource produced passes the validator.
 
 use fhir_profiles::Json;
-use fhir_profiles::v2::{Severity, translate};
+use fhir_profiles::v2::{ErrorCode, Severity, translate};
 
 /// Segments joined with `\r`, as on the wire.
 fn message(segments: &[&str]) -> Vec<u8> {
@@ -803,4 +803,111 @@ fn an_in1_is_a_coverage_of_the_patient_keyed_by_patient_payor_and_plan() {
     assert_eq!(err.severity, Severity::Error);
     assert_eq!(err.location.segment, "IN1");
     assert_eq!(err.location.field, Some(4));
+}
+
+#[test]
+fn every_refusal_carries_its_table_0357_code() {
+    let adt = |msh: &str, rest: &[String]| {
+        std::iter::once(msh.to_owned())
+            .chain(rest.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\r")
+    };
+    let a01 = msh("ADT^A01", "C-ERR");
+    let with_pid = [pid(), pv1("I", "")];
+    // what, the message, the severity, the code, where (segment, field)
+    type Case<'a> = (&'a str, String, Severity, u16, (&'a str, Option<usize>));
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "a message type not translated",
+            adt(&msh("SIU^S12", "C-ERR"), &with_pid),
+            Severity::Rejected,
+            200,
+            ("MSH", Some(9)),
+        ),
+        (
+            "a trigger event not translated",
+            adt(&msh("ADT^A17", "C-ERR"), &with_pid),
+            Severity::Rejected,
+            201,
+            ("MSH", Some(9)),
+        ),
+        (
+            "a processing id outside table 0103",
+            adt(&a01.replace("|P|2.5.1", "|X|2.5.1"), &with_pid),
+            Severity::Rejected,
+            202,
+            ("MSH", Some(11)),
+        ),
+        (
+            "a version outside 2.3 to 2.8",
+            adt(&a01.replace("|2.5.1", "|3.0"), &with_pid),
+            Severity::Rejected,
+            203,
+            ("MSH", Some(12)),
+        ),
+        (
+            "no MSH-10",
+            adt(&a01.replace("|C-ERR|", "||"), &with_pid),
+            Severity::Rejected,
+            101,
+            ("MSH", Some(10)),
+        ),
+        (
+            "no PID",
+            adt(&a01, &[pv1("I", "")]),
+            Severity::Error,
+            100,
+            ("PID", Some(3)),
+        ),
+        (
+            "no PID-3",
+            adt(&a01, &[seg("PID", &[(1, "1"), (5, "DOE^JANE")])]),
+            Severity::Error,
+            101,
+            ("PID", Some(3)),
+        ),
+        (
+            "an OBX without OBX-3 (Observation.code)",
+            adt(
+                &a01,
+                &[
+                    pid(),
+                    seg("OBX", &[(1, "1"), (2, "NM"), (5, "70"), (11, "F")]),
+                ],
+            ),
+            Severity::Error,
+            101,
+            ("OBX", Some(3)),
+        ),
+        (
+            "an A40 without MRG",
+            adt(&msh("ADT^A40^ADT_A39", "C-ERR"), &[pid()]),
+            Severity::Error,
+            100,
+            ("MRG", Some(1)),
+        ),
+    ];
+    for (what, message, severity, code, (segment, field)) in cases {
+        let err = translate(message.as_bytes()).expect_err(what);
+        assert_eq!(err.severity, severity, "{what}: {err}");
+        assert_eq!(err.code.code(), code, "{what}: {err}");
+        assert_eq!(
+            (err.location.segment.as_str(), err.location.field),
+            (segment, field),
+            "{what}: {err}"
+        );
+    }
+    // the code's text is table 0357's
+    let err = translate(adt(&msh("ADT^A17", "C-ERR"), &with_pid).as_bytes()).expect_err("AR");
+    assert_eq!(err.code, ErrorCode::UnsupportedEventCode);
+    assert_eq!(err.code.text(), "Unsupported event code");
+    // training and debugging messages are translated as production ones
+    for processing_id in ["T", "D"] {
+        let message = adt(
+            &a01.replace("|P|2.5.1", &format!("|{processing_id}|2.5.1")),
+            &with_pid,
+        );
+        translate(message.as_bytes()).unwrap_or_else(|e| panic!("{processing_id}: {e}"));
+    }
 }

@@ -46,6 +46,75 @@ impl Severity {
     }
 }
 
+/// An HL7 error code of table 0357 (message error condition codes): what ERR-3 of the ACK
+/// says was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 100: segments out of order, a required segment missing, or a line that is not a
+    /// segment.
+    SegmentSequence,
+    /// 101: a required field (or the component that matters) is empty.
+    RequiredFieldMissing,
+    /// 102: a value not of its data type (or bytes not of the declared character set).
+    DataType,
+    /// 103: a coded value not in the table it is drawn from.
+    TableValueNotFound,
+    /// 200
+    UnsupportedMessageType,
+    /// 201
+    UnsupportedEventCode,
+    /// 202
+    UnsupportedProcessingId,
+    /// 203
+    UnsupportedVersionId,
+    /// 204: the record the message names does not exist.
+    UnknownKeyIdentifier,
+    /// 205: the key the message gives matches more than one record.
+    DuplicateKeyIdentifier,
+    /// 206: the record could not be written for concurrent work on it (send again).
+    ApplicationRecordLocked,
+    /// 207
+    ApplicationInternalError,
+}
+
+impl ErrorCode {
+    /// The code (`101`).
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorCode::SegmentSequence => 100,
+            ErrorCode::RequiredFieldMissing => 101,
+            ErrorCode::DataType => 102,
+            ErrorCode::TableValueNotFound => 103,
+            ErrorCode::UnsupportedMessageType => 200,
+            ErrorCode::UnsupportedEventCode => 201,
+            ErrorCode::UnsupportedProcessingId => 202,
+            ErrorCode::UnsupportedVersionId => 203,
+            ErrorCode::UnknownKeyIdentifier => 204,
+            ErrorCode::DuplicateKeyIdentifier => 205,
+            ErrorCode::ApplicationRecordLocked => 206,
+            ErrorCode::ApplicationInternalError => 207,
+        }
+    }
+
+    /// Its text in table 0357 (`Required field missing`).
+    pub fn text(self) -> &'static str {
+        match self {
+            ErrorCode::SegmentSequence => "Segment sequence error",
+            ErrorCode::RequiredFieldMissing => "Required field missing",
+            ErrorCode::DataType => "Data type error",
+            ErrorCode::TableValueNotFound => "Table value not found",
+            ErrorCode::UnsupportedMessageType => "Unsupported message type",
+            ErrorCode::UnsupportedEventCode => "Unsupported event code",
+            ErrorCode::UnsupportedProcessingId => "Unsupported processing id",
+            ErrorCode::UnsupportedVersionId => "Unsupported version id",
+            ErrorCode::UnknownKeyIdentifier => "Unknown key identifier",
+            ErrorCode::DuplicateKeyIdentifier => "Duplicate key identifier",
+            ErrorCode::ApplicationRecordLocked => "Application record locked",
+            ErrorCode::ApplicationInternalError => "Application internal error",
+        }
+    }
+}
+
 /// Where in the message a problem is, as ERR-2 (error location) says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -65,29 +134,34 @@ pub struct Location {
 #[error("{message} (at {}-{}{})", location.segment, location.field.unwrap_or(0), location.component.map(|c| format!(".{c}")).unwrap_or_default())]
 pub struct V2Error {
     pub severity: Severity,
+    /// ERR-3: the HL7 error code (table 0357).
+    pub code: ErrorCode,
     pub message: String,
     pub location: Location,
 }
 
 impl V2Error {
     pub(crate) fn rejected(
+        code: ErrorCode,
         message: impl Into<String>,
         at: Option<(&str, usize)>,
         component: Option<usize>,
     ) -> Self {
-        Self::new(Severity::Rejected, message, at, component)
+        Self::new(Severity::Rejected, code, message, at, component)
     }
 
     pub(crate) fn error(
+        code: ErrorCode,
         message: impl Into<String>,
         at: Option<(&str, usize)>,
         component: Option<usize>,
     ) -> Self {
-        Self::new(Severity::Error, message, at, component)
+        Self::new(Severity::Error, code, message, at, component)
     }
 
     fn new(
         severity: Severity,
+        code: ErrorCode,
         message: impl Into<String>,
         at: Option<(&str, usize)>,
         component: Option<usize>,
@@ -95,6 +169,7 @@ impl V2Error {
         let (segment, field) = at.map_or(("MSH", None), |(s, f)| (s, Some(f)));
         V2Error {
             severity,
+            code,
             message: message.into(),
             location: Location {
                 segment: segment.to_owned(),

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::parse::{Component, Field, Message, NULL, Repetition, Segment, parse};
 use super::tables::{Cond, MessageEntry, Row, tables};
-use super::{Header, Merge, Translation, V2Error};
+use super::{ErrorCode, Header, Merge, Translation, V2Error};
 use crate::Json;
 use crate::definitions::{Definitions, ElementDefinition};
 
@@ -1106,6 +1106,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
             .or_else(|| tables.messages.get(structure))
             .ok_or_else(|| {
                 V2Error::rejected(
+                    ErrorCode::UnsupportedMessageType,
                     format!("no mapping for message {kind} with structure {structure}"),
                     Some(("MSH", 9)),
                     None,
@@ -1148,6 +1149,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
                 }
                 let key = keys.into_iter().next().ok_or_else(|| {
                     V2Error::error(
+                        ErrorCode::RequiredFieldMissing,
                         "PID-3 (patient identifier list) has no identifier",
                         Some(("PID", 3)),
                         Some(1),
@@ -1156,6 +1158,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
                 })?;
                 if header.trigger == "A40" && sequence > 1 {
                     return Err(V2Error::error(
+                        ErrorCode::SegmentSequence,
                         "an A40 with more than one patient: send one merge per message",
                         Some(("PID", 3)),
                         None,
@@ -1337,6 +1340,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
 
     if patient_segment.is_none() {
         return Err(V2Error::error(
+            ErrorCode::SegmentSequence,
             "the message has no PID segment",
             Some(("PID", 3)),
             None,
@@ -1346,6 +1350,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
         ("A40", Some(mrg)) => {
             let merged = cx_keys(mrg.field(1)).into_iter().next().ok_or_else(|| {
                 V2Error::error(
+                    ErrorCode::RequiredFieldMissing,
                     "MRG-1 (prior patient identifier list) has no identifier",
                     Some(("MRG", 1)),
                     Some(1),
@@ -1358,6 +1363,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
         }
         ("A40", None) => {
             return Err(V2Error::error(
+                ErrorCode::SegmentSequence,
                 "an A40 needs an MRG segment",
                 Some(("MRG", 1)),
                 None,
@@ -1397,10 +1403,34 @@ fn creates(segment: &str, resource: &str) -> bool {
 fn check_header(header: &Header) -> Result<(), V2Error> {
     let kind = format!("{}^{}", header.message_type, header.trigger);
     if !SUPPORTED.contains(&kind.as_str()) {
+        // a type we translate with a trigger we do not (ADT^A17) is an unsupported event
+        let known_type = SUPPORTED
+            .iter()
+            .any(|k| k.split('^').next() == Some(header.message_type.as_str()));
+        return Err(if known_type {
+            V2Error::rejected(
+                ErrorCode::UnsupportedEventCode,
+                format!("unsupported trigger event {kind}"),
+                Some(("MSH", 9)),
+                Some(2),
+            )
+        } else {
+            V2Error::rejected(
+                ErrorCode::UnsupportedMessageType,
+                format!("unsupported message type {kind}"),
+                Some(("MSH", 9)),
+                Some(1),
+            )
+        });
+    }
+    // table 0103: production, training, debugging
+    if !header.processing_id.is_empty() && !matches!(header.processing_id.as_str(), "P" | "T" | "D")
+    {
         return Err(V2Error::rejected(
-            format!("unsupported message type {kind}"),
-            Some(("MSH", 9)),
-            None,
+            ErrorCode::UnsupportedProcessingId,
+            "unsupported processing id (MSH-11: P, T or D of table 0103 are)",
+            Some(("MSH", 11)),
+            Some(1),
         ));
     }
     let version = header.version.as_str();
@@ -1409,6 +1439,7 @@ fn check_header(header: &Header) -> Result<(), V2Error> {
         .any(|v| version == *v || version.strip_prefix(v).is_some_and(|r| r.starts_with('.')));
     if !supported_version {
         return Err(V2Error::rejected(
+            ErrorCode::UnsupportedVersionId,
             format!("unsupported HL7 version {version:?} (2.3 to 2.8 are)"),
             Some(("MSH", 12)),
             None,
@@ -1416,6 +1447,7 @@ fn check_header(header: &Header) -> Result<(), V2Error> {
     }
     if header.control_id.is_empty() {
         return Err(V2Error::rejected(
+            ErrorCode::RequiredFieldMissing,
             "MSH-10 (message control id) is empty",
             Some(("MSH", 10)),
             None,
@@ -1944,8 +1976,13 @@ fn bundle(
 fn missing_element_error(instance: &Instance, problem: &str) -> V2Error {
     let (segment, sequence) = (&instance.origin.0, instance.origin.1);
     let Some(element) = problem.strip_prefix(&format!("{}.", instance.resource_type)) else {
-        return V2Error::error(problem.to_owned(), Some((segment.as_str(), 0)), None)
-            .at_sequence(sequence);
+        return V2Error::error(
+            ErrorCode::DataType,
+            problem.to_owned(),
+            Some((segment.as_str(), 0)),
+            None,
+        )
+        .at_sequence(sequence);
     };
     let field = tables()
         .segments
@@ -1960,6 +1997,7 @@ fn missing_element_error(instance: &Instance, problem: &str) -> V2Error {
         .and_then(|r| r.field.first().copied())
         .unwrap_or(0);
     V2Error::error(
+        ErrorCode::RequiredFieldMissing,
         format!(
             "{segment}-{field} is required: it fills {}.{element}, which FHIR requires",
             instance.resource_type

@@ -1,6 +1,6 @@
 //! The translator's side (`fhir_profiles::v2`, data-driven by the HL7 v2-to-FHIR maps) as
 //! the intake uses it: a transaction Bundle and the patient keys, or a refusal with the ACK
-//! code, the HL7 error code (table 0357) and location the translator found.
+//! code, the HL7 error code (table 0357) and location the translator gave its error.
 
 use fhir_profiles::Json;
 use fhir_profiles::v2::{Severity, V2Error};
@@ -29,27 +29,7 @@ pub(crate) fn translate(message: &[u8]) -> Result<Translated, Refusal> {
     })
 }
 
-/// The HL7 error code (table 0357) of a translator's error: what the location in MSH says
-/// (9 message type, 11 processing id, 12 version), else a message that cannot be read (100)
-/// when refused and a data error (102, 101 for a missing value) when its content is wrong.
-fn hl7_code(error: &V2Error) -> u16 {
-    let in_msh = error.location.segment == "MSH";
-    match (in_msh, error.location.field, error.severity) {
-        (true, Some(9), _) => 200,
-        (true, Some(11), _) => 202,
-        (true, Some(12), _) => 203,
-        (_, _, Severity::Rejected) => 100,
-        (_, _, Severity::Error)
-            if error.message.contains("required") || error.message.contains("missing") =>
-        {
-            101
-        }
-        (_, _, Severity::Error) => 102,
-    }
-}
-
 fn refusal(error: V2Error) -> Refusal {
-    let code = hl7_code(&error);
     let location = ErrorLocation {
         segment: error.location.segment.clone(),
         sequence: Some(error.location.sequence),
@@ -70,7 +50,7 @@ fn refusal(error: V2Error) -> Refusal {
     Refusal {
         code: ack,
         detail: ErrorDetail {
-            code,
+            code: error.code,
             location: Some(location),
             message: error.message,
         },

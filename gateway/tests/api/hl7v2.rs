@@ -254,6 +254,17 @@ on_both!(
             msa(&exchange(&mut stream, &[ok.as_bytes()]).await[0]).0,
             "AA"
         );
+        // two stored patients with one identifier: a message about it cannot tell which
+        for id in ["dup-a", "dup-b"] {
+            let (status, body) = app
+                .put(
+                    &format!("Patient/{id}"),
+                    &serde_json::json!({"resourceType": "Patient", "id": id,
+                        "identifier": [{"system": "HOSP", "value": "DUP205"}]}),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
         let before = footprint(&app).await;
 
         let not_hl7 = b"hello, is this the lab?".to_vec();
@@ -262,32 +273,98 @@ on_both!(
         let bad_version = adt("A01", "BAD-3", "BAD300", "X", "Y").replace("|2.5.1\r", "|9.9\r");
         let no_patient_id = adt("A01", "BAD-4", "", "Nobody", "Known");
         let no_control_id = adt("A01", "", "BAD500", "X", "Y");
-        let cases: Vec<(&str, &[u8], &str, Option<&str>)> = vec![
-            ("not an HL7 message", &not_hl7, "AR", Some("100")),
+        let unsupported_event =
+            adt("A01", "BAD-6", "BAD600", "X", "Y").replace("ADT^A01^ADT_A01", "ADT^A17");
+        let bad_processing_id =
+            adt("A01", "BAD-7", "BAD700", "X", "Y").replace("|P|2.5.1\r", "|Q|2.5.1\r");
+        let no_pid = adt("A01", "BAD-8", "BAD800", "X", "Y").replace("\rPID|", "\rZZZ|");
+        // a merge naming a prior patient the store does not have
+        let unknown_merged = "MSH|^~\\&|ADT1|NORTH|GATEWAY|HOSP|20260101120000||ADT^A40^ADT_A39|BAD-9|P|2.5.1\r\
+             EVN|A40|20260101120000\r\
+             PID|1||BAD100^^^HOSP^MR||Curie^Marie\r\
+             MRG|NOBODY999^^^HOSP^MR\r";
+        let ambiguous = adt("A08", "BAD-10", "DUP205", "Twin", "Either");
+        // ERR-3 (code^text^HL70357) and ERR-2 (segment^sequence^field)
+        let cases: Vec<(&str, &[u8], &str, &str, &str)> = vec![
+            (
+                "not an HL7 message",
+                &not_hl7,
+                "AR",
+                "100^Segment sequence error^HL70357",
+                "",
+            ),
             (
                 "an unsupported message type",
                 unsupported.as_bytes(),
                 "AR",
-                Some("200"),
+                "200^Unsupported message type^HL70357",
+                "MSH^1^9^1^1",
+            ),
+            (
+                "an unsupported trigger event",
+                unsupported_event.as_bytes(),
+                "AR",
+                "201^Unsupported event code^HL70357",
+                "MSH^1^9^1^2",
+            ),
+            (
+                "an unsupported processing id",
+                bad_processing_id.as_bytes(),
+                "AR",
+                "202^Unsupported processing id^HL70357",
+                "MSH^1^11^1^1",
             ),
             (
                 "an unsupported version",
                 bad_version.as_bytes(),
                 "AR",
-                Some("203"),
+                "203^Unsupported version id^HL70357",
+                "MSH^1^12",
             ),
-            ("an A01 without PID-3", no_patient_id.as_bytes(), "AE", None),
-            ("no MSH-10", no_control_id.as_bytes(), "AR", Some("101")),
+            (
+                "an A01 without PID-3",
+                no_patient_id.as_bytes(),
+                "AE",
+                "101^Required field missing^HL70357",
+                "PID^1^3^1^1",
+            ),
+            (
+                "an A01 without PID",
+                no_pid.as_bytes(),
+                "AE",
+                "100^Segment sequence error^HL70357",
+                "PID^1^3",
+            ),
+            (
+                "no MSH-10",
+                no_control_id.as_bytes(),
+                "AR",
+                "101^Required field missing^HL70357",
+                "MSH^1^10",
+            ),
+            (
+                "a patient identifier two stored patients have",
+                ambiguous.as_bytes(),
+                "AE",
+                "205^Duplicate key identifier^HL70357",
+                "",
+            ),
+            (
+                "an A40 of an unknown prior patient",
+                unknown_merged.as_bytes(),
+                "AE",
+                "204^Unknown key identifier^HL70357",
+                "",
+            ),
         ];
-        for (what, message, expected, hl7_code) in cases {
+        for (what, message, expected, hl7_code, location) in cases {
             let ack = exchange(&mut stream, &[message]).await.remove(0);
             assert_eq!(msa(&ack).0, expected, "{what}: {ack:?}");
             let err = segment(&ack, "ERR");
-            // ERR-3 an HL7 error code of table 0357, ERR-4 severity, ERR-8 what was wrong
-            assert!(err[3].ends_with("^HL70357"), "{what}: {ack:?}");
-            if let Some(code) = hl7_code {
-                assert!(err[3].starts_with(&format!("{code}^")), "{what}: {ack:?}");
-            }
+            // ERR-2 where, ERR-3 the HL7 error code of table 0357, ERR-4 severity, ERR-8
+            // what was wrong
+            assert_eq!(err[3], hl7_code, "{what}: {ack:?}");
+            assert_eq!(err[2], location, "{what}: {ack:?}");
             assert_eq!(err[4], "E", "{what}: {ack:?}");
             assert!(
                 err[8].len() > 10,
