@@ -2,7 +2,7 @@
 //! message type, and that every resource produced passes the validator.
 
 use fhir_profiles::Json;
-use fhir_profiles::v2::{ErrorCode, Severity, translate};
+use fhir_profiles::v2::{ErrorCode, Severity, patient_keys, translate};
 
 /// Segments joined with `\r`, as on the wire.
 fn message(segments: &[&str]) -> Vec<u8> {
@@ -910,4 +910,33 @@ fn every_refusal_carries_its_table_0357_code() {
         );
         translate(message.as_bytes()).unwrap_or_else(|e| panic!("{processing_id}: {e}"));
     }
+}
+
+#[test]
+fn the_patient_keys_are_read_without_translating() {
+    // those the translation gives, and an A40's merged patient
+    let a01 = message(&[MSH_A01, "EVN|A01|202401011200+0100", PID, PV1]);
+    assert_eq!(
+        patient_keys(&a01),
+        translate(&a01).expect("translates").patient_keys
+    );
+    let a40 = [
+        msh("ADT^A40^ADT_A39", "C-KEYS"),
+        pid(),
+        seg("MRG", &[(1, "OLD1^^^HOSP&1.2.3&ISO^MR")]),
+    ]
+    .join("\r");
+    let merge = translate(a40.as_bytes())
+        .expect("translates")
+        .merge
+        .expect("a merge");
+    assert_eq!(
+        patient_keys(a40.as_bytes()),
+        [merge.survivor.as_str(), merge.merged.as_str()]
+    );
+    // also of a message the translation refuses (an unsupported trigger); none of what
+    // does not parse
+    let a17 = a40.replace("ADT^A40^ADT_A39", "ADT^A17");
+    assert_eq!(patient_keys(a17.as_bytes()).len(), 2);
+    assert!(patient_keys(b"hello").is_empty());
 }

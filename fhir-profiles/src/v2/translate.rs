@@ -1481,6 +1481,31 @@ fn choose_group(candidates: &[&MessageEntry], anchor: &str) -> String {
         .to_owned()
 }
 
+/// The patients a message is about, read without translating it: the PID-3 identifiers of
+/// its PIDs and, for a merge, MRG-1's, as `system|value` (those of `Translation::patient_keys`
+/// and `Merge::merged`). Empty when the message does not parse (its translation says why).
+/// Cheap, so that the work on a patient can be ordered as messages arrive, before they are
+/// translated.
+pub fn patient_keys(bytes: &[u8]) -> Vec<String> {
+    let Ok(message) = parse(bytes) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for segment in &message.segments {
+        let field = match segment.id.as_str() {
+            "PID" => 3,
+            "MRG" => 1,
+            _ => continue,
+        };
+        for key in cx_keys(segment.field(field)) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
 /// The identifiers of a CX field as `system|value`.
 fn cx_keys(field: Option<&Field>) -> Vec<String> {
     let Some(field) = field else {

@@ -260,17 +260,18 @@ impl Intake {
                 ));
             }
         }
+        // the turns of the patients the message is about (PID-3, an A40's MRG-1 too), asked
+        // for as soon as it is read: translating and checking take longer for a longer
+        // message, so a turn asked for after them would let a short message overtake a long
+        // one that arrived before it. Held until the answer is decided.
+        let _turn = self
+            .order
+            .turn(&fhir_profiles::v2::patient_keys(message))
+            .await;
         let translated = translate::translate(message)?;
         let prepared = prepare_transaction(&translated.bundle, &self.ctx).map_err(refusal_of)?;
         let sender = header.sender();
         let idempotency_key = format!("hl7v2:{sender}\u{1f}{}", header.control_id);
-        // the patients' turns (an A40's two); held until the answer is decided
-        // (the translator's keys hold an A40's survivor; its merged patient is added)
-        let mut keys = translated.patient_keys.clone();
-        if let Some(merge) = &translated.merge {
-            keys.push(merge.merged.clone());
-        }
-        let _turn = self.order.turn(&keys).await;
         let merge = translated.merge.as_ref();
         let unit = Unit {
             access,

@@ -1,5 +1,5 @@
 //! The translator's side (`fhir_profiles::v2`, data-driven by the HL7 v2-to-FHIR maps) as
-//! the intake uses it: a transaction Bundle and the patient keys, or a refusal with the ACK
+//! the intake uses it: a transaction Bundle and an A40's merge, or a refusal with the ACK
 //! code, the HL7 error code (table 0357) and location the translator gave its error.
 
 use fhir_profiles::Json;
@@ -12,8 +12,6 @@ use crate::error::Error;
 /// What the intake applies.
 #[derive(Debug)]
 pub(crate) struct Translated {
-    /// The PID-3 identifiers of the message's patients (`system|value`): their turns.
-    pub patient_keys: Vec<String>,
     /// The `transaction` Bundle.
     pub bundle: Json,
     /// An A40 merge: the patient keys of the merged patient and of the survivor.
@@ -23,7 +21,6 @@ pub(crate) struct Translated {
 pub(crate) fn translate(message: &[u8]) -> Result<Translated, Refusal> {
     let translation = fhir_profiles::v2::translate(message).map_err(refusal)?;
     Ok(Translated {
-        patient_keys: translation.patient_keys,
         bundle: translation.bundle,
         merge: translation.merge,
     })
