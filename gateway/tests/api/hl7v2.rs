@@ -112,10 +112,11 @@ async fn footprint(app: &TestApp) -> (i64, i64, i64) {
     )
 }
 
-async fn patients_with(app: &TestApp, mrn: &str) -> Vec<Value> {
+/// The resources of a search (first page).
+async fn search(app: &TestApp, query: &str) -> Vec<Value> {
     let bundle: Value = app
         .client
-        .get(app.url(&format!("Patient?identifier={mrn}")))
+        .get(app.url(query))
         .send()
         .await
         .expect("search")
@@ -126,6 +127,10 @@ async fn patients_with(app: &TestApp, mrn: &str) -> Vec<Value> {
         .as_array()
         .map(|entries| entries.iter().map(|e| e["resource"].clone()).collect())
         .unwrap_or_default()
+}
+
+async fn patients_with(app: &TestApp, mrn: &str) -> Vec<Value> {
+    search(app, &format!("Patient?identifier={mrn}")).await
 }
 
 on_both!(
@@ -869,23 +874,6 @@ on_both!(
         assert_eq!(survivor["link"][0]["type"], "replaces", "{survivor}");
     }
 );
-
-/// The resources of a search (first page).
-async fn search(app: &TestApp, query: &str) -> Vec<Value> {
-    let bundle: Value = app
-        .client
-        .get(app.url(query))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("a Bundle");
-    bundle["entry"]
-        .as_array()
-        .map(|entries| entries.iter().map(|e| e["resource"].clone()).collect())
-        .unwrap_or_default()
-}
 
 on_both!(
     an_in1_is_stored_as_one_coverage_of_the_patient,
