@@ -17,6 +17,10 @@ into fhir-profiles/v2/:
                     reachable from a used segment or data type map
 - structures.json   message type^trigger -> message structure (table 0354)
 
+What is ours rather than the maps' is listed at the top with its reason: a corrected
+condition (CONDITION_CORRECTIONS), rows added (ADDED_ROWS: Coverage.status) and message map
+entries left out (EXCLUDED_ENTRIES: PV1-20 to Coverage).
+
 Conditions ("Computable ANTLR" column) are parsed here into a small expression tree
 (see `parse_condition`); a row whose condition does not parse is left out and listed in
 `skipped` of its table with the reason, so nothing is applied on a guess.
@@ -44,16 +48,28 @@ SUPPORTED_STRUCTURES = ["ADT_A01", "ADT_A02", "ADT_A05", "ADT_A11", "ORU_R01", "
 # EpisodeOfCare, Device, PractitionerRole and ServiceRequest maps are not applied.
 SUPPORTED_RESOURCES = [
     "Patient", "RelatedPerson", "Encounter", "Observation", "DiagnosticReport", "Specimen",
-    "Immunization", "AllergyIntolerance", "Condition",
+    "Immunization", "AllergyIntolerance", "Condition", "Coverage",
 ]
-# Not written: Coverage (IN1, PV1-20), because the IN1[Coverage] map assigns no
-# Coverage.status, which R4 requires, and a status of our own would invent the policy's state.
+# Rows added to a segment map (and only these), each with why. A row with no field applies
+# once per segment, whatever the segment holds. R4 requires Coverage.status, which the
+# IN1[Coverage] map does not assign: an insurance a feed sends in an ADT message is the one
+# the patient has now (v2 has no field for the policy's state; IN1-13, the plan's end, is
+# kept in period.end), so `active`, as the Microsoft FHIR-Converter also writes.
+ADDED_ROWS = {
+    "IN1[Coverage]": [{"field": [], "path": "status", "value": "active"}],
+}
 # Conditions of the message maps that say what their siblings plainly do not mean, corrected
 # (and only these): in VXU_V04 the ORDER.OBSERVATION OBX row reads AND where every other OBX
 # row of every map reads OR, which would drop every single-valued OBX of an order.
 CONDITION_CORRECTIONS = {
     ("VXU_V04", 'IF OBX-5 LST.count LESS THAN OR EQUALS 1 AND OBX-2 IS "NA"'):
         'IF OBX-5 LST.count LESS THAN OR EQUALS 1 OR OBX-2 IS "NA"',
+}
+# Entries of the message maps left out (segment, segment map), each with why.
+EXCLUDED_ENTRIES = {
+    ("PV1", "PV1[Coverage]"):
+        "PV1-20 (financial class) alone cannot make a Coverage (no payor, which R4 requires), "
+        "and added to the IN1's Coverage it would overwrite IN1-15 (plan type) in Coverage.type",
 }
 # Segment maps used besides those the message maps name (A40's PID).
 EXTRA_SEGMENT_MAPS = ["PID[Patient]"]
@@ -334,6 +350,10 @@ def main():
                 continue
             # the group the segment sits in (ORU_R01.PATIENT_RESULT.ORDER_OBSERVATION.OBX)
             group = ".".join(r[1].strip().split(".")[1:-1])
+            excluded = EXCLUDED_ENTRIES.get((segment, seg_map))
+            if excluded:
+                skipped.append({"map": structure, "field": segment, "reason": excluded})
+                continue
             entry = {"segment": segment, "group": group, "resource": resource.group(0),
                      "label": target, "map": seg_map}
             cond_text = r[6].strip()
@@ -355,7 +375,7 @@ def main():
         if path is None:
             skipped.append({"map": name, "reason": "no such segment map"})
             continue
-        segments[name] = map_rows(path, name[:3], skipped, name)
+        segments[name] = map_rows(path, name[:3], skipped, name) + ADDED_ROWS.get(name, [])
 
     datatypes = {}
     vocabs = set()

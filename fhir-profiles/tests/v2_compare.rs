@@ -373,6 +373,60 @@ fn compare_immunizations(c: &mut Check, ours: &Value, theirs: &Value) {
     }
 }
 
+fn compare_coverages(c: &mut Check, message_type: &str, ours: &Value, theirs_bundle: &Value) {
+    let mine = resources(ours, "Coverage");
+    let theirs = resources(theirs_bundle, "Coverage");
+    if message_type == "VXU" {
+        // Known difference: the VXU_V04 map lists IN1 with no segment map (a comment only),
+        // so ours writes no Coverage; theirs does
+        c.eq("no Coverage from a VXU's IN1", mine.len(), 0);
+        return;
+    }
+    c.eq("number of Coverages", mine.len(), theirs.len());
+    for (o, t) in mine.iter().zip(theirs) {
+        // the map assigns no status; both write `active` (see the README)
+        c.eq("Coverage.status", s(o, "/status"), s(t, "/status"));
+        c.eq(
+            "Coverage.period.start",
+            s(o, "/period/start"),
+            s(t, "/period/start"),
+        );
+        c.eq(
+            "Coverage.period.end",
+            s(o, "/period/end"),
+            s(t, "/period/end"),
+        );
+        c.eq(
+            "Coverage.type",
+            s(o, "/type/coding/0/code"),
+            s(t, "/type/coding/0/code"),
+        );
+        // Known difference: ours codes IN1-17 as the map's Relationship concept map does (v3
+        // RoleCode `SPS`, display `spouse`), theirs in subscriber-relationship (`spouse`)
+        c.eq(
+            "Coverage.relationship system",
+            s(o, "/relationship/coding/0/system"),
+            Some("http://terminology.hl7.org/CodeSystem/v3-RoleCode"),
+        );
+        c.eq(
+            "Coverage.relationship",
+            s(o, "/relationship/coding/0/display"),
+            s(t, "/relationship/coding/0/code"),
+        );
+        // theirs refers to an Organization it writes; ours names the insurer (a logical
+        // reference)
+        let insurer = s(t, "/payor/0/reference")
+            .and_then(|r| r.strip_prefix("Organization/"))
+            .and_then(|id| {
+                resources(theirs_bundle, "Organization")
+                    .into_iter()
+                    .find(|org| s(org, "/id") == Some(id))
+            })
+            .and_then(|org| s(org, "/name"));
+        c.eq("Coverage.payor", s(o, "/payor/0/display"), insurer);
+    }
+}
+
 #[test]
 fn key_fields_agree_with_the_microsoft_converter() {
     let Some(dir) = samples() else {
@@ -444,6 +498,7 @@ fn key_fields_agree_with_the_microsoft_converter() {
         compare_observations(&mut check, &ours, &theirs);
         compare_reports(&mut check, &ours, &theirs);
         compare_immunizations(&mut check, &ours, &theirs);
+        compare_coverages(&mut check, &header.message_type, &ours, &theirs);
         if !check.problems.is_empty() {
             failures.push(format!(
                 "{}:\n  {}",

@@ -1,7 +1,7 @@
 //! HL7 v2 parsing edge cases: delimiters, escapes, byte-order mark, segment terminators,
 //! character sets, repetitions, and an empty field against the explicit null `""`.
 
-use fhir_profiles::v2::{Severity, parse, read_header, translate};
+use fhir_profiles::v2::{ErrorCode, Severity, parse, read_header, translate};
 
 fn msh(charset: &str) -> String {
     format!(
@@ -88,6 +88,7 @@ fn character_sets_of_msh_18() {
     let err =
         parse(format!("{}\rPID|1||X1||MÜLLER", msh("ASCII")).as_bytes()).expect_err("not ASCII");
     assert_eq!(err.severity, Severity::Rejected);
+    assert_eq!(err.code, ErrorCode::DataType);
     assert_eq!(err.location.segment, "MSH");
     assert_eq!(err.location.field, Some(18));
 
@@ -96,6 +97,7 @@ fn character_sets_of_msh_18() {
     mislabeled.push(0xFC);
     let err = parse(&mislabeled).expect_err("not UTF-8");
     assert_eq!(err.severity, Severity::Rejected);
+    assert_eq!(err.code.code(), 102);
     assert_eq!(err.location.field, Some(18));
 
     let err =
@@ -103,6 +105,9 @@ fn character_sets_of_msh_18() {
     assert_eq!(err.severity, Severity::Rejected);
     assert_eq!(err.severity.ack_code(), "AR");
     assert!(err.message.contains("ISO IR87"), "{}", err.message);
+    // a value outside the character sets supported (of table 0211)
+    assert_eq!(err.code, ErrorCode::TableValueNotFound);
+    assert_eq!(err.code.code(), 103);
     assert_eq!(err.location.field, Some(18));
 }
 
@@ -129,9 +134,25 @@ fn what_is_not_a_message_is_rejected() {
         let err = parse(bytes).expect_err("rejected");
         assert_eq!(err.severity, Severity::Rejected, "{bytes:?}");
         assert_eq!(err.location.segment, "MSH");
+        assert!(
+            matches!(
+                err.code,
+                ErrorCode::SegmentSequence | ErrorCode::RequiredFieldMissing | ErrorCode::DataType
+            ),
+            "{bytes:?}: {:?}",
+            err.code
+        );
     }
+    let err = parse(b"PID|1||X1").expect_err("no MSH first");
+    assert_eq!(err.code, ErrorCode::SegmentSequence);
+    let err = parse(b"MSH|^").expect_err("MSH-2 too short");
+    assert_eq!(
+        (err.code, err.location.field),
+        (ErrorCode::DataType, Some(2))
+    );
     let err = parse(format!("{}\rP!D|1", msh("")).as_bytes()).expect_err("bad segment id");
     assert_eq!(err.severity, Severity::Rejected);
+    assert_eq!(err.code, ErrorCode::SegmentSequence);
 }
 
 #[test]

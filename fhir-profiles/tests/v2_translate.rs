@@ -2,7 +2,7 @@
 //! message type, and that every resource produced passes the validator.
 
 use fhir_profiles::Json;
-use fhir_profiles::v2::{Severity, translate};
+use fhir_profiles::v2::{ErrorCode, Severity, patient_keys, translate};
 
 /// Segments joined with `\r`, as on the wire.
 fn message(segments: &[&str]) -> Vec<u8> {
@@ -711,4 +711,232 @@ fn what_has_no_identifier_is_keyed_by_patient_and_code() {
         one(&first.bundle, "AllergyIntolerance").1,
         one(&other.bundle, "AllergyIntolerance").1
     );
+}
+
+/// An IN1 as a feed sends it: plan (IN1-2), insurer's id and name (IN1-3, IN1-4), group
+/// number, the plan's dates (IN1-12, IN1-13), plan type (IN1-15), the insured's relationship
+/// (IN1-17) and id (IN1-49).
+fn in1(plan: &str, insurer: &str, end: &str) -> String {
+    seg(
+        "IN1",
+        &[
+            (1, "1"),
+            (2, plan),
+            (3, "BCBS-1^^^NAIC&2.16.840.1.113883.6.300&ISO"),
+            (4, insurer),
+            (8, "GRP-77"),
+            (12, "20240101"),
+            (13, end),
+            (15, "HMO^health maintenance organization policy"),
+            (17, "SEL^Self^HL70063"),
+            (49, "MEM-555^^^BCBS^SN"),
+        ],
+    )
+}
+
+#[test]
+fn an_in1_is_a_coverage_of_the_patient_keyed_by_patient_payor_and_plan() {
+    let message = |control_id: &str, insurer: &str, end: &str| {
+        [
+            msh("ADT^A04^ADT_A01", control_id),
+            "EVN|A04|202401011200+0000".to_owned(),
+            pid(),
+            pv1("O", ""),
+            in1("BAV^Blue Advantage HMO^L", insurer, end),
+        ]
+        .join("\r")
+    };
+    let t = translate(message("C-IN1", "Blue Cross of Texas", "20241231").as_bytes())
+        .expect("translates");
+    assert_valid(&t.bundle);
+    let (coverage, request) = one(&t.bundle, "Coverage");
+    // R4 requires a status the map does not give: `active` (see README)
+    assert_eq!(text(coverage, "status"), "active");
+    assert_eq!(
+        text(coverage, "beneficiary.reference"),
+        full_url_of(&t.bundle, "Patient")[0]
+    );
+    // the insurer as a logical reference (no Organization is written)
+    assert_eq!(text(coverage, "payor.0.type"), "Organization");
+    assert_eq!(text(coverage, "payor.0.display"), "Blue Cross of Texas");
+    assert!(resources(&t.bundle, "Organization").is_empty());
+    assert_eq!(text(coverage, "period.start"), "2024-01-01");
+    assert_eq!(text(coverage, "period.end"), "2024-12-31");
+    // the plan's identifier as the map gives it, after the key
+    assert_eq!(
+        text(coverage, "identifier.0.system"),
+        "urn:fhir-gateway:hl7v2:Coverage"
+    );
+    assert_eq!(text(coverage, "identifier.1.value"), "BAV");
+    assert!(
+        request.starts_with("PUT Coverage?identifier=urn:fhir-gateway:hl7v2:Coverage|"),
+        "{request}"
+    );
+
+    // the same insurance sent again (another control id, a new end date): the same key
+    let again = translate(message("C-IN1-2", "Blue Cross of Texas", "20251231").as_bytes())
+        .expect("translates");
+    assert_eq!(one(&again.bundle, "Coverage").1, request);
+    // another insurer, or the same plan of another patient: another Coverage
+    let other_payor =
+        translate(message("C-IN1-3", "Aetna", "20241231").as_bytes()).expect("translates");
+    assert_ne!(one(&other_payor.bundle, "Coverage").1, request);
+    let other_patient =
+        message("C-IN1-4", "Blue Cross of Texas", "20241231").replace("PAT1^^^", "PAT2^^^");
+    let other_patient = translate(other_patient.as_bytes()).expect("translates");
+    assert_ne!(one(&other_patient.bundle, "Coverage").1, request);
+
+    // two IN1 segments: two Coverages
+    let two = [
+        message("C-IN1-5", "Blue Cross of Texas", "20241231"),
+        in1("DEN^Dental plan^L", "Delta Dental", ""),
+    ]
+    .join("\r");
+    let two = translate(two.as_bytes()).expect("translates");
+    let coverages = resources(&two.bundle, "Coverage");
+    assert_eq!(coverages.len(), 2);
+    assert_ne!(coverages[0].1, coverages[1].1);
+    assert_eq!(text(coverages[1].0, "payor.0.display"), "Delta Dental");
+
+    // without the insurer's name there is no payor, which R4 requires: AE naming IN1-4
+    let err = translate(message("C-IN1-6", "", "20241231").as_bytes()).expect_err("AE");
+    assert_eq!(err.severity, Severity::Error);
+    assert_eq!(err.location.segment, "IN1");
+    assert_eq!(err.location.field, Some(4));
+}
+
+#[test]
+fn every_refusal_carries_its_table_0357_code() {
+    let adt = |msh: &str, rest: &[String]| {
+        std::iter::once(msh.to_owned())
+            .chain(rest.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\r")
+    };
+    let a01 = msh("ADT^A01", "C-ERR");
+    let with_pid = [pid(), pv1("I", "")];
+    // what, the message, the severity, the code, where (segment, field)
+    type Case<'a> = (&'a str, String, Severity, u16, (&'a str, Option<usize>));
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "a message type not translated",
+            adt(&msh("SIU^S12", "C-ERR"), &with_pid),
+            Severity::Rejected,
+            200,
+            ("MSH", Some(9)),
+        ),
+        (
+            "a trigger event not translated",
+            adt(&msh("ADT^A17", "C-ERR"), &with_pid),
+            Severity::Rejected,
+            201,
+            ("MSH", Some(9)),
+        ),
+        (
+            "a processing id outside table 0103",
+            adt(&a01.replace("|P|2.5.1", "|X|2.5.1"), &with_pid),
+            Severity::Rejected,
+            202,
+            ("MSH", Some(11)),
+        ),
+        (
+            "a version outside 2.3 to 2.8",
+            adt(&a01.replace("|2.5.1", "|3.0"), &with_pid),
+            Severity::Rejected,
+            203,
+            ("MSH", Some(12)),
+        ),
+        (
+            "no MSH-10",
+            adt(&a01.replace("|C-ERR|", "||"), &with_pid),
+            Severity::Rejected,
+            101,
+            ("MSH", Some(10)),
+        ),
+        (
+            "no PID",
+            adt(&a01, &[pv1("I", "")]),
+            Severity::Error,
+            100,
+            ("PID", Some(3)),
+        ),
+        (
+            "no PID-3",
+            adt(&a01, &[seg("PID", &[(1, "1"), (5, "DOE^JANE")])]),
+            Severity::Error,
+            101,
+            ("PID", Some(3)),
+        ),
+        (
+            "an OBX without OBX-3 (Observation.code)",
+            adt(
+                &a01,
+                &[
+                    pid(),
+                    seg("OBX", &[(1, "1"), (2, "NM"), (5, "70"), (11, "F")]),
+                ],
+            ),
+            Severity::Error,
+            101,
+            ("OBX", Some(3)),
+        ),
+        (
+            "an A40 without MRG",
+            adt(&msh("ADT^A40^ADT_A39", "C-ERR"), &[pid()]),
+            Severity::Error,
+            100,
+            ("MRG", Some(1)),
+        ),
+    ];
+    for (what, message, severity, code, (segment, field)) in cases {
+        let err = translate(message.as_bytes()).expect_err(what);
+        assert_eq!(err.severity, severity, "{what}: {err}");
+        assert_eq!(err.code.code(), code, "{what}: {err}");
+        assert_eq!(
+            (err.location.segment.as_str(), err.location.field),
+            (segment, field),
+            "{what}: {err}"
+        );
+    }
+    // the code's text is table 0357's
+    let err = translate(adt(&msh("ADT^A17", "C-ERR"), &with_pid).as_bytes()).expect_err("AR");
+    assert_eq!(err.code, ErrorCode::UnsupportedEventCode);
+    assert_eq!(err.code.text(), "Unsupported event code");
+    // training and debugging messages are translated as production ones
+    for processing_id in ["T", "D"] {
+        let message = adt(
+            &a01.replace("|P|2.5.1", &format!("|{processing_id}|2.5.1")),
+            &with_pid,
+        );
+        translate(message.as_bytes()).unwrap_or_else(|e| panic!("{processing_id}: {e}"));
+    }
+}
+
+#[test]
+fn the_patient_keys_are_read_without_translating() {
+    // those the translation gives, and an A40's merged patient
+    let a01 = message(&[MSH_A01, "EVN|A01|202401011200+0100", PID, PV1]);
+    assert_eq!(
+        patient_keys(&a01),
+        translate(&a01).expect("translates").patient_keys
+    );
+    let a40 = [
+        msh("ADT^A40^ADT_A39", "C-KEYS"),
+        pid(),
+        seg("MRG", &[(1, "OLD1^^^HOSP&1.2.3&ISO^MR")]),
+    ]
+    .join("\r");
+    let merge = translate(a40.as_bytes())
+        .expect("translates")
+        .merge
+        .expect("a merge");
+    assert_eq!(
+        patient_keys(a40.as_bytes()),
+        [merge.survivor.as_str(), merge.merged.as_str()]
+    );
+    // also of a message the translation refuses (an unsupported trigger); none of what
+    // does not parse
+    let a17 = a40.replace("ADT^A40^ADT_A39", "ADT^A17");
+    assert_eq!(patient_keys(a17.as_bytes()).len(), 2);
+    assert!(patient_keys(b"hello").is_empty());
 }

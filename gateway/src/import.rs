@@ -538,33 +538,42 @@ async fn commit_batch(
 
 /// Which of `keys` the store holds: current and not deleted (`for_update`: any, locked until
 /// the transaction ends on PostgreSQL).
+///
+/// One statement per resource type (and per [`KEYS_PER_STATEMENT`] ids), `resource_type = $1
+/// AND id IN (…)`, so that it is a lookup of the `UNIQUE (resource_type, id)` index rather
+/// than a scan of the table. The keys are sorted first and a locking statement locks in
+/// `rkey` order, so two imports lock the rows they share in the same order. Only that one
+/// sorts: SQLite (nothing to lock) without statistics would rather walk
+/// `(resource_type, rkey)` over every row of the type than sort a few rows.
 async fn existing<'k>(
     conn: &mut AnyConnection,
     keys: impl Iterator<Item = &'k Key>,
     for_update: bool,
 ) -> Result<HashSet<Key>, Error> {
-    let keys: Vec<&Key> = keys.collect();
-    let wanted: HashSet<&Key> = keys.iter().copied().collect();
+    let mut keys: Vec<&Key> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
     let mut found = HashSet::new();
     let lock = match (for_update, Backend::of(conn)) {
-        (true, Backend::Postgres) => " FOR UPDATE",
+        (true, Backend::Postgres) => " ORDER BY rkey FOR UPDATE",
         _ => "",
     };
     let live = if for_update { "" } else { " AND deleted = 0" };
-    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-        let mut sql = Sql::default();
-        let ids: Vec<String> = chunk
-            .iter()
-            .map(|(_, id)| sql.bind(Bind::Text(id.clone())))
-            .collect();
-        sql.text = format!(
-            "SELECT resource_type, id FROM resource WHERE id IN ({}){live} ORDER BY rkey{lock}",
-            ids.join(", ")
-        );
-        for row in sql.query().fetch_all(&mut *conn).await? {
-            let key: Key = (row.try_get(0)?, row.try_get(1)?);
-            if wanted.contains(&key) {
-                found.insert(key);
+    for same_type in keys.chunk_by(|a, b| a.0 == b.0) {
+        let resource_type = &same_type[0].0;
+        for chunk in same_type.chunks(KEYS_PER_STATEMENT) {
+            let mut sql = Sql::default();
+            let type_param = sql.bind(Bind::Text(resource_type.clone()));
+            let ids: Vec<String> = chunk
+                .iter()
+                .map(|(_, id)| sql.bind(Bind::Text(id.clone())))
+                .collect();
+            sql.text = format!(
+                "SELECT id FROM resource WHERE resource_type = {type_param} AND id IN ({}){live}{lock}",
+                ids.join(", ")
+            );
+            for row in sql.query().fetch_all(&mut *conn).await? {
+                found.insert((resource_type.clone(), row.try_get(0)?));
             }
         }
     }

@@ -6,7 +6,7 @@
 //! `rust-hl7`) neither decode MSH-18 character sets nor keep `""` (an explicit null) apart
 //! from an empty value, and both matter to the mapping.
 
-use super::{Severity, V2Error};
+use super::{ErrorCode, Severity, V2Error};
 
 /// The explicit null of HL7 v2: a field sent as `""` means "delete the value".
 pub const NULL: &str = "\"\"";
@@ -128,6 +128,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, V2Error> {
         let segment = parse_segment(line, &delimiters, false);
         if segment.id.len() != 3 || !segment.id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(V2Error::rejected(
+                ErrorCode::SegmentSequence,
                 format!(
                     "segment {} is not a segment (bad segment id)",
                     segments.len() + 1
@@ -144,18 +145,25 @@ pub fn parse(bytes: &[u8]) -> Result<Message, V2Error> {
 fn delimiters(header: &str) -> Result<Delimiters, V2Error> {
     if !header.starts_with("MSH") {
         return Err(V2Error::rejected(
+            ErrorCode::SegmentSequence,
             "the message does not start with an MSH segment",
             Some(("MSH", 1)),
             None,
         ));
     }
     let mut chars = header[3..].chars();
-    let field = chars
-        .next()
-        .ok_or_else(|| V2Error::rejected("MSH has no field separator", Some(("MSH", 1)), None))?;
+    let field = chars.next().ok_or_else(|| {
+        V2Error::rejected(
+            ErrorCode::RequiredFieldMissing,
+            "MSH has no field separator",
+            Some(("MSH", 1)),
+            None,
+        )
+    })?;
     let encoding: Vec<char> = chars.take_while(|&c| c != field).collect();
     if encoding.len() < 2 || field.is_alphanumeric() {
         return Err(V2Error::rejected(
+            ErrorCode::DataType,
             "MSH-2 must declare at least the component and repetition separators",
             Some(("MSH", 2)),
             None,
@@ -280,6 +288,7 @@ fn declared_charset(bytes: &[u8]) -> Result<String, V2Error> {
     let header = &bytes[..end];
     if header.len() < 4 || &header[..3] != b"MSH" {
         return Err(V2Error::rejected(
+            ErrorCode::SegmentSequence,
             "the message does not start with an MSH segment",
             Some(("MSH", 1)),
             None,
@@ -299,6 +308,7 @@ fn declared_charset(bytes: &[u8]) -> Result<String, V2Error> {
 fn decode(bytes: &[u8], charset: &str) -> Result<String, V2Error> {
     let bad = |what: &str| {
         V2Error::rejected(
+            ErrorCode::DataType,
             format!("the message is not valid {what} as MSH-18 declares"),
             Some(("MSH", 18)),
             None,
@@ -320,6 +330,8 @@ fn decode(bytes: &[u8], charset: &str) -> Result<String, V2Error> {
         "8859/15" => Ok(bytes.iter().map(|&b| latin9(b)).collect()),
         other => Err(V2Error {
             severity: Severity::Rejected,
+            // a value outside the character sets of table 0211 we read
+            code: ErrorCode::TableValueNotFound,
             message: format!(
                 "unsupported character set {other:?} in MSH-18 (supported: ASCII, 8859/1, 8859/15, UNICODE UTF-8)"
             ),

@@ -24,7 +24,8 @@ pub(super) enum Cond {
 /// element, `type`; the translator takes types from the R4 definitions instead.)
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct Row {
-    /// `[3]` for PID-3 or CX.3 (a component), `[3, 1]` for a component of a field.
+    /// `[3]` for PID-3 or CX.3 (a component), `[3, 1]` for a component of a field; `[]` for a
+    /// row the script adds that assigns its constant once per segment (`ADDED_ROWS`).
     pub field: Vec<usize>,
     #[serde(rename = "if")]
     pub cond: Option<Cond>,

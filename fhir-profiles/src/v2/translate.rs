@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::parse::{Component, Field, Message, NULL, Repetition, Segment, parse};
 use super::tables::{Cond, MessageEntry, Row, tables};
-use super::{Header, Merge, Translation, V2Error};
+use super::{ErrorCode, Header, Merge, Translation, V2Error};
 use crate::Json;
 use crate::definitions::{Definitions, ElementDefinition};
 
@@ -435,6 +435,11 @@ impl<'t> Mapper<'t> {
             .unwrap_or(0);
         for row in rows {
             let Some(&field) = row.field.first() else {
+                // a row of no field (one the script adds, as Coverage.status): its constant,
+                // once per segment
+                if row.value.is_some() {
+                    self.apply_row(row, Node::Empty, target, resource_type, scope_key, "#0");
+                }
                 continue;
             };
             let Some(f) = segment.field(field) else {
@@ -1101,6 +1106,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
             .or_else(|| tables.messages.get(structure))
             .ok_or_else(|| {
                 V2Error::rejected(
+                    ErrorCode::UnsupportedMessageType,
                     format!("no mapping for message {kind} with structure {structure}"),
                     Some(("MSH", 9)),
                     None,
@@ -1143,6 +1149,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
                 }
                 let key = keys.into_iter().next().ok_or_else(|| {
                     V2Error::error(
+                        ErrorCode::RequiredFieldMissing,
                         "PID-3 (patient identifier list) has no identifier",
                         Some(("PID", 3)),
                         Some(1),
@@ -1151,6 +1158,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
                 })?;
                 if header.trigger == "A40" && sequence > 1 {
                     return Err(V2Error::error(
+                        ErrorCode::SegmentSequence,
                         "an A40 with more than one patient: send one merge per message",
                         Some(("PID", 3)),
                         None,
@@ -1332,6 +1340,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
 
     if patient_segment.is_none() {
         return Err(V2Error::error(
+            ErrorCode::SegmentSequence,
             "the message has no PID segment",
             Some(("PID", 3)),
             None,
@@ -1341,6 +1350,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
         ("A40", Some(mrg)) => {
             let merged = cx_keys(mrg.field(1)).into_iter().next().ok_or_else(|| {
                 V2Error::error(
+                    ErrorCode::RequiredFieldMissing,
                     "MRG-1 (prior patient identifier list) has no identifier",
                     Some(("MRG", 1)),
                     Some(1),
@@ -1353,6 +1363,7 @@ pub fn translate(bytes: &[u8]) -> Result<Translation, V2Error> {
         }
         ("A40", None) => {
             return Err(V2Error::error(
+                ErrorCode::SegmentSequence,
                 "an A40 needs an MRG segment",
                 Some(("MRG", 1)),
                 None,
@@ -1384,6 +1395,7 @@ fn creates(segment: &str, resource: &str) -> bool {
         "Immunization" => matches!(segment, "ORC" | "RXA"),
         "AllergyIntolerance" => segment == "AL1",
         "Condition" => segment == "DG1",
+        "Coverage" => segment == "IN1",
         _ => false,
     }
 }
@@ -1391,10 +1403,34 @@ fn creates(segment: &str, resource: &str) -> bool {
 fn check_header(header: &Header) -> Result<(), V2Error> {
     let kind = format!("{}^{}", header.message_type, header.trigger);
     if !SUPPORTED.contains(&kind.as_str()) {
+        // a type we translate with a trigger we do not (ADT^A17) is an unsupported event
+        let known_type = SUPPORTED
+            .iter()
+            .any(|k| k.split('^').next() == Some(header.message_type.as_str()));
+        return Err(if known_type {
+            V2Error::rejected(
+                ErrorCode::UnsupportedEventCode,
+                format!("unsupported trigger event {kind}"),
+                Some(("MSH", 9)),
+                Some(2),
+            )
+        } else {
+            V2Error::rejected(
+                ErrorCode::UnsupportedMessageType,
+                format!("unsupported message type {kind}"),
+                Some(("MSH", 9)),
+                Some(1),
+            )
+        });
+    }
+    // table 0103: production, training, debugging
+    if !header.processing_id.is_empty() && !matches!(header.processing_id.as_str(), "P" | "T" | "D")
+    {
         return Err(V2Error::rejected(
-            format!("unsupported message type {kind}"),
-            Some(("MSH", 9)),
-            None,
+            ErrorCode::UnsupportedProcessingId,
+            "unsupported processing id (MSH-11: P, T or D of table 0103 are)",
+            Some(("MSH", 11)),
+            Some(1),
         ));
     }
     let version = header.version.as_str();
@@ -1403,6 +1439,7 @@ fn check_header(header: &Header) -> Result<(), V2Error> {
         .any(|v| version == *v || version.strip_prefix(v).is_some_and(|r| r.starts_with('.')));
     if !supported_version {
         return Err(V2Error::rejected(
+            ErrorCode::UnsupportedVersionId,
             format!("unsupported HL7 version {version:?} (2.3 to 2.8 are)"),
             Some(("MSH", 12)),
             None,
@@ -1410,6 +1447,7 @@ fn check_header(header: &Header) -> Result<(), V2Error> {
     }
     if header.control_id.is_empty() {
         return Err(V2Error::rejected(
+            ErrorCode::RequiredFieldMissing,
             "MSH-10 (message control id) is empty",
             Some(("MSH", 10)),
             None,
@@ -1441,6 +1479,31 @@ fn choose_group(candidates: &[&MessageEntry], anchor: &str) -> String {
         .max_by(|a, b| common(a).cmp(&common(b)).then(depth(b).cmp(&depth(a))))
         .unwrap_or("")
         .to_owned()
+}
+
+/// The patients a message is about, read without translating it: the PID-3 identifiers of
+/// its PIDs and, for a merge, MRG-1's, as `system|value` (those of `Translation::patient_keys`
+/// and `Merge::merged`). Empty when the message does not parse (its translation says why).
+/// Cheap, so that the work on a patient can be ordered as messages arrive, before they are
+/// translated.
+pub fn patient_keys(bytes: &[u8]) -> Vec<String> {
+    let Ok(message) = parse(bytes) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for segment in &message.segments {
+        let field = match segment.id.as_str() {
+            "PID" => 3,
+            "MRG" => 1,
+            _ => continue,
+        };
+        for key in cx_keys(segment.field(field)) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
 }
 
 /// The identifiers of a CX field as `system|value`.
@@ -1634,6 +1697,45 @@ fn set_reference(resource: &mut J, element: &str, url: &str, repeating: bool) {
     }
 }
 
+/// What a coded resource without an identifier is about, for its derived key: its first
+/// coding's system and code, and its time (an Observation's).
+fn coded_subject(resource: &J) -> Option<Vec<String>> {
+    let coding = match resource.get("code")?.get("coding")? {
+        J::Arr(items) => items.first()?,
+        _ => return None,
+    };
+    let code = coding.get("code").and_then(J::as_str)?;
+    let system = coding.get("system").and_then(J::as_str).unwrap_or("");
+    let time = resource
+        .get("effectiveDateTime")
+        .and_then(J::as_str)
+        .unwrap_or("");
+    Some(vec![system.to_owned(), code.to_owned(), time.to_owned()])
+}
+
+/// What a Coverage is about, for its derived key: its payor (the logical reference's
+/// identifier, else its display) and its plan (the identifier IN1-2 gives, if any). `None`
+/// without a payor (the Coverage is then refused: R4 requires one).
+fn coverage_subject(resource: &J) -> Option<Vec<String>> {
+    let system_value = |identifier: &J| {
+        let value = identifier.get("value").and_then(J::as_str)?;
+        let system = identifier.get("system").and_then(J::as_str).unwrap_or("");
+        Some(format!("{system}|{value}"))
+    };
+    let payor = match resource.get("payor")? {
+        J::Arr(items) => items.first()?,
+        _ => return None,
+    };
+    let payor = payor
+        .get("identifier")
+        .and_then(system_value)
+        .or_else(|| payor.get("display").and_then(J::as_str).map(str::to_owned))?;
+    let plan = key_identifier(resource)
+        .and_then(system_value)
+        .unwrap_or_default();
+    Some(vec![payor, plan])
+}
+
 fn bundle(
     header: &Header,
     instances: &mut [Instance],
@@ -1750,41 +1852,28 @@ fn bundle(
     }
     // what the message gives no identifier at all (an AL1, a DG1 without DG1-20, an OBX of an
     // ADT) is keyed by what it is about: its patient, its code and, for an Observation, its
-    // time; so an A08 repeating the patient's allergies updates them instead of adding more
+    // time; so an A08 repeating the patient's allergies updates them instead of adding more.
+    // An IN1's Coverage always is: its identifier (IN1-2) names the health plan, which every
+    // patient of the plan shares, so it is keyed by its patient, payor and plan
     for i in 0..instances.len() {
         let instance = &instances[i];
-        if !matches!(
-            instance.resource_type.as_str(),
+        let about = match instance.resource_type.as_str() {
+            "Coverage" => coverage_subject(&instance.resource),
             "AllergyIntolerance" | "Condition" | "Observation"
-        ) || instance.resource.get("identifier").is_some()
-        {
+                if instance.resource.get("identifier").is_none() =>
+            {
+                coded_subject(&instance.resource)
+            }
+            _ => None,
+        };
+        let Some(about) = about else {
             continue;
-        }
+        };
         let Some(patient_key) = instance.patient.and_then(|p| instances[p].key.as_deref()) else {
             continue;
         };
-        let coding = instance
-            .resource
-            .get("code")
-            .and_then(|c| c.get("coding"))
-            .and_then(|c| match c {
-                J::Arr(items) => items.first(),
-                _ => None,
-            });
-        let Some(code) = coding.and_then(|c| c.get("code")).and_then(J::as_str) else {
-            continue;
-        };
-        let system = coding
-            .and_then(|c| c.get("system"))
-            .and_then(J::as_str)
-            .unwrap_or("");
-        let time = instance
-            .resource
-            .get("effectiveDateTime")
-            .and_then(J::as_str)
-            .unwrap_or("");
         let mut hash = Sha256::new();
-        for part in [patient_key, system, code, time] {
+        for part in std::iter::once(patient_key).chain(about.iter().map(String::as_str)) {
             hash.update(part.as_bytes());
             hash.update([0]);
         }
@@ -1799,9 +1888,12 @@ fn bundle(
             ),
             ("value".into(), J::Str(value)),
         ]);
-        instances[i]
-            .resource
-            .set("identifier", J::Arr(vec![identifier]));
+        // first, so that it is the key (`key_identifier`)
+        let resource = &mut instances[i].resource;
+        match resource.member("identifier") {
+            Some(J::Arr(identifiers)) => identifiers.insert(0, identifier),
+            _ => resource.set("identifier", J::Arr(vec![identifier])),
+        }
     }
 
     let mut entries = Vec::new();
@@ -1909,8 +2001,13 @@ fn bundle(
 fn missing_element_error(instance: &Instance, problem: &str) -> V2Error {
     let (segment, sequence) = (&instance.origin.0, instance.origin.1);
     let Some(element) = problem.strip_prefix(&format!("{}.", instance.resource_type)) else {
-        return V2Error::error(problem.to_owned(), Some((segment.as_str(), 0)), None)
-            .at_sequence(sequence);
+        return V2Error::error(
+            ErrorCode::DataType,
+            problem.to_owned(),
+            Some((segment.as_str(), 0)),
+            None,
+        )
+        .at_sequence(sequence);
     };
     let field = tables()
         .segments
@@ -1925,6 +2022,7 @@ fn missing_element_error(instance: &Instance, problem: &str) -> V2Error {
         .and_then(|r| r.field.first().copied())
         .unwrap_or(0);
     V2Error::error(
+        ErrorCode::RequiredFieldMissing,
         format!(
             "{segment}-{field} is required: it fills {}.{element}, which FHIR requires",
             instance.resource_type

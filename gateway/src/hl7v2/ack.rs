@@ -9,6 +9,8 @@
 
 use std::fmt::Write as _;
 
+pub use fhir_profiles::v2::ErrorCode;
+
 /// MSA-1: what became of the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckCode {
@@ -56,32 +58,12 @@ pub struct ErrorLocation {
 pub struct ErrorDetail {
     /// ERR-3, an HL7 error code of table 0357 (e.g. 101 required field missing, 102 data
     /// type error, 200 unsupported message type, 203 unsupported version id, 207
-    /// application internal error).
-    pub code: u16,
+    /// application internal error), as the translator or the intake decided it.
+    pub code: ErrorCode,
     /// ERR-2, when the error is at one place of the message.
     pub location: Option<ErrorLocation>,
     /// ERR-8, for the people who read the sending system's error queue. Never logged.
     pub message: String,
-}
-
-/// The text of HL7 table 0357 for the codes this gateway sends.
-fn code_text(code: u16) -> &'static str {
-    match code {
-        0 => "Message accepted",
-        100 => "Segment sequence error",
-        101 => "Required field missing",
-        102 => "Data type error",
-        103 => "Table value not found",
-        104 => "Value too long",
-        200 => "Unsupported message type",
-        201 => "Unsupported event code",
-        202 => "Unsupported processing id",
-        203 => "Unsupported version id",
-        204 => "Unknown key identifier",
-        205 => "Duplicate key identifier",
-        206 => "Application record locked",
-        _ => "Application internal error",
-    }
 }
 
 /// The MSH of a message, as far as the acknowledgment needs it: the delimiters, who sent it
@@ -312,8 +294,8 @@ pub fn build(header: Option<&Header>, code: AckCode, error: Option<&ErrorDetail>
             let _ = write!(
                 ack,
                 "ERR{f}{f}{erl}{f}{}{c}{}{c}HL70357{f}E{f}{f}{f}{f}{text}\r",
-                error.code,
-                code_text(error.code)
+                error.code.code(),
+                error.code.text()
             );
         } else {
             // ERR-1 (before v2.5): segment^sequence^field^code&text&HL70357, and the message
@@ -322,8 +304,8 @@ pub fn build(header: Option<&Header>, code: AckCode, error: Option<&ErrorDetail>
             let _ = write!(
                 ack,
                 "ERR{f}{segment}{c}{sequence}{c}{field}{c}{}{s}{}{s}HL70357{s}{s}{text}\r",
-                error.code,
-                code_text(error.code)
+                error.code.code(),
+                error.code.text()
             );
         }
     }
@@ -401,7 +383,7 @@ mod tests {
     fn an_error_says_where_and_what_escaped() {
         let header = Header::read(A01).expect("an MSH");
         let detail = ErrorDetail {
-            code: 102,
+            code: ErrorCode::DataType,
             location: Some(ErrorLocation {
                 segment: "PID".to_owned(),
                 sequence: Some(3),
@@ -428,7 +410,7 @@ mod tests {
     fn before_version_2_5_the_error_is_in_err_1() {
         let header = Header::read(b"MSH|^~\\&|A|B|C|D|||ADT^A08|7|P|2.3\r").expect("an MSH");
         let detail = ErrorDetail {
-            code: 101,
+            code: ErrorCode::RequiredFieldMissing,
             location: Some(ErrorLocation {
                 segment: "PID".to_owned(),
                 sequence: Some(2),
@@ -451,7 +433,7 @@ mod tests {
     #[test]
     fn a_message_without_header_is_answered_in_the_default_dialect() {
         let detail = ErrorDetail {
-            code: 100,
+            code: ErrorCode::SegmentSequence,
             location: None,
             message: "the message does not begin with an MSH segment".to_owned(),
         };

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::Intake;
-use super::ack::{self, AckCode, ErrorDetail, Header};
+use super::ack::{self, AckCode, ErrorCode, ErrorDetail, Header};
 use crate::access::Access;
 use crate::config::MllpConfig;
 
@@ -303,7 +303,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(None) => break,
                     Err(TooLarge(head)) => {
                         let detail = ErrorDetail {
-                            code: 207,
+                            code: ErrorCode::ApplicationInternalError,
                             location: None,
                             message: format!(
                                 "the message is larger than the limit of {} bytes; the connection is closed",

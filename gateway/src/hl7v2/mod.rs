@@ -26,7 +26,7 @@ mod translate;
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
-use self::ack::{AckCode, ErrorDetail, Header};
+use self::ack::{AckCode, ErrorCode, ErrorDetail, Header};
 use self::order::PatientOrder;
 use crate::access::{Access, Actor};
 use crate::auth::scopes::ScopeSet;
@@ -68,7 +68,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: AckCode, hl7_code: u16, error: Error) -> Refusal {
+    fn new(code: AckCode, hl7_code: ErrorCode, error: Error) -> Refusal {
         Refusal {
             code,
             detail: ErrorDetail {
@@ -112,17 +112,29 @@ fn error_text(error: &Error) -> String {
 }
 
 /// A transaction error as a refusal: the gateway's own failures (and conflicts that
-/// retrying did not resolve) are `AR`, so the sender sends again; the rest is `AE`.
+/// retrying did not resolve) are `AR`, so the sender sends again; the rest is `AE`. The HL7
+/// error code says which: a conditional key matching several records (205), a record the
+/// message names that does not exist (204: an A40's merged patient), resources that are not
+/// valid FHIR (102), a conflict (206), else 207.
 fn refusal_of(error: Error) -> Refusal {
     use actix_web::ResponseError as _;
     let status = error.status_code();
+    let hl7_code = match &error {
+        Error::PreconditionFailed(_) => ErrorCode::DuplicateKeyIdentifier,
+        Error::NotFound { .. } => ErrorCode::UnknownKeyIdentifier,
+        Error::InvalidResource(_) | Error::ProfileViolation(_) | Error::InvalidPatchResult(_) => {
+            ErrorCode::DataType
+        }
+        Error::Conflict(_) => ErrorCode::ApplicationRecordLocked,
+        _ => ErrorCode::ApplicationInternalError,
+    };
     if status.is_server_error() || matches!(error, Error::Conflict(_)) {
         if status.is_server_error() {
             tracing::error!(error = %format!("{error:#}"), "an HL7 v2 message could not be stored");
         }
-        Refusal::new(AckCode::Reject, 207, error)
+        Refusal::new(AckCode::Reject, hl7_code, error)
     } else {
-        Refusal::new(AckCode::Error, 207, error)
+        Refusal::new(AckCode::Error, hl7_code, error)
     }
 }
 
@@ -170,7 +182,7 @@ impl Intake {
             Some(header) => self.apply(access, allowed_facilities, header, message).await,
             None => Err(Refusal::new(
                 AckCode::Reject,
-                100,
+                ErrorCode::SegmentSequence,
                 Error::Invalid(
                     "the message does not begin with an MSH segment (MSH, a field separator and the encoding characters)"
                         .to_owned(),
@@ -201,7 +213,7 @@ impl Intake {
                 .unwrap_or(""),
             hl7.ack = code.as_str(),
             hl7.duplicate = result.as_ref().is_ok_and(|a| a.duplicate),
-            hl7.error_code = detail.map(|d| d.code),
+            hl7.error_code = detail.map(|d| d.code.code()),
             elapsed_us = started.elapsed().as_micros() as u64,
             "hl7v2 message"
         );
@@ -220,7 +232,7 @@ impl Intake {
             return Err(Refusal {
                 code: AckCode::Reject,
                 detail: ErrorDetail {
-                    code: 101,
+                    code: ErrorCode::RequiredFieldMissing,
                     location: Some(ack::ErrorLocation {
                         segment: "MSH".to_owned(),
                         sequence: Some(1),
@@ -241,24 +253,25 @@ impl Intake {
             if !allowed_facilities.iter().any(|f| f == facility) {
                 return Err(Refusal::new(
                     AckCode::Reject,
-                    207,
+                    ErrorCode::ApplicationInternalError,
                     Error::Forbidden(format!(
                         "messages from the sending facility {facility:?} (MSH-4) are not accepted here"
                     )),
                 ));
             }
         }
+        // the turns of the patients the message is about (PID-3, an A40's MRG-1 too), asked
+        // for as soon as it is read: translating and checking take longer for a longer
+        // message, so a turn asked for after them would let a short message overtake a long
+        // one that arrived before it. Held until the answer is decided.
+        let _turn = self
+            .order
+            .turn(&fhir_profiles::v2::patient_keys(message))
+            .await;
         let translated = translate::translate(message)?;
         let prepared = prepare_transaction(&translated.bundle, &self.ctx).map_err(refusal_of)?;
         let sender = header.sender();
         let idempotency_key = format!("hl7v2:{sender}\u{1f}{}", header.control_id);
-        // the patients' turns (an A40's two); held until the answer is decided
-        // (the translator's keys hold an A40's survivor; its merged patient is added)
-        let mut keys = translated.patient_keys.clone();
-        if let Some(merge) = &translated.merge {
-            keys.push(merge.merged.clone());
-        }
-        let _turn = self.order.turn(&keys).await;
         let merge = translated.merge.as_ref();
         let unit = Unit {
             access,

@@ -1,9 +1,11 @@
 //! Per-patient order: messages about one patient are applied one at a time, in the order
 //! they ask for their patient's turn; messages about different patients run in parallel.
 //!
-//! A message asks for its turn once it is read and translated, and holds it until its
-//! database transaction has committed (or failed) and its answer is decided, so the next
-//! message about the patient sees everything the previous one wrote. The turns are
+//! A message asks for its turn as soon as it is read (its patient keys read from PID-3 and
+//! MRG-1 by `fhir_profiles::v2::patient_keys`, before it is translated: a long message takes
+//! longer to translate, and must not be overtaken by a short one that arrived after it), and
+//! holds it until its database transaction has committed (or failed) and its answer is
+//! decided, so the next message about the patient sees everything the previous one wrote. The turns are
 //! `tokio::sync::Mutex`es, which grant the lock in the order it was asked for (FIFO), one per
 //! patient key (a PID-3 identifier, `system|value`). A message naming several patients (an
 //! A40 merge) takes their keys in sorted order, so two such messages cannot deadlock.

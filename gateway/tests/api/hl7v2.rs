@@ -112,10 +112,11 @@ async fn footprint(app: &TestApp) -> (i64, i64, i64) {
     )
 }
 
-async fn patients_with(app: &TestApp, mrn: &str) -> Vec<Value> {
+/// The resources of a search (first page).
+async fn search(app: &TestApp, query: &str) -> Vec<Value> {
     let bundle: Value = app
         .client
-        .get(app.url(&format!("Patient?identifier={mrn}")))
+        .get(app.url(query))
         .send()
         .await
         .expect("search")
@@ -126,6 +127,10 @@ async fn patients_with(app: &TestApp, mrn: &str) -> Vec<Value> {
         .as_array()
         .map(|entries| entries.iter().map(|e| e["resource"].clone()).collect())
         .unwrap_or_default()
+}
+
+async fn patients_with(app: &TestApp, mrn: &str) -> Vec<Value> {
+    search(app, &format!("Patient?identifier={mrn}")).await
 }
 
 on_both!(
@@ -254,6 +259,17 @@ on_both!(
             msa(&exchange(&mut stream, &[ok.as_bytes()]).await[0]).0,
             "AA"
         );
+        // two stored patients with one identifier: a message about it cannot tell which
+        for id in ["dup-a", "dup-b"] {
+            let (status, body) = app
+                .put(
+                    &format!("Patient/{id}"),
+                    &serde_json::json!({"resourceType": "Patient", "id": id,
+                        "identifier": [{"system": "HOSP", "value": "DUP205"}]}),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
         let before = footprint(&app).await;
 
         let not_hl7 = b"hello, is this the lab?".to_vec();
@@ -262,32 +278,98 @@ on_both!(
         let bad_version = adt("A01", "BAD-3", "BAD300", "X", "Y").replace("|2.5.1\r", "|9.9\r");
         let no_patient_id = adt("A01", "BAD-4", "", "Nobody", "Known");
         let no_control_id = adt("A01", "", "BAD500", "X", "Y");
-        let cases: Vec<(&str, &[u8], &str, Option<&str>)> = vec![
-            ("not an HL7 message", &not_hl7, "AR", Some("100")),
+        let unsupported_event =
+            adt("A01", "BAD-6", "BAD600", "X", "Y").replace("ADT^A01^ADT_A01", "ADT^A17");
+        let bad_processing_id =
+            adt("A01", "BAD-7", "BAD700", "X", "Y").replace("|P|2.5.1\r", "|Q|2.5.1\r");
+        let no_pid = adt("A01", "BAD-8", "BAD800", "X", "Y").replace("\rPID|", "\rZZZ|");
+        // a merge naming a prior patient the store does not have
+        let unknown_merged = "MSH|^~\\&|ADT1|NORTH|GATEWAY|HOSP|20260101120000||ADT^A40^ADT_A39|BAD-9|P|2.5.1\r\
+             EVN|A40|20260101120000\r\
+             PID|1||BAD100^^^HOSP^MR||Curie^Marie\r\
+             MRG|NOBODY999^^^HOSP^MR\r";
+        let ambiguous = adt("A08", "BAD-10", "DUP205", "Twin", "Either");
+        // ERR-3 (code^text^HL70357) and ERR-2 (segment^sequence^field)
+        let cases: Vec<(&str, &[u8], &str, &str, &str)> = vec![
+            (
+                "not an HL7 message",
+                &not_hl7,
+                "AR",
+                "100^Segment sequence error^HL70357",
+                "",
+            ),
             (
                 "an unsupported message type",
                 unsupported.as_bytes(),
                 "AR",
-                Some("200"),
+                "200^Unsupported message type^HL70357",
+                "MSH^1^9^1^1",
+            ),
+            (
+                "an unsupported trigger event",
+                unsupported_event.as_bytes(),
+                "AR",
+                "201^Unsupported event code^HL70357",
+                "MSH^1^9^1^2",
+            ),
+            (
+                "an unsupported processing id",
+                bad_processing_id.as_bytes(),
+                "AR",
+                "202^Unsupported processing id^HL70357",
+                "MSH^1^11^1^1",
             ),
             (
                 "an unsupported version",
                 bad_version.as_bytes(),
                 "AR",
-                Some("203"),
+                "203^Unsupported version id^HL70357",
+                "MSH^1^12",
             ),
-            ("an A01 without PID-3", no_patient_id.as_bytes(), "AE", None),
-            ("no MSH-10", no_control_id.as_bytes(), "AR", Some("101")),
+            (
+                "an A01 without PID-3",
+                no_patient_id.as_bytes(),
+                "AE",
+                "101^Required field missing^HL70357",
+                "PID^1^3^1^1",
+            ),
+            (
+                "an A01 without PID",
+                no_pid.as_bytes(),
+                "AE",
+                "100^Segment sequence error^HL70357",
+                "PID^1^3",
+            ),
+            (
+                "no MSH-10",
+                no_control_id.as_bytes(),
+                "AR",
+                "101^Required field missing^HL70357",
+                "MSH^1^10",
+            ),
+            (
+                "a patient identifier two stored patients have",
+                ambiguous.as_bytes(),
+                "AE",
+                "205^Duplicate key identifier^HL70357",
+                "",
+            ),
+            (
+                "an A40 of an unknown prior patient",
+                unknown_merged.as_bytes(),
+                "AE",
+                "204^Unknown key identifier^HL70357",
+                "",
+            ),
         ];
-        for (what, message, expected, hl7_code) in cases {
+        for (what, message, expected, hl7_code, location) in cases {
             let ack = exchange(&mut stream, &[message]).await.remove(0);
             assert_eq!(msa(&ack).0, expected, "{what}: {ack:?}");
             let err = segment(&ack, "ERR");
-            // ERR-3 an HL7 error code of table 0357, ERR-4 severity, ERR-8 what was wrong
-            assert!(err[3].ends_with("^HL70357"), "{what}: {ack:?}");
-            if let Some(code) = hl7_code {
-                assert!(err[3].starts_with(&format!("{code}^")), "{what}: {ack:?}");
-            }
+            // ERR-2 where, ERR-3 the HL7 error code of table 0357, ERR-4 severity, ERR-8
+            // what was wrong
+            assert_eq!(err[3], hl7_code, "{what}: {ack:?}");
+            assert_eq!(err[2], location, "{what}: {ack:?}");
             assert_eq!(err[4], "E", "{what}: {ack:?}");
             assert!(
                 err[8].len() > 10,
@@ -365,6 +447,25 @@ on_both!(
     }
 );
 
+/// An A08 naming patient ORD100 `V{n}`, with `results` OBX segments: a message with many
+/// takes far longer to translate and check than one with none.
+fn renaming(n: usize, results: usize) -> String {
+    let mut message = adt(
+        "A08",
+        &format!("ORD-{n}"),
+        "ORD100",
+        "Name",
+        &format!("V{n}"),
+    );
+    for i in 1..=results {
+        message.push_str(&format!(
+            "OBX|{i}|NM|{}^Result {i}^LN||{n}|mg/dL^^UCUM|||||F\r",
+            10_000 + i
+        ));
+    }
+    message
+}
+
 on_both!(
     messages_about_one_patient_apply_in_arrival_order_across_connections,
     |db| async move {
@@ -376,25 +477,16 @@ on_both!(
         )
         .await;
         assert_eq!(msa(&ack[0]).0, "AA");
-        let updates = 24;
-        // another patient's messages, meanwhile, on a connection of their own
-        let mut other = connect(&app).await;
-        let other_feed = tokio::spawn(async move {
-            for n in 1..=updates {
-                let message = adt(
-                    "A08",
-                    &format!("OTH-{n}"),
-                    "OTH100",
-                    "Other",
-                    &format!("W{n}"),
-                );
-                let ack = exchange(&mut other, &[message.as_bytes()]).await.remove(0);
-                assert_eq!(msa(&ack), ("AA".to_owned(), format!("OTH-{n}")), "{ack:?}");
-            }
-        });
-        // A08s with changing names, round robin over four connections, each connection waiting
-        // for its previous ACK (as MLLP senders do): up to four messages about the patient are in
-        // flight at once, and queue for its turn in the order they arrived
+        // A08s renaming the patient, round robin over four connections, each connection
+        // waiting for its previous ACK (as MLLP senders do), each message sent 25 ms after
+        // the one before: the arrival order is the sending order. Odd ones are long (many
+        // results), even ones short, so a short message arrives while the long one before it
+        // is still being translated and checked: only the patient's turn, asked for when a
+        // message is read, keeps the short one from being applied first (the database's
+        // serialization of writes to one patient comes later, and so does a turn asked for
+        // after the translation).
+        let updates = 12;
+        let results = 120;
         let mut connections = Vec::new();
         for _ in 0..4 {
             connections.push((connect(&app).await, Deframer::new(1 << 20)));
@@ -406,20 +498,13 @@ on_both!(
                 let ack = read_frame(stream, deframer).await;
                 assert_eq!(msa(&ack), ("AA".to_owned(), control_id), "{ack:?}");
             }
-            let message = adt(
-                "A08",
-                &format!("ORD-{n}"),
-                "ORD100",
-                "Name",
-                &format!("V{n}"),
-            );
+            let message = renaming(n, if n % 2 == 1 { results } else { 0 });
             stream
                 .write_all(&frame(message.as_bytes()))
                 .await
                 .expect("write");
             in_flight[n % 4] = Some(format!("ORD-{n}"));
-            // arrival order: each is read by the gateway before the next one is sent
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         for ((stream, deframer), control_id) in connections.iter_mut().zip(in_flight) {
             if let Some(control_id) = control_id {
@@ -427,15 +512,8 @@ on_both!(
                 assert_eq!(msa(&ack), ("AA".to_owned(), control_id), "{ack:?}");
             }
         }
-        other_feed.await.expect("the other patient's feed");
         let patients = patients_with(&app, "ORD100").await;
         assert_eq!(patients.len(), 1);
-        assert_eq!(
-            patients[0]["name"][0]["given"][0],
-            format!("V{updates}"),
-            "the last sent is the last applied"
-        );
-        assert_eq!(patients[0]["meta"]["versionId"], (updates + 1).to_string());
         // every version, in the order sent
         let history: Value = app
             .client
@@ -462,9 +540,23 @@ on_both!(
             })
             .collect();
         let expected: Vec<String> = (0..=updates).map(|n| format!("V{n}")).collect();
-        assert_eq!(givens, expected);
-        let others = patients_with(&app, "OTH100").await;
-        assert_eq!(others[0]["name"][0]["given"][0], format!("W{updates}"));
+        assert_eq!(
+            givens, expected,
+            "the versions in the order the messages arrived"
+        );
+        assert_eq!(
+            patients[0]["name"][0]["given"][0],
+            format!("V{updates}"),
+            "the last to arrive is the last applied"
+        );
+        assert_eq!(patients[0]["meta"]["versionId"], (updates + 1).to_string());
+        // the long messages' results: each written once, updated by each long message
+        let observations = search(&app, "Observation?code=10001&_count=5").await;
+        assert_eq!(observations.len(), 1, "{observations:?}");
+        assert_eq!(
+            observations[0]["meta"]["versionId"],
+            updates.div_ceil(2).to_string()
+        );
     }
 );
 
@@ -780,5 +872,52 @@ on_both!(
         );
         let survivor = &patients_with(&app, "MNEW").await[0];
         assert_eq!(survivor["link"][0]["type"], "replaces", "{survivor}");
+    }
+);
+
+on_both!(
+    an_in1_is_stored_as_one_coverage_of_the_patient,
+    |db| async move {
+        let app = app_with_mllp(db).await;
+        let with_insurance = |event: &str, control_id: &str, plan_end: &str| {
+            format!(
+                "{}IN1|1|BAV^Blue Advantage HMO^L|BCBS-1^^^NAIC|Blue Cross of Texas|||||||\
+                 |20240101|{plan_end}||HMO^health maintenance organization policy||SEL^Self^HL70063\r",
+                adt(event, control_id, "COV100", "Payne", "Ada")
+            )
+        };
+        let mut stream = connect(&app).await;
+        let first = with_insurance("A04", "COV-1", "20241231");
+        let ack = exchange(&mut stream, &[first.as_bytes()]).await.remove(0);
+        assert_eq!(msa(&ack).0, "AA", "{ack:?}");
+        let patient = patients_with(&app, "COV100").await.remove(0);
+        let patient_id = patient["id"].as_str().expect("an id").to_owned();
+        let coverages = search(&app, "Coverage").await;
+        assert_eq!(coverages.len(), 1, "{coverages:?}");
+        let coverage = &coverages[0];
+        assert_eq!(coverage["status"], "active");
+        assert_eq!(
+            coverage["beneficiary"]["reference"],
+            format!("Patient/{patient_id}")
+        );
+        assert_eq!(coverage["payor"][0]["display"], "Blue Cross of Texas");
+        assert_eq!(coverage["period"]["end"], "2024-12-31");
+
+        // the same message again: acknowledged, nothing written
+        let before = footprint(&app).await;
+        let ack = exchange(&mut stream, &[first.as_bytes()]).await.remove(0);
+        assert_eq!(msa(&ack).0, "AA", "{ack:?}");
+        assert_eq!(footprint(&app).await, before);
+        // the insurance again in an A08 (another control id), the plan now ending later: the
+        // same Coverage, updated
+        let update = with_insurance("A08", "COV-2", "20251231");
+        let ack = exchange(&mut stream, &[update.as_bytes()]).await.remove(0);
+        assert_eq!(msa(&ack).0, "AA", "{ack:?}");
+        let coverages = search(&app, &format!("Coverage?beneficiary=Patient/{patient_id}")).await;
+        assert_eq!(coverages.len(), 1, "not duplicated: {coverages:?}");
+        assert_eq!(coverages[0]["id"], coverage["id"]);
+        assert_eq!(coverages[0]["meta"]["versionId"], "2");
+        assert_eq!(coverages[0]["period"]["end"], "2025-12-31");
+        assert_eq!(search(&app, "Coverage").await.len(), 1);
     }
 );

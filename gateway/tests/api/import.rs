@@ -275,6 +275,85 @@ both!(
     }
 );
 
+both!(
+    existing_resources_are_told_apart_by_type_not_only_by_id,
+    |app: TestApp| async move {
+        // stored: a Patient and a deleted Organization, both with the id `same`
+        for (path, body) in [
+            (
+                "Patient/same",
+                json!({"resourceType": "Patient", "id": "same", "gender": "male"}),
+            ),
+            (
+                "Organization/same",
+                json!({"resourceType": "Organization", "id": "same", "name": "Gone"}),
+            ),
+        ] {
+            assert_eq!(app.put(path, &body).await.0, 201, "{path}");
+        }
+        let deleted = app
+            .client
+            .delete(app.url("Organization/same"))
+            .send()
+            .await
+            .expect("delete");
+        assert!(deleted.status().is_success(), "{}", deleted.status());
+        let dir = tempfile::tempdir().expect("a directory");
+        let (file, errors) = (
+            dir.path().join("same.ndjson"),
+            dir.path().join("errors.ndjson"),
+        );
+        write_lines(
+            &file,
+            &[
+                // new, although a Patient has its id
+                observation("same", "Patient/same"),
+                // the stored Patient: its next version
+                patient("same", "Same"),
+                // refers to the deleted Organization (the stored Patient `same` is no target)
+                json!({"resourceType": "Observation", "id": "other", "status": "final",
+                       "code": {"text": "x"}, "performer": [{"reference": "Organization/same"}]})
+                .to_string(),
+                // refers to an Encounter nobody has, with an id the import does use
+                json!({"resourceType": "Observation", "id": "third", "status": "final",
+                       "code": {"text": "x"}, "encounter": {"reference": "Encounter/same"}})
+                .to_string(),
+            ],
+        );
+        let (code, summary, stderr) = import(
+            &app,
+            &[
+                file.to_str().expect("a path"),
+                "--errors",
+                errors.to_str().expect("a path"),
+            ],
+        )
+        .await;
+        assert_eq!(code, 2, "{summary} {stderr}");
+        assert_eq!(
+            (summary["accepted"].as_u64(), summary["rejected"].as_u64()),
+            (Some(2), Some(2)),
+            "{summary}"
+        );
+        let rejected = rejections(&errors);
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert_eq!(rejected[0].1, 3);
+        assert!(rejected[0].2.contains("Organization/same"), "{rejected:?}");
+        assert_eq!(rejected[1].1, 4);
+        assert!(rejected[1].2.contains("Encounter/same"), "{rejected:?}");
+        let (_, observation) = app.get_json("Observation/same").await;
+        assert_eq!(observation["meta"]["versionId"], "1", "{observation}");
+        let (_, patient) = app.get_json("Patient/same").await;
+        assert_eq!(patient["meta"]["versionId"], "2", "{patient}");
+        assert_eq!(patient["name"][0]["family"], "Same");
+        for path in ["Observation/other", "Observation/third"] {
+            assert_eq!(app.get_json(path).await.0, 404, "{path}");
+        }
+        let (versions, leaves, without) = versions_and_leaves(&app).await;
+        assert_eq!((leaves, without), (versions, 0));
+    }
+);
+
 /// Lines of the resumption test: a Patient, then Observations of it.
 const RESUMED_LINES: usize = 12_000;
 
