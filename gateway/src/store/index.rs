@@ -4,10 +4,14 @@ use fhir_profiles::search::{IndexEntry, IndexValue};
 use fhir_profiles::text::Word;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
+use super::Backend;
 use super::search::{Bind, Sql};
 
 /// Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// Bind parameters at most in one PostgreSQL statement that inserts into several tables.
+const BINDS_PER_COMBINED_STATEMENT: usize = 30_000;
 
 const TABLES: [&str; 7] = [
     "idx_string",
@@ -19,9 +23,14 @@ const TABLES: [&str; 7] = [
     "idx_uri",
 ];
 
+/// Every table holding index rows of a resource.
+pub(super) const TABLES_WITH_WORDS: [&str; 8] = [
+    TABLES[0], TABLES[1], TABLES[2], TABLES[3], TABLES[4], TABLES[5], TABLES[6], "idx_word",
+];
+
 /// Removes every index row of a resource.
 pub(super) async fn delete(conn: &mut AnyConnection, rkey: i64) -> Result<(), sqlx::Error> {
-    for table in TABLES.into_iter().chain(["idx_word"]) {
+    for table in TABLES_WITH_WORDS {
         // audited: `table` comes from the constant TABLES
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE rkey = $1"
@@ -43,7 +52,9 @@ pub(super) struct Rows<'a> {
     pub words: &'a [Word],
 }
 
-/// Inserts the index rows of one or many resources, batched per table.
+/// Inserts the index rows of one or many resources, batched per table: a multi-row INSERT per
+/// table on SQLite; on PostgreSQL those INSERTs as data-modifying CTEs of as few statements
+/// as the bind limit allows (usually one), since each statement is a round trip.
 pub(super) async fn insert(
     conn: &mut AnyConnection,
     resources: &[Rows<'_>],
@@ -63,65 +74,123 @@ pub(super) async fn insert(
             by_table[table].push((rows.rkey, rows.resource_type, entry));
         }
     }
+    let mut statements = Statements::new(Backend::of(conn) == Backend::Postgres);
     for (table, rows) in TABLES.iter().zip(by_table) {
+        let columns = match *table {
+            "idx_string" => "norm, exact",
+            "idx_token" => "system, code, text",
+            "idx_reference" => "target_type, target_id, version, url",
+            "idx_date" => "lo, hi",
+            "idx_number" => "value, lo, hi",
+            "idx_quantity" => "value, lo, hi, system, code, unit",
+            _ => "value",
+        };
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let columns = match *table {
-                "idx_string" => "norm, exact",
-                "idx_token" => "system, code, text",
-                "idx_reference" => "target_type, target_id, version, url",
-                "idx_date" => "lo, hi",
-                "idx_number" => "value, lo, hi",
-                "idx_quantity" => "value, lo, hi, system, code, unit",
-                _ => "value",
-            };
-            // QueryBuilder<Any> writes `?` placeholders, which PostgreSQL refuses: number them
-            let mut sql = Sql::default();
-            let mut rows_sql = Vec::with_capacity(chunk.len());
-            for (rkey, resource_type, entry) in chunk {
-                let mut values = vec![
-                    sql.bind(Bind::Int(*rkey)),
-                    sql.bind(Bind::Text((*resource_type).to_owned())),
-                    sql.bind(Bind::Text(entry.param.clone())),
-                    sql.bind(Bind::Int(i64::from(entry.group))),
-                ];
-                values.extend(binds(entry).into_iter().map(|b| sql.bind(b)));
-                rows_sql.push(format!("({})", values.join(", ")));
-            }
-            sql.text = format!(
-                "INSERT INTO {table} (rkey, rtype, param, grp, {columns}) VALUES {}",
-                rows_sql.join(", ")
+            statements.insert(
+                table,
+                &format!("rkey, rtype, param, grp, {columns}"),
+                chunk.iter().map(|(rkey, resource_type, entry)| {
+                    let mut values = vec![
+                        Bind::Int(*rkey),
+                        Bind::Text((*resource_type).to_owned()),
+                        Bind::Text(entry.param.clone()),
+                        Bind::Int(i64::from(entry.group)),
+                    ];
+                    values.extend(binds(entry));
+                    values
+                }),
             );
-            sql.query().execute(&mut *conn).await?;
         }
     }
-    insert_words(conn, resources).await
-}
-
-/// Inserts the `_content`/`_text` word rows of one or many resources.
-async fn insert_words(conn: &mut AnyConnection, resources: &[Rows<'_>]) -> Result<(), sqlx::Error> {
-    let rows: Vec<(i64, &str, &Word)> = resources
+    let words: Vec<(i64, &str, &Word)> = resources
         .iter()
         .flat_map(|r| r.words.iter().map(move |w| (r.rkey, r.resource_type, w)))
         .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = Sql::default();
-        let values: Vec<String> = chunk
-            .iter()
-            .map(|(rkey, resource_type, word)| {
-                let key = sql.bind(Bind::Int(*rkey));
-                let rtype = sql.bind(Bind::Text((*resource_type).to_owned()));
-                let text = sql.bind(Bind::Text(word.word.clone()));
-                let narrative = i32::from(word.narrative);
-                format!("({key}, {rtype}, {text}, {narrative})")
-            })
-            .collect();
-        sql.text = format!(
-            "INSERT INTO idx_word (rkey, rtype, word, narrative) VALUES {}",
-            values.join(", ")
+    for chunk in words.chunks(ROWS_PER_STATEMENT) {
+        statements.insert(
+            "idx_word",
+            "rkey, rtype, word, narrative",
+            chunk.iter().map(|(rkey, resource_type, word)| {
+                vec![
+                    Bind::Int(*rkey),
+                    Bind::Text((*resource_type).to_owned()),
+                    Bind::Text(word.word.clone()),
+                    Bind::Int(i64::from(word.narrative)),
+                ]
+            }),
         );
+    }
+    for sql in statements.finish() {
         sql.query().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Multi-row INSERTs, each a statement of its own, or (`combine`) gathered as data-modifying
+/// CTEs into statements of up to [`BINDS_PER_COMBINED_STATEMENT`] bind parameters.
+struct Statements {
+    combine: bool,
+    done: Vec<Sql>,
+    open: Sql,
+    ctes: Vec<String>,
+}
+
+impl Statements {
+    fn new(combine: bool) -> Statements {
+        Statements {
+            combine,
+            done: Vec::new(),
+            open: Sql::default(),
+            ctes: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, table: &str, columns: &str, rows: impl Iterator<Item = Vec<Bind>>) {
+        let rows: Vec<Vec<Bind>> = rows.collect();
+        let binds: usize = rows.iter().map(Vec::len).sum();
+        if !self.combine || self.open.binds.len() + binds > BINDS_PER_COMBINED_STATEMENT {
+            self.close();
+        }
+        let sql = &mut self.open;
+        let values: Vec<String> = rows
+            .into_iter()
+            .map(|row| {
+                let row: Vec<String> = row.into_iter().map(|b| sql.bind(b)).collect();
+                format!("({})", row.join(", "))
+            })
+            .collect();
+        let insert = format!(
+            "INSERT INTO {table} ({columns}) VALUES {}",
+            values.join(", ")
+        );
+        if self.combine {
+            self.ctes
+                .push(format!("i{} AS ({insert})", self.ctes.len()));
+        } else {
+            sql.text = insert;
+            self.close();
+        }
+    }
+
+    /// Completes the statement under construction, if any.
+    fn close(&mut self) {
+        let mut sql = std::mem::take(&mut self.open);
+        if self.combine {
+            if self.ctes.is_empty() {
+                return;
+            }
+            sql.text = format!("WITH {} SELECT 1", self.ctes.join(", "));
+            self.ctes.clear();
+        } else if sql.text.is_empty() {
+            return;
+        }
+        self.done.push(sql);
+    }
+
+    fn finish(mut self) -> Vec<Sql> {
+        self.close();
+        self.done
+    }
 }
 
 /// The values of an index row after its common columns.
