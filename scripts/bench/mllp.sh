@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # HL7 v2 over MLLP under load (BENCHMARKS.md, "HL7 v2 over MLLP"): a release gateway on a
 # fresh PostgreSQL database (fhir_bench_mllp, dropped after unless KEEP=1) with the embedded
-# chain, consent off, the MLLP listener on; a warm-up of 8 x 100 messages, then
+# chain, consent off, the MLLP listener on; a warm-up of 8 x 100 messages and VACUUM ANALYZE, then
 # scripts/bench/mllp_load.py over CONNECTIONS (8) connections x MESSAGES (1000) each. Prints
 # messages/s, ACK latency and the CPU time the gateway and its PostgreSQL backends spent per
 # message (from /proc, so the machine's other load does not move it).
-# PERF=1 records a call-graph profile of the gateway during the measured run
-# (target/bench-mllp/perf.data; `perf report -i ...`).
+# PG_OPTIONS sets PostgreSQL settings for the gateway's connections (e.g.
+# '-c synchronous_commit=off'). PERF=1 records a call-graph profile of the gateway during the measured run
+# of the whole machine (target/bench-mllp/perf.data; `perf report -i ... --sort comm,dso`).
 # Needs PostgreSQL on 127.0.0.1:5432 and npm ci (anvil, for the embedded chain).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,9 @@ cargo build --release --bin fhir-gateway
 mkdir -p $OUT
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_mllp WITH (FORCE)" -c "CREATE DATABASE fhir_bench_mllp"
 rm -rf "$OUT/gateway-data"
-env FHIR_GATEWAY_DATABASE__URL="$PG/fhir_bench_mllp" FHIR_GATEWAY_SERVER__PORT=$PORT \
+DB_URL="$PG/fhir_bench_mllp"
+[ -z "${PG_OPTIONS:-}" ] || DB_URL="$DB_URL?options=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$PG_OPTIONS")"
+env FHIR_GATEWAY_DATABASE__URL="$DB_URL" FHIR_GATEWAY_SERVER__PORT=$PORT \
   FHIR_GATEWAY_SERVER__BASE_URL="http://127.0.0.1:$PORT/fhir" FHIR_GATEWAY_SERVER__WORKERS=2 \
   FHIR_GATEWAY_DATABASE__DATA_DIR="$OUT/gateway-data" FHIR_GATEWAY_CONSENT__ENFORCE=false \
   FHIR_GATEWAY_MLLP__ENABLED=true FHIR_GATEWAY_MLLP__PORT=$MLLP_PORT FHIR_GATEWAY_LOG__FILTER=warn \
@@ -37,9 +40,12 @@ ticks() {  # CPU ticks (1/100 s) of the gateway and of its database's PostgreSQL
   echo "$g $p"
 }
 python3 scripts/bench/mllp_load.py 127.0.0.1 $MLLP_PORT "$CONNECTIONS" 100 >/dev/null
+# statistics and the warm-up's dead rows dealt with, as autovacuum does on a running server
+# (the development and CI machines' cluster runs with autovacuum = off)
+psql "$PG/fhir_bench_mllp" -qc "VACUUM ANALYZE"
 read -r g0 p0 < <(ticks)
 if [ -n "${PERF:-}" ]; then
-  perf record -F 499 -g -p $SERVER -o $OUT/perf.data 2>/dev/null &
+  perf record -F 499 -a -g -o $OUT/perf.data 2>/dev/null &
   PERF_PID=$!
 fi
 python3 scripts/bench/mllp_load.py 127.0.0.1 $MLLP_PORT "$CONNECTIONS" "$MESSAGES"
