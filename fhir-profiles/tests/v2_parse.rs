@@ -50,6 +50,16 @@ fn escape_sequences_are_decoded() {
 }
 
 #[test]
+fn the_truncation_escape_is_the_declared_truncation_character() {
+    // `#` unless MSH-2 declares a fifth character (v2.7 on)
+    let text = format!("{}\rPID|1||X1||LONGNAM\\P\\", msh(""));
+    assert_eq!(pid_name(text.as_bytes()), "LONGNAM#|");
+    let declared = format!("{}\rPID|1||X1||LONGNAM\\P\\", msh("")).replacen("^~\\&", "^~\\&!", 1);
+    assert!(declared.starts_with("MSH|^~\\&!|"), "{declared}");
+    assert_eq!(pid_name(declared.as_bytes()), "LONGNAM!|");
+}
+
+#[test]
 fn an_unterminated_escape_is_kept() {
     let text = format!("{}\rPID|1||X1||SMITH\\F^JOHN", msh(""));
     assert_eq!(pid_name(text.as_bytes()), "SMITH\\F|JOHN");

@@ -58,7 +58,17 @@ fn assert_valid(bundle: &Json) {
             "{}: {errors:?}",
             text(resource, "resourceType")
         );
-        assert!(text(entry, "fullUrl").starts_with("urn:uuid:"));
+        let url = text(entry, "fullUrl");
+        // a UUID of RFC 9562's version 8 (SHA-256 based), variant 10
+        let uuid = url.strip_prefix("urn:uuid:").expect("a urn:uuid");
+        let groups: Vec<&str> = uuid.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{url}"
+        );
+        assert!(groups[2].starts_with('8'), "{url}");
+        assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "{url}");
     }
 }
 

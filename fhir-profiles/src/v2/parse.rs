@@ -91,6 +91,9 @@ struct Delimiters {
     repetition: char,
     escape: Option<char>,
     subcomponent: char,
+    /// The truncation character (MSH-2's fifth, v2.7 on; `#` when not declared), which
+    /// `\P\` stands for.
+    truncation: char,
 }
 
 /// The MSH segment alone, its bytes read as UTF-8 with anything else replaced, whatever MSH-18
@@ -175,6 +178,7 @@ fn delimiters(header: &str) -> Result<Delimiters, V2Error> {
         repetition: encoding[1],
         escape: encoding.get(2).copied(),
         subcomponent: encoding.get(3).copied().unwrap_or('&'),
+        truncation: encoding.get(4).copied().unwrap_or('#'),
     })
 }
 
@@ -247,7 +251,7 @@ fn unescape(text: &str, d: &Delimiters) -> String {
             "T" => out.push(d.subcomponent),
             "R" => out.push(d.repetition),
             "E" => out.push(escape),
-            "P" => out.push('#'),
+            "P" => out.push(d.truncation),
             ".br" | ".sp" => out.push('\n'),
             s if s.starts_with('X') => {
                 let hex = &s[1..];

@@ -1604,7 +1604,8 @@ fn full_url(header: &Header, index: usize) -> String {
     let digest = hash.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x50; // version 5 layout (name-based, SHA)
+    // RFC 9562 version 8 (custom): name-based, but SHA-256 rather than version 5's SHA-1
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
