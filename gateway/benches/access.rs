@@ -147,6 +147,7 @@ fn consent(c: &mut Criterion) {
         async move {
             let body = gateway::resource::parse_json(json.as_bytes(), 64).expect("json");
             let t = gateway::resource::resource_type_of(&body).expect("a type");
+            let body = gateway::interaction::Checked::new(&ctx, body, &t).expect("valid");
             let mut tx = store.begin().await.expect("tx");
             let outcome =
                 gateway::interaction::create::create(&mut tx, &ctx, &operator, &t, body, None)
