@@ -849,6 +849,8 @@ struct Output<'a> {
     resource_type: String,
     content: String,
     count: usize,
+    /// When the lease was last renewed.
+    renewed_at: std::time::Instant,
 }
 
 impl Output<'_> {
@@ -868,20 +870,7 @@ impl Output<'_> {
             self.seq += 1;
         }
         let mut tx = self.store.begin().await?;
-        let now = Instant::now().millis();
-        let renewed = sqlx::query(
-            "UPDATE export_job SET lease_until = $1, progress = $2, updated_at = $3 \
-             WHERE id = $4 AND worker = $5 AND state = 'running'",
-        )
-        .bind(now + LEASE_MS)
-        .bind(progress)
-        .bind(now)
-        .bind(self.job)
-        .bind(self.worker)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let held = renewed > 0;
+        let held = self.renew(&mut tx, progress).await?;
         if held && count > 0 {
             sqlx::query(
                 "INSERT INTO export_file (job_id, seq, resource_type, count, content) \
@@ -897,6 +886,43 @@ impl Output<'_> {
         }
         tx.commit().await?;
         if held { Ok(()) } else { Err(Stop::Lost) }
+    }
+
+    /// Renews the lease alone once a third of it has passed since the last renewal: a type
+    /// whose pages come slowly (a selective `_typeFilter` over a large table) must not lose
+    /// its job between two files.
+    async fn keep_lease(&mut self, progress: &str) -> std::result::Result<(), Stop> {
+        if self.renewed_at.elapsed() < Duration::from_millis(LEASE_MS as u64 / 3) {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        let held = self.renew(&mut tx, progress).await?;
+        tx.commit().await?;
+        if held { Ok(()) } else { Err(Stop::Lost) }
+    }
+
+    /// Moves the lease's end on and records the progress; `false` if the job is no longer
+    /// this worker's.
+    async fn renew(
+        &mut self,
+        conn: &mut sqlx::AnyConnection,
+        progress: &str,
+    ) -> std::result::Result<bool, sqlx::Error> {
+        let now = Instant::now().millis();
+        let renewed = sqlx::query(
+            "UPDATE export_job SET lease_until = $1, progress = $2, updated_at = $3 \
+             WHERE id = $4 AND worker = $5 AND state = 'running'",
+        )
+        .bind(now + LEASE_MS)
+        .bind(progress)
+        .bind(now)
+        .bind(self.job)
+        .bind(self.worker)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        self.renewed_at = std::time::Instant::now();
+        Ok(renewed > 0)
     }
 }
 
@@ -979,6 +1005,7 @@ async fn export(
             resource_type: t.clone(),
             content: String::new(),
             count: 0,
+            renewed_at: std::time::Instant::now(),
         };
         let types = [t.clone()];
         let query = search_sql::Query {
@@ -996,10 +1023,11 @@ async fn export(
             for row in &page.rows {
                 output.push(&row.body);
             }
+            let progress = format!("{t}: {n} of {total} types done");
             if output.count >= FILE_RESOURCES {
-                output
-                    .flush(&format!("{t}: {n} of {total} types done"))
-                    .await?;
+                output.flush(&progress).await?;
+            } else {
+                output.keep_lease(&progress).await?;
             }
             match page.next {
                 Some(next) => cursor = Some(next),
