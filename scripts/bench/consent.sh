@@ -49,16 +49,8 @@ start() {  # start AUTH_REQUIRED CONSENT_ENFORCE
   until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
 }
 stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
-# CPU ticks (1/100 s) spent so far by the gateway and by the PostgreSQL backends of its
-# database: per request, a figure that other work on the machine does not move
-ticks() {
-  local g p=0 pid
-  g=$(awk '{print $14 + $15}' /proc/$SERVER/stat)
-  for pid in $(pgrep -f 'postgres: .*fhir_bench_consent'); do
-    p=$((p + $(awk '{print $14 + $15}' /proc/$pid/stat 2>/dev/null || echo 0)))
-  done
-  echo "$g $p"
-}
+source scripts/bench/lib.sh
+ticks() { cpu_ticks $SERVER fhir_bench_consent; }
 trap 'kill $SERVER $ANVIL 2>/dev/null || true' EXIT
 until curl -sf -X POST -H 'content-type: application/json' --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "http://127.0.0.1:$ANVIL_PORT" >/dev/null; do sleep 0.2; done
 TOKEN=$(env "${BASEENV[@]}" target/release/fhir-gateway token issue --scope 'system/*.rs' --lifetime-secs 7200)

@@ -31,14 +31,8 @@ env FHIR_GATEWAY_DATABASE__URL="$DB_URL" FHIR_GATEWAY_SERVER__PORT=$PORT \
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
-ticks() {  # CPU ticks (1/100 s) of the gateway and of its database's PostgreSQL backends
-  local g p=0 pid
-  g=$(awk '{print $14 + $15}' /proc/$SERVER/stat)
-  for pid in $(pgrep -f 'postgres: .*fhir_bench_mllp'); do
-    p=$((p + $(awk '{print $14 + $15}' /proc/$pid/stat 2>/dev/null || echo 0)))
-  done
-  echo "$g $p"
-}
+source scripts/bench/lib.sh
+ticks() { cpu_ticks $SERVER fhir_bench_mllp; }
 python3 scripts/bench/mllp_load.py 127.0.0.1 $MLLP_PORT "$CONNECTIONS" 100 >/dev/null
 # statistics and the warm-up's dead rows dealt with, as autovacuum does on a running server
 # (the development and CI machines' cluster runs with autovacuum = off)

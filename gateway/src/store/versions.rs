@@ -283,19 +283,7 @@ pub async fn write_version(
     .fetch_one(&mut *conn)
     .await?;
     log::insert_leaves(conn, &[(vkey, write.leaf)]).await?;
-    if write.body.is_some() {
-        index::insert(
-            conn,
-            &[index::Rows {
-                rkey,
-                resource_type: write.resource_type,
-                entries: write.index,
-                words: write.words,
-            }],
-        )
-        .await?;
-    }
-    Ok(())
+    insert_index(conn, rkey, write).await
 }
 
 /// [`write_version`] on PostgreSQL in two statements rather than one per table: the resource
@@ -352,19 +340,25 @@ async fn write_version_postgres(
     ));
     sql.text = format!("WITH {} SELECT rkey FROM v", ctes.join(", "));
     let rkey: i64 = sql.query().fetch_one(&mut *conn).await?.try_get(0)?;
-    if write.body.is_some() {
-        index::insert(
-            conn,
-            &[index::Rows {
-                rkey,
-                resource_type: write.resource_type,
-                entries: write.index,
-                words: write.words,
-            }],
-        )
-        .await?;
+    insert_index(conn, rkey, write).await
+}
+
+/// The index rows of a version that has a body (a deletion has none).
+async fn insert_index(
+    conn: &mut AnyConnection,
+    rkey: i64,
+    write: &VersionWrite<'_>,
+) -> Result<(), sqlx::Error> {
+    if write.body.is_none() {
+        return Ok(());
     }
-    Ok(())
+    let rows = index::Rows {
+        rkey,
+        resource_type: write.resource_type,
+        entries: write.index,
+        words: write.words,
+    };
+    index::insert(conn, &[rows]).await
 }
 
 /// Rows per multi-row INSERT of resources and versions (at most 6 bind parameters each).
