@@ -399,12 +399,5 @@ fn recorded_response(recorded: &str) -> Outcome {
     for response in responses {
         bundle.entry_with(None, None, &json!({"response": response}));
     }
-    Outcome {
-        status: 200,
-        location: None,
-        version: None,
-        last_modified: None,
-        body: crate::interaction::Body::Bundle(bundle.finish()),
-        issues: Vec::new(),
-    }
+    Outcome::bundle(bundle.finish())
 }

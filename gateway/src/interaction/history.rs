@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::search::Handling;
-use super::{Body, Context, Outcome};
+use super::{Context, Outcome};
 use crate::access::Access;
 use crate::auth::scopes::Permission;
 use crate::bundle::BundleWriter;
@@ -205,12 +205,5 @@ pub async fn history(
             .transpose()?;
         bundle.entry_with(Some(&url), body.as_deref(), &members);
     }
-    Ok(Outcome {
-        status: 200,
-        location: None,
-        version: None,
-        last_modified: None,
-        body: Body::Bundle(bundle.finish()),
-        issues: Vec::new(),
-    })
+    Ok(Outcome::bundle(bundle.finish()))
 }

@@ -86,6 +86,18 @@ impl Outcome {
         }
     }
 
+    /// A Bundle the server made (a search set, history, a transaction response): 200.
+    pub fn bundle(bundle: String) -> Outcome {
+        Outcome {
+            status: 200,
+            location: None,
+            version: None,
+            last_modified: None,
+            body: Body::Bundle(bundle),
+            issues: Vec::new(),
+        }
+    }
+
     /// A stored version as the answer to a read (200 with ETag and Last-Modified).
     pub fn version(stored: StoredVersion) -> Outcome {
         Outcome {

@@ -16,7 +16,7 @@ use fhir_profiles::search::{Registry, SearchParamType, SearchParameter};
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
-use super::{Body, Context, Outcome};
+use super::{Context, Outcome};
 use crate::access::Access;
 use crate::auth::scopes::Permission;
 use crate::bundle::BundleWriter;
@@ -801,14 +801,7 @@ pub async fn search(
         let total = sql::count(conn, &query).await?;
         bundle.total(total);
         bundle.link("self", &self_url);
-        return Ok(Outcome {
-            status: 200,
-            location: None,
-            version: None,
-            last_modified: None,
-            body: Body::Bundle(bundle.finish()),
-            issues: Vec::new(),
-        });
+        return Ok(Outcome::bundle(bundle.finish()));
     }
 
     let page = sql::page(conn, &query, request.cursor.as_ref(), request.count).await?;
@@ -860,14 +853,7 @@ pub async fn search(
         let outcome = json!({"resourceType": "OperationOutcome", "issue": issues});
         bundle.entry_json(None, &outcome, Some("outcome"));
     }
-    Ok(Outcome {
-        status: 200,
-        location: None,
-        version: None,
-        last_modified: None,
-        body: Body::Bundle(bundle.finish()),
-        issues: Vec::new(),
-    })
+    Ok(Outcome::bundle(bundle.finish()))
 }
 
 /// The most rounds of `:iterate` includes followed.

@@ -978,14 +978,7 @@ fn response_bundle(
             }
         }
     }
-    Outcome {
-        status: 200,
-        location: None,
-        version: None,
-        last_modified: None,
-        body: Body::Bundle(bundle.finish()),
-        issues: Vec::new(),
-    }
+    Outcome::bundle(bundle.finish())
 }
 
 #[cfg(test)]

@@ -160,7 +160,10 @@ async fn resource_body(
 ) -> Result<fhir_profiles::Json> {
     let body = read_resource_bytes(req, payload, state).await?;
     let max_depth = state.ctx.config.limits.max_json_depth;
-    off_worker_if_large(body.len(), move || resource::parse_json(&body, max_depth)).await
+    if body.len() < LARGE_BODY_BYTES {
+        return resource::parse_json(&body, max_depth);
+    }
+    on_blocking_pool(move || resource::parse_json(&body, max_depth)).await
 }
 
 /// The request's resource, parsed and checked for a write of `resource_type`
@@ -172,9 +175,16 @@ async fn checked_body(
     resource_type: &ResourceType,
 ) -> Result<Checked> {
     let body = read_resource_bytes(req, payload, state).await?;
+    let max_depth = state.ctx.config.limits.max_json_depth;
+    if body.len() < LARGE_BODY_BYTES {
+        return Checked::new(
+            &state.ctx,
+            resource::parse_json(&body, max_depth)?,
+            resource_type,
+        );
+    }
     let (ctx, resource_type) = (state.ctx.clone(), resource_type.clone());
-    let max_depth = ctx.config.limits.max_json_depth;
-    off_worker_if_large(body.len(), move || {
+    on_blocking_pool(move || {
         Checked::new(
             &ctx,
             resource::parse_json(&body, max_depth)?,
@@ -205,13 +215,9 @@ async fn read_resource_bytes(
 /// out meanwhile even if their next request is already waiting.
 const LARGE_BODY_BYTES: usize = 256 * 1024;
 
-async fn off_worker_if_large<T: Send + 'static>(
-    size: usize,
+async fn on_blocking_pool<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    if size < LARGE_BODY_BYTES {
-        return work();
-    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Internal(anyhow::anyhow!("checking a request body: {e}")))?
