@@ -612,6 +612,8 @@ impl FromRequest for Access {
                 access.consent = consent.gate(&access).await?;
                 access.consent_denied = consent.config().denied;
             }
+            // who asked, for the audit record of the request
+            req.extensions_mut().insert(crate::audit::Who::of(&access));
             if access.break_glass
                 && let Actor::User { id, .. } = &access.actor
             {

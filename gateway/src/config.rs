@@ -24,6 +24,17 @@ pub struct Config {
     pub auth: AuthConfig,
     pub consent: ConsentConfig,
     pub mllp: MllpConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit trail (the `[audit]` section, [`crate::audit`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Whether every interaction with the FHIR API is recorded as an AuditEvent before it is
+    /// answered. Only for measuring what auditing costs: off, the gateway breaks its promise
+    /// that every access is on record (it warns at start).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -423,6 +434,7 @@ impl Default for Config {
                 scopes: "system/*.cruds".to_owned(),
                 allowed_facilities: Vec::new(),
             },
+            audit: AuditConfig { enabled: true },
         }
     }
 }

@@ -253,9 +253,21 @@ impl ResponseError for Error {
         if let Error::Unavailable(_) = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, "5"));
         }
-        response
+        let outcome = self.operation_outcome();
+        let failure = outcome["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|issue| issue["diagnostics"].as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut response = response
             .content_type(crate::rest::format::FHIR_JSON)
-            .body(self.operation_outcome().to_string())
+            .body(outcome.to_string());
+        response
+            .extensions_mut()
+            .insert(crate::audit::Failure(failure));
+        response
     }
 }
 

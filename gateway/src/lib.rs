@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod anchoring;
+pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod cli;

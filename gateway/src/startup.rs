@@ -148,9 +148,20 @@ impl Application {
         fhir_profiles::search::Registry::r4();
         let workers = config.server.workers;
         let break_glass_store = store.clone();
+        let audit_log = config
+            .audit
+            .enabled
+            .then(|| crate::audit::AuditLog::spawn(store.clone(), state.ctx.clone()));
+        if audit_log.is_none() {
+            tracing::warn!(
+                "audit.enabled = false: interactions are served without an AuditEvent on record"
+            );
+        }
         let mut server = HttpServer::new(move || {
             let break_glass_store = break_glass_store.clone();
             let base_path = base_path.clone();
+            let audit_log = audit_log.clone();
+            let audit_base = base_path.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(auth.clone())
@@ -191,6 +202,62 @@ impl Application {
                                 tracing::error!(error = %format!("{error:#}"), "a break-the-glass access could not be recorded; not served");
                                 let refusal = crate::error::Error::Unavailable(
                                     "a break-the-glass access is served only once it is recorded, and recording it failed; retry".to_owned(),
+                                );
+                                let (req, _) = response.into_parts();
+                                Ok(actix_web::dev::ServiceResponse::new(
+                                    req,
+                                    actix_web::ResponseError::error_response(&refusal),
+                                )
+                                .map_into_right_body())
+                            }
+                        }
+                    }
+                })
+                .wrap_fn(move |req, srv| {
+                    // every interaction with the FHIR API is recorded (crate::audit) before
+                    // its response goes out, or it is not served
+                    let audit = audit_log.clone();
+                    let route = req.match_pattern().unwrap_or_default();
+                    let interaction = route
+                        .strip_prefix(audit_base.as_str())
+                        .filter(|_| req.path().starts_with(audit_base.as_str()))
+                        .and_then(|route| {
+                            crate::audit::Interaction::of(req.method().as_str(), route, req.path())
+                        });
+                    let query = interaction
+                        .as_ref()
+                        .filter(|i| matches!(i, crate::audit::Interaction::Rest(code) if code.starts_with("search")))
+                        .map(|_| req.query_string().to_owned())
+                        .filter(|q| !q.is_empty());
+                    let address = req.peer_addr().map(|a| a.ip().to_string());
+                    let requested = crate::audit::requested(&route, req.path());
+                    let response = srv.call(req);
+                    async move {
+                        let response = response.await?;
+                        let (Some(interaction), Some(audit)) = (interaction, audit) else {
+                            return Ok(response.map_into_left_body());
+                        };
+                        let record = crate::audit::Record {
+                            recorded: crate::model::Instant::now(),
+                            interaction,
+                            status: response.status().as_u16(),
+                            failure: response.response().extensions().get::<crate::audit::Failure>().map(|f| f.0.clone()),
+                            who: response.request().extensions().get::<crate::audit::Who>().cloned(),
+                            touched: response
+                                .response()
+                                .extensions()
+                                .get::<crate::audit::TouchedList>()
+                                .map(|t| t.0.clone())
+                                .unwrap_or_else(|| requested.into_iter().collect()),
+                            query,
+                            address,
+                        };
+                        match audit.record(record).await {
+                            Ok(()) => Ok(response.map_into_left_body()),
+                            Err(error) => {
+                                tracing::error!(error = %format!("{error:#}"), "an interaction's audit record could not be stored; not served");
+                                let refusal = crate::error::Error::Unavailable(
+                                    "the interaction is served only once its audit record is stored, and storing it failed; retry".to_owned(),
                                 );
                                 let (req, _) = response.into_parts();
                                 Ok(actix_web::dev::ServiceResponse::new(

@@ -23,6 +23,7 @@ pub async fn create(
     checked: Checked,
     if_none_exist: Option<&str>,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "create")?;
     access.allowed(Permission::Create, resource_type.as_str())?;
     let Checked { body, issues } = checked;
     if let Some(criteria) = if_none_exist {

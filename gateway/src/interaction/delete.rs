@@ -21,6 +21,7 @@ pub async fn delete(
     resource_type: &ResourceType,
     id: &ResourceId,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "delete")?;
     access.allowed(Permission::Delete, resource_type.as_str())?;
     let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
     let Some(current) = current.filter(|c| !c.deleted) else {
@@ -51,6 +52,11 @@ pub async fn delete(
             "deleted {resource_type}/{id} (version {version})"
         ))),
         issues: Vec::new(),
+        touched: vec![crate::audit::Touched::version(
+            resource_type.as_str(),
+            id.as_str(),
+            version,
+        )],
     })
 }
 
@@ -99,6 +105,7 @@ pub async fn conditional_delete(
     resource_type: &ResourceType,
     criteria: &str,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "delete")?;
     access.allowed(Permission::Delete, resource_type.as_str())?;
     let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
     match matches.as_slice() {

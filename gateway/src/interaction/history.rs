@@ -205,5 +205,8 @@ pub async fn history(
             .transpose()?;
         bundle.entry_with(Some(&url), body.as_deref(), &members);
     }
-    Ok(Outcome::bundle(bundle.finish()))
+    let touched = versions.iter().map(|version| {
+        crate::audit::Touched::version(&version.resource_type, &version.id, version.version_id)
+    });
+    Ok(Outcome::bundle(bundle.finish()).touching(touched))
 }

@@ -22,6 +22,7 @@ use fhir_profiles::text::{Word, resource_words};
 use fhir_profiles::validate::Issue;
 use sqlx::AnyConnection;
 
+use crate::audit::Touched;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
@@ -72,6 +73,9 @@ pub struct Outcome {
     /// `resource::validate`), shown when the client asks for an OperationOutcome and in
     /// Bundle `entry.response.outcome`.
     pub issues: Vec<Issue>,
+    /// The resources the interaction read or wrote, for its audit record
+    /// ([`crate::audit`]).
+    pub touched: Vec<Touched>,
 }
 
 impl Outcome {
@@ -83,6 +87,7 @@ impl Outcome {
             last_modified: None,
             body: Body::Json(body),
             issues: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -95,6 +100,7 @@ impl Outcome {
             last_modified: None,
             body: Body::Bundle(bundle),
             issues: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -105,9 +111,20 @@ impl Outcome {
             location: None,
             version: Some(stored.version_id),
             last_modified: Some(stored.last_updated),
+            touched: vec![Touched::version(
+                &stored.resource_type,
+                &stored.id,
+                stored.version_id,
+            )],
             body: stored.body.map_or(Body::None, Body::Resource),
             issues: Vec::new(),
         }
+    }
+
+    /// This outcome, recording that it touched `touched` too.
+    pub fn touching(mut self, touched: impl IntoIterator<Item = Touched>) -> Outcome {
+        self.touched.extend(touched);
+        self
     }
 
     /// This outcome with the issues found while checking the resource.
@@ -204,6 +221,11 @@ impl PreparedVersion {
             )),
             version: Some(self.version),
             last_modified: Some(self.last_updated),
+            touched: vec![Touched::version(
+                self.resource_type.as_str(),
+                self.id.as_str(),
+                self.version,
+            )],
             body: Body::Resource(self.text),
             issues: Vec::new(),
         }

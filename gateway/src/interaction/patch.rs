@@ -71,6 +71,7 @@ pub async fn patch(
     document: &PatchDocument,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "patch")?;
     let found =
         store::current_with_body_for_update(conn, resource_type.as_str(), id.as_str()).await?;
     let Some((current, stored)) = found else {
@@ -171,6 +172,7 @@ pub async fn conditional_patch(
     document: &PatchDocument,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "patch")?;
     access.allowed(Permission::Update, resource_type.as_str())?;
     let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
     match matches.as_slice() {

@@ -163,7 +163,9 @@ pub async fn proof(
         _ => None,
     };
     let body = parameters(resource_type, id, &leaf, path.as_ref());
-    Ok(Outcome::json(200, body))
+    let touched =
+        crate::audit::Touched::version(resource_type.as_str(), id.as_str(), leaf.version_id);
+    Ok(Outcome::json(200, body).touching([touched]))
 }
 
 /// The Parameters of a proof, part by part as the README documents them.

@@ -853,7 +853,12 @@ pub async fn search(
         let outcome = json!({"resourceType": "OperationOutcome", "issue": issues});
         bundle.entry_json(None, &outcome, Some("outcome"));
     }
-    Ok(Outcome::bundle(bundle.finish()))
+    let touched = page
+        .rows
+        .iter()
+        .chain(&included)
+        .map(|row| crate::audit::Touched::row(&row.resource_type, &row.id, row.version_id));
+    Ok(Outcome::bundle(bundle.finish()).touching(touched))
 }
 
 /// The most rounds of `:iterate` includes followed.

@@ -950,9 +950,11 @@ fn response_bundle(
     preference: ReturnPreference,
 ) -> Outcome {
     let mut bundle = BundleWriter::new(bundle_type);
+    let mut touched = Vec::new();
     for (_, result) in responses {
         match result {
             Ok(outcome) => {
+                touched.extend(outcome.touched.iter().cloned());
                 let mut response = entry_response(&outcome);
                 let resource: Option<String> = match (&outcome.body, preference) {
                     (Body::Resource(text), ReturnPreference::Representation) => Some(text.clone()),
@@ -978,7 +980,7 @@ fn response_bundle(
             }
         }
     }
-    Outcome::bundle(bundle.finish())
+    Outcome::bundle(bundle.finish()).touching(touched)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub async fn update(
     checked: Checked,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "update")?;
     let Checked { body, issues } = checked;
     match resource::id_of(&body) {
         Some(body_id) if body_id == id.as_str() => {}
@@ -113,6 +114,7 @@ pub async fn conditional_update(
     checked: Checked,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
+    crate::audit::refuse_client_write(resource_type, "update")?;
     let Checked { body, issues } = checked;
     store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
     let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;

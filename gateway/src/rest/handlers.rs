@@ -174,6 +174,7 @@ async fn checked_body(
     state: &AppState,
     resource_type: &ResourceType,
 ) -> Result<Checked> {
+    crate::audit::refuse_client_write(resource_type, "write")?;
     let body = read_resource_bytes(req, payload, state).await?;
     let max_depth = state.ctx.config.limits.max_json_depth;
     if body.len() < LARGE_BODY_BYTES {
@@ -257,7 +258,11 @@ fn not_modified_response(outcome: &Outcome) -> HttpResponse {
     if let Some(version) = outcome.version {
         response.insert_header((actix_web::http::header::ETAG, version.etag()));
     }
-    response.finish()
+    let mut response = response.finish();
+    response
+        .extensions_mut()
+        .insert(crate::audit::TouchedList(outcome.touched.clone()));
+    response
 }
 
 /// `GET [base]/[type]/[id]/_history/[vid]` (vread)

@@ -122,7 +122,20 @@ pub(crate) fn not_modified(req: &HttpRequest, outcome: &Outcome) -> bool {
 }
 
 /// Turns an outcome into a response, applying `Prefer: return=` to resource bodies.
-pub(crate) fn respond(outcome: Outcome, preference: ReturnPreference) -> HttpResponse {
+/// The resources it touched go with the response to the audit middleware
+/// ([`crate::audit::Touched`]).
+pub(crate) fn respond(mut outcome: Outcome, preference: ReturnPreference) -> HttpResponse {
+    let touched = std::mem::take(&mut outcome.touched);
+    let mut response = respond_untracked(outcome, preference);
+    if !touched.is_empty() {
+        response
+            .extensions_mut()
+            .insert(crate::audit::TouchedList(touched));
+    }
+    response
+}
+
+fn respond_untracked(outcome: Outcome, preference: ReturnPreference) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(outcome.status)
         .unwrap_or(actix_web::http::StatusCode::OK);
     let mut response = HttpResponse::build(status);

@@ -1052,6 +1052,8 @@ pub struct MatchRow {
     pub rkey: i64,
     pub resource_type: String,
     pub id: String,
+    /// The version served (for the audit record of the search).
+    pub version_id: i64,
     pub body: String,
 }
 
@@ -1166,6 +1168,7 @@ pub async fn page(
             rkey: row.try_get("rkey")?,
             resource_type: row.try_get("resource_type")?,
             id: row.try_get("id")?,
+            version_id: row.try_get("version_id")?,
             body: row.try_get("body")?,
         });
     }
@@ -1258,7 +1261,7 @@ pub async fn included(
         .unwrap_or_default();
     let allowed = allowed_condition(&mut sql, allowed, target_type, base_url)?;
     sql.text = format!(
-        "SELECT r.rkey, r.resource_type, r.id, v.body FROM resource r JOIN resource_version v \
+        "SELECT r.rkey, r.resource_type, r.id, r.version_id, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x \
          WHERE x.rkey IN ({}) AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id){allowed}",
         keys.join(", ")
@@ -1298,7 +1301,7 @@ pub async fn rev_included(
     }
     let allowed = allowed_condition(&mut sql, allowed, Some(source_type), base_url)?;
     sql.text = format!(
-        "SELECT r.rkey, r.resource_type, r.id, v.body FROM resource r JOIN resource_version v \
+        "SELECT r.rkey, r.resource_type, r.id, r.version_id, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND r.resource_type = {st} AND r.rkey IN \
          (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({})){allowed}",
         alternatives.join(" OR ")
@@ -1349,6 +1352,7 @@ fn rows_to_matches(rows: &[sqlx::any::AnyRow]) -> Result<Vec<MatchRow>> {
                 rkey: row.try_get("rkey")?,
                 resource_type: row.try_get("resource_type")?,
                 id: row.try_get("id")?,
+                version_id: row.try_get("version_id")?,
                 body: row.try_get("body")?,
             })
         })

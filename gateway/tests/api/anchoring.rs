@@ -451,6 +451,9 @@ fn start_gateway(
         .env("FHIR_GATEWAY_AUTH__REQUIRED", "false")
         // anchoring only: no consent registry to follow (tests/api/consent.rs has those)
         .env("FHIR_GATEWAY_CONSENT__ENFORCE", "false")
+        // the test counts the log's leaves: only the writes it makes (tests/api/audit.rs
+        // has the audit trail)
+        .env("FHIR_GATEWAY_AUDIT__ENABLED", "false")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
         .env("FHIR_GATEWAY_DATABASE__SQLITE_SYNCHRONOUS", "normal")
         .env("FHIR_GATEWAY_LEDGER__INTERVAL_MS", "10")

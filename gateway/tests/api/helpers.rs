@@ -70,6 +70,9 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     config.auth.required = false;
     // no on-chain consent unless a test asks for it (tests/api/consent.rs)
     config.consent.enforce = false;
+    // no audit trail unless a test asks for it (tests/api/audit.rs): many tests count what
+    // the log, a history or a compartment holds, and every request would add an AuditEvent
+    config.audit.enabled = false;
     if let Db::Postgres = db {
         config.database.url = Some(new_postgres_database().await.into());
     }

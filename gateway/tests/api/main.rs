@@ -8,6 +8,7 @@ mod helpers;
 mod access;
 mod anchoring;
 mod approval;
+mod audit;
 mod auth;
 mod authorize;
 mod binding;

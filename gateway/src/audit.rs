@@ -1,0 +1,807 @@
+//! The audit trail (issue 7; PRODUCT.md promise 7): an `AuditEvent` for every interaction
+//! with the FHIR API, stored as a resource like any other, so that each is a leaf of the
+//! anchored log and `$proof` proves it was neither changed nor removed.
+//!
+//! - **What is recorded**, after IHE Basic Audit Log Patterns (BALP): the interaction
+//!   (`subtype`, a FHIR restful-interaction code or the operation's name, and `action`), when,
+//!   the outcome (with the OperationOutcome's text when it failed), the user and the app as
+//!   agents (the requestor first), the gateway as the source, the purpose of use (flagged
+//!   `BTG` for break-the-glass), an entity for every resource read or written (by id and
+//!   version, a search's matches and includes among them), one for every patient whose
+//!   compartment holds them, and a search's query. For a decision consent made
+//!   ([`crate::consent::Gate::Grants`]), the basis: the chain block whose state the index
+//!   held and, per patient, the grants (`ConsentRegistry` ids) that covered the access.
+//! - **Durable before the answer**: the middleware ([`crate::startup`]) hands each record to
+//!   the [`AuditLog`], a group-commit writer that stores whatever has queued up in one
+//!   transaction and only then lets the responses go out. An interaction whose record cannot
+//!   be stored is answered 503, not served (fail closed). A crash loses only requests that
+//!   were never answered.
+//! - **Written by the gateway only**: clients cannot create, update, patch or delete an
+//!   AuditEvent (405, [`refuse_client_write`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Row as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::access::{Access, Actor};
+use crate::consent::Gate;
+use crate::error::{Error, Result};
+use crate::interaction::{Context, Method, PreparedVersion, store_new_versions};
+use crate::model::{Instant, ResourceId, ResourceType, VersionId};
+use crate::store::Store;
+
+/// The resource type of audit records.
+pub const AUDIT_EVENT: &str = "AuditEvent";
+
+/// Most records stored in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Pairs (type, id) per statement when looking up the patients of touched resources.
+const PAIRS_PER_LOOKUP: usize = 250;
+
+/// A resource an interaction read or wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub resource_type: String,
+    pub id: String,
+    pub version: Option<i64>,
+}
+
+impl Touched {
+    pub fn version(resource_type: &str, id: &str, version: VersionId) -> Touched {
+        Touched::row(resource_type, id, version.get())
+    }
+
+    pub fn row(resource_type: &str, id: &str, version: i64) -> Touched {
+        Touched {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version: Some(version),
+        }
+    }
+}
+
+/// The resources a response served or wrote (a response extension set by
+/// [`crate::rest::respond`], read by the audit middleware).
+#[derive(Debug, Clone)]
+pub struct TouchedList(pub Vec<Touched>);
+
+/// What went wrong, as the client was told (a response extension set by the error
+/// response).
+#[derive(Debug, Clone)]
+pub struct Failure(pub String);
+
+/// Who made a request (a request extension set by the [`Access`] extractor).
+#[derive(Debug, Clone)]
+pub struct Who {
+    actor: Actor,
+    client_id: Option<String>,
+    jti: Option<String>,
+    purpose_of_use: String,
+    break_glass: bool,
+    /// For a consent-gated request: the grantee ids it acts as, the index's block and the
+    /// last block whose grants counted.
+    consent: Option<ConsentBasis>,
+}
+
+#[derive(Debug, Clone)]
+struct ConsentBasis {
+    grantees: Vec<String>,
+    block: i64,
+    confirmed_through: i64,
+    now_secs: i64,
+}
+
+impl Who {
+    pub fn of(access: &Access) -> Who {
+        Who {
+            actor: access.actor.clone(),
+            client_id: access.client_id.clone(),
+            jti: access.jti.clone(),
+            purpose_of_use: access.purpose_of_use.clone(),
+            break_glass: access.break_glass,
+            consent: match &access.consent {
+                Gate::Grants(grants) => Some(ConsentBasis {
+                    grantees: grants.grantees.clone(),
+                    block: grants.block,
+                    confirmed_through: grants.confirmed_through,
+                    now_secs: grants.now_secs,
+                }),
+                Gate::Open | Gate::Stale(_) => None,
+            },
+        }
+    }
+}
+
+/// One interaction to record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub recorded: Instant,
+    /// The interaction: a restful-interaction code, or an operation's name (`$export`).
+    pub interaction: Interaction,
+    pub status: u16,
+    /// The OperationOutcome's text, when the interaction failed.
+    pub failure: Option<String>,
+    /// `None` when the request was refused before its token was accepted.
+    pub who: Option<Who>,
+    pub touched: Vec<Touched>,
+    /// A search's query string (`entity.query`).
+    pub query: Option<String>,
+    /// The client's network address.
+    pub address: Option<String>,
+}
+
+/// What kind of interaction a request was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    /// A FHIR restful interaction (`read`, `search-type`, `create`, ...).
+    Rest(&'static str),
+    /// An operation (`$export`, `$proof`, ...).
+    Operation(String),
+}
+
+impl Interaction {
+    /// The interaction of a request to the FHIR API, from its method and route pattern
+    /// (relative to the FHIR base); `None` for what is not audited (`metadata`, CORS
+    /// preflight).
+    pub fn of(method: &str, route: &str, path: &str) -> Option<Interaction> {
+        use Interaction::{Operation, Rest};
+        if method == "OPTIONS" {
+            return None;
+        }
+        let segments: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
+        if let Some(operation) = path.rsplit('/').next().filter(|last| last.starts_with('$')) {
+            return Some(Operation(operation.to_owned()));
+        }
+        Some(match (method, segments.as_slice()) {
+            (_, ["metadata"]) => return None,
+            ("GET", []) | ("POST", ["_search"]) => Rest("search-system"),
+            ("POST", []) => Rest("batch"),
+            ("GET", ["_history"]) => Rest("history-system"),
+            ("GET", ["{type}"]) | ("POST", ["{type}", "_search"]) => Rest("search-type"),
+            ("GET", ["{type}", "_history"]) => Rest("history-type"),
+            ("GET", ["{type}", "{id}"]) => Rest("read"),
+            ("GET", ["{type}", "{id}", "_history"]) => Rest("history-instance"),
+            ("GET", ["{type}", "{id}", "_history", "{vid}"]) => Rest("vread"),
+            ("GET", ["{type}", "{id}", "{compartment_type}"]) => Rest("search-type"),
+            ("POST", ["{type}"]) => Rest("create"),
+            ("PUT", _) => Rest("update"),
+            ("PATCH", _) => Rest("patch"),
+            ("DELETE", _) => Rest("delete"),
+            _ => Rest("operation"),
+        })
+    }
+
+    /// The BALP `action`: C, R, U, D or E (execute: searches, operations, Bundles).
+    fn action(&self) -> &'static str {
+        match self {
+            Interaction::Rest("create") => "C",
+            Interaction::Rest("read" | "vread" | "history-instance" | "history-type")
+            | Interaction::Rest("history-system") => "R",
+            Interaction::Rest("update" | "patch") => "U",
+            Interaction::Rest("delete") => "D",
+            _ => "E",
+        }
+    }
+}
+
+/// The resource an instance-level request names (`{type}/{id}...` after the FHIR base), for
+/// the record of a request that failed before touching it.
+pub fn requested(route: &str, path: &str) -> Option<Touched> {
+    let route: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
+    let path: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // a pattern's variables are whole segments, so the two line up
+    let at = route.iter().position(|s| *s == "{type}")?;
+    let (resource_type, id) = (path.get(at)?, path.get(at + 1)?);
+    (route.get(at + 1) == Some(&"{id}")).then(|| Touched {
+        resource_type: (*resource_type).to_owned(),
+        id: (*id).to_owned(),
+        version: None,
+    })
+}
+
+/// Refuses a client's write of an AuditEvent: the trail is the gateway's own.
+pub fn refuse_client_write(resource_type: &ResourceType, verb: &str) -> Result<()> {
+    if resource_type.as_str() == AUDIT_EVENT {
+        return Err(Error::MethodNotAllowed(format!(
+            "AuditEvents are written by the gateway alone, one for every access; no client may {verb} one"
+        )));
+    }
+    Ok(())
+}
+
+/// The group-commit writer of audit records (module documentation).
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    sender: mpsc::Sender<Job>,
+}
+
+#[derive(Debug)]
+struct Job {
+    record: Record,
+    done: oneshot::Sender<std::result::Result<(), String>>,
+}
+
+impl AuditLog {
+    /// Starts the writer on the current runtime; it stops when every [`AuditLog`] is dropped.
+    pub fn spawn(store: Store, ctx: Context) -> AuditLog {
+        let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_batches(store, ctx, receiver));
+        AuditLog { sender }
+    }
+
+    /// Stores `record`; returns once it is committed.
+    pub async fn record(&self, record: Record) -> anyhow::Result<()> {
+        let (done, stored) = oneshot::channel();
+        self.sender
+            .send(Job { record, done })
+            .await
+            .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
+        stored
+            .await
+            .map_err(|_| anyhow::anyhow!("the audit writer stopped before storing the record"))?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+async fn write_batches(store: Store, ctx: Context, mut receiver: mpsc::Receiver<Job>) {
+    while let Some(first) = receiver.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<&Record> = jobs.iter().map(|job| &job.record).collect();
+        let result = store_records(&store, &ctx, &records)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        if let Err(error) = &result {
+            tracing::error!(error = %error, records = jobs.len(), "audit records could not be stored");
+        }
+        for job in jobs {
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+/// Stores `records` as AuditEvents in one transaction.
+pub async fn store_records(
+    store: &Store,
+    ctx: &Context,
+    records: &[&Record],
+) -> anyhow::Result<()> {
+    let mut tx = store.begin().await?;
+    let touched: Vec<&Touched> = records.iter().flat_map(|r| &r.touched).collect();
+    let patients = patients_of(&mut tx, &touched).await?;
+    let grants = grants_of(&mut tx, records, &patients).await?;
+    let audit_event = ResourceType::parse(AUDIT_EVENT)?;
+    let mut prepared = Vec::with_capacity(records.len());
+    for record in records {
+        let event = audit_event_of(record, &patients, &grants, &ctx.base_url);
+        let body = crate::resource::parse_json(event.to_string().as_bytes(), usize::MAX)?;
+        prepared.push(PreparedVersion::new(
+            &audit_event,
+            &ResourceId::generate(),
+            None,
+            body,
+            Method::Post,
+        )?);
+    }
+    store_new_versions(&mut tx, &prepared).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `(type, id)` → the patients whose compartment holds it.
+type Patients = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// The patients of each touched resource: a Patient is its own; a resource of a
+/// compartment type is in the compartment of the Patients its compartment parameters
+/// reference (as its current index rows have them).
+async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::Result<Patients> {
+    let mut patients = Patients::new();
+    let mut lookup: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for t in touched {
+        if t.resource_type == "Patient" {
+            patients
+                .entry((t.resource_type.clone(), t.id.clone()))
+                .or_default()
+                .insert(t.id.clone());
+        } else if !fhir_profiles::compartment::patient_compartment_params(&t.resource_type)
+            .is_empty()
+        {
+            lookup.insert((&t.resource_type, &t.id));
+        }
+    }
+    let lookup: Vec<(&str, &str)> = lookup.into_iter().collect();
+    for chunk in lookup.chunks(PAIRS_PER_LOOKUP) {
+        let pairs: Vec<String> = (0..chunk.len())
+            .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
+            .collect();
+        // audited: only placeholders are formatted in
+        let sql = format!(
+            "SELECT r.resource_type, r.id, x.param, x.target_id FROM resource r \
+             JOIN idx_reference x ON x.rkey = r.rkey \
+             WHERE x.target_type = 'Patient' AND (r.resource_type, r.id) IN ({})",
+            pairs.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (resource_type, id) in chunk {
+            query = query.bind(*resource_type).bind(*id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let resource_type: String = row.try_get("resource_type")?;
+            let param: String = row.try_get("param")?;
+            let params = fhir_profiles::compartment::patient_compartment_params(&resource_type);
+            if !params.contains(&param) {
+                continue;
+            }
+            let Some(patient) = row.try_get::<Option<String>, _>("target_id")? else {
+                continue;
+            };
+            patients
+                .entry((resource_type, row.try_get("id")?))
+                .or_default()
+                .insert(patient);
+        }
+    }
+    Ok(patients)
+}
+
+/// One row of `consent_access`: a grant covering a patient's data of a type (or `*`).
+#[derive(Debug, Clone)]
+struct GrantRow {
+    patient_id: String,
+    grantee: String,
+    purpose: String,
+    resource_type: String,
+    grant_id: i64,
+    granted_block: i64,
+    expires_at: i64,
+}
+
+/// The grants of the patients touched by consent-gated records.
+async fn grants_of(
+    conn: &mut AnyConnection,
+    records: &[&Record],
+    patients: &Patients,
+) -> anyhow::Result<Vec<GrantRow>> {
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+    for record in records {
+        if record.who.as_ref().is_some_and(|w| w.consent.is_some()) {
+            for t in &record.touched {
+                if let Some(ids) = patients.get(&(t.resource_type.clone(), t.id.clone())) {
+                    wanted.extend(ids.iter().map(String::as_str));
+                }
+            }
+        }
+    }
+    let wanted: Vec<&str> = wanted.into_iter().collect();
+    let mut rows = Vec::new();
+    for chunk in wanted.chunks(PAIRS_PER_LOOKUP) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        // audited: only placeholders are formatted in
+        let sql = format!(
+            "SELECT patient_id, grantee, purpose, resource_type, grant_id, granted_block, expires_at \
+             FROM consent_access WHERE patient_id IN ({}) ORDER BY grant_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            rows.push(GrantRow {
+                patient_id: row.try_get("patient_id")?,
+                grantee: row.try_get("grantee")?,
+                purpose: row.try_get("purpose")?,
+                resource_type: row.try_get("resource_type")?,
+                grant_id: row.try_get("grant_id")?,
+                granted_block: row.try_get("granted_block")?,
+                expires_at: row.try_get("expires_at")?,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+/// The extension carrying a consent decision's basis (documented in README, "Audit").
+pub const CONSENT_BASIS_EXTENSION: &str = "urn:fhir-gateway:consent-basis";
+
+/// The AuditEvent of `record` (BALP's RESTful patterns; module documentation).
+fn audit_event_of(
+    record: &Record,
+    patients: &Patients,
+    grants: &[GrantRow],
+    base_url: &str,
+) -> Value {
+    let (subtype_system, subtype_code) = match &record.interaction {
+        Interaction::Rest(code) => (
+            "http://hl7.org/fhir/restful-interaction",
+            (*code).to_owned(),
+        ),
+        Interaction::Operation(name) => (
+            "urn:ietf:rfc:3986",
+            format!(
+                "{base_url}/OperationDefinition/{}",
+                name.trim_start_matches('$')
+            ),
+        ),
+    };
+    let (outcome, description) = match record.status {
+        200..=399 => ("0", None),
+        400..=499 => (
+            "4",
+            record
+                .failure
+                .clone()
+                .or_else(|| Some(format!("refused ({})", record.status))),
+        ),
+        _ => (
+            "8",
+            record
+                .failure
+                .clone()
+                .or_else(|| Some(format!("failed ({})", record.status))),
+        ),
+    };
+    let mut event = json!({
+        "resourceType": AUDIT_EVENT,
+        "type": {"system": DCM, "code": "110112", "display": "Query"},
+        "subtype": [{"system": subtype_system, "code": subtype_code}],
+        "action": record.interaction.action(),
+        "recorded": record.recorded.to_fhir(),
+        "outcome": outcome,
+        "source": {
+            "observer": {"display": format!("FHIR gateway at {base_url}")},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+        },
+    });
+    if matches!(record.interaction, Interaction::Rest(code) if !code.starts_with("search")) {
+        event["type"] = json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"});
+    }
+    if let Some(description) = description {
+        event["outcomeDesc"] = json!(description);
+    }
+    let who = record.who.as_ref();
+    if let Some(who) = who {
+        let mut purpose =
+            vec![json!({"coding": [{"system": ACT_REASON, "code": who.purpose_of_use}]})];
+        if who.break_glass {
+            purpose.push(json!({"coding": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]}));
+        }
+        event["purposeOfEvent"] = json!(purpose);
+    }
+    event["agent"] = json!(agents(record, who));
+    let mut entities = Vec::new();
+    let mut record_patients: BTreeSet<&str> = BTreeSet::new();
+    for t in &record.touched {
+        let reference = match t.version {
+            Some(v) => format!("{}/{}/_history/{v}", t.resource_type, t.id),
+            None => format!("{}/{}", t.resource_type, t.id),
+        };
+        entities.push(json!({
+            "what": {"reference": reference},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"},
+        }));
+        if let Some(ids) = patients.get(&(t.resource_type.clone(), t.id.clone())) {
+            record_patients.extend(ids.iter().map(String::as_str));
+        }
+    }
+    let basis = who.and_then(|w| w.consent.as_ref());
+    for patient in &record_patients {
+        let mut entity = json!({
+            "what": {"reference": format!("Patient/{patient}")},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+        });
+        if let (Some(basis), Some(who)) = (basis, who) {
+            let own = matches!(&who.actor, Actor::User { fhir_user: Some(u), .. } if u == &format!("Patient/{patient}"));
+            let types: BTreeSet<&str> = record
+                .touched
+                .iter()
+                .filter(|t| {
+                    patients
+                        .get(&(t.resource_type.clone(), t.id.clone()))
+                        .is_some_and(|p| p.contains(*patient))
+                })
+                .map(|t| t.resource_type.as_str())
+                .collect();
+            let covering: BTreeSet<i64> = grants
+                .iter()
+                .filter(|g| {
+                    g.patient_id == *patient
+                        && basis.grantees.contains(&g.grantee)
+                        && g.purpose == who.purpose_of_use
+                        && (g.resource_type == "*" || types.contains(g.resource_type.as_str()))
+                        && g.granted_block <= basis.confirmed_through
+                        && (g.expires_at == 0 || g.expires_at > basis.now_secs)
+                })
+                .map(|g| g.grant_id)
+                .collect();
+            let mut detail =
+                vec![json!({"type": "consentBlock", "valueString": basis.block.to_string()})];
+            if own {
+                detail.push(json!({"type": "consentBasis", "valueString": "own record"}));
+            }
+            for grant in &covering {
+                detail.push(json!({"type": "consentGrant", "valueString": grant.to_string()}));
+            }
+            entity["detail"] = json!(detail);
+        }
+        entities.push(entity);
+    }
+    if let Some(query) = &record.query {
+        use base64::Engine as _;
+        entities.push(json!({
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+            "query": base64::engine::general_purpose::STANDARD.encode(query),
+        }));
+    }
+    if !entities.is_empty() {
+        event["entity"] = json!(entities);
+    }
+    if let Some(basis) = basis {
+        event["extension"] = json!([{
+            "url": CONSENT_BASIS_EXTENSION,
+            "extension": [
+                {"url": "block", "valueString": basis.block.to_string()},
+                {"url": "confirmedThrough", "valueString": basis.confirmed_through.to_string()},
+            ],
+        }]);
+    }
+    event
+}
+
+/// The agents: the user (the requestor) and the app, or the app alone (Backend Services),
+/// or the operator; and the client's network address.
+fn agents(record: &Record, who: Option<&Who>) -> Vec<Value> {
+    let network = record
+        .address
+        .as_ref()
+        .map(|address| json!({"address": address, "type": "2"}));
+    let mut agents = Vec::new();
+    let app = |requestor: bool| {
+        who.and_then(|w| w.client_id.as_ref()).map(|client| {
+            let mut agent = json!({
+                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                "who": {"identifier": {"system": "urn:fhir-gateway:client", "value": client}},
+                "requestor": requestor,
+            });
+            if let Some(jti) = who.and_then(|w| w.jti.as_ref()) {
+                agent["policy"] = json!([format!("urn:fhir-gateway:token:{jti}")]);
+            }
+            agent
+        })
+    };
+    match who.map(|w| &w.actor) {
+        Some(Actor::User {
+            kind,
+            id,
+            fhir_user,
+        }) => {
+            let mut user = json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": match kind {
+                    crate::auth::claims::UserKind::Patient => "PAT",
+                    crate::auth::claims::UserKind::Practitioner => "PROV",
+                    crate::auth::claims::UserKind::Staff => "EMP",
+                }}]},
+                "who": {"identifier": {"system": "urn:fhir-gateway:user", "value": id}},
+                "requestor": true,
+            });
+            if let Some(fhir_user) = fhir_user {
+                user["who"]["reference"] = json!(fhir_user);
+            }
+            if let Some(network) = &network {
+                user["network"] = network.clone();
+            }
+            agents.push(user);
+            agents.extend(app(false));
+        }
+        Some(Actor::Client) => {
+            let mut agent = app(true).unwrap_or_else(|| json!({"requestor": true}));
+            if let Some(network) = &network {
+                agent["network"] = network.clone();
+            }
+            agents.push(agent);
+        }
+        Some(Actor::Operator) => {
+            let mut agent = json!({
+                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                "who": {"display": "the operator (no token required: auth.required = false)"},
+                "requestor": true,
+            });
+            if let Some(network) = &network {
+                agent["network"] = network.clone();
+            }
+            agents.push(agent);
+        }
+        None => {
+            let mut agent = json!({
+                "who": {"display": "unidentified: the request carried no accepted token"},
+                "requestor": true,
+            });
+            if let Some(network) = &network {
+                agent["network"] = network.clone();
+            }
+            agents.push(agent);
+        }
+    }
+    agents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::claims::UserKind;
+
+    fn record(who: Option<Who>, status: u16) -> Record {
+        Record {
+            recorded: Instant::now(),
+            interaction: Interaction::Rest("search-type"),
+            status,
+            failure: (status >= 400).then(|| "Observation/x is not known".to_owned()),
+            who,
+            touched: vec![
+                Touched::row("Observation", "o1", 3),
+                Touched::row("Patient", "p1", 1),
+            ],
+            query: Some("subject=Patient/p1".to_owned()),
+            address: Some("127.0.0.1".to_owned()),
+        }
+    }
+
+    fn consented_user() -> Who {
+        Who {
+            actor: Actor::User {
+                kind: UserKind::Practitioner,
+                id: "u1".to_owned(),
+                fhir_user: Some("Practitioner/7".to_owned()),
+            },
+            client_id: Some("app".to_owned()),
+            jti: Some("t1".to_owned()),
+            purpose_of_use: "TREAT".to_owned(),
+            break_glass: true,
+            consent: Some(ConsentBasis {
+                grantees: vec!["0xg".to_owned()],
+                block: 120,
+                confirmed_through: 118,
+                now_secs: 1_000,
+            }),
+        }
+    }
+
+    fn grant(id: i64, resource_type: &str, granted_block: i64, expires_at: i64) -> GrantRow {
+        GrantRow {
+            patient_id: "p1".to_owned(),
+            grantee: "0xg".to_owned(),
+            purpose: "TREAT".to_owned(),
+            resource_type: resource_type.to_owned(),
+            grant_id: id,
+            granted_block,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn audit_events_are_valid_r4_for_every_kind_of_agent_and_outcome() {
+        let patients: Patients = [
+            (
+                ("Observation".to_owned(), "o1".to_owned()),
+                BTreeSet::from(["p1".to_owned()]),
+            ),
+            (
+                ("Patient".to_owned(), "p1".to_owned()),
+                BTreeSet::from(["p1".to_owned()]),
+            ),
+        ]
+        .into();
+        let operator = Who::of(&Access::operator(None));
+        for (who, status) in [
+            (None, 401),
+            (Some(operator), 200),
+            (Some(consented_user()), 200),
+            (Some(consented_user()), 403),
+        ] {
+            let event = audit_event_of(&record(who, status), &patients, &[], "http://h/fhir");
+            let body = crate::resource::parse_json(event.to_string().as_bytes(), 64)
+                .expect("as the test set up");
+            let issues = crate::resource::validate(
+                &body,
+                &crate::config::Config::default().validation,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            assert!(
+                issues.iter().all(|i| !matches!(
+                    i.severity,
+                    fhir_profiles::validate::IssueSeverity::Error
+                        | fhir_profiles::validate::IssueSeverity::Fatal
+                )),
+                "{event}: {issues:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_consent_basis_names_the_grants_that_covered_the_access() {
+        let patients: Patients = [(
+            ("Observation".to_owned(), "o1".to_owned()),
+            BTreeSet::from(["p1".to_owned()]),
+        )]
+        .into();
+        let grants = [
+            grant(1, "Observation", 100, 0),
+            // not yet confirmed at the decision
+            grant(2, "*", 119, 0),
+            // expired
+            grant(3, "*", 50, 900),
+            // another type
+            grant(4, "Condition", 50, 0),
+            grant(5, "*", 10, 2_000),
+        ];
+        let mut record = record(Some(consented_user()), 200);
+        record.touched.truncate(1);
+        let event = audit_event_of(&record, &patients, &grants, "http://h/fhir");
+        let patient = event["entity"]
+            .as_array()
+            .expect("as the test set up")
+            .iter()
+            .find(|e| e["what"]["reference"] == "Patient/p1")
+            .expect("the patient entity");
+        let granted: Vec<&str> = patient["detail"]
+            .as_array()
+            .expect("as the test set up")
+            .iter()
+            .filter(|d| d["type"] == "consentGrant")
+            .map(|d| d["valueString"].as_str().expect("as the test set up"))
+            .collect();
+        assert_eq!(granted, vec!["1", "5"], "{event}");
+        assert_eq!(patient["detail"][0]["valueString"], "120");
+        assert_eq!(event["extension"][0]["extension"][0]["valueString"], "120");
+        // flagged as break-the-glass
+        assert_eq!(event["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+    }
+
+    #[test]
+    fn interactions_follow_the_route() {
+        let of = |m, r, p| Interaction::of(m, r, p);
+        assert_eq!(
+            of("GET", "/{type}/{id}", "/fhir/Patient/1"),
+            Some(Interaction::Rest("read"))
+        );
+        assert_eq!(
+            of("GET", "/{type}", "/fhir/Patient"),
+            Some(Interaction::Rest("search-type"))
+        );
+        assert_eq!(of("GET", "/metadata", "/fhir/metadata"), None);
+        assert_eq!(
+            of("GET", "/{type}/{id}/$proof", "/fhir/Patient/1/$proof"),
+            Some(Interaction::Operation("$proof".to_owned()))
+        );
+        assert_eq!(
+            of("DELETE", "/{type}/{id}", "/fhir/Patient/1"),
+            Some(Interaction::Rest("delete"))
+        );
+        assert_eq!(
+            requested(
+                "/fhir/{type}/{id}/_history/{vid}",
+                "/fhir/Patient/1/_history/2"
+            ),
+            Some(Touched {
+                resource_type: "Patient".to_owned(),
+                id: "1".to_owned(),
+                version: None
+            })
+        );
+        assert_eq!(requested("/fhir/{type}", "/fhir/Patient"), None);
+    }
+}
