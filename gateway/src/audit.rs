@@ -140,6 +140,8 @@ pub enum Interaction {
     Rest(&'static str),
     /// An operation (`$export`, `$proof`, ...).
     Operation(String),
+    /// An HL7 v2 message received over MLLP: its trigger event (table 0003, e.g. `A01`).
+    Message(String),
 }
 
 impl Interaction {
@@ -433,6 +435,10 @@ fn audit_event_of(
                 name.trim_start_matches('$')
             ),
         ),
+        Interaction::Message(event) => (
+            "http://terminology.hl7.org/CodeSystem/v2-0003",
+            event.clone(),
+        ),
     };
     let (outcome, description) = match record.status {
         200..=399 => ("0", None),
@@ -465,6 +471,9 @@ fn audit_event_of(
     });
     if matches!(record.interaction, Interaction::Rest(code) if !code.starts_with("search")) {
         event["type"] = json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"});
+    }
+    if let Interaction::Message(_) = record.interaction {
+        event["type"] = json!({"system": DCM, "code": "110107", "display": "Import"});
     }
     if let Some(description) = description {
         event["outcomeDesc"] = json!(description);

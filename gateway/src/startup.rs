@@ -126,7 +126,17 @@ impl Application {
             config: config.clone(),
         };
         // one intake for MLLP and `$hl7v2`, so both keep one order per patient
-        let intake = crate::hl7v2::Intake::new(store.clone(), ctx.clone());
+        let audit_log = config
+            .audit
+            .enabled
+            .then(|| crate::audit::AuditLog::spawn(store.clone(), ctx.clone()));
+        if audit_log.is_none() {
+            tracing::warn!(
+                "audit.enabled = false: interactions are served without an AuditEvent on record"
+            );
+        }
+        let intake =
+            crate::hl7v2::Intake::new(store.clone(), ctx.clone()).with_audit(audit_log.clone());
         let mllp = if config.mllp.enabled {
             Some((
                 crate::hl7v2::mllp::MllpListener::bind(&config.mllp).await?,
@@ -148,15 +158,6 @@ impl Application {
         fhir_profiles::search::Registry::r4();
         let workers = config.server.workers;
         let break_glass_store = store.clone();
-        let audit_log = config
-            .audit
-            .enabled
-            .then(|| crate::audit::AuditLog::spawn(store.clone(), state.ctx.clone()));
-        if audit_log.is_none() {
-            tracing::warn!(
-                "audit.enabled = false: interactions are served without an AuditEvent on record"
-            );
-        }
         let mut server = HttpServer::new(move || {
             let break_glass_store = break_glass_store.clone();
             let base_path = base_path.clone();

@@ -10,6 +10,7 @@
 # gateway and its PostgreSQL backends spent per request, which the machine's other load does
 # not move (the same work costs the same CPU), unlike requests per second.
 # Usage: scripts/bench/consent.sh [SYNTHEA_DIR]; DUR (default 20s); KEEP=1 keeps the database;
+# AUDIT=true measures with the audit trail on (off by default, as the figures before it);
 # PG_OPTIONS sets PostgreSQL settings for the gateway's connections (e.g.
 # '-c plan_cache_mode=force_generic_plan'); PGLOG=1 has PostgreSQL log every statement of the measured runs (with their parameters, for
 # EXPLAIN), in its server log.
@@ -42,7 +43,9 @@ BASEENV=(FHIR_GATEWAY_DATABASE__URL="$DB_URL" FHIR_GATEWAY_SERVER__PORT=$PORT
   FHIR_GATEWAY_DATABASE__DATA_DIR="$OUT/gateway-data" FHIR_GATEWAY_CHAIN__MODE=rpc
   FHIR_GATEWAY_CHAIN__RPC_URL="http://127.0.0.1:$ANVIL_PORT" FHIR_GATEWAY_CHAIN__SIGNER_KEY=$ANCHOR_KEY
   FHIR_GATEWAY_CONSENT__RELAYER_KEY=$RELAYER_KEY FHIR_GATEWAY_CONSENT__CONFIRMATIONS=1
-  FHIR_GATEWAY_LOG__FILTER=warn)
+  FHIR_GATEWAY_LOG__FILTER=warn
+  # consent's own cost, as measured before the audit trail existed (scripts/bench/audit.sh)
+  FHIR_GATEWAY_AUDIT__ENABLED=${AUDIT:-false})
 start() {  # start AUTH_REQUIRED CONSENT_ENFORCE
   env "${BASEENV[@]}" FHIR_GATEWAY_AUTH__REQUIRED=$1 FHIR_GATEWAY_CONSENT__ENFORCE=$2 target/release/fhir-gateway serve &
   SERVER=$!

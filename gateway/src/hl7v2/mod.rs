@@ -144,6 +144,9 @@ pub struct Intake {
     store: Store,
     ctx: Context,
     order: PatientOrder,
+    /// Where MLLP messages are recorded before they are acknowledged (`$hl7v2` is recorded
+    /// by the FHIR API's audit middleware).
+    audit: Option<crate::audit::AuditLog>,
 }
 
 impl Intake {
@@ -152,7 +155,13 @@ impl Intake {
             store,
             ctx,
             order: PatientOrder::default(),
+            audit: None,
         }
+    }
+
+    /// This intake, recording every MLLP message in `audit` before acknowledging it.
+    pub fn with_audit(self, audit: Option<crate::audit::AuditLog>) -> Intake {
+        Intake { audit, ..self }
     }
 
     /// The actor MLLP messages are written as: the system client `mllp` with the configured
@@ -217,6 +226,40 @@ impl Intake {
             elapsed_us = started.elapsed().as_micros() as u64,
             "hl7v2 message"
         );
+        if let Some(audit) = &self.audit {
+            let record = crate::audit::Record {
+                recorded: crate::model::Instant::now(),
+                interaction: crate::audit::Interaction::Message(
+                    header
+                        .as_ref()
+                        .and_then(|h| h.message_type.split('^').nth(1))
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                ),
+                status: match code {
+                    AckCode::Accept => 200,
+                    AckCode::Error => 422,
+                    AckCode::Reject => 400,
+                },
+                failure: detail.map(|d| d.message.clone()),
+                who: Some(crate::audit::Who::of(access)),
+                touched: result
+                    .as_ref()
+                    .map(|accepted| accepted.response.touched.clone())
+                    .unwrap_or_default(),
+                query: None,
+                address: None,
+            };
+            if let Err(error) = audit.record(record).await {
+                tracing::error!(error = %format!("{error:#}"), "an HL7 v2 message's audit record could not be stored; answered AR");
+                let detail = ErrorDetail {
+                    code: ErrorCode::ApplicationInternalError,
+                    location: None,
+                    message: "the message's audit record could not be stored; send it again (a message applied before is not applied twice)".to_owned(),
+                };
+                return ack::build(header.as_ref(), AckCode::Reject, Some(&detail));
+            }
+        }
         ack::build(header.as_ref(), code, detail)
     }
 

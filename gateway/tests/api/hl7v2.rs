@@ -921,3 +921,56 @@ on_both!(
         assert_eq!(search(&app, "Coverage").await.len(), 1);
     }
 );
+
+on_both!(
+    every_mllp_message_is_audited_before_its_ack,
+    |db| async move {
+        let app = spawn_app_with(db, |config| {
+            config.mllp.enabled = true;
+            config.mllp.port = 0;
+            config.audit.enabled = true;
+        })
+        .await;
+        let mut stream = connect(&app).await;
+        let applied = adt("A01", "AUD1", "MRN-AUD", "Audit", "Ann");
+        let refused = adt("A01", "", "MRN-AUD2", "Audit", "Bob");
+        let acks = exchange(&mut stream, &[applied.as_bytes(), refused.as_bytes()]).await;
+        assert_eq!(msa(&acks[0]).0, "AA", "{}", acks[0]);
+        assert_eq!(msa(&acks[1]).0, "AR", "{}", acks[1]);
+        // the records were committed before the ACKs went out
+        let events = search(
+            &app,
+            "AuditEvent?subtype=http://terminology.hl7.org/CodeSystem/v2-0003|A01&_sort=_lastUpdated",
+        )
+        .await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        let patient = patients_with(&app, "MRN-AUD").await;
+        let patient_id = patient[0]["id"].as_str().expect("an id");
+        let (accepted, rejected) = (&events[0], &events[1]);
+        assert_eq!(accepted["outcome"], "0");
+        assert_eq!(accepted["type"]["code"], "110107");
+        assert_eq!(accepted["agent"][0]["who"]["identifier"]["value"], "mllp");
+        let references: Vec<&str> = accepted["entity"]
+            .as_array()
+            .expect("entities")
+            .iter()
+            .filter_map(|e| e["what"]["reference"].as_str())
+            .collect();
+        assert!(
+            references.contains(&format!("Patient/{patient_id}/_history/1").as_str()),
+            "{accepted}"
+        );
+        assert!(
+            references.contains(&format!("Patient/{patient_id}").as_str()),
+            "{accepted}"
+        );
+        assert_eq!(rejected["outcome"], "4");
+        assert!(
+            rejected["outcomeDesc"]
+                .as_str()
+                .expect("why")
+                .contains("MSH-10"),
+            "{rejected}"
+        );
+    }
+);
