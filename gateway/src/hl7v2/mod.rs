@@ -390,9 +390,13 @@ impl Intake {
         conn: &mut AnyConnection,
         unit: &Unit<'_>,
     ) -> crate::error::Result<Written> {
-        store::lock(conn, unit.idempotency_key).await?;
-        if let Some(recorded) =
-            store::hl7v2::find(conn, unit.sender, &unit.header.control_id).await?
+        if let Some(recorded) = store::hl7v2::lock_and_find(
+            conn,
+            unit.idempotency_key,
+            unit.sender,
+            &unit.header.control_id,
+        )
+        .await?
         {
             return Ok(Written::Recorded(recorded));
         }

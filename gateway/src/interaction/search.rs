@@ -766,10 +766,10 @@ pub async fn matching_ids(
         sort: &[],
         base_url: &ctx.base_url,
     };
-    let page = sql::page(conn, &query, None, limit).await?;
-    page.rows
-        .into_iter()
-        .map(|row| ResourceId::parse(&row.id))
+    sql::ids(conn, &query, limit)
+        .await?
+        .iter()
+        .map(|id| ResourceId::parse(id))
         .collect()
 }
 

@@ -111,7 +111,8 @@ impl Request {
 enum Assigned {
     /// A new resource gets this id.
     New(ResourceId),
-    /// `ifNoneExist` matched this existing resource: nothing is written.
+    /// `ifNoneExist` matched this existing resource (nothing is written), or a conditional
+    /// update's criteria matched it (it is updated).
     Existing(ResourceId),
 }
 
@@ -425,9 +426,7 @@ async fn transaction(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    for key in &keys {
-        store::lock(conn, key).await?;
-    }
+    store::lock_all(conn, &keys).await?;
     for entry in &entries {
         let target = match &entry.request {
             Request::Create {
@@ -474,7 +473,10 @@ async fn transaction(
                     .await
                     .map_err(|e| entry_error(entry.index, e))?;
                 match found.as_slice() {
-                    [id] => Some(format!("{resource_type}/{id}")),
+                    [id] => {
+                        assigned.insert(entry.index, Assigned::Existing(id.clone()));
+                        Some(format!("{resource_type}/{id}"))
+                    }
                     [] => {
                         let id = entry
                             .resource
@@ -601,6 +603,31 @@ async fn transaction(
                     .map(|outcome| outcome.with_issues(issues)),
                     Err(e) => Err(e),
                 }
+            }
+            (
+                Request::ConditionalUpdate {
+                    resource_type,
+                    criteria,
+                    if_match,
+                },
+                Some(Assigned::Existing(id)),
+            ) => {
+                // matched in step 1, under the criteria's lock: not searched again
+                let resource = entry
+                    .resource
+                    .ok_or_else(|| Error::Invalid("PUT needs a resource".to_owned()))?;
+                let checked = Checked::new(ctx, resource, resource_type)?;
+                update::update_matched(
+                    conn,
+                    ctx,
+                    access,
+                    resource_type,
+                    criteria,
+                    id,
+                    checked,
+                    *if_match,
+                )
+                .await
             }
             _ => run(conn, ctx, access, entry).await,
         };

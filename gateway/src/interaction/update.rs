@@ -158,22 +158,50 @@ pub async fn conditional_update(
             Ok(outcome.with_issues(issues))
         }
         [id] => {
-            if let Some(body_id) = resource::id_of(&body)
-                && body_id != id.as_str()
-            {
-                return Err(Error::Invalid(format!(
-                    "the body's id ({body_id}) differs from the id of the resource matching {criteria} ({id})"
-                )));
-            }
-            let mut body = body;
-            set_id(&mut body, id);
             let checked = Checked { body, issues };
-            update(conn, ctx, access, resource_type, id, checked, if_match).await
+            update_matched(
+                conn,
+                ctx,
+                access,
+                resource_type,
+                criteria,
+                id,
+                checked,
+                if_match,
+            )
+            .await
         }
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}"
         ))),
     }
+}
+
+/// The update of a conditional update whose criteria matched exactly the resource `id`
+/// (under the lock on the criteria, in this transaction): a transaction Bundle resolves
+/// its conditional updates before running them, and does not search again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn update_matched(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    resource_type: &ResourceType,
+    criteria: &str,
+    id: &ResourceId,
+    checked: Checked,
+    if_match: Option<VersionId>,
+) -> Result<Outcome> {
+    let Checked { mut body, issues } = checked;
+    if let Some(body_id) = resource::id_of(&body)
+        && body_id != id.as_str()
+    {
+        return Err(Error::Invalid(format!(
+            "the body's id ({body_id}) differs from the id of the resource matching {criteria} ({id})"
+        )));
+    }
+    set_id(&mut body, id);
+    let checked = Checked { body, issues };
+    update(conn, ctx, access, resource_type, id, checked, if_match).await
 }
 
 fn set_id(body: &mut Json, id: &ResourceId) {

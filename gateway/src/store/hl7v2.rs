@@ -24,6 +24,40 @@ pub struct Record<'a> {
     pub received_at: i64,
 }
 
+/// [`find`] behind [`super::lock`] on `key`: on PostgreSQL one statement (the lookup's
+/// snapshot is taken before the lock is granted, so a copy of the message that a concurrent
+/// transaction recorded meanwhile is not seen; that copy's record then makes this one's
+/// [`record`] fail with a unique violation, and the transaction runs again and finds it).
+#[tracing::instrument(skip_all)]
+pub async fn lock_and_find(
+    conn: &mut AnyConnection,
+    key: &str,
+    sender: &str,
+    control_id: &str,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    if super::Backend::of(conn) != super::Backend::Postgres {
+        return find(conn, sender, control_id).await;
+    }
+    let row = sqlx::query(
+        "SELECT m.ack_code, m.responses, m.received_at \
+         FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS l \
+         LEFT JOIN hl7v2_message m ON m.sender = $2 AND m.control_id = $3",
+    )
+    .bind(key)
+    .bind(sender)
+    .bind(control_id)
+    .fetch_one(conn)
+    .await?;
+    let Some(ack_code) = row.try_get::<Option<String>, _>("ack_code")? else {
+        return Ok(None);
+    };
+    Ok(Some(Recorded {
+        ack_code,
+        responses: row.try_get("responses")?,
+        received_at: row.try_get("received_at")?,
+    }))
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn find(
     conn: &mut AnyConnection,

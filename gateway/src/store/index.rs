@@ -11,7 +11,7 @@ use super::search::{Bind, Sql};
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Bind parameters at most in one PostgreSQL statement that inserts into several tables.
-const BINDS_PER_COMBINED_STATEMENT: usize = 30_000;
+pub(super) const BINDS_PER_COMBINED_STATEMENT: usize = 30_000;
 
 const TABLES: [&str; 7] = [
     "idx_string",
@@ -62,16 +62,7 @@ pub(super) async fn insert(
     let mut by_table: [Vec<(i64, &str, &IndexEntry)>; 7] = Default::default();
     for rows in resources {
         for entry in rows.entries {
-            let table = match entry.value {
-                IndexValue::String { .. } => 0,
-                IndexValue::Token { .. } => 1,
-                IndexValue::Reference { .. } => 2,
-                IndexValue::Date { .. } => 3,
-                IndexValue::Number { .. } => 4,
-                IndexValue::Quantity { .. } => 5,
-                IndexValue::Uri { .. } => 6,
-            };
-            by_table[table].push((rows.rkey, rows.resource_type, entry));
+            by_table[table_number(&entry.value)].push((rows.rkey, rows.resource_type, entry));
         }
     }
     let mut statements = Statements::new(Backend::of(conn) == Backend::Postgres);
@@ -124,6 +115,125 @@ pub(super) async fn insert(
         sql.query().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The columns of an index table after `rkey, rtype` (and the values [`binds`] gives).
+fn columns_of(table: &str) -> &'static [&'static str] {
+    match table {
+        "idx_string" => &["param", "grp", "norm", "exact"],
+        "idx_token" => &["param", "grp", "system", "code", "text"],
+        "idx_reference" => &["param", "grp", "target_type", "target_id", "version", "url"],
+        "idx_date" => &["param", "grp", "lo", "hi"],
+        "idx_number" => &["param", "grp", "value", "lo", "hi"],
+        "idx_quantity" => &[
+            "param", "grp", "value", "lo", "hi", "system", "code", "unit",
+        ],
+        "idx_uri" => &["param", "grp", "value"],
+        _ => &["word", "narrative"],
+    }
+}
+
+/// Bind parameters at most that [`replace_ctes`] adds for `rows`.
+pub(super) fn replace_binds(rows: &Rows<'_>) -> usize {
+    rows.entries.len() * 8 + rows.words.len() * 2 + 2 * TABLES_WITH_WORDS.len()
+}
+
+/// PostgreSQL: data-modifying CTEs (appended to `ctes`, their values bound in `sql`) that
+/// make the index rows of one resource exactly `rows`. `rkey` is the SQL of the resource's
+/// key (a placeholder, or `(SELECT rkey FROM r)` for a row inserted by an earlier CTE).
+/// For a resource that may already have rows (`existing`), only the difference is written:
+/// a stored row that is not among the new ones is deleted, a new row that is not stored is
+/// inserted, and a row in both is left alone. An update that changes a name thus touches
+/// one or two rows rather than every row of the resource, which leaves no dead tuples behind
+/// for searches (and the planner's look at index ends) to step over. All CTEs of a statement
+/// see the rows as they were before it, so the insert's `NOT EXISTS` compares with the
+/// stored set, not with what the delete leaves. Rows are compared as a set: searches only
+/// ever ask whether a row exists (`EXISTS`, `MIN`/`MAX`), so a repeated row changes nothing.
+pub(super) fn replace_ctes(
+    sql: &mut Sql,
+    ctes: &mut Vec<String>,
+    rkey: &str,
+    existing: bool,
+    rows: &Rows<'_>,
+) {
+    let mut by_table: [Vec<Vec<Bind>>; 8] = Default::default();
+    for entry in rows.entries {
+        let table = table_number(&entry.value);
+        let mut values = vec![
+            Bind::Text(entry.param.clone()),
+            Bind::Int(i64::from(entry.group)),
+        ];
+        values.extend(binds(entry));
+        by_table[table].push(values);
+    }
+    for word in rows.words {
+        by_table[7].push(vec![
+            Bind::Text(word.word.clone()),
+            Bind::Int(i64::from(word.narrative)),
+        ]);
+    }
+    let rtype =
+        (!rows.entries.is_empty() || !rows.words.is_empty()).then(|| sql.text(rows.resource_type));
+    for (number, (table, values)) in TABLES_WITH_WORDS.iter().zip(by_table).enumerate() {
+        if values.is_empty() {
+            if existing {
+                ctes.push(format!(
+                    "xd{number} AS (DELETE FROM {table} WHERE rkey = {rkey})"
+                ));
+            }
+            continue;
+        }
+        let rtype = rtype.as_deref().unwrap_or_default();
+        let columns = columns_of(table);
+        let list = columns.join(", ");
+        let rows: Vec<String> = values
+            .into_iter()
+            .map(|row| {
+                let row: Vec<String> = row.into_iter().map(|b| sql.bind(b)).collect();
+                format!("({})", row.join(", "))
+            })
+            .collect();
+        ctes.push(format!(
+            "xn{number} ({list}) AS (VALUES {})",
+            rows.join(", ")
+        ));
+        if existing {
+            let stored: Vec<String> = columns.iter().map(|c| format!("o.{c}")).collect();
+            let new: Vec<String> = columns.iter().map(|c| format!("n.{c}")).collect();
+            let same = format!(
+                "({}) IS NOT DISTINCT FROM ({})",
+                stored.join(", "),
+                new.join(", ")
+            );
+            ctes.push(format!(
+                "xd{number} AS (DELETE FROM {table} o WHERE o.rkey = {rkey} \
+                 AND NOT EXISTS (SELECT 1 FROM xn{number} n WHERE {same}))"
+            ));
+            ctes.push(format!(
+                "xi{number} AS (INSERT INTO {table} (rkey, rtype, {list}) \
+                 SELECT {rkey}, {rtype}, n.* FROM xn{number} n WHERE NOT EXISTS \
+                 (SELECT 1 FROM {table} o WHERE o.rkey = {rkey} AND {same}))"
+            ));
+        } else {
+            ctes.push(format!(
+                "xi{number} AS (INSERT INTO {table} (rkey, rtype, {list}) \
+                 SELECT {rkey}, {rtype}, n.* FROM xn{number} n)"
+            ));
+        }
+    }
+}
+
+/// The position in [`TABLES`] of the table an entry goes to.
+fn table_number(value: &IndexValue) -> usize {
+    match value {
+        IndexValue::String { .. } => 0,
+        IndexValue::Token { .. } => 1,
+        IndexValue::Reference { .. } => 2,
+        IndexValue::Date { .. } => 3,
+        IndexValue::Number { .. } => 4,
+        IndexValue::Quantity { .. } => 5,
+        IndexValue::Uri { .. } => 6,
+    }
 }
 
 /// Multi-row INSERTs, each a statement of its own, or (`combine`) gathered as data-modifying

@@ -69,6 +69,28 @@ pub async fn lock(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error
     Ok(())
 }
 
+/// [`lock`] on several keys, in the order given, in one statement (one round trip): a
+/// transaction Bundle takes all its criteria's locks at once, sorted.
+pub async fn lock_all(conn: &mut AnyConnection, keys: &[String]) -> Result<(), sqlx::Error> {
+    if keys.is_empty() || Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
+    let mut sql = search::Sql::default();
+    // the select list is evaluated from left to right, so the locks are taken in order
+    let locks: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            format!(
+                "pg_advisory_xact_lock(hashtextextended({}, 0))",
+                sql.text(key)
+            )
+        })
+        .collect();
+    sql.text = format!("SELECT 1 AS locked FROM (SELECT {}) AS l", locks.join(", "));
+    sql.query().execute(conn).await?;
+    Ok(())
+}
+
 /// The settings every SQLite connection starts with.
 fn sqlite_pragmas(
     synchronous: SqliteSynchronous,

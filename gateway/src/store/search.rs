@@ -1098,6 +1098,19 @@ pub async fn count(conn: &mut AnyConnection, query: &Query<'_>) -> Result<i64> {
     Ok(sql.query().fetch_one(conn).await?.try_get("n")?)
 }
 
+/// The ids of the first `limit` matches, in key order: what a conditional interaction needs
+/// to tell none, one and many apart. The same conditions as [`page`], without its join to
+/// the current version, its body and the sort keys.
+#[tracing::instrument(name = "db.search_ids", skip_all)]
+pub async fn ids(conn: &mut AnyConnection, query: &Query<'_>, limit: usize) -> Result<Vec<String>> {
+    let mut sql = Sql::default();
+    let conditions = where_clause(&mut sql, query)?;
+    sql.text =
+        format!("SELECT r.id FROM resource r WHERE {conditions} ORDER BY r.rkey LIMIT {limit}");
+    let rows = sql.query().fetch_all(conn).await?;
+    rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
+}
+
 /// One page of matches in the requested order, starting after `after`.
 #[tracing::instrument(name = "db.search", skip_all)]
 pub async fn page(

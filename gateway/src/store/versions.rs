@@ -286,11 +286,12 @@ pub async fn write_version(
     insert_index(conn, rkey, write).await
 }
 
-/// [`write_version`] on PostgreSQL in two statements rather than one per table: the resource
-/// row, the old index rows' removal, the version and its log leaf as data-modifying CTEs of
-/// one statement, then the new index rows ([`index::insert`], also one statement). A small
+/// [`write_version`] on PostgreSQL in one statement rather than one per table: the resource
+/// row, the version, its log leaf and the index rows as data-modifying CTEs. A small
 /// write's cost is mostly round trips and per-statement overhead otherwise (BENCHMARKS.md,
-/// "HL7 v2 over MLLP").
+/// "HL7 v2 over MLLP"). An update writes only the index rows that changed
+/// ([`index::replace_ctes`]). A resource with very many index rows gets them in statements
+/// of their own (all its old rows deleted, the new ones inserted), within the bind limit.
 async fn write_version_postgres(
     conn: &mut AnyConnection,
     current: Option<&Current>,
@@ -302,13 +303,14 @@ async fn write_version_postgres(
     let at = sql.bind(Bind::Int(write.last_updated.millis()));
     let deleted = sql.bind(Bind::Int(i64::from(write.body.is_none())));
     let mut ctes = Vec::new();
-    match current {
+    let rkey = match current {
         None => {
             let id = sql.text(write.id);
             ctes.push(format!(
                 "r AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted) \
                  VALUES ({rtype}, {id}, {version}, {at}, {deleted}) RETURNING rkey)"
             ));
+            "(SELECT rkey FROM r)".to_owned()
         }
         Some(current) => {
             let rkey = sql.bind(Bind::Int(current.rkey));
@@ -316,14 +318,9 @@ async fn write_version_postgres(
                 "r AS (UPDATE resource SET version_id = {version}, last_updated = {at}, deleted = {deleted} \
                  WHERE rkey = {rkey} RETURNING rkey)"
             ));
-            ctes.extend(
-                index::TABLES_WITH_WORDS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, table)| format!("d{i} AS (DELETE FROM {table} WHERE rkey = {rkey})")),
-            );
+            rkey
         }
-    }
+    };
     let method = sql.text(write.method);
     let body = sql.bind(write.body.map_or(Bind::Null, |b| Bind::Text(b.to_owned())));
     ctes.push(format!(
@@ -338,9 +335,30 @@ async fn write_version_postgres(
         "l AS (INSERT INTO log_leaf (vkey, salt, content_hash, leaf_hash) \
          SELECT vkey, {salt}, {content}, {hash} FROM v)"
     ));
+    // a deletion has no index rows: its resource's are all removed
+    let (entries, words): (&[IndexEntry], &[Word]) = match write.body {
+        Some(_) => (write.index, write.words),
+        None => (&[], &[]),
+    };
+    let rows = index::Rows {
+        rkey: current.map_or(0, |c| c.rkey),
+        resource_type: write.resource_type,
+        entries,
+        words,
+    };
+    let combined = index::replace_binds(&rows) <= index::BINDS_PER_COMBINED_STATEMENT;
+    if combined {
+        index::replace_ctes(&mut sql, &mut ctes, &rkey, current.is_some(), &rows);
+    }
     sql.text = format!("WITH {} SELECT rkey FROM v", ctes.join(", "));
     let rkey: i64 = sql.query().fetch_one(&mut *conn).await?.try_get(0)?;
-    insert_index(conn, rkey, write).await
+    if !combined {
+        if current.is_some() {
+            index::delete(conn, rkey).await?;
+        }
+        index::insert(conn, &[index::Rows { rkey, ..rows }]).await?;
+    }
+    Ok(())
 }
 
 /// The index rows of a version that has a body (a deletion has none).
@@ -372,6 +390,14 @@ pub async fn write_new_versions(
     conn: &mut AnyConnection,
     writes: &[VersionWrite<'_>],
 ) -> Result<(), sqlx::Error> {
+    // on PostgreSQL a version is one statement of its own (write_version_postgres): fewer
+    // round trips than the four multi-row statements below for a few resources
+    if writes.len() < 4 && Backend::of(conn) == Backend::Postgres {
+        for write in writes {
+            write_version_postgres(conn, None, write).await?;
+        }
+        return Ok(());
+    }
     let mut rkeys: HashMap<(&str, &str), i64> = HashMap::with_capacity(writes.len());
     for chunk in writes.chunks(WRITES_PER_STATEMENT) {
         let mut sql = Sql::default();

@@ -301,3 +301,124 @@ both!(common_parameters_across_types, |app: TestApp| async move {
         .expect("request");
     assert_eq!(response.status().as_u16(), 400);
 });
+
+/// The index rows of a resource, per table, sorted: what searches see of it.
+async fn index_rows(app: &TestApp, id: &str) -> Vec<String> {
+    use sqlx::Row as _;
+    let mut conn = app.database_connection().await;
+    let rkey: i64 =
+        sqlx::query("SELECT rkey FROM resource WHERE resource_type = 'Patient' AND id = $1")
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the resource row")
+            .try_get(0)
+            .expect("rkey");
+    let mut rows = Vec::new();
+    // `_lastUpdated` differs from version to version: counted, not compared
+    for (table, columns) in [
+        (
+            "idx_string",
+            "param || '|' || grp || '|' || norm || '|' || exact",
+        ),
+        (
+            "idx_token",
+            "param || '|' || grp || '|' || COALESCE(system, '-') || '|' || COALESCE(code, '-') || '|' || COALESCE(text, '-')",
+        ),
+        (
+            "idx_date",
+            "param || '|' || grp || '|' || CASE WHEN param = '_lastUpdated' THEN 'version' ELSE lo || '|' || hi END",
+        ),
+        ("idx_word", "word || '|' || narrative"),
+    ] {
+        // audited: table and columns are constants of this test
+        let sql = format!("SELECT {columns} AS r FROM {table} WHERE rkey = $1");
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(rkey)
+            .fetch_all(&mut conn)
+            .await
+            .expect("index rows")
+        {
+            rows.push(format!(
+                "{table}:{}",
+                row.try_get::<String, _>("r").expect("row")
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+both!(
+    an_update_leaves_exactly_the_new_versions_index_rows,
+    |app: TestApp| async move {
+        let first = json!({"resourceType": "Patient", "name": [{"family": "Alpha", "given": ["Ann"]}],
+            "gender": "female", "birthDate": "1970-03-04", "identifier": [{"system": "urn:mrn", "value": "I-1"}]});
+        let id = app.create(&first).await;
+        let created = index_rows(&app, &id).await;
+        assert!(created.iter().any(|r| r.contains("alpha")), "{created:?}");
+        // a name changed, an address added, the rest unchanged
+        let second = json!({"resourceType": "Patient", "id": id, "name": [{"family": "Beta", "given": ["Ann"]}],
+            "gender": "female", "birthDate": "1970-03-04", "identifier": [{"system": "urn:mrn", "value": "I-1"}],
+            "address": [{"city": "Springfield"}]});
+        let (status, _) = app.put(&format!("Patient/{id}"), &second).await;
+        assert_eq!(status, 200);
+        let updated = index_rows(&app, &id).await;
+        // what a fresh create of the same content indexes, row for row
+        let mut fresh = second.clone();
+        fresh.as_object_mut().expect("an object").remove("id");
+        let twin = app.create(&fresh).await;
+        let mut expected = index_rows(&app, &twin).await;
+        for row in &mut expected {
+            *row = row.replace(&twin, &id);
+        }
+        assert_eq!(
+            updated, expected,
+            "the updated resource's rows are those of its new content"
+        );
+        for (query, matches) in [
+            ("Patient?family=alpha", 0),
+            ("Patient?family=beta", 2),
+            ("Patient?address-city=springfield", 2),
+            ("Patient?identifier=urn:mrn|I-1", 2),
+            ("Patient?birthdate=1970-03-04", 2),
+            ("Patient?_content=alpha", 0),
+        ] {
+            assert_eq!(app.search_ids(query).await.len(), matches, "{query}");
+        }
+        // the same content again: a new version, the same rows
+        let (status, _) = app.put(&format!("Patient/{id}"), &second).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            index_rows(&app, &id).await,
+            expected,
+            "an unchanged update keeps the rows"
+        );
+        // a deletion removes them all
+        let status = app
+            .client
+            .delete(app.url(&format!("Patient/{id}")))
+            .send()
+            .await
+            .expect("a delete")
+            .status();
+        assert!(status.is_success(), "{status}");
+        assert_eq!(index_rows(&app, &id).await, Vec::<String>::new());
+        // and an update of the deleted resource brings back the rows of its new content
+        let (status, _) = app
+            .put(
+                &format!("Patient/{id}"),
+                &first
+                    .as_object()
+                    .map(|o| {
+                        let mut o = o.clone();
+                        o.insert("id".into(), json!(id));
+                        serde_json::Value::Object(o)
+                    })
+                    .expect("an object"),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{status}");
+        assert_eq!(index_rows(&app, &id).await, created);
+    }
+);
