@@ -378,18 +378,27 @@ both!(
         // SIGKILL once the first batch has committed
         let mut conn = app.database_connection().await;
         let started = Instant::now();
+        // the last failure to read the progress (before the import made its table, or a
+        // busy database), to say why if the import ends unseen
+        let mut last_error = None;
         loop {
-            let done: Option<i64> = sqlx::query_scalar("SELECT MAX(next_line) FROM import_file")
-                .fetch_one(&mut conn)
-                .await
-                .ok()
-                .flatten();
+            let done: Option<i64> =
+                match sqlx::query_scalar("SELECT MAX(next_line) FROM import_file")
+                    .fetch_one(&mut conn)
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(error) => {
+                        last_error = Some(error.to_string());
+                        None
+                    }
+                };
             if done.is_some_and(|n| n > 0) {
                 break;
             }
             assert!(
                 child.try_wait().expect("the child").is_none(),
-                "the import ended before it was killed"
+                "the import ended before it was killed (last progress read: {done:?}, last error: {last_error:?})"
             );
             assert!(
                 started.elapsed() < Duration::from_secs(120),
