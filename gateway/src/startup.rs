@@ -201,15 +201,7 @@ impl Application {
                             }
                             Err(error) => {
                                 tracing::error!(error = %format!("{error:#}"), "a break-the-glass access could not be recorded; not served");
-                                let refusal = crate::error::Error::Unavailable(
-                                    "a break-the-glass access is served only once it is recorded, and recording it failed; retry".to_owned(),
-                                );
-                                let (req, _) = response.into_parts();
-                                Ok(actix_web::dev::ServiceResponse::new(
-                                    req,
-                                    actix_web::ResponseError::error_response(&refusal),
-                                )
-                                .map_into_right_body())
+                                Ok(unrecorded(response, "a break-the-glass access is served only once it is recorded, and recording it failed; retry"))
                             }
                         }
                     }
@@ -257,15 +249,7 @@ impl Application {
                             Ok(()) => Ok(response.map_into_left_body()),
                             Err(error) => {
                                 tracing::error!(error = %format!("{error:#}"), "an interaction's audit record could not be stored; not served");
-                                let refusal = crate::error::Error::Unavailable(
-                                    "the interaction is served only once its audit record is stored, and storing it failed; retry".to_owned(),
-                                );
-                                let (req, _) = response.into_parts();
-                                Ok(actix_web::dev::ServiceResponse::new(
-                                    req,
-                                    actix_web::ResponseError::error_response(&refusal),
-                                )
-                                .map_into_right_body())
+                                Ok(unrecorded(response, "the interaction is served only once its audit record is stored, and storing it failed; retry"))
                             }
                         }
                     }
@@ -503,6 +487,18 @@ fn anchoring_check(status: &SharedStatus) -> serde_json::Value {
     let mut check = serde_json::to_value(&status).unwrap_or_default();
     check["status"] = json!(verdict);
     check
+}
+
+/// The 503 that replaces a response whose record (audit, break-the-glass) could not be
+/// stored: what is not on record is not served.
+fn unrecorded<B>(
+    response: actix_web::dev::ServiceResponse<B>,
+    why: &str,
+) -> actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B>> {
+    let refusal = crate::error::Error::Unavailable(why.to_owned());
+    let (req, _) = response.into_parts();
+    actix_web::dev::ServiceResponse::new(req, actix_web::ResponseError::error_response(&refusal))
+        .map_into_right_body()
 }
 
 #[cfg(test)]
