@@ -119,6 +119,7 @@ impl std::fmt::Debug for SignerKey {
 
 /// Sets the balance of `account` on a development node (anvil's `anvil_setBalance`): how a
 /// gateway funds the account it anchors with on its embedded chain.
+#[tracing::instrument(name = "chain.anchor_registry.set_dev_balance", skip_all)]
 pub async fn set_dev_balance(rpc_url: &str, account: Address, wei: U256) -> Result<(), ChainError> {
     let (provider, endpoint) = http_provider(rpc_url)?;
     provider
@@ -403,6 +404,7 @@ fn registry_revert(data: &[u8]) -> Option<ChainError> {
 
 impl AnchorClient {
     /// Connects to the registry at `registry`, checking that it holds code.
+    #[tracing::instrument(name = "chain.anchor_registry.connect", skip_all)]
     pub async fn connect(
         rpc_url: &str,
         key: SignerKey,
@@ -418,6 +420,7 @@ impl AnchorClient {
 
     /// Deploys a new registry with `key` and returns the client of it, once the deployment is
     /// confirmed.
+    #[tracing::instrument(name = "chain.anchor_registry.deploy", skip_all)]
     pub async fn deploy(
         rpc_url: &str,
         key: SignerKey,
@@ -483,6 +486,7 @@ impl AnchorClient {
     /// caller that retries sees [`RegistryError::NotContiguous`] with `expected_first_index`
     /// at or past `first_index + size` if so, and reads the batch back with
     /// [`batch_anchored_events`](Self::batch_anchored_events) or [`batch`](Self::batch).
+    #[tracing::instrument(name = "chain.anchor_registry.anchor", skip_all)]
     pub async fn anchor(
         &self,
         first_index: u64,
@@ -534,6 +538,7 @@ impl AnchorClient {
     /// How many transactions of the signer the node holds unmined (its pending nonce minus
     /// its latest one): after a restart, the transactions an earlier process sent and never
     /// saw mined.
+    #[tracing::instrument(name = "chain.anchor_registry.unmined_transactions", skip_all)]
     pub async fn unmined_transactions(&self) -> Result<u64, ChainError> {
         let pending = self.sender.chain_nonce().await?;
         let latest = self
@@ -547,16 +552,19 @@ impl AnchorClient {
     }
 
     /// Number of leaves in the log of `anchorer` (where its next batch must start).
+    #[tracing::instrument(name = "chain.anchor_registry.log_size", skip_all)]
     pub async fn log_size(&self, anchorer: Address) -> Result<u64, ChainError> {
         self.reader().log_size(anchorer).await
     }
 
     /// Number of batches in the log of `anchorer`.
+    #[tracing::instrument(name = "chain.anchor_registry.batch_count", skip_all)]
     pub async fn batch_count(&self, anchorer: Address) -> Result<u64, ChainError> {
         self.reader().batch_count(anchorer).await
     }
 
     /// Batch `batch_number` of the log of `anchorer`; [`RegistryError::UnknownBatch`] if none.
+    #[tracing::instrument(name = "chain.anchor_registry.batch", skip_all)]
     pub async fn batch(
         &self,
         anchorer: Address,
@@ -568,6 +576,7 @@ impl AnchorClient {
     /// The `BatchAnchored` events of the log of `anchorer` in blocks `from_block ..= to_block`
     /// (`None`: the latest block), in chain order. Providers cap the range one query may span;
     /// a caller replaying a long chain asks in windows.
+    #[tracing::instrument(name = "chain.anchor_registry.batch_anchored_events", skip_all)]
     pub async fn batch_anchored_events(
         &self,
         anchorer: Address,

@@ -449,6 +449,7 @@ impl std::fmt::Debug for ConsentReader {
 impl ConsentReader {
     /// Connects to the node at `rpc_url` (`http://` or `https://`), reads its chain id and
     /// checks that `registry` holds code ([`ChainError::NoRegistry`] if not).
+    #[tracing::instrument(name = "chain.consent_registry.connect", skip_all)]
     pub async fn connect(rpc_url: &str, registry: Address) -> Result<Self, ChainError> {
         let (provider, endpoint) = http_provider(rpc_url)?;
         let chain_id = provider
@@ -496,6 +497,7 @@ impl ConsentReader {
     }
 
     /// The number of the latest block.
+    #[tracing::instrument(name = "chain.consent_registry.head", skip_all)]
     pub async fn head(&self) -> Result<u64, ChainError> {
         self.provider
             .get_block_number()
@@ -504,6 +506,7 @@ impl ConsentReader {
     }
 
     /// The hash of the canonical block at height `number`, or `None` if the chain is not that long.
+    #[tracing::instrument(name = "chain.consent_registry.block_hash", skip_all)]
     pub async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
         let block = self
             .provider
@@ -516,6 +519,7 @@ impl ConsentReader {
     /// The registry's `ConsentGranted` and `ConsentRevoked` events in blocks
     /// `from_block ..= to_block`, in chain order (block, then log index), in one `eth_getLogs`.
     /// Providers cap the range one query may span; a follower asks in windows.
+    #[tracing::instrument(name = "chain.consent_registry.events", skip_all)]
     pub async fn events(
         &self,
         from_block: u64,
@@ -544,6 +548,7 @@ impl ConsentReader {
     }
 
     /// The nonce the next signed request of `patient` must carry.
+    #[tracing::instrument(name = "chain.consent_registry.nonce", skip_all)]
     pub async fn nonce(&self, patient: Address) -> Result<U256, ChainError> {
         self.contract()
             .nonces(patient)
@@ -553,6 +558,7 @@ impl ConsentReader {
     }
 
     /// The id of the last grant (0 before the first).
+    #[tracing::instrument(name = "chain.consent_registry.grant_count", skip_all)]
     pub async fn grant_count(&self) -> Result<u64, ChainError> {
         self.contract()
             .grantCount()
@@ -563,6 +569,7 @@ impl ConsentReader {
 
     /// Grant `grant_id` as of the latest block, or as of block `at` (an `eth_call` at that
     /// block, for an auditor); [`ConsentError::UnknownGrant`] if there is none.
+    #[tracing::instrument(name = "chain.consent_registry.grant", skip_all)]
     pub async fn grant(&self, grant_id: u64, at: Option<u64>) -> Result<ConsentGrant, ChainError> {
         let block = at.map_or(BlockId::Number(BlockNumberOrTag::Latest), |number| {
             BlockId::Number(BlockNumberOrTag::Number(number))
@@ -587,6 +594,7 @@ impl ConsentReader {
 
     /// Whether `patient` lets `grantee` read `resource_type` for `purpose` now, and the newest
     /// grant that does (the registry's `isAllowed`).
+    #[tracing::instrument(name = "chain.consent_registry.is_allowed", skip_all)]
     pub async fn is_allowed(
         &self,
         patient: Address,
@@ -674,6 +682,7 @@ pub struct ConsentRelayer {
 
 impl ConsentRelayer {
     /// Deploys a new registry with `key` and returns its relayer, once the deployment is confirmed.
+    #[tracing::instrument(name = "chain.consent_registry.deploy", skip_all)]
     pub async fn deploy(
         rpc_url: &str,
         key: SignerKey,
@@ -693,6 +702,7 @@ impl ConsentRelayer {
     }
 
     /// Connects to the registry at `registry`, checking that it holds code.
+    #[tracing::instrument(name = "chain.consent_registry.connect", skip_all)]
     pub async fn connect(
         rpc_url: &str,
         key: SignerKey,
@@ -739,6 +749,7 @@ impl ConsentRelayer {
     /// patient's ERC-1271 wallet accepts) and returns once it is confirmed, with the new
     /// grant's id. A request the registry refuses (a replay, another signer, a passed deadline,
     /// an invalid grant) comes back as [`ChainError::Consent`] without a transaction.
+    #[tracing::instrument(name = "chain.consent_registry.relay_grant", skip_all)]
     pub async fn relay_grant(
         &self,
         request: &GrantRequest,
@@ -773,6 +784,7 @@ impl ConsentRelayer {
 
     /// Sends the revocation the patient signed and returns once it is confirmed; refusals
     /// come back like [`relay_grant`](Self::relay_grant)'s.
+    #[tracing::instrument(name = "chain.consent_registry.relay_revoke", skip_all)]
     pub async fn relay_revoke(
         &self,
         request: &RevokeRequest,

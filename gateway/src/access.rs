@@ -204,12 +204,25 @@ impl Access {
             return Ok(None);
         }
         match &self.consent {
-            Gate::Open => Ok(None),
-            Gate::Stale(reason) => Err(Error::Unavailable(reason.clone())),
-            Gate::Grants(grants) => Ok(Some(Filter::Consent {
-                grants: grants.clone(),
-                params: patient_compartment_params(resource_type).to_vec(),
-            })),
+            Gate::Open => {
+                crate::telemetry::consent_decision(if self.break_glass {
+                    "break-the-glass"
+                } else {
+                    "not-gated"
+                });
+                Ok(None)
+            }
+            Gate::Stale(reason) => {
+                crate::telemetry::consent_decision("refused-stale");
+                Err(Error::Unavailable(reason.clone()))
+            }
+            Gate::Grants(grants) => {
+                crate::telemetry::consent_decision("filtered");
+                Ok(Some(Filter::Consent {
+                    grants: grants.clone(),
+                    params: patient_compartment_params(resource_type).to_vec(),
+                }))
+            }
         }
     }
 
@@ -427,6 +440,7 @@ impl Access {
 
     /// The refusal of a read of `resource_type/id` that consent does not cover.
     pub fn consent_refusal(&self, resource_type: &str, id: &str) -> Error {
+        crate::telemetry::consent_decision("denied");
         Consent::denied_error(self.consent_denied, resource_type, id, &self.purpose_of_use)
     }
 

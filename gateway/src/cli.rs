@@ -291,7 +291,7 @@ pub async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
-            telemetry::init(&config.log);
+            let _telemetry = telemetry::init(&config)?;
             let app = Application::build(config).await?;
             app.run_until_stopped().await
         }
@@ -301,6 +301,7 @@ pub async fn run() -> anyhow::Result<()> {
                 &mut config.database.url,
                 &mut config.chain.rpc_url,
                 &mut config.chain.signer_key,
+                &mut config.telemetry.prometheus_token,
             ] {
                 if secret.is_some() {
                     *secret = Some("********".into());
@@ -319,7 +320,7 @@ pub async fn run() -> anyhow::Result<()> {
             config,
         } => {
             let config = Config::load(config.as_deref())?;
-            telemetry::init_stderr(&config.log);
+            let _telemetry = telemetry::init_stderr(&config)?;
             let store = Store::connect(&config.database).await?;
             let ctx = crate::interaction::Context {
                 base_url: base_url(&config),
@@ -380,7 +381,7 @@ pub async fn run() -> anyhow::Result<()> {
             config,
         } => {
             let config = Config::load(config.as_deref())?;
-            telemetry::init_stderr(&config.log);
+            let _telemetry = telemetry::init_stderr(&config)?;
             let store = Store::connect(&config.database).await?;
             let result = launch(&store, &patient, encounter.as_deref(), client.as_deref()).await;
             store.close().await;
@@ -393,7 +394,7 @@ pub async fn run() -> anyhow::Result<()> {
             config,
         } => {
             let config = Config::load(config.as_deref())?;
-            telemetry::init_stderr(&config.log);
+            let _telemetry = telemetry::init_stderr(&config)?;
             let (resource_type, id) = parse_reference(&resource)?;
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must not be empty");
             let store = Store::connect(&config.database).await?;
@@ -432,7 +433,7 @@ async fn client(command: ClientCommand) -> anyhow::Result<()> {
         | ClientCommand::List { config }
         | ClientCommand::Remove { config, .. } => Config::load(config.as_deref())?,
     };
-    telemetry::init_stderr(&config.log);
+    let _telemetry = telemetry::init_stderr(&config)?;
     let store = Store::connect(&config.database).await?;
     let result = async {
         match command {
@@ -530,7 +531,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         | UserCommand::Disable { config, .. }
         | UserCommand::BreakGlass { config, .. } => Config::load(config.as_deref())?,
     };
-    telemetry::init_stderr(&config.log);
+    let _telemetry = telemetry::init_stderr(&config)?;
     let store = Store::connect(&config.database).await?;
     let result = async {
         match command {
@@ -603,7 +604,7 @@ async fn patient(command: PatientCommand) -> anyhow::Result<()> {
         | PatientCommand::Show { config, .. }
         | PatientCommand::Unbind { config, .. } => Config::load(config.as_deref())?,
     };
-    telemetry::init_stderr(&config.log);
+    let _telemetry = telemetry::init_stderr(&config)?;
     let store = Store::connect(&config.database).await?;
     let result = async {
         let output = match command {

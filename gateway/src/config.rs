@@ -19,6 +19,7 @@ pub struct Config {
     pub search: SearchConfig,
     pub validation: ValidationConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub ledger: LedgerConfig,
     pub chain: ChainConfig,
     pub auth: AuthConfig,
@@ -130,6 +131,42 @@ pub struct LogConfig {
     pub filter: String,
     /// `json` for structured logs, `pretty` for humans.
     pub format: String,
+}
+
+/// OpenTelemetry traces and metrics (the `[telemetry]` section). Nothing in them names a
+/// patient: spans and metrics carry routes, interactions, outcomes and counts only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP (protobuf) receiver traces and metrics are sent to, e.g.
+    /// `http://localhost:4318` (`/v1/traces` and `/v1/metrics` are added). Unset: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if it is set, else nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported traces and metrics.
+    pub service_name: String,
+    /// `tracing` filter directive choosing the spans that become OpenTelemetry spans (and
+    /// carry trace ids into the logs), independent of `log.filter`.
+    pub trace_filter: String,
+    /// Milliseconds between two exports of the metrics over OTLP.
+    pub metrics_export_interval_ms: u64,
+    /// Whether `GET /metrics` serves the metrics in the Prometheus text format.
+    pub prometheus: bool,
+    /// A bearer token `GET /metrics` requires (`Authorization: Bearer ...`), from the
+    /// environment (`FHIR_GATEWAY_TELEMETRY__PROMETHEUS_TOKEN`). Unset: anyone who reaches the
+    /// port may scrape (the gateway warns at start).
+    #[serde(serialize_with = "serialize_secret", default)]
+    pub prometheus_token: Option<SecretString>,
+}
+
+impl TelemetryConfig {
+    /// The OTLP endpoint in force: the configured one, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .map(|endpoint| endpoint.trim().trim_end_matches('/').to_owned())
+            .filter(|endpoint| !endpoint.is_empty())
+    }
 }
 
 /// The anchored log's sequencer and sealer (the `[ledger]` section: `[log]` is the
@@ -372,6 +409,14 @@ impl Default for Config {
                 filter: "info".to_owned(),
                 format: "json".to_owned(),
             },
+            telemetry: TelemetryConfig {
+                otlp_endpoint: None,
+                service_name: "fhir-gateway".to_owned(),
+                trace_filter: "info".to_owned(),
+                metrics_export_interval_ms: 60_000,
+                prometheus: false,
+                prometheus_token: None,
+            },
             ledger: LedgerConfig {
                 batch_max_size: 10_000,
                 batch_max_age_secs: 12,
@@ -479,6 +524,16 @@ impl Config {
             matches!(self.log.format.as_str(), "json" | "pretty"),
             "log.format must be json or pretty"
         );
+        anyhow::ensure!(
+            self.telemetry.metrics_export_interval_ms >= 100,
+            "telemetry.metrics_export_interval_ms must be at least 100"
+        );
+        if let Some(endpoint) = self.telemetry.otlp_endpoint() {
+            anyhow::ensure!(
+                endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                "the OTLP endpoint (telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT) must be an http:// or https:// URL"
+            );
+        }
         anyhow::ensure!(
             (1..=1_000_000).contains(&self.ledger.batch_max_size),
             "ledger.batch_max_size must be between 1 and 1000000"

@@ -107,6 +107,8 @@ pub async fn run(store: &Store, ctx: &Context, options: &Options) -> anyhow::Res
     let names = std::sync::Arc::new(names);
     let total_lines: u64 = files.iter().map(|f| f.lines).sum();
     let bar = progress_bar(options.progress, total_lines);
+    let metrics = crate::telemetry::metrics();
+    metrics.import_lines_total.record(total_lines, &[]);
     let mut summary = Summary {
         files: files.len(),
         errors_file: options.errors.clone(),
@@ -185,6 +187,15 @@ async fn import_file(
         .await?;
         summary.accepted += accepted;
         summary.rejected += rejected;
+        let metrics = crate::telemetry::metrics();
+        metrics.import_resources.add(
+            accepted,
+            &[opentelemetry::KeyValue::new("outcome", "accepted")],
+        );
+        metrics.import_resources.add(
+            rejected,
+            &[opentelemetry::KeyValue::new("outcome", "rejected")],
+        );
         bar.inc(batch.lines.len() as u64);
     }
     reader

@@ -43,11 +43,47 @@ pub async fn run_once(store: &Store, config: &LedgerConfig) -> crate::error::Res
     let sequenced = log::sequence(&mut tx, SEQUENCE_PER_RUN).await?;
     let sealed = log::seal(&mut tx, rule, Instant::now()).await?;
     tx.commit().await?;
+    let metrics = crate::telemetry::metrics();
+    for batch in &sealed {
+        metrics
+            .log_batch_size
+            .record(u64::try_from(batch.size).unwrap_or(0), &[]);
+    }
+    record_backlog(store).await;
     Ok(Run {
         led: true,
         sequenced,
         sealed: sealed.len(),
     })
+}
+
+/// Records the anchored log's backlog in the metrics (leaves waiting for a batch, batches
+/// waiting for the chain, the age of the oldest); a failure to read it only skips this round.
+async fn record_backlog(store: &Store) {
+    let backlog = match store.reader().await {
+        Ok(mut conn) => log::backlog(&mut conn).await,
+        Err(error) => Err(error),
+    };
+    let Ok(backlog) = backlog else {
+        return;
+    };
+    let metrics = crate::telemetry::metrics();
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    metrics
+        .log_unsealed_leaves
+        .record(count(backlog.unsealed_leaves), &[]);
+    metrics.log_waiting_batches.record(
+        count(backlog.sealed_batches),
+        &[opentelemetry::KeyValue::new("state", "sealed")],
+    );
+    metrics.log_waiting_batches.record(
+        count(backlog.submitted_batches),
+        &[opentelemetry::KeyValue::new("state", "submitted")],
+    );
+    let age_secs = backlog.oldest_sealed_at.map_or(0, |at| {
+        (Instant::now().millis() - at.millis()).max(0) / 1000
+    });
+    metrics.log_oldest_batch_age.record(count(age_secs), &[]);
 }
 
 /// The running worker.

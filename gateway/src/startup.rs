@@ -2,13 +2,13 @@
 //! and runs it until it is stopped.
 
 use std::net::TcpListener;
-use std::time::Instant as StdInstant;
 
 use actix_web::dev::{Server, Service};
 use actix_web::middleware::Compress;
 use actix_web::{App, HttpMessage as _, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::anchoring::anvil::Anvil;
 use crate::anchoring::{Anchoring, SharedStatus, Status, Target};
@@ -158,11 +158,20 @@ impl Application {
         fhir_profiles::search::Registry::r4();
         let workers = config.server.workers;
         let break_glass_store = store.clone();
+        let prometheus = config.telemetry.prometheus;
+        let metrics_token = config.telemetry.prometheus_token.clone();
+        if prometheus && metrics_token.is_none() {
+            tracing::warn!(
+                "telemetry.prometheus is on without telemetry.prometheus_token: anyone who reaches this port can read GET /metrics (no patient data, but request rates and backlogs)"
+            );
+        }
         let mut server = HttpServer::new(move || {
             let break_glass_store = break_glass_store.clone();
             let base_path = base_path.clone();
             let audit_log = audit_log.clone();
             let audit_base = base_path.clone();
+            let telemetry_base_path = base_path.clone();
+            let metrics_token = metrics_token.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(auth.clone())
@@ -256,28 +265,33 @@ impl Application {
                 })
                 .wrap(Compress::default())
                 .wrap(crate::auth::cors::middleware(&base_path))
-                .wrap_fn(|req, srv| {
-                    // method, route pattern, status and time only: never the path or query,
-                    // which can carry patient data
-                    let started = StdInstant::now();
-                    let method = req.method().to_string();
-                    let route = req
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_owned());
-                    let response = srv.call(req);
+                .wrap_fn(move |req, srv| {
+                    // the request's server span (a child of its `traceparent`), its metrics and
+                    // its log line: method, route pattern, status and time only, never the path
+                    // or query, which can carry patient data
+                    let request = crate::telemetry::HttpRequest::start(&req, &telemetry_base_path);
+                    let span = request.span.clone();
+                    let response = span.in_scope(|| srv.call(req)).instrument(span);
                     async move {
-                        let response = response.await?;
-                        tracing::info!(
-                            http.method = %method,
-                            http.route = %route,
-                            http.status = response.status().as_u16(),
-                            elapsed_us = started.elapsed().as_micros() as u64,
-                            "request"
-                        );
-                        Ok(response)
+                        match response.await {
+                            Ok(mut response) => {
+                                request.finish(&mut response);
+                                Ok(response)
+                            }
+                            Err(error) => {
+                                request.fail(error.as_response_error().status_code().as_u16());
+                                Err(error)
+                            }
+                        }
                     }
                 })
                 .route("/health/live", web::get().to(live))
+                .configure(|cfg| {
+                    if prometheus {
+                        cfg.app_data(web::Data::new(MetricsToken(metrics_token)))
+                            .route("/metrics", web::get().to(metrics));
+                    }
+                })
                 .route("/health/ready", web::get().to(ready))
                 .configure(|cfg| crate::auth::configure(cfg, &base_path))
                 .configure(|cfg| crate::consent::api::configure(cfg, &base_path))
@@ -428,6 +442,47 @@ fn url_path(base_url: &str) -> String {
         Some(i) => without_scheme[i..].trim_end_matches('/').to_owned(),
         None => String::new(),
     }
+}
+
+/// The bearer token `GET /metrics` requires, if any.
+struct MetricsToken(Option<secrecy::SecretString>);
+
+/// `GET /metrics`: the metrics in the Prometheus text format (`telemetry.prometheus`), behind
+/// `telemetry.prometheus_token` when it is set.
+async fn metrics(
+    req: actix_web::HttpRequest,
+    token: web::Data<MetricsToken>,
+) -> crate::error::Result<HttpResponse> {
+    use secrecy::ExposeSecret as _;
+    if let Some(token) = &token.0 {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let expected = token.expose_secret().as_bytes();
+        // digests compared, so that the comparison's time tells nothing of the token
+        let matches = given.is_some_and(|given| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(given.trim().as_bytes()) == sha2::Sha256::digest(expected)
+        });
+        if !matches {
+            return Err(crate::error::Error::Unauthorized {
+                realm: "metrics".to_owned(),
+                invalid_token: given.is_some(),
+                description: "GET /metrics needs the bearer token telemetry.prometheus_token"
+                    .to_owned(),
+            });
+        }
+    }
+    let text = crate::telemetry::prometheus_text().ok_or_else(|| {
+        crate::error::Error::Unavailable(
+            "this process does not collect metrics (telemetry was not installed)".to_owned(),
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
 }
 
 async fn live() -> HttpResponse {

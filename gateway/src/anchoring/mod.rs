@@ -382,6 +382,7 @@ impl Worker {
 
     /// Connects to the registry (deploying it if none is configured or recorded) and records
     /// the log's chain.
+    #[tracing::instrument(name = "anchoring.connect", skip_all)]
     async fn connect(&self) -> Result<AnchorClient, RoundError> {
         let target = &self.target;
         let recorded = {
@@ -447,6 +448,7 @@ impl Worker {
     }
 
     /// Deploys the registry; `expected`: the address it must land at (a redeployment).
+    #[tracing::instrument(name = "anchoring.deploy", skip_all)]
     async fn deploy(&self, expected: Option<Address>) -> Result<AnchorClient, RoundError> {
         // (the embedded chain's account was funded at start-up)
         let target = &self.target;
@@ -469,6 +471,7 @@ impl Worker {
 
     /// One pass over the unconfirmed batches (see the module's documentation). `true` when
     /// the chain lost anchors it had (the client must start afresh).
+    #[tracing::instrument(name = "anchoring.round", skip_all)]
     async fn round(&self) -> Result<bool, RoundError> {
         let Some(client) = self.client.as_ref() else {
             return Ok(false);
@@ -510,6 +513,7 @@ impl Worker {
     }
 
     /// A batch the registry holds: checks it, records where it is, confirms it when deep.
+    #[tracing::instrument(name = "anchoring.follow", skip_all)]
     async fn follow(
         &self,
         client: &AnchorClient,
@@ -592,6 +596,7 @@ impl Worker {
 
     /// Anchors the next batch; `false` when it cannot go now (transactions of the account
     /// still unmined, or the registry's log moved: the next round looks again).
+    #[tracing::instrument(name = "anchoring.send", skip_all)]
     async fn send(&self, client: &AnchorClient, batch: &StoredBatch) -> Result<bool, RoundError> {
         let unmined = client.unmined_transactions().await?;
         if unmined > 0 {

@@ -127,6 +127,7 @@ enum RoundError {
 }
 
 /// One round: reorg check, then the next window of events.
+#[tracing::instrument(name = "consent.follow_round", skip_all)]
 async fn round(
     store: &Store,
     reader: &ConsentReader,
@@ -164,6 +165,9 @@ async fn round(
         }
     };
     let head = reader.head().await?;
+    crate::telemetry::metrics()
+        .consent_chain_lag
+        .record(head.saturating_sub(cursor.block_number as u64), &[]);
     // 1. is what the index read still the canonical chain?
     let at_cursor = reader
         .block_hash(cursor.block_number as u64)
@@ -263,6 +267,9 @@ async fn round(
     )
     .await?;
     tx.commit().await?;
+    crate::telemetry::metrics()
+        .consent_chain_lag
+        .record(head - to, &[]);
     if !changes.grants.is_empty() || !changes.revocations.is_empty() {
         tracing::info!(
             from_block = from,

@@ -180,6 +180,7 @@ impl Intake {
     /// Translates and applies one message (the bytes between the MLLP frame's delimiters, or
     /// a `$hl7v2` body). Returns the message's header, when it has a readable one, and what
     /// became of it.
+    #[tracing::instrument(name = "hl7v2.message", skip_all, fields(hl7.ack = tracing::field::Empty))]
     pub async fn process(
         &self,
         access: &Access,
@@ -198,6 +199,14 @@ impl Intake {
                 ),
             )),
         };
+        let code = match &result {
+            Ok(accepted) => accepted.code,
+            Err(refusal) => refusal.code,
+        };
+        tracing::Span::current().record("hl7.ack", code.as_str());
+        crate::telemetry::metrics()
+            .hl7v2_messages
+            .add(1, &[opentelemetry::KeyValue::new("ack", code.as_str())]);
         (header, result)
     }
 

@@ -51,6 +51,7 @@ pub struct Grants {
 }
 
 /// The index's cursor; `None` before the follower first caught up.
+#[tracing::instrument(name = "db.consent_cursor", skip_all)]
 pub async fn cursor(conn: &mut AnyConnection) -> Result<Option<Cursor>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT chain_id, registry, start_block, block_number, block_hash, head, synced_at \
@@ -271,6 +272,7 @@ async fn remember_block(
 /// Records `changes` (read from the blocks after the cursor through `block`) and moves the
 /// cursor to `block`; `caught_up_at` (ms since the epoch) when `block` was the head, so the
 /// index is current as of then.
+#[tracing::instrument(name = "db.consent_apply", skip_all)]
 pub async fn apply(
     conn: &mut AnyConnection,
     changes: &Changes,

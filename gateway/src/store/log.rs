@@ -27,6 +27,7 @@ use crate::model::{Instant, VersionId};
 const LEAVES_PER_STATEMENT: usize = 1000;
 
 /// Writes the leaves of versions just inserted (`vkey`, leaf), unsequenced.
+#[tracing::instrument(name = "db.insert_leaves", skip_all)]
 pub async fn insert_leaves(
     conn: &mut AnyConnection,
     leaves: &[(i64, &Leaf)],
@@ -72,6 +73,7 @@ pub async fn try_lead(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
 
 /// Gives up to `limit` committed unsequenced leaves the next log indexes (contiguous, from
 /// the log's current size), in `vkey` order. Returns how many were sequenced.
+#[tracing::instrument(name = "db.log_sequence", skip_all)]
 pub async fn sequence(conn: &mut AnyConnection, limit: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE log_leaf SET log_index = s.next_index FROM ( \
@@ -107,6 +109,7 @@ pub struct SealedBatch {
 /// Seals the sequenced leaves that no batch holds yet into batches, as many as `rule` calls
 /// for at `now`: full batches first, then one younger batch if its oldest version is old
 /// enough. Returns the batches sealed, in order.
+#[tracing::instrument(name = "db.log_seal", skip_all)]
 pub async fn seal(
     conn: &mut AnyConnection,
     rule: SealRule,
@@ -225,6 +228,7 @@ pub struct StoredLeaf {
 
 /// The log entry of a version of a resource (the current one when `version` is `None`);
 /// `None` when there is no such version or it has no log entry.
+#[tracing::instrument(name = "db.leaf_of", skip_all)]
 pub async fn leaf_of(
     conn: &mut AnyConnection,
     resource_type: &str,
@@ -296,6 +300,7 @@ pub struct Backlog {
     pub submitted_batches: i64,
 }
 
+#[tracing::instrument(name = "db.log_backlog", skip_all)]
 pub async fn backlog(conn: &mut AnyConnection) -> Result<Backlog, sqlx::Error> {
     // two counts, each answered by an index (the partial one, then the unique log_index)
     let row = sqlx::query(

@@ -248,6 +248,7 @@ impl Store {
     /// with a concurrent transaction (see [`is_transient`]), the whole transaction is rolled
     /// back and run again, up to [`ATTEMPTS`] times; `work` must therefore be repeatable
     /// (it may only have effects through the connection it is given).
+    #[tracing::instrument(name = "db.transaction", skip_all)]
     pub async fn write<T>(
         &self,
         mut work: impl AsyncFnMut(&mut AnyConnection) -> crate::error::Result<T>,

@@ -362,6 +362,7 @@ async fn write_version_postgres(
 }
 
 /// The index rows of a version that has a body (a deletion has none).
+#[tracing::instrument(name = "db.insert_index", skip_all)]
 async fn insert_index(
     conn: &mut AnyConnection,
     rkey: i64,

@@ -33,5 +33,6 @@ mod second_opinion;
 mod siwe;
 mod smart_apps;
 mod summary;
+mod telemetry;
 mod tls;
 mod v2_bundles;
