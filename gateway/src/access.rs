@@ -32,6 +32,14 @@ pub const PURPOSE_OF_USE_HEADER: &str = "X-Purpose-Of-Use";
 /// The purpose of use when neither the token nor the request names one: treatment.
 pub const DEFAULT_PURPOSE_OF_USE: &str = "TREAT";
 
+/// What of the audit trail a request may read ([`Access::allowed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuditTrail {
+    All,
+    OwnRecord,
+    Nothing,
+}
+
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
@@ -68,6 +76,8 @@ pub struct Access {
     /// Break-the-glass: a user with that permission named the emergency purpose of use, so
     /// patient data is served without a consent grant (audited and flagged).
     pub break_glass: bool,
+    /// The auditor role: every AuditEvent may be read, without consent.
+    pub auditor: bool,
     /// What on-chain consent lets through ([`Gate::Open`] until [`Consent::gate`] set it).
     pub consent: Gate,
     /// How a read of one resource that consent does not cover answers.
@@ -86,6 +96,7 @@ impl Access {
             purpose_of_use: purpose_of_use.unwrap_or(DEFAULT_PURPOSE_OF_USE).to_owned(),
             jti: None,
             break_glass: false,
+            auditor: false,
             consent: Gate::Open,
             consent_denied: ConsentDenied::Forbidden,
         }
@@ -134,6 +145,7 @@ impl Access {
             purpose_of_use: purpose,
             jti: Some(claims.jti),
             break_glass,
+            auditor: claims.auditor && claims.user_kind == Some(UserKind::Staff),
             consent: Gate::Open,
             consent_denied: ConsentDenied::Forbidden,
         })
@@ -165,10 +177,38 @@ impl Access {
         }
     }
 
+    /// What of the audit trail this request may read: everything (the operator, an auditor),
+    /// what is about the user's own record (a patient), or nothing.
+    fn audit_trail(&self) -> AuditTrail {
+        if self.is_operator() || self.auditor {
+            AuditTrail::All
+        } else if self.patient_user().is_some() {
+            AuditTrail::OwnRecord
+        } else {
+            AuditTrail::Nothing
+        }
+    }
+
     /// What `permission` on `resource_type` is allowed: `None` every resource of the type,
     /// `Some(filter)` those matching it; 403 when no scope grants it. Reads of
     /// patient-compartment types are narrowed further by consent (503 when its view is stale).
+    /// AuditEvents are read by auditors (all of them, consent aside) and by patients (those
+    /// about their own record), by nobody else.
     pub fn allowed(&self, permission: Permission, resource_type: &str) -> Result<Option<Filter>> {
+        if resource_type == crate::audit::AUDIT_EVENT
+            && matches!(permission, Permission::Read | Permission::Search)
+        {
+            match self.audit_trail() {
+                AuditTrail::All => return self.scope_allowed(permission, resource_type),
+                AuditTrail::OwnRecord => {}
+                AuditTrail::Nothing => {
+                    return Err(Error::Forbidden(
+                        "AuditEvents are read by auditors (staff users the operator gave the auditor role) and by patients, of their own record; this token's user is neither"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
         if resource_type == "Consent"
             && matches!(
                 permission,
@@ -315,9 +355,23 @@ impl Access {
             named.extend(patient_compartment_types().map(str::to_owned));
             named.insert("Patient".to_owned());
         }
+        // the audit trail has its own rule (Access::allowed): searches across types leave
+        // out what it does not let through rather than fail
+        let audit_trail = self.audit_trail();
+        if audit_trail != AuditTrail::All {
+            named.insert(crate::audit::AUDIT_EVENT.to_owned());
+        }
         let mut alternatives = Vec::new();
         let mut restricted = false;
         for t in &named {
+            if t == crate::audit::AUDIT_EVENT && audit_trail == AuditTrail::Nothing {
+                restricted = true;
+                alternatives.push(Alternative {
+                    types: TypeCondition::Is(t.clone()),
+                    filters: vec![Filter::AnyOf(Vec::new())],
+                });
+                continue;
+            }
             let filters = match self.allowed(permission, t)? {
                 None => Vec::new(),
                 Some(filter) => {
@@ -626,8 +680,10 @@ impl FromRequest for Access {
                 access.consent = consent.gate(&access).await?;
                 access.consent_denied = consent.config().denied;
             }
-            // who asked, for the audit record of the request
-            req.extensions_mut().insert(crate::audit::Who::of(&access));
+            // who asked, for the audit record of the request (when it gets one)
+            if req.extensions().contains::<crate::audit::Pending>() {
+                req.extensions_mut().insert(crate::audit::Who::of(&access));
+            }
             if access.break_glass
                 && let Actor::User { id, .. } = &access.actor
             {
@@ -715,6 +771,7 @@ mod tests {
             purpose_of_use: DEFAULT_PURPOSE_OF_USE.to_owned(),
             jti: Some("j".to_owned()),
             break_glass: false,
+            auditor: false,
             consent: Gate::Open,
             consent_denied: ConsentDenied::Forbidden,
         }
@@ -780,6 +837,7 @@ mod tests {
             encounter: None,
             purpose_of_use: None,
             break_glass: false,
+            auditor: false,
         };
         assert_eq!(
             Access::from_claims(claims.clone(), None)

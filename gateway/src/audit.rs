@@ -38,6 +38,10 @@ pub const AUDIT_EVENT: &str = "AuditEvent";
 /// Most records stored in one transaction.
 const MAX_BATCH: usize = 256;
 
+/// Most resources one record names when an interaction touches very many (a Bulk Data
+/// export's file is recorded in several).
+pub const MAX_ENTITIES: usize = 1_000;
+
 /// Pairs (type, id) per statement when looking up the patients of touched resources.
 const PAIRS_PER_LOOKUP: usize = 250;
 
@@ -73,6 +77,51 @@ pub struct TouchedList(pub Vec<Touched>);
 #[derive(Debug, Clone)]
 pub struct Failure(pub String);
 
+/// What the audit middleware knows of a request before it is served (a request extension):
+/// a write's handler builds its record from it and stores it in the write's own transaction
+/// ([`store_in`]), then marks the response [`Recorded`].
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub interaction: Interaction,
+    /// A search's query string.
+    pub query: Option<String>,
+    /// The client's network address.
+    pub address: Option<String>,
+}
+
+impl Pending {
+    /// The record of the request served to `access`, answered `status` having touched
+    /// `touched`.
+    pub fn record(&self, access: &Access, status: u16, touched: Vec<Touched>) -> Record {
+        self.record_as(self.interaction.clone(), access, status, touched)
+    }
+
+    /// The same, as another interaction (a batch's entry).
+    pub fn record_as(
+        &self,
+        interaction: Interaction,
+        access: &Access,
+        status: u16,
+        touched: Vec<Touched>,
+    ) -> Record {
+        Record {
+            recorded: Instant::now(),
+            interaction,
+            status,
+            failure: None,
+            who: Some(Who::of(access)),
+            touched,
+            query: self.query.clone(),
+            address: self.address.clone(),
+        }
+    }
+}
+
+/// A response whose record was stored in its write's transaction, so the middleware stores
+/// none (a response extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded;
+
 /// Who made a request (a request extension set by the [`Access`] extractor).
 #[derive(Debug, Clone)]
 pub struct Who {
@@ -95,6 +144,32 @@ struct ConsentBasis {
 }
 
 impl Who {
+    /// The party a token was issued to (the token endpoint's record).
+    pub fn of_token(claims: &crate::auth::claims::AccessClaims) -> Who {
+        let access =
+            Access::from_claims(claims.clone(), None).unwrap_or_else(|_| Access::operator(None));
+        Who {
+            purpose_of_use: String::new(),
+            ..Who::of(&access)
+        }
+    }
+
+    /// A user who signed in or out (no app, no token).
+    pub fn user(kind: crate::auth::claims::UserKind, id: &str, fhir_user: Option<&str>) -> Who {
+        Who {
+            actor: Actor::User {
+                kind,
+                id: id.to_owned(),
+                fhir_user: fhir_user.map(str::to_owned),
+            },
+            client_id: None,
+            jti: None,
+            purpose_of_use: String::new(),
+            break_glass: false,
+            consent: None,
+        }
+    }
+
     pub fn of(access: &Access) -> Who {
         Who {
             actor: access.actor.clone(),
@@ -142,6 +217,17 @@ pub enum Interaction {
     Operation(String),
     /// An HL7 v2 message received over MLLP: its trigger event (table 0003, e.g. `A01`).
     Message(String),
+    /// A request to the authorization server: a sign-in or sign-out, a token asked for
+    /// (issued or refused), revoked or introspected, an app authorized, a client registered,
+    /// a wallet bound (the endpoint, as [`Interaction::of`] names it).
+    Auth(&'static str),
+    /// The files of a Bulk Data export, as they are written (each file's resources).
+    Export,
+    /// A batch of `fhir-gateway import` (NDJSON), as it is written.
+    Import,
+    /// A consent grant or revocation relayed to the chain (`grant`, `revoke`), or a read of
+    /// the consent index (`grants`, `break-glass`).
+    Consent(&'static str),
 }
 
 impl Interaction {
@@ -154,6 +240,9 @@ impl Interaction {
             return None;
         }
         let segments: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
+        if let Some(interaction) = Interaction::of_auth(method, &segments) {
+            return interaction;
+        }
         if let Some(operation) = path.rsplit('/').next().filter(|last| last.starts_with('$')) {
             return Some(Operation(operation.to_owned()));
         }
@@ -176,6 +265,49 @@ impl Interaction {
         })
     }
 
+    /// The interaction of a request to the authorization server or the consent API
+    /// (`Some(None)`: not recorded: discovery documents, scripts and the pages of the
+    /// sign-in flow, whose decisions are recorded when they are posted); `None` for the
+    /// FHIR API.
+    fn of_auth(method: &str, segments: &[&str]) -> Option<Option<Interaction>> {
+        use Interaction::{Auth, Consent};
+        let interaction = match (method, segments) {
+            (_, [".well-known", ..]) => None,
+            (
+                "GET",
+                [
+                    "auth",
+                    "siwe.js" | "consent.js" | "authorize" | "approve" | "ehr-launch" | "link",
+                ],
+            ) => None,
+            ("POST", ["auth", "sign-in"] | ["auth", "siwe", "sign-in"]) => Some(Auth("login")),
+            ("POST", ["auth", "sign-out"]) => Some(Auth("logout")),
+            ("POST", ["auth", "token"]) => Some(Auth("token")),
+            ("POST", ["auth", "revoke"]) => Some(Auth("revoke")),
+            ("POST", ["auth", "introspect"]) => Some(Auth("introspect")),
+            ("POST", ["auth", "authorize"]) => Some(Auth("authorize")),
+            ("POST", ["auth", "approve"]) => Some(Auth("approve")),
+            ("POST", ["auth", "approve", "consent"]) => Some(Auth("consent-request")),
+            ("POST", ["auth", "ehr-launch"]) => Some(Auth("ehr-launch")),
+            ("POST", ["auth", "siwe", "message"]) => Some(Auth("siwe-message")),
+            ("POST", ["auth", "register"]) => Some(Auth("register")),
+            (_, ["auth", "clients", ..]) => Some(Auth("clients")),
+            ("POST", ["auth", "link"]) => Some(Auth("link")),
+            (_, ["auth", "patients", _, "link-codes"]) => Some(Auth("link-code")),
+            (_, ["auth", "patients", _, "binding"]) => Some(Auth("binding")),
+            (_, ["auth", ..]) => Some(Auth("auth")),
+            ("POST", ["consent", "grants"]) => Some(Consent("grant")),
+            ("POST", ["consent", "revocations"]) => Some(Consent("revoke")),
+            ("POST", ["consent", "grant-request"]) => Some(Consent("grant-request")),
+            ("POST", ["consent", "revoke-request"]) => Some(Consent("revoke-request")),
+            (_, ["consent", "grants"]) => Some(Consent("grants")),
+            (_, ["consent", "break-glass"]) => Some(Consent("break-glass")),
+            (_, ["consent", ..]) => Some(Consent("consent")),
+            _ => return None,
+        };
+        Some(interaction)
+    }
+
     /// The BALP `action`: C, R, U, D or E (execute: searches, operations, Bundles).
     fn action(&self) -> &'static str {
         match self {
@@ -184,6 +316,11 @@ impl Interaction {
             | Interaction::Rest("history-system") => "R",
             Interaction::Rest("update" | "patch") => "U",
             Interaction::Rest("delete") => "D",
+            Interaction::Consent("grants" | "break-glass") => "R",
+            Interaction::Consent("grant") => "C",
+            Interaction::Consent("revoke") => "D",
+            Interaction::Export => "R",
+            Interaction::Import => "C",
             _ => "E",
         }
     }
@@ -277,9 +414,46 @@ pub async fn store_records(
     records: &[&Record],
 ) -> anyhow::Result<()> {
     let mut tx = store.begin().await?;
+    store_in(&mut tx, ctx, records).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stores the records of resources written by `fhir-gateway import` (the operator's
+/// command), at most [`MAX_ENTITIES`] to a record, in the caller's transaction.
+pub async fn store_import(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    touched: Vec<Touched>,
+) -> anyhow::Result<()> {
+    let who = Who::of(&Access::operator(None));
+    let records: Vec<Record> = touched
+        .chunks(MAX_ENTITIES)
+        .map(|chunk| Record {
+            recorded: Instant::now(),
+            interaction: Interaction::Import,
+            status: 200,
+            failure: None,
+            who: Some(who.clone()),
+            touched: chunk.to_vec(),
+            query: None,
+            address: None,
+        })
+        .collect();
+    let records: Vec<&Record> = records.iter().collect();
+    store_in(conn, ctx, &records).await
+}
+
+/// Stores `records` as AuditEvents in the caller's transaction: a write stores its own
+/// record this way, so that the two commit together or not at all.
+pub async fn store_in(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    records: &[&Record],
+) -> anyhow::Result<()> {
     let touched: Vec<&Touched> = records.iter().flat_map(|r| &r.touched).collect();
-    let patients = patients_of(&mut tx, &touched).await?;
-    let grants = grants_of(&mut tx, records, &patients).await?;
+    let patients = patients_of(conn, &touched).await?;
+    let grants = grants_of(conn, records, &patients).await?;
     let audit_event = ResourceType::parse(AUDIT_EVENT)?;
     let mut prepared = Vec::with_capacity(records.len());
     for record in records {
@@ -293,8 +467,7 @@ pub async fn store_records(
             Method::Post,
         )?);
     }
-    store_new_versions(&mut tx, &prepared).await?;
-    tx.commit().await?;
+    store_new_versions(conn, &prepared).await?;
     Ok(())
 }
 
@@ -412,6 +585,14 @@ async fn grants_of(
 }
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+/// IHE's transaction codes (ITI-71: Get Access Token, ITI-102: Introspect Token).
+const IHE_EVENT: &str = "urn:ihe:event-type-code";
+/// The authorization server's other endpoints, by name.
+const AUTH_ENDPOINT: &str = "urn:fhir-gateway:auth";
+/// The operator's commands (`fhir-gateway import`).
+const COMMAND: &str = "urn:fhir-gateway:command";
+/// The consent API's actions.
+const CONSENT_ACTION: &str = "urn:fhir-gateway:consent";
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 /// The extension carrying a consent decision's basis (documented in README, "Audit").
 pub const CONSENT_BASIS_EXTENSION: &str = "urn:fhir-gateway:consent-basis";
@@ -439,8 +620,21 @@ fn audit_event_of(
             "http://terminology.hl7.org/CodeSystem/v2-0003",
             event.clone(),
         ),
+        Interaction::Auth("login") => (DCM, "110122".to_owned()),
+        Interaction::Auth("logout") => (DCM, "110123".to_owned()),
+        Interaction::Auth("token") => (IHE_EVENT, "ITI-71".to_owned()),
+        Interaction::Auth("introspect") => (IHE_EVENT, "ITI-102".to_owned()),
+        Interaction::Auth(endpoint) => (AUTH_ENDPOINT, (*endpoint).to_owned()),
+        Interaction::Consent(what) => (CONSENT_ACTION, (*what).to_owned()),
+        Interaction::Export => (
+            "urn:ietf:rfc:3986",
+            format!("{base_url}/OperationDefinition/export"),
+        ),
+        Interaction::Import => (COMMAND, "import".to_owned()),
     };
     let (outcome, description) = match record.status {
+        // a refusal answered with a page (a sign-in form shown again with its error)
+        200..=399 if record.failure.is_some() => ("4", record.failure.clone()),
         200..=399 => ("0", None),
         400..=499 => (
             "4",
@@ -472,14 +666,28 @@ fn audit_event_of(
     if matches!(record.interaction, Interaction::Rest(code) if !code.starts_with("search")) {
         event["type"] = json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"});
     }
-    if let Interaction::Message(_) = record.interaction {
-        event["type"] = json!({"system": DCM, "code": "110107", "display": "Import"});
+    match record.interaction {
+        Interaction::Message(_) | Interaction::Import => {
+            event["type"] = json!({"system": DCM, "code": "110107", "display": "Import"});
+        }
+        Interaction::Auth(_) => {
+            event["type"] =
+                json!({"system": DCM, "code": "110114", "display": "User Authentication"});
+        }
+        Interaction::Consent(_) => {
+            event["type"] =
+                json!({"system": CONSENT_ACTION, "code": "consent", "display": "Patient consent"});
+        }
+        Interaction::Export => {
+            event["type"] = json!({"system": DCM, "code": "110106", "display": "Export"});
+        }
+        Interaction::Rest(_) | Interaction::Operation(_) => {}
     }
     if let Some(description) = description {
         event["outcomeDesc"] = json!(description);
     }
     let who = record.who.as_ref();
-    if let Some(who) = who {
+    if let Some(who) = who.filter(|w| !w.purpose_of_use.is_empty()) {
         let mut purpose =
             vec![json!({"coding": [{"system": ACT_REASON, "code": who.purpose_of_use}]})];
         if who.break_glass {
@@ -625,7 +833,7 @@ fn agents(record: &Record, who: Option<&Who>) -> Vec<Value> {
         Some(Actor::Operator) => {
             let mut agent = json!({
                 "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-                "who": {"display": "the operator (no token required: auth.required = false)"},
+                "who": {"display": "the operator (auth.required = false, or the operator's command line)"},
                 "requestor": true,
             });
             if let Some(network) = &network {

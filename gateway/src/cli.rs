@@ -213,6 +213,17 @@ enum UserCommand {
         #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Give (or with --revoke take) a staff user the auditor role: to read every AuditEvent,
+    /// whoever's record it is about, without a consent grant (with a token holding
+    /// user/AuditEvent.rs). Tokens issued afterwards carry it.
+    Auditor {
+        /// The user, by id or username.
+        user: String,
+        #[arg(long)]
+        revoke: bool,
+        #[arg(long, short, env = "FHIR_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Disable a user (by id or username): they can no longer sign in or refresh tokens.
     Disable {
         user: String,
@@ -529,7 +540,8 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add { config, .. }
         | UserCommand::List { config }
         | UserCommand::Disable { config, .. }
-        | UserCommand::BreakGlass { config, .. } => Config::load(config.as_deref())?,
+        | UserCommand::BreakGlass { config, .. }
+        | UserCommand::Auditor { config, .. } => Config::load(config.as_deref())?,
     };
     let _telemetry = telemetry::init_stderr(&config)?;
     let store = Store::connect(&config.database).await?;
@@ -581,6 +593,17 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"user": user, "breakGlass": !revoke})
                 );
+            }
+            UserCommand::Auditor {
+                user,
+                revoke,
+                config: _,
+            } => {
+                anyhow::ensure!(
+                    users::set_auditor(&store, &user, !revoke).await?,
+                    "no staff user {user:?}"
+                );
+                println!("{}", serde_json::json!({"user": user, "auditor": !revoke}));
             }
             UserCommand::Disable { user, config: _ } => {
                 anyhow::ensure!(

@@ -851,19 +851,32 @@ struct Output<'a> {
     count: usize,
     /// When the lease was last renewed.
     renewed_at: std::time::Instant,
+    /// The resources in `content`, for the file's audit record.
+    touched: Vec<crate::audit::Touched>,
+    /// The requester, when the audit trail is on: each file is stored with the AuditEvents
+    /// of the resources it holds.
+    audit: Option<(&'a Context, &'a crate::audit::Who)>,
 }
 
 impl Output<'_> {
-    fn push(&mut self, body: &str) {
-        self.content.push_str(body);
+    fn push(&mut self, row: &search_sql::MatchRow) {
+        self.content.push_str(&row.body);
         self.content.push('\n');
         self.count += 1;
+        if self.audit.is_some() {
+            self.touched.push(crate::audit::Touched::row(
+                &row.resource_type,
+                &row.id,
+                row.version_id,
+            ));
+        }
     }
 
     /// Stores the file so far (if any) and renews the lease; `Lost` if the job is no
     /// longer this worker's.
     async fn flush(&mut self, progress: &str) -> std::result::Result<(), Stop> {
         let (content, count) = (std::mem::take(&mut self.content), self.count);
+        let touched = std::mem::take(&mut self.touched);
         self.count = 0;
         let seq = self.seq;
         if count > 0 {
@@ -883,6 +896,26 @@ impl Output<'_> {
             .bind(&content)
             .execute(&mut *tx)
             .await?;
+            // the file and the record of what it discloses commit together
+            if let Some((ctx, who)) = self.audit {
+                let records: Vec<crate::audit::Record> = touched
+                    .chunks(crate::audit::MAX_ENTITIES)
+                    .map(|chunk| crate::audit::Record {
+                        recorded: Instant::now(),
+                        interaction: crate::audit::Interaction::Export,
+                        status: 200,
+                        failure: None,
+                        who: Some(who.clone()),
+                        touched: chunk.to_vec(),
+                        query: None,
+                        address: None,
+                    })
+                    .collect();
+                let records: Vec<&crate::audit::Record> = records.iter().collect();
+                crate::audit::store_in(&mut tx, ctx, &records)
+                    .await
+                    .map_err(|e| Stop::Failed(Error::Internal(e)))?;
+            }
         }
         tx.commit().await?;
         if held { Ok(()) } else { Err(Stop::Lost) }
@@ -950,6 +983,8 @@ async fn export(
     if let Gate::Stale(reason) = &access.consent {
         return Err(Stop::Failed(Error::Unavailable(reason.clone())));
     }
+    let who = crate::audit::Who::of(&access);
+    let audit = ctx.config.audit.enabled.then_some((ctx, &who));
     let patients = match &job.request.level {
         Level::System => None,
         Level::Patient => Some(None),
@@ -1006,6 +1041,8 @@ async fn export(
             content: String::new(),
             count: 0,
             renewed_at: std::time::Instant::now(),
+            touched: Vec::new(),
+            audit,
         };
         let types = [t.clone()];
         let query = search_sql::Query {
@@ -1021,7 +1058,7 @@ async fn export(
                 search_sql::page(&mut conn, &query, cursor.as_ref(), PAGE).await?
             };
             for row in &page.rows {
-                output.push(&row.body);
+                output.push(row);
             }
             let progress = format!("{t}: {n} of {total} types done");
             if output.count >= FILE_RESOURCES {

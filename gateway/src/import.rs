@@ -561,6 +561,10 @@ async fn commit_batch(
             let writes: Vec<store::VersionWrite<'_>> =
                 new.iter().map(|c| c.version.write()).collect();
             store::write_new_versions(conn, &writes).await?;
+            let mut touched: Vec<crate::audit::Touched> = writes
+                .iter()
+                .map(|w| crate::audit::Touched::version(w.resource_type, w.id, w.version_id))
+                .collect();
             for checked in &later {
                 let (resource_type, id) = &checked.key;
                 let body = resource::parse_json(
@@ -571,7 +575,7 @@ async fn commit_batch(
                     (ResourceType::parse(resource_type)?, ResourceId::parse(id)?);
                 let current =
                     store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
-                store_version(
+                let outcome = store_version(
                     conn,
                     ctx,
                     &resource_type,
@@ -581,6 +585,13 @@ async fn commit_batch(
                     Method::Put,
                 )
                 .await?;
+                touched.extend(outcome.touched);
+            }
+            // what the batch wrote is on record with it (crate::audit)
+            if ctx.config.audit.enabled && !touched.is_empty() {
+                crate::audit::store_import(conn, ctx, touched)
+                    .await
+                    .map_err(Error::Internal)?;
             }
             record_progress(conn, hash, batch, ready.len() as u64, &rejections).await?;
             Ok((ready.len() as u64, rejections.len() as u64))

@@ -233,18 +233,36 @@ impl Application {
                         .filter(|q| !q.is_empty());
                     let address = req.peer_addr().map(|a| a.ip().to_string());
                     let requested = crate::audit::requested(&route, req.path());
+                    if let (Some(interaction), Some(_)) = (&interaction, &audit) {
+                        // a write stores its record in its own transaction from this
+                        req.extensions_mut().insert(crate::audit::Pending {
+                            interaction: interaction.clone(),
+                            query: query.clone(),
+                            address: address.clone(),
+                        });
+                    }
                     let response = srv.call(req);
                     async move {
                         let response = response.await?;
                         let (Some(interaction), Some(audit)) = (interaction, audit) else {
                             return Ok(response.map_into_left_body());
                         };
+                        if response.response().extensions().get::<crate::audit::Recorded>().is_some() {
+                            return Ok(response.map_into_left_body());
+                        }
                         let record = crate::audit::Record {
                             recorded: crate::model::Instant::now(),
                             interaction,
                             status: response.status().as_u16(),
                             failure: response.response().extensions().get::<crate::audit::Failure>().map(|f| f.0.clone()),
-                            who: response.request().extensions().get::<crate::audit::Who>().cloned(),
+                            // the FHIR API's from the token; the authorization server's from
+                            // whom it signed in or issued a token to
+                            who: response
+                                .request()
+                                .extensions()
+                                .get::<crate::audit::Who>()
+                                .or(response.response().extensions().get::<crate::audit::Who>())
+                                .cloned(),
                             touched: response
                                 .response()
                                 .extensions()

@@ -77,7 +77,11 @@ impl Failure {
 
     pub(super) fn response(self) -> HttpResponse {
         match self {
-            Failure::Page(status, message) => pages::error(status, &message),
+            Failure::Page(status, message) => {
+                let mut page = pages::error(status, &message);
+                page.extensions_mut().insert(crate::audit::Failure(message));
+                page
+            }
             Failure::Redirect {
                 redirect_uri,
                 error,
@@ -85,6 +89,8 @@ impl Failure {
                 state,
             } => {
                 tracing::info!(error, "authorization request refused");
+                // a refusal sent back to the app, for the audit record
+                let failure = crate::audit::Failure(format!("{error}: {description}"));
                 let mut params = vec![
                     ("error", error.to_owned()),
                     ("error_description", description),
@@ -92,7 +98,9 @@ impl Failure {
                 if let Some(state) = state {
                     params.push(("state", state));
                 }
-                see_other(&with_query(&redirect_uri, &params))
+                let mut response = see_other(&with_query(&redirect_uri, &params));
+                response.extensions_mut().insert(failure);
+                response
             }
             Failure::Internal => pages::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -641,7 +649,7 @@ pub(super) async fn sign_in(
                 tracing::info!(?reason, "a sign-in was refused");
                 let error =
                     "The username or password is not right, or this account cannot sign in now.";
-                return Ok(sign_in_page(
+                let mut page = sign_in_page(
                     &auth,
                     &session,
                     form.get("request").unwrap_or_default(),
@@ -650,7 +658,12 @@ pub(super) async fn sign_in(
                         .as_ref()
                         .map_or("", |(_, c)| c.name.as_str()),
                     Some(("username", error)),
-                ));
+                );
+                // the attempt and why it failed, for the audit trail (never the password)
+                page.extensions_mut().insert(crate::audit::Failure(format!(
+                    "sign-in refused for the username {username:?}: {reason:?}"
+                )));
+                return Ok(page);
             }
         };
         start_signed_in_session(
@@ -757,14 +770,18 @@ pub(super) async fn siwe_sign_in(
         let session = posted_session(&auth, &req, &form).await?;
         let (request, client) = pending(&auth, &session, form.get("request")).await?;
         let refuse = |text: &str| {
-            Ok(sign_in_page(
+            let mut page = sign_in_page(
                 &auth,
                 &session,
                 &request.request_id,
                 "",
                 &client.name,
                 Some(("siwe-button", text)),
-            ))
+            );
+            // why the wallet sign-in failed, for the audit trail
+            page.extensions_mut()
+                .insert(crate::audit::Failure(format!("wallet sign-in refused: {text}")));
+            Ok(page)
         };
         // a browser submits a form's line breaks as CRLF; EIP-4361 messages have LF
         let message = form.get("message").unwrap_or_default().replace("\r\n", "\n");
@@ -850,6 +867,12 @@ pub(super) async fn signed_in_to(
     tx.commit().await?;
     let mut response = see_other(location);
     set_cookie(&mut response, auth, &cookie);
+    // who signed in, for the sign-in's audit record
+    response.extensions_mut().insert(crate::audit::Who::user(
+        super::claims::UserKind::of_stored(&user.kind),
+        &user.user_id,
+        Some(user.fhir_user.as_str()),
+    ));
     Ok(response)
 }
 
@@ -1020,10 +1043,20 @@ pub(super) async fn sign_out(
     let form = PageForm::parse(&body);
     let result = async {
         let session = posted_session(&auth, &req, &form).await?;
+        let user = session_user(&auth, &session).await?;
         let mut tx = auth.store.begin().await?;
         store::end_session(&mut tx, &session.session_hash, now_millis()).await?;
         tx.commit().await?;
-        Ok::<_, Failure>(pages::render(StatusCode::OK, &pages::SignedOut {}))
+        let mut page = pages::render(StatusCode::OK, &pages::SignedOut {});
+        // who signed out, for the audit record
+        if let Some(user) = user {
+            page.extensions_mut().insert(crate::audit::Who::user(
+                super::claims::UserKind::of_stored(&user.kind),
+                &user.user_id,
+                Some(user.fhir_user.as_str()),
+            ));
+        }
+        Ok::<_, Failure>(page)
     }
     .await;
     result.unwrap_or_else(Failure::response)

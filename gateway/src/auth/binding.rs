@@ -289,6 +289,7 @@ pub async fn bind(
         disabled_at: None,
         created_at: now,
         break_glass: false,
+        auditor: false,
     };
     // a concurrent binding of the same wallet or record got there first: the same refusals
     if let Some(refused) = unique(users::insert(conn, &user).await, Refused::WalletBound)? {

@@ -15,6 +15,17 @@ pub enum UserKind {
     Staff,
 }
 
+impl UserKind {
+    /// The kind of a stored user (`auth_user.kind`): `patient`, `practitioner`, else staff.
+    pub fn of_stored(kind: &str) -> UserKind {
+        match kind {
+            "patient" => UserKind::Patient,
+            "practitioner" => UserKind::Practitioner,
+            _ => UserKind::Staff,
+        }
+    }
+}
+
 /// The claims of an access token (a JWT signed by the gateway's key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -54,4 +65,8 @@ pub struct AccessClaims {
     /// flagged). Only users the operator gave that permission get it.
     #[serde(default, rename = "btg", skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
+    /// The user is an auditor: may read every AuditEvent, whoever's record it is about,
+    /// without a consent grant. Only staff users the operator gave that role get it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auditor: bool,
 }

@@ -247,11 +247,7 @@ async fn issue(
         .map_err(database)?
         .filter(|u| u.disabled_at.is_none())
         .ok_or_else(|| invalid_grant("the user is disabled"))?;
-    let user_kind = match user.kind.as_str() {
-        "patient" => UserKind::Patient,
-        "practitioner" => UserKind::Practitioner,
-        _ => UserKind::Staff,
-    };
+    let user_kind = UserKind::of_stored(&user.kind);
     let scopes = ScopeSet::parse_lenient(&grant.scope);
     let now_millis = now_millis();
     let now = now_millis / 1000;
@@ -272,6 +268,7 @@ async fn issue(
         encounter: grant.encounter.clone(),
         purpose_of_use: None,
         break_glass: user.break_glass && user_kind != UserKind::Patient,
+        auditor: user.auditor && user_kind == UserKind::Staff,
     };
     let sign_error = |_| OAuthError::new("server_error", "the token could not be signed");
     let access_token = auth.key.sign(&claims).map_err(sign_error)?;
@@ -331,8 +328,13 @@ async fn issue(
             .map_err(database)?;
         body.insert("refresh_token".into(), Value::from(token));
     }
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .insert_header(("Pragma", "no-cache"))
-        .json(Value::Object(body)))
+        .json(Value::Object(body));
+    // whom the token was issued to, for its audit record
+    response
+        .extensions_mut()
+        .insert(crate::audit::Who::of_token(&claims));
+    Ok(response)
 }

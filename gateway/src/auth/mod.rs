@@ -299,6 +299,7 @@ pub fn operator_token(
         encounter: None,
         purpose_of_use: None,
         break_glass: false,
+        auditor: false,
     };
     key.sign(&claims)
 }

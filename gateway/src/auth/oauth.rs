@@ -44,10 +44,18 @@ impl OAuthError {
         if status == StatusCode::UNAUTHORIZED && self.basic_challenge {
             response.insert_header(("WWW-Authenticate", "Basic realm=\"fhir-gateway\""));
         }
-        response
+        let mut response = response
             .insert_header(("Cache-Control", "no-store"))
             .insert_header(("Pragma", "no-cache"))
-            .json(json!({"error": self.code, "error_description": self.description}))
+            .json(json!({"error": self.code, "error_description": self.description}));
+        // the refusal's reason, for its audit record
+        response
+            .extensions_mut()
+            .insert(crate::audit::Failure(format!(
+                "{}: {}",
+                self.code, self.description
+            )));
+        response
     }
 }
 

@@ -115,6 +115,7 @@ async fn issue(
         encounter: None,
         purpose_of_use: None,
         break_glass: false,
+        auditor: false,
     };
     let access_token = auth
         .key
@@ -125,7 +126,7 @@ async fn issue(
         method = authenticated_with.as_str(),
         "issued an access token"
     );
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .insert_header(("Pragma", "no-cache"))
         .json(json!({
@@ -133,5 +134,10 @@ async fn issue(
             "token_type": "Bearer",
             "expires_in": lifetime,
             "scope": scope,
-        })))
+        }));
+    // whom the token was issued to, for its audit record
+    response
+        .extensions_mut()
+        .insert(crate::audit::Who::of_token(&claims));
+    Ok(response)
 }

@@ -116,6 +116,7 @@ mod tests {
             encounter: None,
             purpose_of_use: None,
             break_glass: false,
+            auditor: false,
         })
     }
 

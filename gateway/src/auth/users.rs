@@ -124,6 +124,7 @@ pub async fn add(
         disabled_at: None,
         created_at: Instant::now().millis(),
         break_glass: false,
+        auditor: false,
     };
     let mut tx = store.begin().await?;
     users::insert(&mut tx, &user).await.map_err(|e| match e {
@@ -169,6 +170,15 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<User>> {
 pub async fn set_break_glass(store: &Store, user: &str, allowed: bool) -> anyhow::Result<bool> {
     let mut tx = store.begin().await?;
     let changed = users::set_break_glass(&mut tx, user, allowed).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// Gives (`allowed`) or takes the auditor role of a staff user, by id or username; whether
+/// there was one. Tokens issued after carry it.
+pub async fn set_auditor(store: &Store, user: &str, allowed: bool) -> anyhow::Result<bool> {
+    let mut tx = store.begin().await?;
+    let changed = users::set_auditor(&mut tx, user, allowed).await?;
     tx.commit().await?;
     Ok(changed)
 }

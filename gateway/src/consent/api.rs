@@ -20,7 +20,7 @@
 use actix_web::{HttpResponse, web};
 use alloy::primitives::{Address, B256, Bytes, U256};
 use anchor::chain::ChainError;
-use anchor::consent::{ConsentError, GrantRequest, RevokeRequest};
+use anchor::consent::{ConsentError, GrantRequest, Relayed, RevokeRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -292,7 +292,7 @@ async fn relay_grant(
     body: web::Bytes,
 ) -> Result<HttpResponse> {
     let signed: SignedGrant = parse(&body)?;
-    let (_, wallet) = caller_wallet(&state.store, &access).await?;
+    let (patient_id, wallet) = caller_wallet(&state.store, &access).await?;
     let relayer = relayer(&consent)?;
     let fields = &signed.request;
     let patient = parse_address(&fields.patient, "request.patient")?;
@@ -317,7 +317,9 @@ async fn relay_grant(
         .relay_grant(&request, signature(&signed.signature)?)
         .await
         .map_err(chain_error)?;
-    Ok(HttpResponse::Created().json(relayed_json(&relayed)))
+    let mut response = HttpResponse::Created().json(relayed_json(&relayed));
+    record_touched(&mut response, &patient_id, &relayed);
+    Ok(response)
 }
 
 async fn revoke_request(
@@ -351,7 +353,7 @@ async fn relay_revoke(
     body: web::Bytes,
 ) -> Result<HttpResponse> {
     let signed: SignedRevoke = parse(&body)?;
-    let (_, wallet) = caller_wallet(&state.store, &access).await?;
+    let (patient_id, wallet) = caller_wallet(&state.store, &access).await?;
     let relayer = relayer(&consent)?;
     let fields = &signed.request;
     let patient = parse_address(&fields.patient, "request.patient")?;
@@ -370,7 +372,28 @@ async fn relay_revoke(
         .relay_revoke(&request, signature(&signed.signature)?)
         .await
         .map_err(chain_error)?;
-    Ok(HttpResponse::Ok().json(relayed_json(&relayed)))
+    let mut response = HttpResponse::Ok().json(relayed_json(&relayed));
+    record_touched(&mut response, &patient_id, &relayed);
+    Ok(response)
+}
+
+/// The grant (as its `Consent` projection) and the patient a relayed grant or revocation is
+/// about, for its audit record.
+fn record_touched(response: &mut HttpResponse, patient_id: &str, relayed: &Relayed) {
+    response
+        .extensions_mut()
+        .insert(crate::audit::TouchedList(vec![
+            crate::audit::Touched {
+                resource_type: "Consent".to_owned(),
+                id: relayed.grant_id.to_string(),
+                version: None,
+            },
+            crate::audit::Touched {
+                resource_type: "Patient".to_owned(),
+                id: patient_id.to_owned(),
+                version: None,
+            },
+        ]));
 }
 
 /// The JSON body, or 400 saying what is wrong with it.

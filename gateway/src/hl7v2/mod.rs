@@ -235,15 +235,13 @@ impl Intake {
             elapsed_us = started.elapsed().as_micros() as u64,
             "hl7v2 message"
         );
-        if let Some(audit) = &self.audit {
+        // an applied message's record was stored with it; a refusal's or a duplicate's now
+        let recorded = result.as_ref().is_ok_and(|a| a.response.recorded);
+        if let Some(audit) = self.audit.as_ref().filter(|_| !recorded) {
             let record = crate::audit::Record {
                 recorded: crate::model::Instant::now(),
                 interaction: crate::audit::Interaction::Message(
-                    header
-                        .as_ref()
-                        .and_then(|h| h.message_type.split('^').nth(1))
-                        .unwrap_or("unknown")
-                        .to_owned(),
+                    trigger_event(header.as_ref()).to_owned(),
                 ),
                 status: match code {
                     AckCode::Accept => 200,
@@ -336,7 +334,10 @@ impl Intake {
         let written = self.write(&unit).await.map_err(refusal_of)?;
         Ok(match written {
             Written::Now(responses) => Accepted {
-                response: transaction_response(responses, ReturnPreference::Representation),
+                response: Outcome {
+                    recorded: self.audit.is_some(),
+                    ..transaction_response(responses, ReturnPreference::Representation)
+                },
                 duplicate: false,
                 code: AckCode::Accept,
             },
@@ -426,8 +427,37 @@ impl Intake {
             },
         )
         .await?;
+        // the message's audit record commits with what it wrote
+        if self.audit.is_some() {
+            let record = crate::audit::Record {
+                recorded: Instant::now(),
+                interaction: crate::audit::Interaction::Message(
+                    trigger_event(Some(unit.header)).to_owned(),
+                ),
+                status: 200,
+                failure: None,
+                who: Some(crate::audit::Who::of(unit.access)),
+                touched: responses
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .flat_map(|o| o.touched.iter().cloned())
+                    .collect(),
+                query: None,
+                address: None,
+            };
+            crate::audit::store_in(conn, &self.ctx, &[&record])
+                .await
+                .map_err(Error::Internal)?;
+        }
         Ok(Written::Now(responses))
     }
+}
+
+/// The trigger event of a message (MSH-9.2, table 0003), as its audit record names it.
+fn trigger_event(header: Option<&Header>) -> &str {
+    header
+        .and_then(|h| h.message_type.split('^').nth(1))
+        .unwrap_or("unknown")
 }
 
 enum Written {

@@ -57,6 +57,7 @@ pub async fn delete(
             id.as_str(),
             version,
         )],
+        recorded: false,
     })
 }
 

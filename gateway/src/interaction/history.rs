@@ -118,7 +118,7 @@ pub async fn history(
         HistoryScope::System => {
             if access.allowed_types(Permission::Read, &[])?.is_some() {
                 return Err(Error::Forbidden(
-                    "the history of the whole server is served only to tokens that may read every resource (such as system/*.r or user/*.r without restriction, outside a patient compartment)"
+                    "the history of the whole server is served only to tokens that may read every resource, the audit trail among them (the operator's, or an auditor's with user/*.r without restriction); read the history of a type instead"
                         .to_owned(),
                 ));
             }

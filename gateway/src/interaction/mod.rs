@@ -76,6 +76,9 @@ pub struct Outcome {
     /// The resources the interaction read or wrote, for its audit record
     /// ([`crate::audit`]).
     pub touched: Vec<Touched>,
+    /// Whether the interaction's audit record was stored in its own transaction (so the
+    /// audit middleware stores none).
+    pub recorded: bool,
 }
 
 impl Outcome {
@@ -88,6 +91,7 @@ impl Outcome {
             body: Body::Json(body),
             issues: Vec::new(),
             touched: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -101,6 +105,7 @@ impl Outcome {
             body: Body::Bundle(bundle),
             issues: Vec::new(),
             touched: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -118,6 +123,7 @@ impl Outcome {
             )],
             body: stored.body.map_or(Body::None, Body::Resource),
             issues: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -228,6 +234,7 @@ impl PreparedVersion {
             )],
             body: Body::Resource(self.text),
             issues: Vec::new(),
+            recorded: false,
         }
     }
 }

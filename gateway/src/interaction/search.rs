@@ -166,6 +166,9 @@ impl SearchRequest {
                         asked.push(t);
                     }
                     types = asked;
+                } else {
+                    // the record, not its audit trail: AuditEvents only when asked for
+                    types.retain(|t| t != crate::audit::AUDIT_EVENT);
                 }
                 let alternatives = types
                     .iter()

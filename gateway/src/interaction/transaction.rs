@@ -92,6 +92,17 @@ enum Request {
 }
 
 impl Request {
+    /// The restful interaction of a request that writes; `None` for reads and searches.
+    fn writes(&self) -> Option<&'static str> {
+        match self {
+            Request::Create { .. } => Some("create"),
+            Request::Update { .. } | Request::ConditionalUpdate { .. } => Some("update"),
+            Request::Patch { .. } | Request::ConditionalPatch { .. } => Some("patch"),
+            Request::Delete { .. } | Request::ConditionalDelete { .. } => Some("delete"),
+            Request::Read { .. } | Request::VRead { .. } | Request::Search { .. } => None,
+        }
+    }
+
     /// The processing order of a transaction (http.html#trules).
     fn rank(&self) -> u8 {
         match self {
@@ -337,24 +348,60 @@ pub async fn process(
     access: &Access,
     bundle: Json,
     preference: ReturnPreference,
+    audit: Option<&crate::audit::Pending>,
 ) -> Result<Outcome> {
     let (is_transaction, entries) = parse_entries(&bundle, ctx)?;
     drop(bundle);
     if is_transaction {
+        // the Bundle's audit record commits with its writes
         let responses = store
-            .write(async |tx| transaction(tx, ctx, access, entries.clone()).await)
+            .write(async |tx| {
+                let responses = transaction(tx, ctx, access, entries.clone()).await?;
+                if let Some(pending) = audit {
+                    let touched = responses
+                        .iter()
+                        .filter_map(|(_, r)| r.as_ref().ok())
+                        .flat_map(|o| o.touched.iter().cloned())
+                        .collect();
+                    let record = pending.record_as(
+                        crate::audit::Interaction::Rest("transaction"),
+                        access,
+                        200,
+                        touched,
+                    );
+                    crate::audit::store_in(tx, ctx, &[&record])
+                        .await
+                        .map_err(Error::Internal)?;
+                }
+                Ok(responses)
+            })
             .await?;
-        Ok(response_bundle(
-            "transaction-response",
-            responses,
-            preference,
-        ))
+        let mut outcome = response_bundle("transaction-response", responses, preference);
+        outcome.recorded = audit.is_some();
+        Ok(outcome)
     } else {
+        // each entry that writes commits with a record of its own; the middleware records
+        // the batch as a whole (its reads among it)
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.index;
+            let writes = entry.request.writes();
             let result = store
-                .write(async |tx| run(tx, ctx, access, entry.clone()).await)
+                .write(async |tx| {
+                    let outcome = run(tx, ctx, access, entry.clone()).await?;
+                    if let (Some(pending), Some(interaction)) = (audit, writes) {
+                        let record = pending.record_as(
+                            crate::audit::Interaction::Rest(interaction),
+                            access,
+                            outcome.status,
+                            outcome.touched.clone(),
+                        );
+                        crate::audit::store_in(tx, ctx, &[&record])
+                            .await
+                            .map_err(Error::Internal)?;
+                    }
+                    Ok(outcome)
+                })
                 .await;
             responses.push((index, result.map_err(|e| entry_error(index, e))));
         }

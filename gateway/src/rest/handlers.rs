@@ -1,8 +1,9 @@
 //! Route table and handlers. Each handler parses the HTTP request into typed inputs,
 //! runs one interaction (in a transaction for writes) and answers through [`respond`].
 
-use actix_web::{HttpRequest, HttpResponse, Scope, web};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, Scope, web};
 use fhir_profiles::profile::Profiles;
+use sqlx::AnyConnection;
 
 use super::format::PatchFormat;
 use super::{
@@ -330,6 +331,34 @@ async fn proof_version(
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 
+/// Runs a write interaction in a transaction that also stores its audit record
+/// ([`crate::audit::store_in`]): the write and its record commit together or not at all.
+/// The record is built from the audit middleware's [`crate::audit::Pending`], which is
+/// absent when auditing is off.
+async fn write_recorded(
+    req: &HttpRequest,
+    state: &AppState,
+    access: &Access,
+    mut work: impl AsyncFnMut(&mut AnyConnection) -> Result<Outcome>,
+) -> Result<Outcome> {
+    let pending = req.extensions().get::<crate::audit::Pending>().cloned();
+    let mut outcome = state
+        .store
+        .write(async |tx| {
+            let outcome = work(tx).await?;
+            if let Some(pending) = &pending {
+                let record = pending.record(access, outcome.status, outcome.touched.clone());
+                crate::audit::store_in(tx, &state.ctx, &[&record])
+                    .await
+                    .map_err(Error::Internal)?;
+            }
+            Ok(outcome)
+        })
+        .await?;
+    outcome.recorded = pending.is_some();
+    Ok(outcome)
+}
+
 /// `POST [base]/[type]` (create, conditional create)
 async fn create_resource(
     req: HttpRequest,
@@ -344,21 +373,19 @@ async fn create_resource(
     let criteria = if_none_exist(req.headers())?;
     access.allowed(Permission::Create, resource_type.as_str())?;
     let body = checked_body(&req, payload, &state, &resource_type).await?;
-    let outcome = state
-        .store
-        .write(async |tx| {
-            let body = body.clone();
-            create::create(
-                tx,
-                &state.ctx,
-                &access,
-                &resource_type,
-                body,
-                criteria.as_deref(),
-            )
-            .await
-        })
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        let body = body.clone();
+        create::create(
+            tx,
+            &state.ctx,
+            &access,
+            &resource_type,
+            body,
+            criteria.as_deref(),
+        )
+        .await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -375,13 +402,11 @@ async fn update_resource(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let body = checked_body(&req, payload, &state, &resource_type).await?;
-    let outcome = state
-        .store
-        .write(async |tx| {
-            let body = body.clone();
-            update::update(tx, &state.ctx, &access, &resource_type, &id, body, expected).await
-        })
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        let body = body.clone();
+        update::update(tx, &state.ctx, &access, &resource_type, &id, body, expected).await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -399,22 +424,20 @@ async fn conditional_update(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let body = checked_body(&req, payload, &state, &resource_type).await?;
-    let outcome = state
-        .store
-        .write(async |tx| {
-            let body = body.clone();
-            update::conditional_update(
-                tx,
-                &state.ctx,
-                &access,
-                &resource_type,
-                &criteria,
-                body,
-                expected,
-            )
-            .await
-        })
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        let body = body.clone();
+        update::conditional_update(
+            tx,
+            &state.ctx,
+            &access,
+            &resource_type,
+            &criteria,
+            body,
+            expected,
+        )
+        .await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -446,10 +469,10 @@ async fn delete_resource(
 ) -> Result<HttpResponse> {
     let (resource_type, id) = (ResourceType::parse(&path.0)?, ResourceId::parse(&path.1)?);
     let (preference, _) = preferences(req.headers());
-    let outcome = state
-        .store
-        .write(async |tx| delete::delete(tx, &state.ctx, &access, &resource_type, &id).await)
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        delete::delete(tx, &state.ctx, &access, &resource_type, &id).await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -463,12 +486,10 @@ async fn conditional_delete(
     let resource_type = ResourceType::parse(&path)?;
     let criteria = conditional_criteria(&req, "delete")?;
     let (preference, _) = preferences(req.headers());
-    let outcome = state
-        .store
-        .write(async |tx| {
-            delete::conditional_delete(tx, &state.ctx, &access, &resource_type, &criteria).await
-        })
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        delete::conditional_delete(tx, &state.ctx, &access, &resource_type, &criteria).await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -512,21 +533,19 @@ async fn patch_resource(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let document = patch_document(&req, payload, &state).await?;
-    let outcome = state
-        .store
-        .write(async |tx| {
-            patch::patch(
-                tx,
-                &state.ctx,
-                &access,
-                &resource_type,
-                &id,
-                &document,
-                expected,
-            )
-            .await
-        })
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        patch::patch(
+            tx,
+            &state.ctx,
+            &access,
+            &resource_type,
+            &id,
+            &document,
+            expected,
+        )
+        .await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -544,21 +563,19 @@ async fn conditional_patch(
     let (preference, _) = preferences(req.headers());
     let expected = if_match(req.headers())?;
     let document = patch_document(&req, payload, &state).await?;
-    let outcome = state
-        .store
-        .write(async |tx| {
-            patch::conditional_patch(
-                tx,
-                &state.ctx,
-                &access,
-                &resource_type,
-                &criteria,
-                &document,
-                expected,
-            )
-            .await
-        })
-        .await?;
+    let outcome = write_recorded(&req, &state, &access, async |tx| {
+        patch::conditional_patch(
+            tx,
+            &state.ctx,
+            &access,
+            &resource_type,
+            &criteria,
+            &document,
+            expected,
+        )
+        .await
+    })
+    .await?;
     Ok(respond(outcome, preference))
 }
 
@@ -572,7 +589,16 @@ async fn bundle(
     negotiate(&req)?;
     let (preference, _) = preferences(req.headers());
     let body = resource_body(&req, payload, &state).await?;
-    let outcome = transaction::process(&state.store, &state.ctx, &access, body, preference).await?;
+    let pending = req.extensions().get::<crate::audit::Pending>().cloned();
+    let outcome = transaction::process(
+        &state.store,
+        &state.ctx,
+        &access,
+        body,
+        preference,
+        pending.as_ref(),
+    )
+    .await?;
     Ok(respond(outcome, ReturnPreference::Representation))
 }
 

@@ -126,7 +126,11 @@ pub(crate) fn not_modified(req: &HttpRequest, outcome: &Outcome) -> bool {
 /// ([`crate::audit::Touched`]).
 pub(crate) fn respond(mut outcome: Outcome, preference: ReturnPreference) -> HttpResponse {
     let touched = std::mem::take(&mut outcome.touched);
+    let recorded = outcome.recorded;
     let mut response = respond_untracked(outcome, preference);
+    if recorded {
+        response.extensions_mut().insert(crate::audit::Recorded);
+    }
     if !touched.is_empty() {
         response
             .extensions_mut()

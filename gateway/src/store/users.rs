@@ -31,10 +31,13 @@ pub struct User {
     /// May read patient data without consent in an emergency (break-the-glass).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
+    /// May read every AuditEvent (the auditor role; staff users only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auditor: bool,
 }
 
 const COLUMNS: &str = "user_id, kind, username, password_hash, wallet_address, fhir_user, \
-                       failed_sign_ins, locked_until, disabled_at, created_at, break_glass";
+                       failed_sign_ins, locked_until, disabled_at, created_at, break_glass, auditor";
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
     Ok(User {
@@ -49,6 +52,7 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
         disabled_at: row.try_get("disabled_at")?,
         created_at: row.try_get("created_at")?,
         break_glass: row.try_get::<i64, _>("break_glass")? != 0,
+        auditor: row.try_get::<i64, _>("auditor")? != 0,
     })
 }
 
@@ -138,6 +142,24 @@ pub async fn set_break_glass(
     let changed = sqlx::query(
         "UPDATE auth_user SET break_glass = $1 \
          WHERE (user_id = $2 OR username = $2) AND kind <> 'patient'",
+    )
+    .bind(i64::from(allowed))
+    .bind(user)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+/// Gives or takes the auditor role of a staff user (by id or username); whether there was
+/// such a user.
+pub async fn set_auditor(
+    conn: &mut AnyConnection,
+    user: &str,
+    allowed: bool,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE auth_user SET auditor = $1 WHERE (user_id = $2 OR username = $2) AND kind = 'staff'",
     )
     .bind(i64::from(allowed))
     .bind(user)

@@ -15,8 +15,8 @@ use crate::helpers::{Db, FHIR_JSON, TestApp, diagnostics, match_ids, spawn_app_w
 use crate::on_both;
 
 /// A gateway that requires tokens, with the key that signs them.
-struct Secured {
-    app: TestApp,
+pub(crate) struct Secured {
+    pub(crate) app: TestApp,
     key: SigningKey,
     _keys: tempfile::TempDir,
 }
@@ -41,11 +41,22 @@ async fn secured_with(
     previous: Vec<std::path::PathBuf>,
     keys: tempfile::TempDir,
 ) -> Secured {
+    secured_configured(db, key, previous, keys, |_| {}).await
+}
+
+async fn secured_configured(
+    db: Db,
+    key: std::path::PathBuf,
+    previous: Vec<std::path::PathBuf>,
+    keys: tempfile::TempDir,
+    adjust: impl FnOnce(&mut gateway::config::Config),
+) -> Secured {
     let signing = SigningKey::load(&key).expect("the key");
     let app = spawn_app_with(db, |config| {
         config.auth.required = true;
         config.auth.signing_key_file = Some(key);
         config.auth.previous_signing_key_files = previous;
+        adjust(config);
     })
     .await;
     Secured {
@@ -56,9 +67,17 @@ async fn secured_with(
 }
 
 async fn secured(db: Db) -> Secured {
+    secured_adjusted(db, |_| {}).await
+}
+
+/// [`secured`], with more of the configuration adjusted.
+pub(crate) async fn secured_adjusted(
+    db: Db,
+    adjust: impl FnOnce(&mut gateway::config::Config),
+) -> Secured {
     let keys = tempfile::tempdir().expect("temporary directory");
     let key = new_key(keys.path(), "signing.pem");
-    secured_with(db, key, Vec::new(), keys).await
+    secured_configured(db, key, Vec::new(), keys, adjust).await
 }
 
 /// Valid claims for `app` with `scope`, then `extra` merged in.
@@ -81,14 +100,14 @@ fn claims(app: &TestApp, scope: &str, extra: Value) -> Value {
 }
 
 impl Secured {
-    fn token(&self, scope: &str, extra: Value) -> String {
+    pub(crate) fn token(&self, scope: &str, extra: Value) -> String {
         self.key
             .sign(&claims(&self.app, scope, extra))
             .expect("signed")
     }
 
     /// A token that may do anything (to set up data).
-    fn admin(&self) -> String {
+    pub(crate) fn admin(&self) -> String {
         self.token("system/*.cruds", json!({}))
     }
 
@@ -115,7 +134,7 @@ impl Secured {
         request.send().await.expect("request sent")
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -127,11 +146,11 @@ impl Secured {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call(Method::GET, path, token, None).await
     }
 
-    async fn create(&self, resource: Value) -> String {
+    pub(crate) async fn create(&self, resource: Value) -> String {
         let t = resource["resourceType"]
             .as_str()
             .expect("a type")

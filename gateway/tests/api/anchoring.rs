@@ -83,7 +83,7 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("a free port")
         .local_addr()

@@ -222,3 +222,458 @@ on_both!(clients_cannot_write_audit_events, |db: Db| async move {
         "{refused:?}"
     );
 });
+
+/// Makes every AuditEvent version fail to store (a trigger the test adds), or lets them be.
+async fn refuse_audit_records(app: &TestApp, refuse: bool) {
+    let mut db = app.database_connection().await;
+    let postgres = app.database.url.is_some();
+    let statements: Vec<&str> = match (postgres, refuse) {
+        (true, true) => vec![
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'audit records refused by the test'; END $$",
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON resource_version FOR EACH ROW \
+             WHEN (NEW.resource_type = 'AuditEvent') EXECUTE FUNCTION refuse_audit()",
+        ],
+        (true, false) => vec![
+            "DROP TRIGGER refuse_audit ON resource_version",
+            "DROP FUNCTION refuse_audit",
+        ],
+        (false, true) => vec![
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON resource_version \
+             WHEN NEW.resource_type = 'AuditEvent' \
+             BEGIN SELECT RAISE(ABORT, 'audit records refused by the test'); END",
+        ],
+        (false, false) => vec!["DROP TRIGGER refuse_audit"],
+    };
+    for statement in statements {
+        sqlx::query(statement)
+            .execute(&mut db)
+            .await
+            .expect("as the test set up");
+    }
+}
+
+async fn count_of(app: &TestApp, resource_type: &str) -> i64 {
+    let mut db = app.database_connection().await;
+    sqlx::query_scalar("SELECT COUNT(*) FROM resource WHERE resource_type = $1")
+        .bind(resource_type)
+        .fetch_one(&mut db)
+        .await
+        .expect("as the test set up")
+}
+
+on_both!(
+    a_write_commits_with_its_audit_record_or_not_at_all,
+    |db: Db| async move {
+        let app = audited(db).await;
+        refuse_audit_records(&app, true).await;
+        // a create, an update and a transaction whose record cannot be stored: refused, and
+        // nothing of them stays
+        let (status, body) = app
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": "Unrecorded"}]}),
+            )
+            .await;
+        assert_eq!(status, 503, "{body}");
+        let (status, body) = app
+            .put(
+                "Patient/fixed-id",
+                &json!({"resourceType": "Patient", "id": "fixed-id"}),
+            )
+            .await;
+        assert_eq!(status, 503, "{body}");
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}
+        ]});
+        let (status, body) = app.post("", &bundle).await;
+        assert_eq!(status, 503, "{body}");
+        // a batch's entry
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}
+        ]});
+        let (status, _) = app.post("", &batch).await;
+        assert_eq!(status, 503);
+        refuse_audit_records(&app, false).await;
+        assert_eq!(count_of(&app, "Patient").await, 0);
+        assert_eq!(count_of(&app, "AuditEvent").await, 0);
+
+        // once records can be stored: each write has its record, the transaction one for the
+        // whole Bundle, the batch one per entry that writes (and one for the batch)
+        let created = app
+            .create(&json!({"resourceType": "Patient", "name": [{"family": "Recorded"}]}))
+            .await;
+        let (status, body) = app.post("", &bundle).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = app.post("", &batch).await;
+        assert_eq!(status, 200, "{body}");
+        let events = events_about(&app, &format!("Patient/{created}")).await;
+        let kinds: Vec<&str> = events.iter().map(subtype).collect();
+        assert_eq!(kinds, vec!["create"], "{events:?}");
+        let (_, bundle) = app
+            .get_json("AuditEvent?subtype=transaction,batch,create&_count=100")
+            .await;
+        let mut kinds: Vec<String> = bundle["entry"]
+            .as_array()
+            .expect("as the test set up")
+            .iter()
+            .map(|e| subtype(&e["resource"]).to_owned())
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec!["batch", "create", "create", "transaction"],
+            "{bundle}"
+        );
+    }
+);
+
+fn ids(bundle: &Value) -> std::collections::BTreeSet<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn by_user<'a>(bundle: &'a Value, user: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|event| {
+            event["agent"].as_array().into_iter().flatten().any(|a| {
+                a["who"]["identifier"]["system"] == "urn:fhir-gateway:user"
+                    && a["who"]["identifier"]["value"] == user
+            })
+        })
+        .collect()
+}
+
+on_both!(
+    patients_see_exactly_the_accesses_to_their_record_and_auditors_see_all,
+    |db: Db| async move {
+        let s = crate::access::secured_adjusted(db, |config| config.audit.enabled = true).await;
+        let ayers = s
+            .create(json!({"resourceType": "Patient", "name": [{"family": "Ayers"}]}))
+            .await;
+        let byrne = s
+            .create(json!({"resourceType": "Patient", "name": [{"family": "Byrne"}]}))
+            .await;
+        let observation = s
+            .create(json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                "subject": {"reference": format!("Patient/{ayers}")}
+            }))
+            .await;
+        let doctor = s.token(
+            "user/*.rs",
+            json!({"sub": "dr-1", "user_kind": "practitioner", "fhirUser": "Practitioner/1", "btg": true}),
+        );
+        // a doctor reads Ayers' observation, Byrne's record, and Ayers' record breaking the glass
+        let (status, _) = s.get(&format!("Observation/{observation}"), &doctor).await;
+        assert_eq!(status, 200);
+        let (status, _) = s.get(&format!("Patient/{byrne}"), &doctor).await;
+        assert_eq!(status, 200);
+        let response = s
+            .app
+            .client
+            .get(s.app.url(&format!("Patient/{ayers}")))
+            .bearer_auth(&doctor)
+            .header("X-Purpose-Of-Use", "ETREAT")
+            .send()
+            .await
+            .expect("as the test set up");
+        assert_eq!(response.status(), 200);
+
+        // the audit trail is not the doctor's (nor other staff's) to read, and $everything
+        // is the record without it
+        let (status, body) = s.get("AuditEvent", &doctor).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(diagnostics(&body).contains("auditors"), "{body}");
+        let clerk = s.token(
+            "user/*.rs",
+            json!({"sub": "clerk-1", "user_kind": "staff", "fhirUser": "Practitioner/2"}),
+        );
+        let (status, _) = s.get(&format!("AuditEvent?patient={ayers}"), &clerk).await;
+        assert_eq!(status, 403);
+        let (status, everything) = s
+            .get(&format!("Patient/{ayers}/$everything"), &doctor)
+            .await;
+        assert_eq!(status, 200, "{everything}");
+        assert!(
+            everything["entry"]
+                .as_array()
+                .expect("as the test set up")
+                .iter()
+                .all(|e| e["resource"]["resourceType"] != "AuditEvent"),
+            "{everything}"
+        );
+        let (status, searched) = s.get("?_type=Patient,AuditEvent", &doctor).await;
+        assert_eq!(status, 403, "{searched}");
+
+        // an auditor reads everyone's trail
+        let auditor = s.token(
+            "user/AuditEvent.rs",
+            json!({"sub": "auditor-1", "user_kind": "staff", "fhirUser": "Practitioner/3", "auditor": true}),
+        );
+        let (status, of_ayers) = s
+            .get(&format!("AuditEvent?patient={ayers}&_count=500"), &auditor)
+            .await;
+        assert_eq!(status, 200, "{of_ayers}");
+        let (status, of_byrne) = s
+            .get(&format!("AuditEvent?patient={byrne}&_count=500"), &auditor)
+            .await;
+        assert_eq!(status, 200, "{of_byrne}");
+        assert_eq!(by_user(&of_byrne, "dr-1").len(), 1, "{of_byrne}");
+
+        // Ayers reads the accesses to her record: exactly those the auditor saw, and the
+        // auditor's own search of them (an access to her record too)
+        let ayers_token = s.token(
+            "user/*.rs",
+            json!({"sub": "ayers", "user_kind": "patient", "fhirUser": format!("Patient/{ayers}")}),
+        );
+        let (status, own) = s
+            .get(
+                &format!("AuditEvent?patient={ayers}&_count=500"),
+                &ayers_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{own}");
+        let (seen, own_ids) = (ids(&of_ayers), ids(&own));
+        assert!(own_ids.is_superset(&seen), "{own}");
+        let extra: Vec<&String> = own_ids.difference(&seen).collect();
+        assert_eq!(extra.len(), 1, "{extra:?}");
+        assert_eq!(by_user(&own, "auditor-1").len(), 1, "{own}");
+        for entry in own["entry"].as_array().expect("as the test set up") {
+            let event = &entry["resource"];
+            let references = entity_references(event);
+            let agents = event["agent"].to_string();
+            assert!(
+                references.iter().any(|r| r == &format!("Patient/{ayers}"))
+                    || agents.contains(&format!("Patient/{ayers}")),
+                "{event}"
+            );
+        }
+        // the doctor's three accesses (the observation, the record breaking the glass,
+        // $everything), the one breaking the glass flagged
+        let doctors = by_user(&own, "dr-1");
+        assert_eq!(doctors.len(), 3, "{own}");
+        let flagged: Vec<&&Value> = doctors
+            .iter()
+            .filter(|event| {
+                event["purposeOfEvent"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["coding"][0]["code"] == "BTG")
+            })
+            .collect();
+        assert_eq!(flagged.len(), 1, "{doctors:?}");
+        assert!(entity_references(flagged[0]).contains(&format!("Patient/{ayers}/_history/1")));
+        // the doctor's read of Byrne's record is not hers to see
+        let byrne_read = by_user(&of_byrne, "dr-1")[0]["id"].clone();
+        assert!(!own_ids.contains(byrne_read.as_str().expect("an id")));
+        let (status, other) = s
+            .get(&format!("AuditEvent?patient={byrne}"), &ayers_token)
+            .await;
+        assert_eq!(status, 200);
+        assert!(ids(&other).is_empty(), "{other}");
+        let (status, _) = s
+            .get(
+                &format!("AuditEvent/{}", byrne_read.as_str().unwrap_or_default()),
+                &ayers_token,
+            )
+            .await;
+        assert_ne!(status, 200);
+    }
+);
+
+/// A gateway binary with the audit trail on, no chain, on `data_dir` (and `database`).
+fn start_audited_gateway(
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+    port: u16,
+) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fhir-gateway"));
+    command
+        .arg("serve")
+        .env("FHIR_GATEWAY_SERVER__PORT", port.to_string())
+        .env("FHIR_GATEWAY_AUTH__REQUIRED", "false")
+        .env("FHIR_GATEWAY_CONSENT__ENFORCE", "false")
+        .env("FHIR_GATEWAY_AUDIT__ENABLED", "true")
+        .env("FHIR_GATEWAY_CHAIN__MODE", "off")
+        .env("FHIR_GATEWAY_DATABASE__DATA_DIR", data_dir)
+        .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(database) = database {
+        command.env("FHIR_GATEWAY_DATABASE__URL", database);
+    }
+    let child = command.spawn().expect("the gateway starts");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the gateway did not start listening"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+/// What a client was answered with success: (interaction, the resource version).
+type Acknowledged = std::sync::Arc<std::sync::Mutex<Vec<(&'static str, String)>>>;
+
+/// Creates, reads and updates Patients until the gateway stops answering.
+async fn load(base: String, acknowledged: Acknowledged) {
+    let client = reqwest::Client::new();
+    let ack = |interaction: &'static str, reference: String| {
+        acknowledged
+            .lock()
+            .expect("not poisoned")
+            .push((interaction, reference));
+    };
+    loop {
+        let Ok(response) = client
+            .post(format!("{base}/Patient"))
+            .header("content-type", crate::helpers::FHIR_JSON)
+            .body(json!({"resourceType": "Patient", "name": [{"family": "Load"}]}).to_string())
+            .send()
+            .await
+        else {
+            return;
+        };
+        if response.status() != 201 {
+            return;
+        }
+        let Ok(created) = response.json::<Value>().await else {
+            return;
+        };
+        let id = created["id"].as_str().expect("an id").to_owned();
+        ack("create", format!("Patient/{id}/_history/1"));
+        let Ok(read) = client.get(format!("{base}/Patient/{id}")).send().await else {
+            return;
+        };
+        if read.status() != 200 || read.bytes().await.is_err() {
+            return;
+        }
+        ack("read", format!("Patient/{id}/_history/1"));
+        let Ok(updated) = client
+            .put(format!("{base}/Patient/{id}"))
+            .header("content-type", crate::helpers::FHIR_JSON)
+            .body(json!({"resourceType": "Patient", "id": id, "active": true}).to_string())
+            .send()
+            .await
+        else {
+            return;
+        };
+        if updated.status() != 200 || updated.bytes().await.is_err() {
+            return;
+        }
+        ack("update", format!("Patient/{id}/_history/2"));
+    }
+}
+
+on_both!(
+    every_answered_interaction_has_its_record_after_a_sigkill,
+    |db: Db| async move {
+        let data = tempfile::tempdir().expect("a directory");
+        let database = match db {
+            Db::Postgres => Some(crate::helpers::new_postgres_database().await),
+            Db::Sqlite => None,
+        };
+        let port = crate::anchoring::free_port();
+        let mut settings = gateway::config::Config::default().database;
+        settings.data_dir = data.path().to_owned();
+        settings.url = database.clone().map(Into::into);
+        let app = TestApp::at(format!("http://127.0.0.1:{port}/fhir"), settings);
+        let mut gateway = start_audited_gateway(data.path(), database.as_deref(), port);
+        let acknowledged = Acknowledged::default();
+        let clients: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(load(app.base.clone(), acknowledged.clone())))
+            .collect();
+        // killed under load, once a good number of interactions were answered
+        let started = std::time::Instant::now();
+        while acknowledged.lock().expect("not poisoned").len() < 300 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "the load did not get going"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = gateway.kill(); // SIGKILL: no shutdown of any kind
+        let _ = gateway.wait();
+        for client in clients {
+            client
+                .await
+                .expect("the load ends when the gateway is gone");
+        }
+        let acknowledged = acknowledged.lock().expect("not poisoned").clone();
+
+        // every answered interaction has its AuditEvent in the database
+        let mut db = app.database_connection().await;
+        let bodies: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM resource_version WHERE resource_type = 'AuditEvent'",
+        )
+        .fetch_all(&mut db)
+        .await
+        .expect("as the test set up");
+        let mut recorded: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for body in &bodies {
+            let event: Value = serde_json::from_str(body).expect("JSON");
+            if event["outcome"] != "0" {
+                continue;
+            }
+            for reference in entity_references(&event) {
+                *recorded
+                    .entry((subtype(&event).to_owned(), reference))
+                    .or_default() += 1;
+            }
+        }
+        let mut answered: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for (interaction, reference) in &acknowledged {
+            *answered
+                .entry(((*interaction).to_owned(), reference.clone()))
+                .or_default() += 1;
+        }
+        let missing: Vec<_> = answered
+            .iter()
+            .filter(|(key, n)| recorded.get(*key).copied().unwrap_or(0) < **n)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} answered interactions have no AuditEvent: {missing:?}",
+            missing.len(),
+            acknowledged.len()
+        );
+        assert!(acknowledged.len() >= 300);
+        // and no write is without its record, answered or not: a version and its
+        // AuditEvent commit together
+        let versions: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT r.id, v.version_id FROM resource_version v JOIN resource r ON r.rkey = v.rkey \
+             WHERE v.resource_type = 'Patient'",
+        )
+        .fetch_all(&mut db)
+        .await
+        .expect("as the test set up");
+        let unrecorded: Vec<&(String, i64)> = versions
+            .iter()
+            .filter(|(id, version)| {
+                let reference = format!("Patient/{id}/_history/{version}");
+                !["create", "update"]
+                    .iter()
+                    .any(|s| recorded.contains_key(&((*s).to_owned(), reference.clone())))
+            })
+            .collect();
+        assert!(
+            unrecorded.is_empty(),
+            "versions written without their AuditEvent: {unrecorded:?}"
+        );
+    }
+);

@@ -1309,3 +1309,120 @@ both!(
         );
     }
 );
+
+crate::on_both!(
+    sign_ins_and_tokens_issued_and_refused_are_audited,
+    |db: crate::helpers::Db| async move {
+        let app = crate::helpers::spawn_app_with(db, |config| config.audit.enabled = true).await;
+        let setup = setup(&app).await;
+        // a sign-in refused: the wrong password
+        let mut browser = Browser::new();
+        let (_, challenge) = pkce();
+        let url = authorize_url_with(&app, &setup.client_id, &challenge, &[]);
+        let next = location(&browser.get(&url).await);
+        let sign_in = browser.page(&next).await;
+        let response = browser
+            .post(
+                &format!("{}/auth/sign-in", app.base),
+                &[
+                    ("csrf_token", &field(&sign_in, "csrf_token")),
+                    ("request", &field(&sign_in, "request")),
+                    ("next", &field(&sign_in, "next")),
+                    ("username", "dr.who"),
+                    ("password", "not the password"),
+                ],
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        // a sign-in, a token issued, a token refused (the code is single-use)
+        let (code, verifier) = practitioner_code(&app, &setup, "user/*.rs").await;
+        let (status, issued) = exchange(&app, &setup, &code, &verifier).await;
+        assert_eq!(status, 200, "{issued}");
+        let (status, refused) = exchange(&app, &setup, &code, &verifier).await;
+        assert_eq!(status, 400, "{refused}");
+
+        let (status, bundle) = app
+            .get_json(
+                "AuditEvent?type=http://dicom.nema.org/resources/ontology/DCM|110114&_count=100",
+            )
+            .await;
+        assert_eq!(status, 200, "{bundle}");
+        let events: Vec<&Value> = bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| &e["resource"])
+            .collect();
+        let of = |code: &str, outcome: &str| -> Vec<&Value> {
+            events
+                .iter()
+                .copied()
+                .filter(|e| e["subtype"][0]["code"] == code && e["outcome"] == outcome)
+                .collect()
+        };
+        let user_of = |event: &Value| {
+            event["agent"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["who"]["identifier"]["system"] == "urn:fhir-gateway:user")
+                .map(|a| a["who"]["reference"].clone())
+        };
+        // the refused sign-in: why, and who tried (never the password)
+        let refused_sign_in = of("110122", "4");
+        assert_eq!(refused_sign_in.len(), 1, "{events:?}");
+        let why = refused_sign_in[0]["outcomeDesc"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(why.contains("dr.who"), "{why}");
+        assert!(!why.contains("not the password"), "{why}");
+        // the sign-in: the practitioner
+        let signed_in = of("110122", "0");
+        assert_eq!(signed_in.len(), 1, "{events:?}");
+        assert_eq!(user_of(signed_in[0]), Some(json!("Practitioner/7")));
+        // the token issued: to the app, for the practitioner, its id in the app's policy
+        let issued_events = of("ITI-71", "0");
+        assert_eq!(issued_events.len(), 1, "{events:?}");
+        let token_event = issued_events[0];
+        assert_eq!(user_of(token_event), Some(json!("Practitioner/7")));
+        let app_agent = token_event["agent"]
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|a| a["who"]["identifier"]["system"] == "urn:fhir-gateway:client")
+            .expect("the app as an agent");
+        assert_eq!(
+            app_agent["who"]["identifier"]["value"],
+            setup.client_id.as_str()
+        );
+        assert!(
+            app_agent["policy"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("urn:fhir-gateway:token:")),
+            "{token_event}"
+        );
+        // the token refused, with the OAuth error
+        let refused_tokens = of("ITI-71", "4");
+        assert_eq!(refused_tokens.len(), 1, "{events:?}");
+        let why = refused_tokens[0]["outcomeDesc"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(why.starts_with("invalid_grant"), "{why}");
+        // discovery documents are not accesses: not recorded (the count's own search is)
+        let count = async || {
+            let (_, bundle) = app.get_json("AuditEvent?_summary=count").await;
+            bundle["total"].as_u64().expect("a total")
+        };
+        let before = count().await;
+        for path in [".well-known/smart-configuration", ".well-known/jwks.json"] {
+            let response = app
+                .client
+                .get(format!("{}/{path}", app.base))
+                .send()
+                .await
+                .expect("request sent");
+            assert_eq!(response.status(), 200, "{path}");
+        }
+        assert_eq!(count().await, before + 1);
+    }
+);

@@ -28,6 +28,10 @@ fn now() -> i64 {
 }
 
 async fn secured(db: Db) -> Secured {
+    secured_with(db, false).await
+}
+
+async fn secured_with(db: Db, audited: bool) -> Secured {
     let keys = tempfile::tempdir().expect("temporary directory");
     let path = keys.path().join("signing.pem");
     generate_key_file(&path).expect("a key");
@@ -35,6 +39,7 @@ async fn secured(db: Db) -> Secured {
     let app = spawn_app_with(db, |config| {
         config.auth.required = true;
         config.auth.signing_key_file = Some(path);
+        config.audit.enabled = audited;
     })
     .await;
     Secured {
@@ -361,3 +366,71 @@ on_both!(export_refusals, |db| async move {
     .await;
     assert_eq!(status, 401);
 });
+
+on_both!(
+    each_export_file_is_stored_with_the_record_of_what_it_discloses,
+    |db| async move {
+        let s = secured_with(db, true).await;
+        s.put(json!({"resourceType": "Patient", "id": "ann", "gender": "female"}))
+            .await;
+        s.put(observation("ann-1", "ann", "4548-4")).await;
+        s.put(json!({"resourceType": "Patient", "id": "bob", "gender": "male"}))
+            .await;
+        let token = s.token("exporter", "system/*.rs", json!({}));
+        let (_, manifest) = export(&s.app, "Patient/$export", &token).await;
+        assert_eq!(manifest["error"], json!([]));
+
+        let auditor = s.token(
+            "audit-app",
+            "user/AuditEvent.rs",
+            json!({"sub": "auditor-1", "user_kind": "staff", "auditor": true}),
+        );
+        let (status, _, body) = call(
+            &s.app,
+            Method::GET,
+            "AuditEvent?type=http://dicom.nema.org/resources/ontology/DCM|110106&_count=100",
+            Some(&auditor),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let bundle: Value = serde_json::from_str(&body).expect("a Bundle");
+        let events: Vec<&Value> = bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| &e["resource"])
+            .collect();
+        assert!(!events.is_empty(), "{bundle}");
+        let mut disclosed = Vec::new();
+        let mut patients = std::collections::BTreeSet::new();
+        for event in &events {
+            assert_eq!(event["outcome"], "0", "{event}");
+            assert_eq!(
+                event["agent"][0]["who"]["identifier"]["value"], "exporter",
+                "{event}"
+            );
+            for entity in event["entity"].as_array().expect("entities") {
+                let reference = entity["what"]["reference"].as_str().unwrap_or_default();
+                if entity["role"]["code"] == "1" {
+                    patients.insert(reference.to_owned());
+                } else {
+                    disclosed.push(reference.to_owned());
+                }
+            }
+        }
+        disclosed.sort();
+        assert_eq!(
+            disclosed,
+            vec![
+                "Observation/ann-1/_history/1",
+                "Patient/ann/_history/1",
+                "Patient/bob/_history/1"
+            ]
+        );
+        assert_eq!(
+            patients.into_iter().collect::<Vec<_>>(),
+            vec!["Patient/ann", "Patient/bob"]
+        );
+    }
+);

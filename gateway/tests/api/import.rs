@@ -29,6 +29,8 @@ fn import_command(app: &TestApp, args: &[&str]) -> Command {
         .env_remove("FHIR_GATEWAY_DATABASE__URL")
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", &app.database.data_dir)
         .env("FHIR_GATEWAY_LOG__FILTER", "warn")
+        // counted versions are the imported ones (an_import_is_on_record has the audit trail)
+        .env("FHIR_GATEWAY_AUDIT__ENABLED", "false")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(url) = &app.database.url {
@@ -448,3 +450,50 @@ both!(
         assert_eq!(bundle["total"], expected - 1, "{bundle}");
     }
 );
+
+both!(an_import_is_on_record, |app: TestApp| async move {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("records.ndjson");
+    write_lines(
+        &file,
+        &[patient("p1", "Ann"), observation("o1", "Patient/p1")],
+    );
+    let mut command = import_command(&app, &[file.to_str().expect("a path")]);
+    command.env("FHIR_GATEWAY_AUDIT__ENABLED", "true");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("waited for")
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut conn = app.database_connection().await;
+    let bodies: Vec<String> =
+        sqlx::query_scalar("SELECT body FROM resource_version WHERE resource_type = 'AuditEvent'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("the records");
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let event: Value = serde_json::from_str(&bodies[0]).expect("JSON");
+    assert_eq!(event["type"]["code"], "110107", "{event}");
+    assert_eq!(event["subtype"][0]["code"], "import", "{event}");
+    assert_eq!(event["action"], "C");
+    let mut references: Vec<&str> = event["entity"]
+        .as_array()
+        .expect("entities")
+        .iter()
+        .filter_map(|e| e["what"]["reference"].as_str())
+        .collect();
+    references.sort_unstable();
+    assert_eq!(
+        references,
+        vec![
+            "Observation/o1/_history/1",
+            "Patient/p1",
+            "Patient/p1/_history/1"
+        ],
+        "{event}"
+    );
+});
