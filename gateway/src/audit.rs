@@ -40,7 +40,7 @@ const MAX_BATCH: usize = 256;
 
 /// Most resources one record names when an interaction touches very many (a Bulk Data
 /// export's file is recorded in several).
-pub const MAX_ENTITIES: usize = 1_000;
+const MAX_ENTITIES: usize = 1_000;
 
 /// Pairs (type, id) per statement when looking up the patients of touched resources.
 const PAIRS_PER_LOOKUP: usize = 250;
@@ -424,14 +424,26 @@ pub async fn store_records(
 pub async fn store_import(
     conn: &mut AnyConnection,
     ctx: &Context,
-    touched: Vec<Touched>,
+    touched: &[Touched],
 ) -> anyhow::Result<()> {
     let who = Who::of(&Access::operator(None));
+    store_bulk(conn, ctx, Interaction::Import, &who, touched).await
+}
+
+/// Stores the records of a bulk interaction (an export's file, an import's batch) that
+/// touched `touched`, at most [`MAX_ENTITIES`] to a record, in the caller's transaction.
+pub async fn store_bulk(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    interaction: Interaction,
+    who: &Who,
+    touched: &[Touched],
+) -> anyhow::Result<()> {
     let records: Vec<Record> = touched
         .chunks(MAX_ENTITIES)
         .map(|chunk| Record {
             recorded: Instant::now(),
-            interaction: Interaction::Import,
+            interaction: interaction.clone(),
             status: 200,
             failure: None,
             who: Some(who.clone()),

@@ -898,21 +898,8 @@ impl Output<'_> {
             .await?;
             // the file and the record of what it discloses commit together
             if let Some((ctx, who)) = self.audit {
-                let records: Vec<crate::audit::Record> = touched
-                    .chunks(crate::audit::MAX_ENTITIES)
-                    .map(|chunk| crate::audit::Record {
-                        recorded: Instant::now(),
-                        interaction: crate::audit::Interaction::Export,
-                        status: 200,
-                        failure: None,
-                        who: Some(who.clone()),
-                        touched: chunk.to_vec(),
-                        query: None,
-                        address: None,
-                    })
-                    .collect();
-                let records: Vec<&crate::audit::Record> = records.iter().collect();
-                crate::audit::store_in(&mut tx, ctx, &records)
+                let export = crate::audit::Interaction::Export;
+                crate::audit::store_bulk(&mut tx, ctx, export, who, &touched)
                     .await
                     .map_err(|e| Stop::Failed(Error::Internal(e)))?;
             }

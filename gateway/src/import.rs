@@ -589,7 +589,7 @@ async fn commit_batch(
             }
             // what the batch wrote is on record with it (crate::audit)
             if ctx.config.audit.enabled && !touched.is_empty() {
-                crate::audit::store_import(conn, ctx, touched)
+                crate::audit::store_import(conn, ctx, &touched)
                     .await
                     .map_err(Error::Internal)?;
             }
