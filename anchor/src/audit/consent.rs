@@ -37,8 +37,10 @@ const CLIENT_SYSTEM: &str = "urn:fhir-gateway:client";
 const BREAK_THE_GLASS: &str = "BTG";
 /// The `entity.role` of a patient (object-role `1`).
 const PATIENT_ROLE: &str = "1";
-/// The AuditEvent `type` of an HL7 v2 message (DICOM `110107` Import): a write.
+/// The AuditEvent `type` of an HL7 v2 message over MLLP (DICOM `110107` Import): a write.
 const IMPORT_TYPE: &str = "110107";
+/// How the `subtype` of `$hl7v2` (HL7 v2 messages over HTTP, a write) ends.
+const HL7V2_OPERATION: &str = "/OperationDefinition/hl7v2";
 
 /// Why an AuditEvent cannot be read as a consent basis (the message names the member; values
 /// quoted are numbers, ids and addresses of the consent record, never resource content).
@@ -120,8 +122,8 @@ pub struct ConsentBasis {
     pub outcome: String,
     /// `recorded`.
     pub recorded: Option<String>,
-    /// A write (action C, U or D, or an HL7 v2 import): consent gates what is served, not
-    /// what is written.
+    /// A write (action C, U or D, or HL7 v2 messages, over MLLP or `$hl7v2`): consent gates
+    /// what is served, not what is written.
     pub write: bool,
     /// The purpose of use (`purposeOfEvent`, the code that is not `BTG`).
     pub purpose: Option<String>,
@@ -162,8 +164,12 @@ impl ConsentBasis {
             return Err(BasisError::NotAuditEvent(kind.to_owned()));
         }
         let action = text(event, "/action").map(str::to_owned);
+        let subtype = text(event, "/subtype/0/code").map(str::to_owned);
         let write = matches!(action.as_deref(), Some("C" | "U" | "D"))
-            || text(event, "/type/code") == Some(IMPORT_TYPE);
+            || text(event, "/type/code") == Some(IMPORT_TYPE)
+            || subtype
+                .as_deref()
+                .is_some_and(|s| s.ends_with(HL7V2_OPERATION));
         let mut purpose = None;
         let mut break_glass = false;
         for coding in event["purposeOfEvent"]
@@ -226,7 +232,7 @@ impl ConsentBasis {
         }
         Ok(ConsentBasis {
             id: text(event, "/id").map(str::to_owned),
-            subtype: text(event, "/subtype/0/code").map(str::to_owned),
+            subtype,
             action,
             outcome: text(event, "/outcome").unwrap_or_default().to_owned(),
             recorded: text(event, "/recorded").map(str::to_owned),
