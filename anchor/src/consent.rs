@@ -516,6 +516,18 @@ impl ConsentReader {
         Ok(block.map(|block| block.header.hash))
     }
 
+    /// The time (seconds since the epoch) of the canonical block at height `number`, or
+    /// `None` if the chain is not that long.
+    #[tracing::instrument(name = "chain.consent_registry.block_timestamp", skip_all)]
+    pub async fn block_timestamp(&self, number: u64) -> Result<Option<u64>, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| self.rpc(&e))?;
+        Ok(block.map(|block| block.header.timestamp))
+    }
+
     /// The registry's `ConsentGranted` and `ConsentRevoked` events in blocks
     /// `from_block ..= to_block`, in chain order (block, then log index), in one `eth_getLogs`.
     /// Providers cap the range one query may span; a follower asks in windows.

@@ -47,14 +47,16 @@
 //!   and revocations relayed ([`consent::ConsentRelayer`], the same sender as the anchor
 //!   client), the typed data a wallet signs and its hash, and the grantee convention.
 //! - [`audit`]: the auditor's checks behind the `fhir-anchor` command (`src/bin`): a resource
-//!   version against its `$proof` document and the chain, and a whole log replayed from its
-//!   `BatchAnchored` events.
+//!   version against its `$proof` document and the chain, a whole log replayed from its
+//!   `BatchAnchored` events, and the consent basis an AuditEvent records checked against the
+//!   `ConsentRegistry` as of the decision's block.
 //!
 //! **Invariant:** this crate knows nothing of HTTP servers, FHIR models or SQL. It hashes JSON
 //! values, builds and checks trees and anchors roots as a JSON-RPC client; the gateway decides
-//! what a resource version is and stores leaves. The one FHIR shape it reads is the `$proof`
-//! `Parameters` document, as plain JSON in [`audit`], and of a resource only the members that
-//! name a version (`resourceType`, `id`, `meta.versionId`).
+//! what a resource version is and stores leaves. The FHIR shapes it reads are the `$proof`
+//! `Parameters` document and the consent basis of an AuditEvent, as plain JSON in [`audit`],
+//! and of a resource only the members that name a version (`resourceType`, `id`,
+//! `meta.versionId`).
 
 pub mod audit;
 mod bytes;

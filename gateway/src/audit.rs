@@ -9,8 +9,10 @@
 //!   `BTG` for break-the-glass), an entity for every resource read or written (by id and
 //!   version, a search's matches and includes among them), one for every patient whose
 //!   compartment holds them, and a search's query. For a decision consent made
-//!   ([`crate::consent::Gate::Grants`]), the basis: the chain block whose state the index
-//!   held and, per patient, the grants (`ConsentRegistry` ids) that covered the access.
+//!   ([`crate::consent::Gate::Grants`]) about what is served (not a write), the basis: the
+//!   chain block whose state the index held and, per patient, the grants (`ConsentRegistry`
+//!   ids) that covered the access, with what an auditor needs to check them on chain alone
+//!   (`fhir-anchor consent-basis`): the patient's wallet and the types served.
 //! - **Durable before the answer**: the middleware ([`crate::startup`]) hands each record to
 //!   the [`AuditLog`], a group-commit writer that stores whatever has queued up in one
 //!   transaction and only then lets the responses go out. An interaction whose record cannot
@@ -539,10 +541,13 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
     Ok(patients)
 }
 
-/// One row of `consent_access`: a grant covering a patient's data of a type (or `*`).
+/// One row of `consent_access`: a grant covering a patient's data of a type (or `*`), with
+/// the wallet that signed it (the patient's on-chain identity, which an auditor compares with
+/// the grant's `patient` on chain).
 #[derive(Debug, Clone)]
 struct GrantRow {
     patient_id: String,
+    patient_wallet: String,
     grantee: String,
     purpose: String,
     resource_type: String,
@@ -573,8 +578,10 @@ async fn grants_of(
         let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
         // audited: only placeholders are formatted in
         let sql = format!(
-            "SELECT patient_id, grantee, purpose, resource_type, grant_id, granted_block, expires_at \
-             FROM consent_access WHERE patient_id IN ({}) ORDER BY grant_id",
+            "SELECT a.patient_id, g.patient_wallet, a.grantee, a.purpose, a.resource_type, a.grant_id, \
+             a.granted_block, a.expires_at \
+             FROM consent_access a JOIN consent_grant g ON g.grant_id = a.grant_id \
+             WHERE a.patient_id IN ({}) ORDER BY a.grant_id",
             placeholders.join(", ")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -584,6 +591,7 @@ async fn grants_of(
         for row in query.fetch_all(&mut *conn).await? {
             rows.push(GrantRow {
                 patient_id: row.try_get("patient_id")?,
+                patient_wallet: row.try_get("patient_wallet")?,
                 grantee: row.try_get("grantee")?,
                 purpose: row.try_get("purpose")?,
                 resource_type: row.try_get("resource_type")?,
@@ -724,7 +732,13 @@ fn audit_event_of(
             record_patients.extend(ids.iter().map(String::as_str));
         }
     }
-    let basis = who.and_then(|w| w.consent.as_ref());
+    // consent gates what is served, not what is written: a write's record carries no basis
+    let writes = match &record.interaction {
+        Interaction::Message(_) => true,
+        Interaction::Operation(name) => name == "$hl7v2",
+        Interaction::Rest(_) => matches!(record.interaction.action(), "C" | "U" | "D"),
+    };
+    let basis = who.and_then(|w| w.consent.as_ref()).filter(|_| !writes);
     for patient in &record_patients {
         let mut entity = json!({
             "what": {"reference": format!("Patient/{patient}")},
@@ -755,8 +769,17 @@ fn audit_event_of(
                 })
                 .map(|g| g.grant_id)
                 .collect();
+            // what an auditor needs to check the grants on chain without the gateway
+            // (`fhir-anchor consent-basis`): the patient's wallet (the grantor the grants
+            // must name) and the types the access was about (the grants must open them)
             let mut detail =
                 vec![json!({"type": "consentBlock", "valueString": basis.block.to_string()})];
+            if let Some(grant) = grants.iter().find(|g| g.patient_id == *patient) {
+                detail.push(json!({"type": "consentWallet", "valueString": grant.patient_wallet}));
+            }
+            for resource_type in &types {
+                detail.push(json!({"type": "consentType", "valueString": resource_type}));
+            }
             if own {
                 detail.push(json!({"type": "consentBasis", "valueString": "own record"}));
             }
@@ -911,6 +934,7 @@ mod tests {
     fn grant(id: i64, resource_type: &str, granted_block: i64, expires_at: i64) -> GrantRow {
         GrantRow {
             patient_id: "p1".to_owned(),
+            patient_wallet: "0x00000000000000000000000000000000000000aa".to_owned(),
             grantee: "0xg".to_owned(),
             purpose: "TREAT".to_owned(),
             resource_type: resource_type.to_owned(),
@@ -996,8 +1020,40 @@ mod tests {
         assert_eq!(granted, vec!["1", "5"], "{event}");
         assert_eq!(patient["detail"][0]["valueString"], "120");
         assert_eq!(event["extension"][0]["extension"][0]["valueString"], "120");
+        // what an auditor checks the grants against: the wallet, the types served
+        let details: Vec<(&str, &str)> = patient["detail"]
+            .as_array()
+            .expect("as the test set up")
+            .iter()
+            .filter_map(|d| Some((d["type"].as_str()?, d["valueString"].as_str()?)))
+            .filter(|(kind, _)| *kind == "consentWallet" || *kind == "consentType")
+            .collect();
+        assert_eq!(
+            details,
+            vec![
+                (
+                    "consentWallet",
+                    "0x00000000000000000000000000000000000000aa"
+                ),
+                ("consentType", "Observation")
+            ],
+            "{event}"
+        );
         // flagged as break-the-glass
         assert_eq!(event["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+
+        // consent gates what is served: a write records no basis
+        record.interaction = Interaction::Rest("update");
+        let event = audit_event_of(&record, &patients, &grants, "http://h/fhir");
+        assert!(event.get("extension").is_none(), "{event}");
+        assert!(
+            event["entity"]
+                .as_array()
+                .expect("as the test set up")
+                .iter()
+                .all(|e| e.get("detail").is_none()),
+            "{event}"
+        );
     }
 
     #[test]

@@ -6,12 +6,16 @@
 //! - [`verify_proof`]: one resource version against its proof and the chain, every check in
 //!   a fixed order, the first that fails as a [`Failure`];
 //! - [`audit_log`]: one log replayed from its `BatchAnchored` events and compared with the
-//!   registry's views, every [`LogProblem`] reported.
+//!   registry's views, every [`LogProblem`] reported;
+//! - [`check_consent_basis`]: the consent basis an AuditEvent records ([`ConsentBasis`], read
+//!   as plain JSON) checked against the `ConsentRegistry` as of the decision's block, a
+//!   [`Verdict`] per patient and every [`GrantProblem`] and [`PatientProblem`] reported.
 //!
 //! Only files and an Ethereum JSON-RPC endpoint are read (through a
 //! [`RegistryReader`](crate::chain::RegistryReader)); never the gateway. The gateway's word is
 //! checked, never trusted: every value a proof names is compared with what the chain says.
 
+mod consent;
 mod log;
 mod proof;
 mod verify;
@@ -20,6 +24,10 @@ use std::path::Path;
 
 use json_syntax::Parse as _;
 
+pub use consent::{
+    Agent, BasisError, CONSENT_BASIS_EXTENSION, ConsentAudit, ConsentBasis, GrantProblem,
+    GrantVerdict, PatientBasis, PatientProblem, PatientVerdict, Verdict, check_consent_basis,
+};
 pub use log::{DEFAULT_BLOCKS_PER_QUERY, LogAudit, LogAuditRequest, LogProblem, audit_log};
 pub use proof::{AnchorPart, BatchPart, ProofDocument, ProofError, ProofStatus, VersionRef};
 pub use verify::{Failure, Recomputed, Verified, check_offline, check_on_chain, verify_proof};
@@ -39,6 +47,14 @@ pub fn read_proof(path: &Path) -> Result<ProofDocument, Failure> {
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| input_error(path, format!("not JSON: {e}")))?;
     Ok(ProofDocument::from_json(&json)?)
+}
+
+/// Reads the consent basis of an AuditEvent (JSON, as the gateway serves it).
+pub fn read_audit_event(path: &Path) -> Result<ConsentBasis, Failure> {
+    let text = read_text(path)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| input_error(path, format!("not JSON: {e}")))?;
+    ConsentBasis::from_json(&json).map_err(|e| input_error(path, e.to_string()))
 }
 
 fn read_text(path: &Path) -> Result<String, Failure> {

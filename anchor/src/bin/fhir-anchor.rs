@@ -1,5 +1,6 @@
 //! `fhir-anchor`: the auditor's command. Checks a resource version against its `$proof` and
-//! the chain (`verify`), or replays a whole log from the chain (`audit-log`). It reads files
+//! the chain (`verify`), replays a whole log from the chain (`audit-log`), or checks the
+//! consent basis an AuditEvent records against the consent registry (`consent-basis`). It reads files
 //! and an Ethereum JSON-RPC endpoint, never the gateway (README, "The auditor's CLI,
 //! `fhir-anchor`"; the checks are in [`anchor::audit`]).
 //!
@@ -74,6 +75,24 @@ enum Command {
         #[arg(long, value_name = "BLOCKS", default_value_t = DEFAULT_BLOCKS_PER_QUERY)]
         blocks_per_query: u64,
     },
+    /// Checks the consent basis an AuditEvent records (the grants that covered the access)
+    /// against the `ConsentRegistry` as of the decision's block.
+    ConsentBasis {
+        /// The AuditEvent, as JSON.
+        #[arg(long, value_name = "E.json")]
+        audit_event: PathBuf,
+        /// The Ethereum JSON-RPC endpoint (http://).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "FHIR_ANCHOR_RPC",
+            hide_env_values = true
+        )]
+        rpc: String,
+        /// The `ConsentRegistry`'s address.
+        #[arg(long, value_name = "ADDR")]
+        registry: Address,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -101,6 +120,33 @@ async fn main() -> ExitCode {
                 blocks_per_query,
             };
             match audit::audit_log(&rpc, request).await {
+                Ok(audit) => {
+                    println!("{audit}");
+                    if audit.is_ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    println!("FAILED: cannot read the chain: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ConsentBasis {
+            audit_event,
+            rpc,
+            registry,
+        } => {
+            let basis = match audit::read_audit_event(&audit_event) {
+                Ok(basis) => basis,
+                Err(failure) => {
+                    println!("FAILED: {failure}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match audit::check_consent_basis(&rpc, registry, &basis).await {
                 Ok(audit) => {
                     println!("{audit}");
                     if audit.is_ok() {

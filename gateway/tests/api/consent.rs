@@ -1069,3 +1069,96 @@ on_both!(
         let _ = (&r.bob, &r.bob_obs, &r.ann_cond, &r.bob_key);
     }
 );
+
+/// The newest AuditEvent of a `read` of `reference`, as the patient `r.ann` reads it (a
+/// patient sees every access to their record).
+async fn last_read_of(w: &World, r: &Records, reference: &str) -> Value {
+    let own = w.token(
+        "portal",
+        "patient/*.rs",
+        json!({"sub": "ann-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.ann), "patient": r.ann}),
+    );
+    let (status, bundle) = w
+        .get(
+            &format!("AuditEvent?entity={reference}&subtype=read&_sort=-_lastUpdated"),
+            &own,
+        )
+        .await;
+    assert_eq!(status, 200, "{bundle}");
+    bundle["entry"][0]["resource"].clone()
+}
+
+/// What `fhir-anchor consent-basis` says of `event`: the chain alone, no gateway.
+async fn audit_on_chain(w: &World, event: &Value) -> anchor::audit::ConsentAudit {
+    let basis = anchor::audit::ConsentBasis::from_json(event).expect("the consent basis");
+    anchor::audit::check_consent_basis(&w.anvil.url, w.reader.registry(), &basis)
+        .await
+        .expect("the chain is read")
+}
+
+on_both!(
+    the_audit_event_of_a_consented_read_checks_out_on_chain_alone,
+    |db| async move {
+        let w = world(db, |config| config.audit.enabled = true).await;
+        let r = records(&w).await;
+        let (grant, _) = w
+            .grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+            .await;
+        let app_token = w.token("app-x", "system/*.rs", json!({}));
+        let observation = format!("Observation/{}", r.ann_obs);
+        let (status, _) = w.get(&observation, &app_token).await;
+        assert_eq!(status, 200);
+
+        // what the gateway recorded: the grant, the wallet and the type it was checked for
+        let event = last_read_of(&w, &r, &observation).await;
+        assert_eq!(event["outcome"], "0", "{event}");
+        let patient = event["entity"]
+            .as_array()
+            .expect("entities")
+            .iter()
+            .find(|e| e["what"]["reference"] == format!("Patient/{}", r.ann))
+            .expect("the patient entity")
+            .clone();
+        let detail = |kind: &str| -> Vec<String> {
+            patient["detail"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["type"] == kind)
+                .filter_map(|d| d["valueString"].as_str().map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(detail("consentGrant"), vec![grant.to_string()], "{event}");
+        assert_eq!(
+            detail("consentWallet"),
+            vec![format!("{:#x}", r.ann_key.address())]
+        );
+        assert_eq!(detail("consentType"), vec!["Observation".to_owned()]);
+
+        // and the auditor, from the AuditEvent and the chain: covered by that grant
+        let audit = audit_on_chain(&w, &event).await;
+        assert!(audit.is_ok(), "{audit}");
+        assert_eq!(
+            audit.patients[0].verdict,
+            anchor::audit::Verdict::Covered,
+            "{audit}"
+        );
+        assert_eq!(audit.patients[0].grants[0].grant_id, grant, "{audit}");
+
+        // revoked: the next read is refused; the access before still checks out at its block
+        w.revoke(&r.ann_key, grant).await;
+        let (status, outcome) = w.get(&observation, &app_token).await;
+        assert_eq!(status, 403, "{outcome}");
+        let refused = last_read_of(&w, &r, &observation).await;
+        assert_eq!(refused["outcome"], "4", "{refused}");
+        let audit = audit_on_chain(&w, &refused).await;
+        assert_eq!(
+            audit.patients[0].verdict,
+            anchor::audit::Verdict::NotServed,
+            "{audit}"
+        );
+        assert!(audit.patients[0].grants.is_empty(), "{audit}");
+        let audit = audit_on_chain(&w, &event).await;
+        assert!(audit.is_ok(), "{audit}");
+    }
+);
