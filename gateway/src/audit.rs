@@ -734,9 +734,13 @@ fn audit_event_of(
     }
     // consent gates what is served, not what is written: a write's record carries no basis
     let writes = match &record.interaction {
-        Interaction::Message(_) => true,
+        Interaction::Message(_) | Interaction::Import => true,
         Interaction::Operation(name) => name == "$hl7v2",
         Interaction::Rest(_) => matches!(record.interaction.action(), "C" | "U" | "D"),
+        // an export discloses what consent let through; the authorization server and the
+        // consent API serve no patient data
+        Interaction::Export => false,
+        Interaction::Auth(_) | Interaction::Consent(_) => true,
     };
     let basis = who.and_then(|w| w.consent.as_ref()).filter(|_| !writes);
     for patient in &record_patients {
