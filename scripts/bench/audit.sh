@@ -9,7 +9,9 @@
 # written per second; the script counts them in the database to check. Each run also prints
 # the CPU time the gateway and its PostgreSQL backends spent per request (/proc), which the
 # machine's other load does not move.
-# Usage: scripts/bench/audit.sh [SYNTHEA_DIR]; DUR (default 20s); ROUNDS (default 2).
+# Usage: scripts/bench/audit.sh [SYNTHEA_DIR]; DUR (default 20s); ROUNDS (default 2); BIN (a
+# gateway binary to measure instead of building target/release/fhir-gateway, e.g. one built
+# at an earlier commit, for a before/after on the same machine and data).
 # Needs wrk (apt-get install wrk), python3 and PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +24,11 @@ DB=fhir_bench_audit
 PORT=8194
 OUT=target/bench-audit
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
-cargo build --release --bin fhir-gateway
+BIN=${BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --release --bin fhir-gateway
+  BIN=target/release/fhir-gateway
+fi
 mkdir -p $OUT
 rm -rf "$OUT/gateway-data"
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
@@ -31,7 +37,7 @@ BASEENV=(FHIR_GATEWAY_DATABASE__URL="$PG/$DB" FHIR_GATEWAY_SERVER__PORT=$PORT
   FHIR_GATEWAY_DATABASE__MAX_CONNECTIONS=16 FHIR_GATEWAY_DATABASE__DATA_DIR="$OUT/gateway-data"
   FHIR_GATEWAY_CHAIN__MODE=off FHIR_GATEWAY_CONSENT__ENFORCE=false FHIR_GATEWAY_LOG__FILTER=warn)
 start() {  # start AUTH_REQUIRED AUDIT_ENABLED
-  env "${BASEENV[@]}" FHIR_GATEWAY_AUTH__REQUIRED=$1 FHIR_GATEWAY_AUDIT__ENABLED=$2 target/release/fhir-gateway serve &
+  env "${BASEENV[@]}" FHIR_GATEWAY_AUTH__REQUIRED=$1 FHIR_GATEWAY_AUDIT__ENABLED=$2 "$BIN" serve &
   SERVER=$!
   until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
 }
@@ -39,7 +45,7 @@ stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
 source scripts/bench/lib.sh
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 audit_events() { psql -Atq "$PG/$DB" -c "SELECT COUNT(*) FROM resource WHERE resource_type = 'AuditEvent'"; }
-TOKEN=$(env "${BASEENV[@]}" target/release/fhir-gateway token issue --scope 'system/*.rs' --lifetime-secs 7200)
+TOKEN=$(env "${BASEENV[@]}" "$BIN" token issue --scope 'system/*.rs' --lifetime-secs 7200)
 start false false
 FHIR_TOKEN= python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
 psql "$PG/$DB" -qc "VACUUM ANALYZE" -c "CHECKPOINT"
