@@ -195,7 +195,13 @@ impl PreparedVersion {
             last_updated,
             method,
             index: index_entries(resource_type.as_str(), &body),
-            words: resource_words(&body),
+            // AuditEvents are found by their search parameters; `_text` and `_content`
+            // over the access log are not a use case worth a row per word of every record
+            words: if resource_type.as_str() == crate::audit::AUDIT_EVENT {
+                Vec::new()
+            } else {
+                resource_words(&body)
+            },
             text: resource::to_text(&body),
             created: current.is_none_or(|c| c.deleted),
         })
