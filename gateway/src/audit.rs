@@ -33,6 +33,8 @@ use crate::error::{Error, Result};
 use crate::interaction::{Context, Method, PreparedVersion, store_new_versions};
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
 use crate::store::Store;
+use crate::store::bulk;
+use crate::store::search::{Bind, Sql};
 
 /// The resource type of audit records.
 pub const AUDIT_EVENT: &str = "AuditEvent";
@@ -507,21 +509,44 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
         }
     }
     let lookup: Vec<(&str, &str)> = lookup.into_iter().collect();
-    for chunk in lookup.chunks(PAIRS_PER_LOOKUP) {
-        let pairs: Vec<String> = (0..chunk.len())
-            .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
-            .collect();
-        // audited: only placeholders are formatted in
-        let sql = format!(
-            "SELECT r.resource_type, r.id, x.param, x.target_id FROM resource r \
-             JOIN idx_reference x ON x.rkey = r.rkey \
-             WHERE x.target_type = 'Patient' AND (r.resource_type, r.id) IN ({})",
-            pairs.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (resource_type, id) in chunk {
-            query = query.bind(*resource_type).bind(*id);
-        }
+    let postgres = crate::store::Backend::of(conn) == crate::store::Backend::Postgres;
+    // PostgreSQL: the keys as one array pair joined with the unique (type, id) index, a
+    // statement of constant text (a row-value `IN` list there is planned as a hash join over
+    // every Patient reference); SQLite: an `IN` list per chunk
+    let per_statement = if postgres {
+        lookup.len().max(1)
+    } else {
+        PAIRS_PER_LOOKUP
+    };
+    for chunk in lookup.chunks(per_statement) {
+        let mut sql = Sql::default();
+        sql.text = if postgres {
+            let mut keys = bulk::Columns::new(&[("t", bulk::Kind::Text), ("i", bulk::Kind::Text)]);
+            for (resource_type, id) in chunk {
+                keys.push([
+                    Bind::Text((*resource_type).to_owned()),
+                    Bind::Text((*id).to_owned()),
+                ]);
+            }
+            format!(
+                "SELECT r.resource_type, r.id, x.param, x.target_id FROM {} AS k (t, i) \
+                 JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
+                 JOIN idx_reference x ON x.rkey = r.rkey WHERE x.target_type = 'Patient'",
+                keys.unnest(&mut sql)
+            )
+        } else {
+            let pairs: Vec<String> = chunk
+                .iter()
+                .map(|(t, i)| sql.row([Bind::Text((*t).to_owned()), Bind::Text((*i).to_owned())]))
+                .collect();
+            format!(
+                "SELECT r.resource_type, r.id, x.param, x.target_id FROM resource r \
+                 JOIN idx_reference x ON x.rkey = r.rkey \
+                 WHERE x.target_type = 'Patient' AND (r.resource_type, r.id) IN ({})",
+                pairs.join(", ")
+            )
+        };
+        let query = sql.query();
         for row in query.fetch_all(&mut *conn).await? {
             let resource_type: String = row.try_get("resource_type")?;
             let param: String = row.try_get("param")?;

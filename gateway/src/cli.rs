@@ -312,6 +312,7 @@ pub async fn run() -> anyhow::Result<()> {
                 &mut config.database.url,
                 &mut config.chain.rpc_url,
                 &mut config.chain.signer_key,
+                &mut config.consent.relayer_key,
                 &mut config.telemetry.prometheus_token,
             ] {
                 if secret.is_some() {

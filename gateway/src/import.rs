@@ -116,7 +116,11 @@ pub async fn run(store: &Store, ctx: &Context, options: &Options) -> anyhow::Res
     };
     // 2. each file from where its committed progress ends, WRITERS files at a time (batches
     // of different files are independent: the reference check covers every file already)
-    let queue = std::sync::Mutex::new(files.iter().collect::<std::collections::VecDeque<_>>());
+    // the largest files first, so that the writers finish together rather than one of them
+    // alone on the largest file at the end (the Synthea set: Observations are 42% of it)
+    let mut by_size: Vec<&ImportFile> = files.iter().collect();
+    by_size.sort_by_key(|file| std::cmp::Reverse(file.lines));
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(by_size));
     let next_file = || queue.lock().ok().and_then(|mut queue| queue.pop_front());
     let writers = (0..WRITERS).map(|_| async {
         let mut done = FileSummary::default();

@@ -5,7 +5,7 @@
 use fhir_profiles::Json;
 use fhir_profiles::profile::Profile;
 use fhir_profiles::validate::{Issue, IssueSeverity, validate_profiles, validate_resource};
-use json_syntax::{Parse, Print};
+use json_syntax::Parse;
 
 use crate::config::ValidationConfig;
 use crate::error::{Error, Result};
@@ -202,15 +202,97 @@ pub fn stamp(resource: &mut Json, id: &ResourceId, version: VersionId, last_upda
     }
 }
 
-/// The compact JSON text of a resource, as stored and served.
+/// The compact JSON text of a resource, as stored and served: the text json_syntax's
+/// `compact_print` gives, written without its per-character formatter calls (a string is
+/// copied in runs between the characters it escapes), which made printing a visible share
+/// of every write and read.
 pub fn to_text(resource: &Json) -> String {
-    resource.compact_print().to_string()
+    let mut out = String::with_capacity(1024);
+    write_json(&mut out, resource);
+    out
+}
+
+fn write_json(out: &mut String, value: &Json) {
+    match value {
+        Json::Null => out.push_str("null"),
+        Json::Boolean(true) => out.push_str("true"),
+        Json::Boolean(false) => out.push_str("false"),
+        Json::Number(number) => out.push_str(number.as_str()),
+        Json::String(text) => write_json_string(out, text),
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(out, item);
+            }
+            out.push(']');
+        }
+        Json::Object(object) => {
+            out.push('{');
+            for (i, entry) in object.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_string(out, &entry.key);
+                out.push(':');
+                write_json(out, &entry.value);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// A JSON string literal, escaped as json_syntax escapes it (`\"`, `\\`, the short forms
+/// of `\b \t \n \f \r`, `\u00xx` for the other control characters, everything else as is).
+fn write_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut run = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            0x0c => "\\f",
+            b'\r' => "\\r",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[run..at]);
+        if escaped.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escaped);
+        }
+        run = at + 1;
+    }
+    out.push_str(&text[run..]);
+    out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_text_prints_what_json_syntax_prints() {
+        let texts = [
+            r#"{"resourceType":"Patient","id":"a","active":true,"deceasedBoolean":false,"x":null}"#,
+            r#"{"n":[1,-2.50,3e10,0.1E-3,[],{}],"s":"quote \" backslash \\ slash / tab \t nl \n cr \r bs \b ff \f nul \u0000 us \u001f del \u007f"}"#,
+            r#"{"unicode":"Jos\u00e9 Müller 李 😀","empty":"","o":{"a":{"b":[{"c":"d"}]}}}"#,
+        ];
+        for text in texts {
+            let value = parse_json(text.as_bytes(), 100).expect("valid JSON");
+            assert_eq!(to_text(&value), value.compact_print().to_string(), "{text}");
+        }
+    }
     use fhir_profiles::validate::UnknownProfile;
+    use json_syntax::Print;
 
     fn checks(r4b_check: bool) -> ValidationConfig {
         ValidationConfig {

@@ -73,6 +73,14 @@ fn config_prints_the_effective_configuration_without_secrets() {
             "FHIR_GATEWAY_CHAIN__SIGNER_KEY",
             "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
         )
+        .env(
+            "FHIR_GATEWAY_CONSENT__RELAYER_KEY",
+            "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        )
+        .env(
+            "FHIR_GATEWAY_TELEMETRY__PROMETHEUS_TOKEN",
+            "scrape-token-77",
+        )
         .output()
         .expect("the binary runs");
     assert!(output.status.success());
@@ -89,6 +97,15 @@ fn config_prints_the_effective_configuration_without_secrets() {
         !out.contains("59c6995e"),
         "the signer key is printed: {out}"
     );
+    assert!(
+        !out.contains("5de4111a"),
+        "the consent relayer's key is printed: {out}"
+    );
+    assert!(
+        !out.contains("scrape-token-77"),
+        "the metrics token is printed: {out}"
+    );
+    assert_eq!(config["consent"]["relayer_key"], "********");
 }
 
 fn free_port() -> u16 {

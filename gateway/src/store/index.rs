@@ -4,8 +4,8 @@ use fhir_profiles::search::{IndexEntry, IndexValue};
 use fhir_profiles::text::Word;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use super::Backend;
 use super::search::{Bind, Sql};
+use super::{Backend, bulk};
 
 /// Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -52,85 +52,148 @@ pub(super) struct Rows<'a> {
     pub words: &'a [Word],
 }
 
-/// Inserts the index rows of one or many resources, batched per table: a multi-row INSERT per
-/// table on SQLite; on PostgreSQL those INSERTs as data-modifying CTEs of as few statements
-/// as the bind limit allows (usually one), since each statement is a round trip.
+/// Inserts the index rows of one or many resources, batched per table: on PostgreSQL one
+/// statement, an `INSERT … SELECT * FROM unnest(…)` per table as data-modifying CTEs
+/// ([`bulk`]); on SQLite a multi-row INSERT per table and [`ROWS_PER_STATEMENT`] rows.
 pub(super) async fn insert(
     conn: &mut AnyConnection,
     resources: &[Rows<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut by_table: [Vec<(i64, &str, &IndexEntry)>; 7] = Default::default();
+    // the rows of each table of TABLES_WITH_WORDS
+    let mut by_table: [Vec<Vec<Bind>>; 8] = Default::default();
     for rows in resources {
         for entry in rows.entries {
-            by_table[table_number(&entry.value)].push((rows.rkey, rows.resource_type, entry));
+            let mut values = vec![
+                Bind::Int(rows.rkey),
+                Bind::Text(rows.resource_type.to_owned()),
+                Bind::Text(entry.param.clone()),
+                Bind::Int(i64::from(entry.group)),
+            ];
+            values.extend(binds(entry));
+            by_table[table_number(&entry.value)].push(values);
+        }
+        for word in rows.words {
+            by_table[7].push(vec![
+                Bind::Int(rows.rkey),
+                Bind::Text(rows.resource_type.to_owned()),
+                Bind::Text(word.word.clone()),
+                Bind::Int(i64::from(word.narrative)),
+            ]);
         }
     }
-    let mut statements = Statements::new(Backend::of(conn) == Backend::Postgres);
-    for (table, rows) in TABLES.iter().zip(by_table) {
-        let columns = match *table {
-            "idx_string" => "norm, exact",
-            "idx_token" => "system, code, text",
-            "idx_reference" => "target_type, target_id, version, url",
-            "idx_date" => "lo, hi",
-            "idx_number" => "value, lo, hi",
-            "idx_quantity" => "value, lo, hi, system, code, unit",
-            _ => "value",
-        };
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            statements.insert(
-                table,
-                &format!("rkey, rtype, param, grp, {columns}"),
-                chunk.iter().map(|(rkey, resource_type, entry)| {
-                    let mut values = vec![
-                        Bind::Int(*rkey),
-                        Bind::Text((*resource_type).to_owned()),
-                        Bind::Text(entry.param.clone()),
-                        Bind::Int(i64::from(entry.group)),
-                    ];
-                    values.extend(binds(entry));
-                    values
-                }),
-            );
+    let postgres = Backend::of(conn) == Backend::Postgres;
+    let mut combined = Sql::default();
+    let mut ctes = Vec::new();
+    for (table, rows) in TABLES_WITH_WORDS.into_iter().zip(by_table) {
+        if postgres {
+            if !rows.is_empty() {
+                let insert = bulk::insert_rows(
+                    &mut combined,
+                    true,
+                    table,
+                    bulk_columns(table),
+                    rows.into_iter(),
+                );
+                ctes.push(format!("i{} AS ({insert})", ctes.len()));
+            }
+            continue;
+        }
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let mut sql = Sql::default();
+            let chunk = rows.by_ref().take(ROWS_PER_STATEMENT);
+            sql.text = bulk::insert_rows(&mut sql, false, table, bulk_columns(table), chunk);
+            sql.query().execute(&mut *conn).await?;
         }
     }
-    let words: Vec<(i64, &str, &Word)> = resources
-        .iter()
-        .flat_map(|r| r.words.iter().map(move |w| (r.rkey, r.resource_type, w)))
-        .collect();
-    for chunk in words.chunks(ROWS_PER_STATEMENT) {
-        statements.insert(
-            "idx_word",
-            "rkey, rtype, word, narrative",
-            chunk.iter().map(|(rkey, resource_type, word)| {
-                vec![
-                    Bind::Int(*rkey),
-                    Bind::Text((*resource_type).to_owned()),
-                    Bind::Text(word.word.clone()),
-                    Bind::Int(i64::from(word.narrative)),
-                ]
-            }),
-        );
-    }
-    for sql in statements.finish() {
-        sql.query().execute(&mut *conn).await?;
+    if !ctes.is_empty() {
+        combined.text = format!("WITH {} SELECT 1", ctes.join(", "));
+        combined.query().execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// The columns of an index table after `rkey, rtype` (and the values [`binds`] gives).
-fn columns_of(table: &str) -> &'static [&'static str] {
+/// Every column of an index table with its type (its rows' values in [`insert`]; after
+/// `rkey, rtype`, the columns of [`columns_of`]).
+fn bulk_columns(table: &str) -> &'static [(&'static str, bulk::Kind)] {
+    use bulk::Kind::{BigInt, Double, Integer, Text};
     match table {
-        "idx_string" => &["param", "grp", "norm", "exact"],
-        "idx_token" => &["param", "grp", "system", "code", "text"],
-        "idx_reference" => &["param", "grp", "target_type", "target_id", "version", "url"],
-        "idx_date" => &["param", "grp", "lo", "hi"],
-        "idx_number" => &["param", "grp", "value", "lo", "hi"],
-        "idx_quantity" => &[
-            "param", "grp", "value", "lo", "hi", "system", "code", "unit",
+        "idx_string" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("norm", Text),
+            ("exact", Text),
         ],
-        "idx_uri" => &["param", "grp", "value"],
-        _ => &["word", "narrative"],
+        "idx_token" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("system", Text),
+            ("code", Text),
+            ("text", Text),
+        ],
+        "idx_reference" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("target_type", Text),
+            ("target_id", Text),
+            ("version", Text),
+            ("url", Text),
+        ],
+        "idx_date" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("lo", BigInt),
+            ("hi", BigInt),
+        ],
+        "idx_number" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("value", Double),
+            ("lo", Double),
+            ("hi", Double),
+        ],
+        "idx_quantity" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("value", Double),
+            ("lo", Double),
+            ("hi", Double),
+            ("system", Text),
+            ("code", Text),
+            ("unit", Text),
+        ],
+        "idx_uri" => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("param", Text),
+            ("grp", Integer),
+            ("value", Text),
+        ],
+        _ => &[
+            ("rkey", BigInt),
+            ("rtype", Text),
+            ("word", Text),
+            ("narrative", Integer),
+        ],
     }
+}
+
+/// The columns of an index table after `rkey, rtype` (the values [`binds`] gives follow
+/// `param, grp`).
+fn columns_of(table: &str) -> impl Iterator<Item = &'static str> {
+    bulk_columns(table)[2..].iter().map(|(name, _)| *name)
 }
 
 /// Bind parameters at most that [`replace_ctes`] adds for `rows`.
@@ -184,7 +247,7 @@ pub(super) fn replace_ctes(
             continue;
         }
         let rtype = rtype.as_deref().unwrap_or_default();
-        let columns = columns_of(table);
+        let columns: Vec<&str> = columns_of(table).collect();
         let list = columns.join(", ");
         let rows: Vec<String> = values
             .into_iter()
@@ -233,73 +296,6 @@ fn table_number(value: &IndexValue) -> usize {
         IndexValue::Number { .. } => 4,
         IndexValue::Quantity { .. } => 5,
         IndexValue::Uri { .. } => 6,
-    }
-}
-
-/// Multi-row INSERTs, each a statement of its own, or (`combine`) gathered as data-modifying
-/// CTEs into statements of up to [`BINDS_PER_COMBINED_STATEMENT`] bind parameters.
-struct Statements {
-    combine: bool,
-    done: Vec<Sql>,
-    open: Sql,
-    ctes: Vec<String>,
-}
-
-impl Statements {
-    fn new(combine: bool) -> Statements {
-        Statements {
-            combine,
-            done: Vec::new(),
-            open: Sql::default(),
-            ctes: Vec::new(),
-        }
-    }
-
-    fn insert(&mut self, table: &str, columns: &str, rows: impl Iterator<Item = Vec<Bind>>) {
-        let rows: Vec<Vec<Bind>> = rows.collect();
-        let binds: usize = rows.iter().map(Vec::len).sum();
-        if !self.combine || self.open.binds.len() + binds > BINDS_PER_COMBINED_STATEMENT {
-            self.close();
-        }
-        let sql = &mut self.open;
-        let values: Vec<String> = rows
-            .into_iter()
-            .map(|row| {
-                let row: Vec<String> = row.into_iter().map(|b| sql.bind(b)).collect();
-                format!("({})", row.join(", "))
-            })
-            .collect();
-        let insert = format!(
-            "INSERT INTO {table} ({columns}) VALUES {}",
-            values.join(", ")
-        );
-        if self.combine {
-            self.ctes
-                .push(format!("i{} AS ({insert})", self.ctes.len()));
-        } else {
-            sql.text = insert;
-            self.close();
-        }
-    }
-
-    /// Completes the statement under construction, if any.
-    fn close(&mut self) {
-        let mut sql = std::mem::take(&mut self.open);
-        if self.combine {
-            if self.ctes.is_empty() {
-                return;
-            }
-            sql.text = format!("WITH {} SELECT 1", self.ctes.join(", "));
-            self.ctes.clear();
-        } else if sql.text.is_empty() {
-            return;
-        }
-        self.done.push(sql);
-    }
-
-    fn finish(mut self) -> Vec<Sql> {
-        self.close();
-        self.done
     }
 }
 

@@ -32,21 +32,34 @@ pub async fn insert_leaves(
     conn: &mut AnyConnection,
     leaves: &[(i64, &Leaf)],
 ) -> Result<(), sqlx::Error> {
-    for chunk in leaves.chunks(LEAVES_PER_STATEMENT) {
+    let postgres = Backend::of(conn) == Backend::Postgres;
+    // PostgreSQL: one statement of constant text (bulk); SQLite: multi-row VALUES
+    let per_statement = if postgres {
+        leaves.len().max(1)
+    } else {
+        LEAVES_PER_STATEMENT
+    };
+    for chunk in leaves.chunks(per_statement) {
+        let rows = chunk.iter().map(|(vkey, leaf)| {
+            [
+                Bind::Int(*vkey),
+                Bind::Bytes(leaf.salt.as_bytes().to_vec()),
+                Bind::Bytes(leaf.content_hash.as_bytes().to_vec()),
+                Bind::Bytes(leaf.hash().as_bytes().to_vec()),
+            ]
+        });
         let mut sql = Sql::default();
-        let mut rows = Vec::with_capacity(chunk.len());
-        for (vkey, leaf) in chunk {
-            let values = [
-                sql.bind(Bind::Int(*vkey)),
-                sql.bind(Bind::Bytes(leaf.salt.as_bytes().to_vec())),
-                sql.bind(Bind::Bytes(leaf.content_hash.as_bytes().to_vec())),
-                sql.bind(Bind::Bytes(leaf.hash().as_bytes().to_vec())),
-            ];
-            rows.push(format!("({})", values.join(", ")));
-        }
-        sql.text = format!(
-            "INSERT INTO log_leaf (vkey, salt, content_hash, leaf_hash) VALUES {}",
-            rows.join(", ")
+        sql.text = super::bulk::insert_rows(
+            &mut sql,
+            postgres,
+            "log_leaf",
+            &[
+                ("vkey", super::bulk::Kind::BigInt),
+                ("salt", super::bulk::Kind::Bytes),
+                ("content_hash", super::bulk::Kind::Bytes),
+                ("leaf_hash", super::bulk::Kind::Bytes),
+            ],
+            rows,
         );
         sql.query().execute(&mut *conn).await?;
     }

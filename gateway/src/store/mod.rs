@@ -9,6 +9,7 @@
 //! salts of its log leaves but keeps every row, so history and the log keep their shape.
 
 pub mod binding;
+pub(crate) mod bulk;
 pub mod clients;
 pub mod consent;
 pub mod erasure;

@@ -38,6 +38,12 @@ impl Sql {
         format!("${}", self.binds.len())
     }
 
+    /// Binds a row's values and returns them as a `($1, $2, …)` tuple of a `VALUES` list.
+    pub(crate) fn row(&mut self, values: impl IntoIterator<Item = Bind>) -> String {
+        let placeholders: Vec<String> = values.into_iter().map(|v| self.bind(v)).collect();
+        format!("({})", placeholders.join(", "))
+    }
+
     pub(crate) fn text(&mut self, value: &str) -> String {
         self.bind(Bind::Text(value.to_owned()))
     }

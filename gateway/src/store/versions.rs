@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use std::collections::HashMap;
 
 use super::search::{Bind, Sql};
-use super::{Backend, index, log};
+use super::{Backend, bulk, index, log};
 use crate::model::{Instant, VersionId};
 
 /// The current state of a logical resource, as locked for an update.
@@ -399,24 +399,39 @@ pub async fn write_new_versions(
         }
         return Ok(());
     }
+    let postgres = Backend::of(conn) == Backend::Postgres;
+    // PostgreSQL: every row in one statement of constant text (bulk); SQLite: multi-row VALUES
+    let per_statement = if postgres {
+        writes.len().max(1)
+    } else {
+        WRITES_PER_STATEMENT
+    };
     let mut rkeys: HashMap<(&str, &str), i64> = HashMap::with_capacity(writes.len());
-    for chunk in writes.chunks(WRITES_PER_STATEMENT) {
+    for chunk in writes.chunks(per_statement) {
+        let rows = chunk.iter().map(|write| {
+            [
+                Bind::Text(write.resource_type.to_owned()),
+                Bind::Text(write.id.to_owned()),
+                Bind::Int(write.version_id.get()),
+                Bind::Int(write.last_updated.millis()),
+                Bind::Int(0),
+            ]
+        });
         let mut sql = Sql::default();
-        let mut rows = Vec::with_capacity(chunk.len());
-        for write in chunk {
-            let values = [
-                sql.bind(Bind::Text(write.resource_type.to_owned())),
-                sql.bind(Bind::Text(write.id.to_owned())),
-                sql.bind(Bind::Int(write.version_id.get())),
-                sql.bind(Bind::Int(write.last_updated.millis())),
-            ];
-            rows.push(format!("({}, 0)", values.join(", ")));
-        }
-        sql.text = format!(
-            "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted) \
-             VALUES {} RETURNING rkey, resource_type, id",
-            rows.join(", ")
+        sql.text = bulk::insert_rows(
+            &mut sql,
+            postgres,
+            "resource",
+            &[
+                ("resource_type", bulk::Kind::Text),
+                ("id", bulk::Kind::Text),
+                ("version_id", bulk::Kind::BigInt),
+                ("last_updated", bulk::Kind::BigInt),
+                ("deleted", bulk::Kind::Integer),
+            ],
+            rows,
         );
+        sql.text.push_str(" RETURNING rkey, resource_type, id");
         let position: HashMap<(&str, &str), usize> = chunk
             .iter()
             .enumerate()
@@ -436,25 +451,33 @@ pub async fn write_new_versions(
     let rkey_of = |write: &VersionWrite<'_>| rkeys[&(write.resource_type, write.id)];
     let by_rkey: HashMap<i64, &VersionWrite<'_>> = writes.iter().map(|w| (rkey_of(w), w)).collect();
     let mut leaves = Vec::with_capacity(writes.len());
-    for chunk in writes.chunks(WRITES_PER_STATEMENT) {
+    for chunk in writes.chunks(per_statement) {
+        let rows = chunk.iter().map(|write| {
+            [
+                Bind::Int(rkey_of(write)),
+                Bind::Text(write.resource_type.to_owned()),
+                Bind::Int(write.version_id.get()),
+                Bind::Int(write.last_updated.millis()),
+                Bind::Text(write.method.to_owned()),
+                write.body.map_or(Bind::Null, |b| Bind::Text(b.to_owned())),
+            ]
+        });
         let mut sql = Sql::default();
-        let mut rows = Vec::with_capacity(chunk.len());
-        for write in chunk {
-            let values = [
-                sql.bind(Bind::Int(rkey_of(write))),
-                sql.bind(Bind::Text(write.resource_type.to_owned())),
-                sql.bind(Bind::Int(write.version_id.get())),
-                sql.bind(Bind::Int(write.last_updated.millis())),
-                sql.bind(Bind::Text(write.method.to_owned())),
-                sql.bind(write.body.map_or(Bind::Null, |b| Bind::Text(b.to_owned()))),
-            ];
-            rows.push(format!("({})", values.join(", ")));
-        }
-        sql.text = format!(
-            "INSERT INTO resource_version (rkey, resource_type, version_id, last_updated, method, body) \
-             VALUES {} RETURNING vkey, rkey",
-            rows.join(", ")
+        sql.text = bulk::insert_rows(
+            &mut sql,
+            postgres,
+            "resource_version",
+            &[
+                ("rkey", bulk::Kind::BigInt),
+                ("resource_type", bulk::Kind::Text),
+                ("version_id", bulk::Kind::BigInt),
+                ("last_updated", bulk::Kind::BigInt),
+                ("method", bulk::Kind::Text),
+                ("body", bulk::Kind::Text),
+            ],
+            rows,
         );
+        sql.text.push_str(" RETURNING vkey, rkey");
         // one first version per resource: the rkey says which write each vkey belongs to
         for row in sql.query().fetch_all(&mut *conn).await? {
             let (vkey, rkey): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
