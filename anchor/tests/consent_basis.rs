@@ -492,3 +492,78 @@ async fn each_way_a_basis_can_be_wrong_fails_with_its_reason() {
     let (code, out) = chain.run("valid", &event);
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_basis_is_checked_on_the_chain_and_block_it_names() {
+    let chain = Chain::start().await;
+    let ann = PrivateKeySigner::random();
+    let (to_app, granted) = chain
+        .grant(&ann, grantee_of_client("app"), &[], "TREAT", 0)
+        .await;
+    let block = chain.later(1).await;
+    let patient = Patient {
+        id: "ann",
+        wallet: Some(ann.address()),
+        types: vec!["Observation"],
+        grants: vec![to_app],
+        own_record: false,
+    };
+    let hash = chain
+        .reader
+        .block_hash(block)
+        .await
+        .expect("read")
+        .expect("a block");
+    let mut event = read_event("TREAT", block, granted, &[patient]);
+    let named = |event: &mut Value, member: &str, value: String| {
+        let parts = event["extension"][0]["extension"]
+            .as_array_mut()
+            .expect("as the test set up");
+        parts.retain(|p| p["url"] != member);
+        parts.push(json!({"url": member, "valueString": value}));
+    };
+    named(&mut event, "blockHash", hash.to_string());
+    let chain_id = chain.reader.chain_id();
+    named(&mut event, "chainId", chain_id.to_string());
+    named(&mut event, "registry", chain.registry().to_string());
+    let audit = chain.check(&event).await;
+    assert!(audit.is_ok(), "{audit}");
+    assert_eq!(audit.basis.block_hash, Some(hash));
+
+    // each of the three differs: each is reported, and the check fails
+    let mut elsewhere = event.clone();
+    named(
+        &mut elsewhere,
+        "blockHash",
+        B256::repeat_byte(0x42).to_string(),
+    );
+    named(&mut elsewhere, "chainId", "1".to_owned());
+    named(
+        &mut elsewhere,
+        "registry",
+        Address::repeat_byte(0x07).to_string(),
+    );
+    let (code, out) = chain.run("elsewhere", &elsewhere);
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        &format!("the decision was made on chain 1; the endpoint serves chain {chain_id}"),
+        &format!(
+            "the decision read the registry at {}, not the one checked ({})",
+            Address::repeat_byte(0x07),
+            chain.registry()
+        ),
+        &format!(
+            "block {block} is {hash} on this chain, not {}",
+            B256::repeat_byte(0x42)
+        ),
+        "a reorganization replaced the block the decision rested on",
+        "FAILED: 3 problem(s)",
+    ] {
+        assert!(out.contains(expected), "expected {expected:?} in:\n{out}");
+    }
+    // and a hash that is not one is refused as such
+    let mut malformed = event.clone();
+    named(&mut malformed, "blockHash", "0x12".to_owned());
+    let error = ConsentBasis::from_json(&malformed).expect_err("malformed");
+    assert!(error.to_string().contains("blockHash"), "{error}");
+}

@@ -143,6 +143,9 @@ pub struct Who {
 struct ConsentBasis {
     grantees: Vec<String>,
     block: i64,
+    block_hash: String,
+    chain_id: i64,
+    registry: String,
     confirmed_through: i64,
     now_secs: i64,
 }
@@ -185,6 +188,9 @@ impl Who {
                 Gate::Grants(grants) => Some(ConsentBasis {
                     grantees: grants.grantees.clone(),
                     block: grants.block,
+                    block_hash: grants.block_hash.clone(),
+                    chain_id: grants.chain_id,
+                    registry: grants.registry.clone(),
                     confirmed_through: grants.confirmed_through,
                     now_secs: grants.now_secs,
                 }),
@@ -229,6 +235,8 @@ pub enum Interaction {
     Export,
     /// A batch of `fhir-gateway import` (NDJSON), as it is written.
     Import,
+    /// `fhir-gateway erase` of a resource (crypto-shredding), as it is done.
+    Erase,
     /// A consent grant or revocation relayed to the chain (`grant`, `revoke`), or a read of
     /// the consent index (`grants`, `break-glass`).
     Consent(&'static str),
@@ -325,6 +333,7 @@ impl Interaction {
             Interaction::Consent("revoke") => "D",
             Interaction::Export => "R",
             Interaction::Import => "C",
+            Interaction::Erase => "D",
             _ => "E",
         }
     }
@@ -434,6 +443,24 @@ pub async fn store_import(
     store_bulk(conn, ctx, Interaction::Import, &who, touched).await
 }
 
+/// Stores the record of `fhir-gateway erase` of `resource_type/id` (the operator's command)
+/// in the erasure's transaction, before the content of its versions is removed (which is
+/// where the patients it was about are read from).
+pub async fn store_erasure(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    resource_type: &str,
+    id: &str,
+) -> anyhow::Result<()> {
+    let touched = Touched {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version: None,
+    };
+    let who = Who::of(&Access::operator(None));
+    store_bulk(conn, ctx, Interaction::Erase, &who, &[touched]).await
+}
+
 /// Stores the records of a bulk interaction (an export's file, an import's batch) that
 /// touched `touched`, at most [`MAX_ENTITIES`] to a record, in the caller's transaction.
 pub async fn store_bulk(
@@ -510,9 +537,6 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
     }
     let lookup: Vec<(&str, &str)> = lookup.into_iter().collect();
     let postgres = crate::store::Backend::of(conn) == crate::store::Backend::Postgres;
-    // PostgreSQL: the keys as one array pair joined with the unique (type, id) index, a
-    // statement of constant text (a row-value `IN` list there is planned as a hash join over
-    // every Patient reference); SQLite: an `IN` list per chunk
     let per_statement = if postgres {
         lookup.len().max(1)
     } else {
@@ -520,34 +544,13 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
     };
     for chunk in lookup.chunks(per_statement) {
         let mut sql = Sql::default();
-        sql.text = if postgres {
-            let mut keys = bulk::Columns::new(&[("t", bulk::Kind::Text), ("i", bulk::Kind::Text)]);
-            for (resource_type, id) in chunk {
-                keys.push([
-                    Bind::Text((*resource_type).to_owned()),
-                    Bind::Text((*id).to_owned()),
-                ]);
-            }
-            format!(
-                "SELECT r.resource_type, r.id, x.param, x.target_id FROM {} AS k (t, i) \
-                 JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
-                 JOIN idx_reference x ON x.rkey = r.rkey WHERE x.target_type = 'Patient'",
-                keys.unnest(&mut sql)
-            )
-        } else {
-            let pairs: Vec<String> = chunk
-                .iter()
-                .map(|(t, i)| sql.row([Bind::Text((*t).to_owned()), Bind::Text((*i).to_owned())]))
-                .collect();
-            format!(
-                "SELECT r.resource_type, r.id, x.param, x.target_id FROM resource r \
-                 JOIN idx_reference x ON x.rkey = r.rkey \
-                 WHERE x.target_type = 'Patient' AND (r.resource_type, r.id) IN ({})",
-                pairs.join(", ")
-            )
-        };
-        let query = sql.query();
-        for row in query.fetch_all(&mut *conn).await? {
+        sql.text = format!(
+            "WITH {} SELECT r.resource_type, r.id, x.param, x.target_id FROM k \
+             JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
+             JOIN idx_reference x ON x.rkey = r.rkey WHERE x.target_type = 'Patient'",
+            keys_cte(&mut sql, postgres, chunk)
+        );
+        for row in sql.query().fetch_all(&mut *conn).await? {
             let resource_type: String = row.try_get("resource_type")?;
             let param: String = row.try_get("param")?;
             let params = fhir_profiles::compartment::patient_compartment_params(&resource_type);
@@ -563,7 +566,65 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
                 .insert(patient);
         }
     }
+    // a deleted resource has no index rows: its patients are those of its last version
+    // with content (a deletion's record, an erasure's before the content goes)
+    let unresolved: Vec<(&str, &str)> = lookup
+        .into_iter()
+        .filter(|(t, i)| !patients.contains_key(&((*t).to_owned(), (*i).to_owned())))
+        .collect();
+    for chunk in unresolved.chunks(per_statement) {
+        let mut sql = Sql::default();
+        sql.text = format!(
+            "WITH {} SELECT r.resource_type, r.id, (SELECT v.body FROM resource_version v \
+             WHERE v.rkey = r.rkey AND v.body IS NOT NULL ORDER BY v.version_id DESC LIMIT 1) \
+             AS body FROM k JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
+             WHERE r.deleted = 1",
+            keys_cte(&mut sql, postgres, chunk)
+        );
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let (resource_type, id): (String, String) =
+                (row.try_get("resource_type")?, row.try_get("id")?);
+            let Some(body) = row.try_get::<Option<String>, _>("body")? else {
+                continue;
+            };
+            let body = crate::resource::parse_json(body.as_bytes(), usize::MAX)?;
+            let params = fhir_profiles::compartment::patient_compartment_params(&resource_type);
+            for entry in fhir_profiles::search::index_entries(&resource_type, &body) {
+                if let fhir_profiles::search::IndexValue::Reference {
+                    target_type: Some(target_type),
+                    target_id: Some(target_id),
+                    ..
+                } = entry.value
+                    && target_type == "Patient"
+                    && params.contains(&entry.param)
+                {
+                    patients
+                        .entry((resource_type.clone(), id.clone()))
+                        .or_default()
+                        .insert(target_id);
+                }
+            }
+        }
+    }
     Ok(patients)
+}
+
+/// `k (t, i) AS (…)`: a CTE of resource keys (type, id), its values bound in `sql`: on
+/// PostgreSQL one array per column (a statement of constant text, whose join with
+/// `UNIQUE (resource_type, id)` the planner gets right, where a row-value `IN` list was
+/// planned as a hash join over every Patient reference); on SQLite a `VALUES` list.
+fn keys_cte(sql: &mut Sql, postgres: bool, keys: &[(&str, &str)]) -> String {
+    let rows = keys
+        .iter()
+        .map(|(t, i)| [Bind::Text((*t).to_owned()), Bind::Text((*i).to_owned())]);
+    if postgres {
+        let mut columns = bulk::Columns::new(&[("t", bulk::Kind::Text), ("i", bulk::Kind::Text)]);
+        rows.for_each(|row| columns.push(row));
+        format!("k (t, i) AS (SELECT * FROM {})", columns.unnest(sql))
+    } else {
+        let rows: Vec<String> = rows.map(|row| sql.row(row)).collect();
+        format!("k (t, i) AS (VALUES {})", rows.join(", "))
+    }
 }
 
 /// One row of `consent_access`: a grant covering a patient's data of a type (or `*`), with
@@ -676,6 +737,7 @@ fn audit_event_of(
             format!("{base_url}/OperationDefinition/export"),
         ),
         Interaction::Import => (COMMAND, "import".to_owned()),
+        Interaction::Erase => (COMMAND, "erase".to_owned()),
     };
     let (outcome, description) = match record.status {
         // a refusal answered with a page (a sign-in form shown again with its error)
@@ -726,6 +788,9 @@ fn audit_event_of(
         Interaction::Export => {
             event["type"] = json!({"system": DCM, "code": "110106", "display": "Export"});
         }
+        Interaction::Erase => {
+            event["type"] = json!({"system": COMMAND, "code": "erase", "display": "Erasure (crypto-shredding)"});
+        }
         Interaction::Rest(_) | Interaction::Operation(_) => {}
     }
     if let Some(description) = description {
@@ -759,7 +824,7 @@ fn audit_event_of(
     }
     // consent gates what is served, not what is written: a write's record carries no basis
     let writes = match &record.interaction {
-        Interaction::Message(_) | Interaction::Import => true,
+        Interaction::Message(_) | Interaction::Import | Interaction::Erase => true,
         Interaction::Operation(name) => name == "$hl7v2",
         Interaction::Rest(_) => matches!(record.interaction.action(), "C" | "U" | "D"),
         // an export discloses what consent let through; the authorization server and the
@@ -835,7 +900,10 @@ fn audit_event_of(
             "url": CONSENT_BASIS_EXTENSION,
             "extension": [
                 {"url": "block", "valueString": basis.block.to_string()},
+                {"url": "blockHash", "valueString": basis.block_hash},
                 {"url": "confirmedThrough", "valueString": basis.confirmed_through.to_string()},
+                {"url": "chainId", "valueString": basis.chain_id.to_string()},
+                {"url": "registry", "valueString": basis.registry},
             ],
         }]);
     }
@@ -954,6 +1022,9 @@ mod tests {
             consent: Some(ConsentBasis {
                 grantees: vec!["0xg".to_owned()],
                 block: 120,
+                block_hash: format!("0x{}", "ab".repeat(32)),
+                chain_id: 31_337,
+                registry: format!("0x{}", "cd".repeat(20)),
                 confirmed_through: 118,
                 now_secs: 1_000,
             }),
@@ -1048,7 +1119,27 @@ mod tests {
             .collect();
         assert_eq!(granted, vec!["1", "5"], "{event}");
         assert_eq!(patient["detail"][0]["valueString"], "120");
-        assert_eq!(event["extension"][0]["extension"][0]["valueString"], "120");
+        let basis: Vec<(&str, &str)> = event["extension"][0]["extension"]
+            .as_array()
+            .expect("as the test set up")
+            .iter()
+            .filter_map(|p| Some((p["url"].as_str()?, p["valueString"].as_str()?)))
+            .collect();
+        let (hash, registry) = (
+            format!("0x{}", "ab".repeat(32)),
+            format!("0x{}", "cd".repeat(20)),
+        );
+        assert_eq!(
+            basis,
+            [
+                ("block", "120"),
+                ("blockHash", hash.as_str()),
+                ("confirmedThrough", "118"),
+                ("chainId", "31337"),
+                ("registry", registry.as_str()),
+            ],
+            "{event}"
+        );
         // what an auditor checks the grants against: the wallet, the types served
         let details: Vec<(&str, &str)> = patient["detail"]
             .as_array()

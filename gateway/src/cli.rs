@@ -410,7 +410,12 @@ pub async fn run() -> anyhow::Result<()> {
             let (resource_type, id) = parse_reference(&resource)?;
             anyhow::ensure!(!reason.trim().is_empty(), "--reason must not be empty");
             let store = Store::connect(&config.database).await?;
-            let erased = erasure::erase(&store, &resource_type, &id, &reason).await;
+            let ctx = crate::interaction::Context {
+                base_url: base_url(&config),
+                config,
+            };
+            let audit = ctx.config.audit.enabled.then_some(&ctx);
+            let erased = erasure::erase(&store, audit, &resource_type, &id, &reason).await;
             let emptied = match erased {
                 Ok(Erasure::Erased { .. }) => Some(store.truncate_write_ahead_log().await),
                 _ => None,

@@ -10,7 +10,8 @@
 //!    on chain and the proofs of every other version are unchanged, while the erased leaf can
 //!    never again be linked to any content;
 //! 3. removes the resource's search index rows and records the erasure (when, how many
-//!    versions, the operator's reason) in the `erasure` table.
+//!    versions, the operator's reason) in the `erasure` table, and (when the gateway audits)
+//!    stores its AuditEvent (subtype `urn:fhir-gateway:command|erase`), without the reason.
 //!
 //! On SQLite the transaction overwrites what it deletes with zeros (`secure_delete`), and the
 //! `erase` command then empties the write-ahead log, so the erased content leaves the files.
@@ -22,6 +23,7 @@
 //! `fhir-gateway erase` ([`crate::cli`]). Nothing here logs the reason or any content.
 
 use crate::error::{Error, Result};
+use crate::interaction::Context;
 use crate::interaction::delete::write_deletion;
 use crate::model::{Instant, ResourceId, ResourceType, VersionId};
 use crate::store::{self, Store};
@@ -40,10 +42,13 @@ pub enum Erasure {
 }
 
 /// Erases every version of `resource_type/id` (see the module documentation), giving
-/// `reason` for the record. A resource the store does not know is an [`Error::NotFound`],
-/// and nothing is written.
+/// `reason` for the record. With `audit` (the context of an audited gateway), the erasure's
+/// AuditEvent commits with it (the operator, the resource and its patients; never the
+/// reason). A resource the store does not know is an [`Error::NotFound`], and nothing is
+/// written.
 pub async fn erase(
     store: &Store,
+    audit: Option<&Context>,
     resource_type: &ResourceType,
     id: &ResourceId,
     reason: &str,
@@ -62,6 +67,14 @@ pub async fn erase(
             } else {
                 Some(write_deletion(conn, &current, resource_type, id).await?.0)
             };
+            // on record before the content goes: the record's patients are read from it
+            if let Some(ctx) = audit
+                && (deletion.is_some() || store::erasure::has_content(conn, current.rkey).await?)
+            {
+                crate::audit::store_erasure(conn, ctx, resource_type.as_str(), id.as_str())
+                    .await
+                    .map_err(Error::Internal)?;
+            }
             let now = Instant::now();
             let versions = store::erasure::erase_versions(conn, current.rkey, now).await?;
             if deletion.is_none() && versions == 0 {

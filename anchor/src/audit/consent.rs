@@ -11,7 +11,10 @@
 //! [`grantee_of_user`], [`grantee_of_client`]), for the recorded purpose, and open at least one
 //! type served; together, a patient's grants must open every type served of their record.
 //! A patient's own record needs no grant; break-the-glass is reported as such; a patient whose
-//! access has none of these bases fails. Every problem is reported, per patient and grant.
+//! access has none of these bases fails. The chain id, registry and block hash the gateway
+//! recorded must be those of the chain read: a block hash that differs means a
+//! reorganization replaced the block the decision rested on. Every problem is reported, per
+//! patient and grant.
 //!
 //! The AuditEvent is read as plain JSON (no FHIR model): the members named above and nothing
 //! else. The gateway's word is what is checked; only the chain is believed.
@@ -133,6 +136,12 @@ pub struct ConsentBasis {
     pub block: Option<u64>,
     /// The extension's `confirmedThrough`: the last block whose grants counted.
     pub confirmed_through: Option<u64>,
+    /// The extension's `blockHash`: the hash of `block` as the gateway read it.
+    pub block_hash: Option<B256>,
+    /// The extension's `chainId`: the chain the gateway followed.
+    pub chain_id: Option<u64>,
+    /// The extension's `registry`: the registry the gateway followed.
+    pub registry: Option<Address>,
     /// The user and the app.
     pub agents: Vec<Agent>,
     /// The requestor's `who.reference` (a patient user's `Patient/[id]`).
@@ -152,6 +161,21 @@ fn number(member: String, value: &Value) -> Result<u64, BasisError> {
         .ok_or_else(|| BasisError::Malformed {
             member,
             expected: "a decimal string",
+            value: value.to_string(),
+        })
+}
+
+fn parsed<T: std::str::FromStr>(
+    member: String,
+    expected: &'static str,
+    value: &Value,
+) -> Result<T, BasisError> {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| BasisError::Malformed {
+            member,
+            expected,
             value: value.to_string(),
         })
 }
@@ -185,6 +209,7 @@ impl ConsentBasis {
             }
         }
         let (mut block, mut confirmed_through) = (None, None);
+        let (mut block_hash, mut chain_id, mut registry) = (None, None, None);
         for extension in event["extension"].as_array().into_iter().flatten() {
             if extension["url"] != CONSENT_BASIS_EXTENSION {
                 continue;
@@ -196,6 +221,23 @@ impl ConsentBasis {
                     Some("confirmedThrough") => {
                         confirmed_through =
                             Some(number(member("confirmedThrough"), &part["valueString"])?);
+                    }
+                    Some("chainId") => {
+                        chain_id = Some(number(member("chainId"), &part["valueString"])?);
+                    }
+                    Some("blockHash") => {
+                        block_hash = Some(parsed(
+                            member("blockHash"),
+                            "a block hash (0x and 64 hex digits)",
+                            &part["valueString"],
+                        )?);
+                    }
+                    Some("registry") => {
+                        registry = Some(parsed(
+                            member("registry"),
+                            "an address (0x and 40 hex digits)",
+                            &part["valueString"],
+                        )?);
                     }
                     _ => {}
                 }
@@ -241,6 +283,9 @@ impl ConsentBasis {
             break_glass,
             block,
             confirmed_through,
+            block_hash,
+            chain_id,
+            registry,
             agents: agents.into_iter().collect(),
             requestor,
             patients,
@@ -401,6 +446,39 @@ pub enum GrantProblem {
     },
 }
 
+/// Where the chain read differs from the chain the AuditEvent says the decision was made on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainProblem {
+    /// Another chain.
+    #[error("the decision was made on chain {recorded}; the endpoint serves chain {endpoint}")]
+    ChainId {
+        /// The AuditEvent's `chainId`.
+        recorded: u64,
+        /// The endpoint's.
+        endpoint: u64,
+    },
+    /// Another registry.
+    #[error("the decision read the registry at {recorded}, not the one checked ({checked})")]
+    Registry {
+        /// The AuditEvent's `registry`.
+        recorded: Address,
+        /// The one given to the check.
+        checked: Address,
+    },
+    /// The decision's block is no longer the chain's block of that number.
+    #[error(
+        "block {block} is {on_chain} on this chain, not {recorded} as recorded: a reorganization replaced the block the decision rested on"
+    )]
+    BlockHash {
+        /// The decision's block.
+        block: u64,
+        /// The AuditEvent's `blockHash`.
+        recorded: B256,
+        /// The chain's.
+        on_chain: B256,
+    },
+}
+
 /// Why a patient's access has no basis, beside the problems of its grants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatientProblem {
@@ -477,22 +555,28 @@ pub struct ConsentAudit {
     pub chain_id: u64,
     /// The time of each block the grants were read at.
     pub block_times: BTreeMap<u64, u64>,
+    /// Where the chain read is not the one the decision was made on.
+    pub chain: Vec<ChainProblem>,
     /// One per patient entity.
     pub patients: Vec<PatientVerdict>,
 }
 
 impl ConsentAudit {
-    /// Whether every patient's access checked out.
+    /// Whether every patient's access checked out, on the chain the decision was made on.
     pub fn is_ok(&self) -> bool {
-        self.patients.iter().all(PatientVerdict::is_ok)
+        self.chain.is_empty() && self.patients.iter().all(PatientVerdict::is_ok)
     }
 
     /// The number of problems found.
     pub fn problem_count(&self) -> usize {
-        self.patients
-            .iter()
-            .map(|p| p.problems.len() + p.grants.iter().map(|g| g.problems.len()).sum::<usize>())
-            .sum()
+        self.chain.len()
+            + self
+                .patients
+                .iter()
+                .map(|p| {
+                    p.problems.len() + p.grants.iter().map(|g| g.problems.len()).sum::<usize>()
+                })
+                .sum::<usize>()
     }
 }
 
@@ -505,6 +589,30 @@ pub async fn check_consent_basis(
     basis: &ConsentBasis,
 ) -> Result<ConsentAudit, ChainError> {
     let reader = ConsentReader::connect(rpc_url, registry).await?;
+    let mut chain = Vec::new();
+    if let Some(recorded) = basis.chain_id.filter(|id| *id != reader.chain_id()) {
+        chain.push(ChainProblem::ChainId {
+            recorded,
+            endpoint: reader.chain_id(),
+        });
+    }
+    if let Some(recorded) = basis.registry.filter(|r| *r != registry) {
+        chain.push(ChainProblem::Registry {
+            recorded,
+            checked: registry,
+        });
+    }
+    // a block beyond the head is each patient's BlockNotOnChain
+    if let (Some(block), Some(recorded)) = (basis.block, basis.block_hash)
+        && let Some(on_chain) = reader.block_hash(block).await?
+        && on_chain != recorded
+    {
+        chain.push(ChainProblem::BlockHash {
+            block,
+            recorded,
+            on_chain,
+        });
+    }
     let mut block_times = BTreeMap::new();
     let mut patients = Vec::new();
     for patient in &basis.patients {
@@ -529,6 +637,7 @@ pub async fn check_consent_basis(
         registry,
         chain_id: reader.chain_id(),
         block_times,
+        chain,
         patients,
     })
 }
@@ -752,6 +861,9 @@ impl fmt::Display for ConsentAudit {
                 writeln!(f)?;
             }
             None => writeln!(f, ": no consent decision recorded")?,
+        }
+        for problem in &self.chain {
+            writeln!(f, "  - {problem}")?;
         }
         if self.patients.is_empty() {
             writeln!(f, "no patient entity: nothing consent-gated")?;

@@ -9,7 +9,8 @@
 //!   registry's views, every [`LogProblem`] reported;
 //! - [`check_consent_basis`]: the consent basis an AuditEvent records ([`ConsentBasis`], read
 //!   as plain JSON) checked against the `ConsentRegistry` as of the decision's block, a
-//!   [`Verdict`] per patient and every [`GrantProblem`] and [`PatientProblem`] reported.
+//!   [`Verdict`] per patient and every [`GrantProblem`], [`PatientProblem`] and
+//!   [`ChainProblem`] (another chain, registry or block than the decision's) reported.
 //!
 //! Only files and an Ethereum JSON-RPC endpoint are read (through a
 //! [`RegistryReader`](crate::chain::RegistryReader)); never the gateway. The gateway's word is
@@ -25,8 +26,9 @@ use std::path::Path;
 use json_syntax::Parse as _;
 
 pub use consent::{
-    Agent, BasisError, CONSENT_BASIS_EXTENSION, ConsentAudit, ConsentBasis, GrantProblem,
-    GrantVerdict, PatientBasis, PatientProblem, PatientVerdict, Verdict, check_consent_basis,
+    Agent, BasisError, CONSENT_BASIS_EXTENSION, ChainProblem, ConsentAudit, ConsentBasis,
+    GrantProblem, GrantVerdict, PatientBasis, PatientProblem, PatientVerdict, Verdict,
+    check_consent_basis,
 };
 pub use log::{DEFAULT_BLOCKS_PER_QUERY, LogAudit, LogAuditRequest, LogProblem, audit_log};
 pub use proof::{AnchorPart, BatchPart, ProofDocument, ProofError, ProofStatus, VersionRef};

@@ -194,6 +194,9 @@ impl Consent {
             confirmed_through: cursor.confirmed_through(self.config.confirmations),
             now_secs: now_ms / 1000,
             block: cursor.block_number,
+            block_hash: cursor.block_hash,
+            chain_id: cursor.chain_id,
+            registry: cursor.registry,
         })))
     }
 

@@ -48,6 +48,11 @@ pub struct Grants {
     pub now_secs: i64,
     /// The block the index had read through: the chain state the decision rests on.
     pub block: i64,
+    /// That block's hash, the chain's id and the registry's address: where an auditor finds
+    /// that state (and whether a reorganization has replaced the block since).
+    pub block_hash: String,
+    pub chain_id: i64,
+    pub registry: String,
 }
 
 /// The index's cursor; `None` before the follower first caught up.

@@ -54,6 +54,17 @@ pub async fn erase_versions(
     Ok(erased)
 }
 
+/// Whether any version of the resource still has content to erase.
+pub async fn has_content(conn: &mut AnyConnection, rkey: i64) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM resource_version WHERE rkey = $1 AND body IS NOT NULL LIMIT 1",
+    )
+    .bind(rkey)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Records an erasure for the operator: the resource, when, how many versions, and why.
 pub async fn record_erasure(
     conn: &mut AnyConnection,

@@ -780,6 +780,7 @@ on_both!(
         let erased_id = versions[1].split('/').nth(1).expect("an id").to_owned();
         gateway::erasure::erase(
             &store,
+            None,
             &gateway::model::ResourceType::parse("Patient").expect("a type"),
             &gateway::model::ResourceId::parse(&erased_id).expect("an id"),
             "test",

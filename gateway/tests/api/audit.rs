@@ -677,3 +677,56 @@ on_both!(
         );
     }
 );
+
+on_both!(
+    a_deletion_is_on_the_record_of_the_patient_it_was_about,
+    |db: Db| async move {
+        let s = crate::access::secured_adjusted(db, |config| config.audit.enabled = true).await;
+        let patient = s
+            .create(json!({"resourceType": "Patient", "name": [{"family": "Deleted-From"}]}))
+            .await;
+        let observation = s
+            .create(json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                "subject": {"reference": format!("Patient/{patient}")}
+            }))
+            .await;
+        let doctor = s.token(
+            "user/*.cruds",
+            json!({"sub": "dr-2", "user_kind": "practitioner", "fhirUser": "Practitioner/9"}),
+        );
+        let (status, body) = s
+            .call(
+                reqwest::Method::DELETE,
+                &format!("Observation/{observation}"),
+                &doctor,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // the deletion left the observation without index rows; its record still names the
+        // patient, so the patient sees it
+        let patient_token = s.token(
+            "user/*.rs",
+            json!({"sub": "deleted-from", "user_kind": "patient", "fhirUser": format!("Patient/{patient}")}),
+        );
+        let (status, own) = s
+            .get(
+                &format!("AuditEvent?patient={patient}&subtype=delete"),
+                &patient_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{own}");
+        let deletions = by_user(&own, "dr-2");
+        assert_eq!(deletions.len(), 1, "{own}");
+        let references = entity_references(deletions[0]);
+        assert!(
+            references.contains(&format!("Patient/{patient}"))
+                && references
+                    .iter()
+                    .any(|r| r.starts_with(&format!("Observation/{observation}"))),
+            "{references:?}"
+        );
+    }
+);

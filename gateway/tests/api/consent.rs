@@ -1135,9 +1135,18 @@ on_both!(
         );
         assert_eq!(detail("consentType"), vec!["Observation".to_owned()]);
 
-        // and the auditor, from the AuditEvent and the chain: covered by that grant
+        // and the auditor, from the AuditEvent and the chain: covered by that grant, on the
+        // chain, registry and block the AuditEvent names
         let audit = audit_on_chain(&w, &event).await;
         assert!(audit.is_ok(), "{audit}");
+        assert_eq!(audit.basis.registry, Some(w.reader.registry()), "{event}");
+        assert_eq!(audit.basis.chain_id, Some(w.reader.chain_id()), "{event}");
+        let block = audit.basis.block.expect("the decision's block");
+        assert_eq!(
+            audit.basis.block_hash,
+            w.reader.block_hash(block).await.expect("read"),
+            "{event}"
+        );
         assert_eq!(
             audit.patients[0].verdict,
             anchor::audit::Verdict::Covered,

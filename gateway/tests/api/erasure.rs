@@ -198,12 +198,45 @@ on_both!(
             !out.contains("4711") && !err.contains("4711"),
             "the reason is never printed: {out}{err}"
         );
+        // on record (the binary audits by default): the operator erased the record of the
+        // patient; the reason stays in the erasure table
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM resource_version WHERE resource_type = 'AuditEvent' \
+             AND body IS NOT NULL",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("the AuditEvents");
+        let erasures: Vec<Value> = events
+            .iter()
+            .map(|body| serde_json::from_str::<Value>(body).expect("JSON"))
+            .filter(|event| event["subtype"][0]["code"] == "erase")
+            .collect();
+        assert_eq!(erasures.len(), 1, "{events:?}");
+        let erasure = &erasures[0];
+        assert_eq!(erasure["action"], "D", "{erasure}");
+        assert_eq!(
+            erasure["subtype"][0]["system"], "urn:fhir-gateway:command",
+            "{erasure}"
+        );
+        let entities: Vec<&str> = erasure["entity"]
+            .as_array()
+            .expect("entities")
+            .iter()
+            .filter_map(|e| e["what"]["reference"].as_str())
+            .collect();
+        assert_eq!(
+            entities,
+            ["Patient/erase-me", "Patient/erase-me"],
+            "{erasure}"
+        );
+        assert!(!erasure.to_string().contains("4711"), "{erasure}");
         // an already deleted record, through the library function the binary calls
         let store = Store::connect(&app.database).await.expect("the store");
         let patient = ResourceType::parse("Patient").expect("a type");
         let deleted_first = ResourceId::parse("deleted-first").expect("an id");
         assert_eq!(
-            erasure::erase(&store, &patient, &deleted_first, "ticket 2")
+            erasure::erase(&store, None, &patient, &deleted_first, "ticket 2")
                 .await
                 .expect("erased"),
             Erasure::Erased {
@@ -221,7 +254,7 @@ on_both!(
             "Patient/erase-me is already erased; nothing changed"
         );
         assert_eq!(
-            erasure::erase(&store, &patient, &deleted_first, "again")
+            erasure::erase(&store, None, &patient, &deleted_first, "again")
                 .await
                 .expect("a no-op"),
             Erasure::AlreadyErased
