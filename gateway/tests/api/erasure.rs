@@ -20,14 +20,21 @@ use crate::on_both;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_fhir-gateway");
 
-/// Runs `fhir-gateway erase <resource> --reason <reason>` on the app's database: whether
+/// Runs `fhir-gateway erase <resource> --reason <reason>` on the app's database, with
+/// `audit.enabled = audit` (an audited erasure adds its AuditEvent's leaf to the log): whether
 /// it succeeded, its standard output and its standard error.
-async fn erase_with_binary(app: &TestApp, resource: &str, reason: &str) -> (bool, String, String) {
+async fn erase_with_binary(
+    app: &TestApp,
+    audit: bool,
+    resource: &str,
+    reason: &str,
+) -> (bool, String, String) {
     let mut command = Command::new(BINARY);
     command
         .args(["erase", resource, "--reason", reason])
         .env_remove("FHIR_GATEWAY_CONFIG")
         .env_remove("FHIR_GATEWAY_DATABASE__URL")
+        .env("FHIR_GATEWAY_AUDIT__ENABLED", audit.to_string())
         .env("FHIR_GATEWAY_DATABASE__DATA_DIR", &app.database.data_dir)
         .env("FHIR_GATEWAY_LOG__FILTER", "info");
     if let Some(url) = &app.database.url {
@@ -181,14 +188,19 @@ on_both!(
 
         // a resource that does not exist: an error, and nothing written
         let unchanged = totals(&mut conn).await;
-        let (ok, out, err) = erase_with_binary(&app, "Patient/never-was", "ticket 1").await;
+        let (ok, out, err) = erase_with_binary(&app, true, "Patient/never-was", "ticket 1").await;
         assert!(!ok, "erasing a missing resource fails: {out}");
         assert!(err.contains("Patient/never-was is not known"), "{err}");
         assert_eq!(totals(&mut conn).await, unchanged);
 
         // the erasure, through the binary
-        let (ok, out, err) =
-            erase_with_binary(&app, "Patient/erase-me", "request 4711 of the patient").await;
+        let (ok, out, err) = erase_with_binary(
+            &app,
+            true,
+            "Patient/erase-me",
+            "request 4711 of the patient",
+        )
+        .await;
         assert!(ok, "{out}{err}");
         assert_eq!(
             out.trim(),
@@ -198,7 +210,7 @@ on_both!(
             !out.contains("4711") && !err.contains("4711"),
             "the reason is never printed: {out}{err}"
         );
-        // on record (the binary audits by default): the operator erased the record of the
+        // on record (audited): the operator erased the record of the
         // patient; the reason stays in the erasure table
         let events: Vec<String> = sqlx::query_scalar(
             "SELECT body FROM resource_version WHERE resource_type = 'AuditEvent' \
@@ -247,7 +259,7 @@ on_both!(
 
         // twice is a no-op
         let unchanged = totals(&mut conn).await;
-        let (ok, out, err) = erase_with_binary(&app, "Patient/erase-me", "again").await;
+        let (ok, out, err) = erase_with_binary(&app, true, "Patient/erase-me", "again").await;
         assert!(ok, "{err}");
         assert_eq!(
             out.trim(),
@@ -549,7 +561,8 @@ async fn on_sqlite_erased_content_leaves_the_files() {
         "the content is in the files before"
     );
 
-    let (ok, out, err) = erase_with_binary(&app, &format!("Patient/{}", id[0]), "ticket 3").await;
+    let (ok, out, err) =
+        erase_with_binary(&app, false, &format!("Patient/{}", id[0]), "ticket 3").await;
     assert!(ok, "{out}{err}");
     assert!(
         !err.contains("write-ahead log"),
@@ -581,7 +594,8 @@ async fn an_erased_version_without_a_leaf_never_gets_one() {
         .execute(&mut conn)
         .await
         .expect("leaves removed");
-    let (ok, out, err) = erase_with_binary(&first, &format!("Patient/{erased}"), "ticket 4").await;
+    let (ok, out, err) =
+        erase_with_binary(&first, false, &format!("Patient/{erased}"), "ticket 4").await;
     assert!(ok, "{out}{err}");
 
     let second = crate::helpers::spawn_app_with(crate::helpers::Db::Sqlite, |config| {
@@ -613,7 +627,7 @@ on_both!(
             .create(&json!({"resourceType": "Patient", "active": true}))
             .await;
         let (ok, out, err) =
-            erase_with_binary(&app, &format!("Patient/{erased}"), "ticket 5").await;
+            erase_with_binary(&app, false, &format!("Patient/{erased}"), "ticket 5").await;
         assert!(ok, "{out}{err}");
         let erased_version = format!("Patient/{erased}/_history/1");
         assert!(
