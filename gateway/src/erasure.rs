@@ -18,9 +18,9 @@
 //! What earlier updates freed, and what PostgreSQL keeps (dead rows until `VACUUM`, its WAL,
 //! backups), is the operator's part (README, "Erasure").
 //!
-//! Erasing an erased resource changes nothing. There is no HTTP route: the server has no
-//! authorization yet (SMART on FHIR comes later), so erasure is an operator's command,
-//! `fhir-gateway erase` ([`crate::cli`]). Nothing here logs the reason or any content.
+//! Erasing an erased resource changes nothing. There is no HTTP route (no SMART scope grants
+//! erasure): it is an operator's command, `fhir-gateway erase` ([`crate::cli`]). Nothing here
+//! logs the reason or any content.
 
 use crate::error::{Error, Result};
 use crate::interaction::Context;

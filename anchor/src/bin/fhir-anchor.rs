@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use alloy::primitives::Address;
 use anchor::audit::{self, DEFAULT_BLOCKS_PER_QUERY, LogAuditRequest};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,6 +24,19 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The Ethereum JSON-RPC endpoint every command reads the chain through.
+#[derive(Debug, Args)]
+struct Endpoint {
+    /// The Ethereum JSON-RPC endpoint (http://).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FHIR_ANCHOR_RPC",
+        hide_env_values = true
+    )]
+    rpc: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,28 +50,16 @@ enum Command {
         /// The `$proof` Parameters, as the gateway returned them.
         #[arg(long, value_name = "P.json")]
         proof: PathBuf,
-        /// The Ethereum JSON-RPC endpoint (http://).
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "FHIR_ANCHOR_RPC",
-            hide_env_values = true
-        )]
-        rpc: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
         /// How deep the anchoring block must be (1 = the block itself).
         #[arg(long, value_name = "N", default_value_t = 3)]
         confirmations: u64,
     },
     /// Replays every `BatchAnchored` event of one log and checks it is one append-only log.
     AuditLog {
-        /// The Ethereum JSON-RPC endpoint (http://).
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "FHIR_ANCHOR_RPC",
-            hide_env_values = true
-        )]
-        rpc: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
         /// The `AnchorRegistry`'s address.
         #[arg(long, value_name = "ADDR")]
         registry: Address,
@@ -81,14 +82,8 @@ enum Command {
         /// The AuditEvent, as JSON.
         #[arg(long, value_name = "E.json")]
         audit_event: PathBuf,
-        /// The Ethereum JSON-RPC endpoint (http://).
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "FHIR_ANCHOR_RPC",
-            hide_env_values = true
-        )]
-        rpc: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
         /// The `ConsentRegistry`'s address.
         #[arg(long, value_name = "ADDR")]
         registry: Address,
@@ -101,11 +96,11 @@ async fn main() -> ExitCode {
         Command::Verify {
             resource,
             proof,
-            rpc,
+            endpoint: Endpoint { rpc },
             confirmations,
         } => verify(resource, proof, &rpc, confirmations).await,
         Command::AuditLog {
-            rpc,
+            endpoint: Endpoint { rpc },
             registry,
             log,
             from_block,
@@ -136,7 +131,7 @@ async fn main() -> ExitCode {
         }
         Command::ConsentBasis {
             audit_event,
-            rpc,
+            endpoint: Endpoint { rpc },
             registry,
         } => {
             let basis = match audit::read_audit_event(&audit_event) {
