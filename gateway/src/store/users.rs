@@ -139,16 +139,9 @@ pub async fn set_break_glass(
     user: &str,
     allowed: bool,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE auth_user SET break_glass = $1 \
-         WHERE (user_id = $2 OR username = $2) AND kind <> 'patient'",
-    )
-    .bind(i64::from(allowed))
-    .bind(user)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(changed > 0)
+    let sql = "UPDATE auth_user SET break_glass = $1 \
+               WHERE (user_id = $2 OR username = $2) AND kind <> 'patient'";
+    set_flag(conn, sql, user, allowed).await
 }
 
 /// Gives or takes the auditor role of a staff user (by id or username); whether there was
@@ -158,14 +151,25 @@ pub async fn set_auditor(
     user: &str,
     allowed: bool,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE auth_user SET auditor = $1 WHERE (user_id = $2 OR username = $2) AND kind = 'staff'",
-    )
-    .bind(i64::from(allowed))
-    .bind(user)
-    .execute(conn)
-    .await?
-    .rows_affected();
+    let sql = "UPDATE auth_user SET auditor = $1 \
+               WHERE (user_id = $2 OR username = $2) AND kind = 'staff'";
+    set_flag(conn, sql, user, allowed).await
+}
+
+/// Runs `sql`, an `UPDATE` of one user's flag (`$1` the flag, `$2` the user's id or
+/// username); whether it found the user.
+async fn set_flag(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    user: &str,
+    allowed: bool,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(sql)
+        .bind(i64::from(allowed))
+        .bind(user)
+        .execute(conn)
+        .await?
+        .rows_affected();
     Ok(changed > 0)
 }
 
