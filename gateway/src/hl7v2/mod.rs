@@ -150,7 +150,13 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(store: Store, ctx: Context) -> Intake {
+    pub fn new(store: Store, mut ctx: Context) -> Intake {
+        // The R4B second opinion (`validation.r4b_check`) warns a client that software
+        // reading what it sent as R4B may refuse it. A translation is the gateway's own
+        // output, which nobody who sent the v2 message can change; r4b-check's tests check
+        // the translator's output instead, and the check was 8% of the gateway's CPU per
+        // message (BENCHMARKS.md, "HL7 v2 over MLLP").
+        ctx.config.validation.r4b_check = false;
         Intake {
             store,
             ctx,
@@ -400,13 +406,13 @@ impl Intake {
         conn: &mut AnyConnection,
         unit: &Unit<'_>,
     ) -> crate::error::Result<Written> {
-        if let Some(recorded) = store::hl7v2::lock_and_find(
-            conn,
-            unit.idempotency_key,
-            unit.sender,
-            &unit.header.control_id,
-        )
-        .await?
+        // the message's own lock first, then its Bundle's (which `run_transaction` needs
+        // held), in one statement; no transaction takes a message's lock after others
+        let locks: Vec<String> = std::iter::once(unit.idempotency_key.to_owned())
+            .chain(unit.prepared.lock_keys())
+            .collect();
+        if let Some(recorded) =
+            store::hl7v2::lock_and_find(conn, &locks, unit.sender, &unit.header.control_id).await?
         {
             return Ok(Written::Recorded(recorded));
         }

@@ -753,6 +753,39 @@ pub async fn matching_ids(
     criteria: &str,
     limit: usize,
 ) -> Result<Vec<ResourceId>> {
+    let request = criteria_request(ctx, access, resource_type, criteria)?;
+    sql::ids(conn, &request.query(ctx), limit)
+        .await?
+        .iter()
+        .map(|id| ResourceId::parse(id))
+        .collect()
+}
+
+/// [`matching_ids`] with each match's current state, locked for the update that follows
+/// (a conditional update: one statement rather than a search and a lock).
+pub async fn matching_for_update(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    resource_type: &ResourceType,
+    criteria: &str,
+    limit: usize,
+) -> Result<Vec<(ResourceId, crate::store::Current)>> {
+    let request = criteria_request(ctx, access, resource_type, criteria)?;
+    sql::ids_for_update(conn, &request.query(ctx), limit)
+        .await?
+        .into_iter()
+        .map(|(id, current)| Ok((ResourceId::parse(&id)?, current)))
+        .collect()
+}
+
+/// The search a conditional interaction's criteria make, within what the token may search.
+fn criteria_request(
+    ctx: &Context,
+    access: &Access,
+    resource_type: &ResourceType,
+    criteria: &str,
+) -> Result<SearchRequest> {
     let criteria = criteria.trim_start_matches('?');
     let mut request =
         SearchRequest::parse(ctx, &Scope::Type(resource_type), criteria, Handling::Strict)?;
@@ -763,17 +796,19 @@ pub async fn matching_ids(
     }
     // a conditional operation sees only what the token may search
     request.confine(access)?;
-    let query = Query {
-        types: &request.types,
-        filters: &request.filters,
-        sort: &[],
-        base_url: &ctx.base_url,
-    };
-    sql::ids(conn, &query, limit)
-        .await?
-        .iter()
-        .map(|id| ResourceId::parse(id))
-        .collect()
+    Ok(request)
+}
+
+impl SearchRequest {
+    /// The conditions of this request's filters, unsorted.
+    fn query<'a>(&'a self, ctx: &'a Context) -> Query<'a> {
+        Query {
+            types: &self.types,
+            filters: &self.filters,
+            sort: &[],
+            base_url: &ctx.base_url,
+        }
+    }
 }
 
 /// Runs a search and builds the `searchset` Bundle.

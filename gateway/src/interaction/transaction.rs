@@ -122,9 +122,11 @@ impl Request {
 enum Assigned {
     /// A new resource gets this id.
     New(ResourceId),
-    /// `ifNoneExist` matched this existing resource (nothing is written), or a conditional
-    /// update's criteria matched it (it is updated).
+    /// `ifNoneExist` matched this existing resource: nothing is written.
     Existing(ResourceId),
+    /// A conditional update's criteria matched this resource, locked in this state: it is
+    /// updated.
+    Matched(ResourceId, store::Current),
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +358,7 @@ pub async fn process(
         // the Bundle's audit record commits with its writes
         let responses = store
             .write(async |tx| {
+                store::lock_all(tx, &lock_keys(&entries)).await?;
                 let responses = transaction(tx, ctx, access, entries.clone()).await?;
                 if let Some(pending) = audit {
                     let touched = responses
@@ -426,8 +429,17 @@ pub(crate) fn prepare_transaction(bundle: &Json, ctx: &Context) -> Result<Prepar
     }
 }
 
+impl PreparedTransaction {
+    /// The advisory locks [`run_transaction`] needs held (PostgreSQL), in the order to take
+    /// them: its caller takes them in its own first statement, with its own locks before them.
+    pub(crate) fn lock_keys(&self) -> Vec<String> {
+        lock_keys(&self.0)
+    }
+}
+
 /// Runs a prepared transaction on the caller's connection (all or nothing with whatever else
-/// the caller's transaction holds); the responses in entry order.
+/// the caller's transaction holds); the responses in entry order. The caller holds the
+/// locks of [`PreparedTransaction::lock_keys`], taken in this transaction before it.
 pub(crate) async fn run_transaction(
     conn: &mut AnyConnection,
     ctx: &Context,
@@ -445,17 +457,10 @@ pub(crate) fn transaction_response(
     response_bundle("transaction-response", responses, preference)
 }
 
-async fn transaction(
-    conn: &mut AnyConnection,
-    ctx: &Context,
-    access: &Access,
-    mut entries: Vec<Entry>,
-) -> Result<Vec<(usize, Result<Outcome>)>> {
-    // 1. the id every entry's fullUrl stands for
-    let mut replacements: HashMap<String, String> = HashMap::new();
-    let mut assigned: HashMap<usize, Assigned> = HashMap::new();
-    // conditional creates and updates are serialized against concurrent ones on the same
-    // criteria; taking every lock first, in one order, keeps two Bundles from deadlocking
+/// The advisory locks a transaction's entries need before anything else: conditional
+/// creates and updates are serialized against concurrent ones on the same criteria; taking
+/// every lock first, in one order (sorted), keeps two Bundles from deadlocking.
+fn lock_keys(entries: &[Entry]) -> Vec<String> {
     let mut keys: Vec<String> = entries
         .iter()
         .filter_map(|entry| match &entry.request {
@@ -473,7 +478,18 @@ async fn transaction(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    store::lock_all(conn, &keys).await?;
+    keys
+}
+
+async fn transaction(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    mut entries: Vec<Entry>,
+) -> Result<Vec<(usize, Result<Outcome>)>> {
+    // 1. the id every entry's fullUrl stands for
+    let mut replacements: HashMap<String, String> = HashMap::new();
+    let mut assigned: HashMap<usize, Assigned> = HashMap::new();
     for entry in &entries {
         let target = match &entry.request {
             Request::Create {
@@ -516,15 +532,17 @@ async fn transaction(
                 criteria,
                 ..
             } => {
-                let found = search::matching_ids(conn, ctx, access, resource_type, criteria, 2)
-                    .await
-                    .map_err(|e| entry_error(entry.index, e))?;
-                match found.as_slice() {
-                    [id] => {
-                        assigned.insert(entry.index, Assigned::Existing(id.clone()));
-                        Some(format!("{resource_type}/{id}"))
+                let mut found =
+                    search::matching_for_update(conn, ctx, access, resource_type, criteria, 2)
+                        .await
+                        .map_err(|e| entry_error(entry.index, e))?;
+                match (found.pop(), found.is_empty()) {
+                    (Some((id, current)), true) => {
+                        let target = format!("{resource_type}/{id}");
+                        assigned.insert(entry.index, Assigned::Matched(id, current));
+                        Some(target)
                     }
-                    [] => {
+                    (None, _) => {
                         let id = entry
                             .resource
                             .as_ref()
@@ -657,9 +675,9 @@ async fn transaction(
                     criteria,
                     if_match,
                 },
-                Some(Assigned::Existing(id)),
+                Some(Assigned::Matched(id, current)),
             ) => {
-                // matched in step 1, under the criteria's lock: not searched again
+                // matched and locked in step 1, under the criteria's lock: not searched again
                 let resource = entry
                     .resource
                     .ok_or_else(|| Error::Invalid("PUT needs a resource".to_owned()))?;
@@ -671,6 +689,7 @@ async fn transaction(
                     resource_type,
                     criteria,
                     id,
+                    current.clone(),
                     checked,
                     *if_match,
                 )

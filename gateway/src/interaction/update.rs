@@ -42,6 +42,33 @@ pub async fn update(
         }
     }
     let current = store::current_for_update(conn, resource_type.as_str(), id.as_str()).await?;
+    update_locked(
+        conn,
+        ctx,
+        access,
+        resource_type,
+        id,
+        body,
+        issues,
+        if_match,
+        current,
+    )
+    .await
+}
+
+/// [`update`] of a resource whose state `current` was locked in this transaction.
+#[allow(clippy::too_many_arguments)]
+async fn update_locked(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    access: &Access,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    body: Json,
+    issues: Vec<fhir_profiles::validate::Issue>,
+    if_match: Option<VersionId>,
+    current: Option<store::Current>,
+) -> Result<Outcome> {
     let permission = write_permission(current.as_ref());
     // the resource as it is must be within the scope, and so must what replaces it
     if permission == Permission::Update {
@@ -117,9 +144,25 @@ pub async fn conditional_update(
     crate::audit::refuse_client_write(resource_type, "update")?;
     let Checked { body, issues } = checked;
     store::lock(conn, &format!("{resource_type}?{criteria}")).await?;
-    let matches = search::matching_ids(conn, ctx, access, resource_type, criteria, 2).await?;
-    match matches.as_slice() {
-        [] => {
+    let mut matches =
+        search::matching_for_update(conn, ctx, access, resource_type, criteria, 2).await?;
+    match (matches.pop(), matches.is_empty()) {
+        (Some((id, current)), true) => {
+            let checked = Checked { body, issues };
+            update_matched(
+                conn,
+                ctx,
+                access,
+                resource_type,
+                criteria,
+                &id,
+                current,
+                checked,
+                if_match,
+            )
+            .await
+        }
+        (None, _) => {
             let (id, current) = match resource::id_of(&body) {
                 Some(body_id) => {
                     let id = ResourceId::parse(body_id)?;
@@ -157,29 +200,16 @@ pub async fn conditional_update(
                 .await?;
             Ok(outcome.with_issues(issues))
         }
-        [id] => {
-            let checked = Checked { body, issues };
-            update_matched(
-                conn,
-                ctx,
-                access,
-                resource_type,
-                criteria,
-                id,
-                checked,
-                if_match,
-            )
-            .await
-        }
         _ => Err(Error::PreconditionFailed(format!(
             "{criteria} matches more than one {resource_type}"
         ))),
     }
 }
 
-/// The update of a conditional update whose criteria matched exactly the resource `id`
-/// (under the lock on the criteria, in this transaction): a transaction Bundle resolves
-/// its conditional updates before running them, and does not search again.
+/// The update of a conditional update whose criteria matched exactly the resource `id`,
+/// whose state `current` the match locked (under the lock on the criteria, in this
+/// transaction): a transaction Bundle resolves its conditional updates before running them,
+/// and does not search again.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn update_matched(
     conn: &mut AnyConnection,
@@ -188,6 +218,7 @@ pub(crate) async fn update_matched(
     resource_type: &ResourceType,
     criteria: &str,
     id: &ResourceId,
+    current: store::Current,
     checked: Checked,
     if_match: Option<VersionId>,
 ) -> Result<Outcome> {
@@ -200,8 +231,19 @@ pub(crate) async fn update_matched(
         )));
     }
     set_id(&mut body, id);
-    let checked = Checked { body, issues };
-    update(conn, ctx, access, resource_type, id, checked, if_match).await
+    crate::audit::refuse_client_write(resource_type, "update")?;
+    update_locked(
+        conn,
+        ctx,
+        access,
+        resource_type,
+        id,
+        body,
+        issues,
+        if_match,
+        Some(current),
+    )
+    .await
 }
 
 fn set_id(body: &mut Json, id: &ResourceId) {

@@ -24,30 +24,31 @@ pub struct Record<'a> {
     pub received_at: i64,
 }
 
-/// [`find`] behind [`super::lock`] on `key`: on PostgreSQL one statement (the lookup's
-/// snapshot is taken before the lock is granted, so a copy of the message that a concurrent
-/// transaction recorded meanwhile is not seen; that copy's record then makes this one's
-/// [`record`] fail with a unique violation, and the transaction runs again and finds it).
+/// [`find`] behind [`super::lock`] on each of `keys`, in that order: on PostgreSQL one
+/// statement (the lookup's snapshot is taken before the locks are granted, so a copy of the
+/// message that a concurrent transaction recorded meanwhile is not seen; that copy's record
+/// then makes this one's [`record`] fail with a unique violation, and the transaction runs
+/// again and finds it). The intake passes the message's own key first, then the locks its
+/// transaction Bundle needs, so that they cost no round trip of their own.
 #[tracing::instrument(skip_all)]
 pub async fn lock_and_find(
     conn: &mut AnyConnection,
-    key: &str,
+    keys: &[String],
     sender: &str,
     control_id: &str,
 ) -> Result<Option<Recorded>, sqlx::Error> {
     if super::Backend::of(conn) != super::Backend::Postgres {
         return find(conn, sender, control_id).await;
     }
-    let row = sqlx::query(
-        "SELECT m.ack_code, m.responses, m.received_at \
-         FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS l \
-         LEFT JOIN hl7v2_message m ON m.sender = $2 AND m.control_id = $3",
-    )
-    .bind(key)
-    .bind(sender)
-    .bind(control_id)
-    .fetch_one(conn)
-    .await?;
+    let mut sql = super::search::Sql::default();
+    let locks = super::lock_list(&mut sql, keys);
+    let sender = sql.text(sender);
+    let control_id = sql.text(control_id);
+    sql.text = format!(
+        "SELECT m.ack_code, m.responses, m.received_at FROM (SELECT {locks}) AS l \
+         LEFT JOIN hl7v2_message m ON m.sender = {sender} AND m.control_id = {control_id}"
+    );
+    let row = sql.query().fetch_one(conn).await?;
     let Some(ack_code) = row.try_get::<Option<String>, _>("ack_code")? else {
         return Ok(None);
     };

@@ -201,10 +201,50 @@ pub(super) fn replace_binds(rows: &Rows<'_>) -> usize {
     rows.entries.len() * 8 + rows.words.len() * 2 + 2 * TABLES_WITH_WORDS.len()
 }
 
+/// The index rows a resource has before [`replace_ctes`] replaces them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stored {
+    /// None: the resource is new.
+    Nothing,
+    /// Perhaps some, in the tables of this mask only (bit n: the n-th of
+    /// [`TABLES_WITH_WORDS`]).
+    In(u8),
+}
+
+impl Stored {
+    /// What a resource in the state `current` may have (`resource.index_tables`; any table
+    /// when that is not known).
+    pub(crate) fn of(current: &super::Current) -> Stored {
+        Stored::In(current.index_tables.unwrap_or(u8::MAX))
+    }
+
+    fn may_have(self, table: usize) -> bool {
+        match self {
+            Stored::Nothing => false,
+            Stored::In(mask) => mask & (1 << table) != 0,
+        }
+    }
+}
+
+/// The mask of the tables (bit n: the n-th of [`TABLES_WITH_WORDS`]) that `rows` put rows
+/// in: what `resource.index_tables` says once they are a resource's rows.
+pub(super) fn tables_of(rows: &Rows<'_>) -> u8 {
+    let entries = rows
+        .entries
+        .iter()
+        .fold(0u8, |mask, entry| mask | 1 << table_number(&entry.value));
+    if rows.words.is_empty() {
+        entries
+    } else {
+        entries | 1 << 7
+    }
+}
+
 /// PostgreSQL: data-modifying CTEs (appended to `ctes`, their values bound in `sql`) that
 /// make the index rows of one resource exactly `rows`. `rkey` is the SQL of the resource's
 /// key (a placeholder, or `(SELECT rkey FROM r)` for a row inserted by an earlier CTE).
-/// For a resource that may already have rows (`existing`), only the difference is written:
+/// A table that `stored` says holds no row of the resource is not looked at, unless there
+/// are new rows to insert into it; in a table that may hold rows, only the difference is written:
 /// a stored row that is not among the new ones is deleted, a new row that is not stored is
 /// inserted, and a row in both is left alone. An update that changes a name thus touches
 /// one or two rows rather than every row of the resource, which leaves no dead tuples behind
@@ -216,7 +256,7 @@ pub(super) fn replace_ctes(
     sql: &mut Sql,
     ctes: &mut Vec<String>,
     rkey: &str,
-    existing: bool,
+    stored: Stored,
     rows: &Rows<'_>,
 ) {
     let mut by_table: [Vec<Vec<Bind>>; 8] = Default::default();
@@ -238,6 +278,7 @@ pub(super) fn replace_ctes(
     let rtype =
         (!rows.entries.is_empty() || !rows.words.is_empty()).then(|| sql.text(rows.resource_type));
     for (number, (table, values)) in TABLES_WITH_WORDS.iter().zip(by_table).enumerate() {
+        let existing = stored.may_have(number);
         if values.is_empty() {
             if existing {
                 ctes.push(format!(

@@ -1117,6 +1117,32 @@ pub async fn ids(conn: &mut AnyConnection, query: &Query<'_>, limit: usize) -> R
     rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
 }
 
+/// [`ids`] with the state of each match, locked until the transaction ends (PostgreSQL;
+/// SQLite has a single writer) as [`super::current_for_update`] locks it: a conditional
+/// update finds and locks what it updates in one statement.
+#[tracing::instrument(name = "db.search_ids_for_update", skip_all)]
+pub async fn ids_for_update(
+    conn: &mut AnyConnection,
+    query: &Query<'_>,
+    limit: usize,
+) -> Result<Vec<(String, super::Current)>> {
+    let mut sql = Sql::default();
+    let conditions = where_clause(&mut sql, query)?;
+    let lock = match super::Backend::of(conn) {
+        super::Backend::Postgres => " FOR UPDATE OF r",
+        super::Backend::Sqlite => "",
+    };
+    sql.text = format!(
+        "SELECT r.id, r.rkey, r.version_id, r.last_updated, r.deleted, r.index_tables \
+         FROM resource r \
+         WHERE {conditions} ORDER BY r.rkey LIMIT {limit}{lock}"
+    );
+    let rows = sql.query().fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, super::Current::from_row(row)?)))
+        .collect()
+}
+
 /// One page of matches in the requested order, starting after `after`.
 #[tracing::instrument(name = "db.search", skip_all)]
 pub async fn page(

@@ -17,6 +17,25 @@ pub struct Current {
     pub version_id: VersionId,
     pub last_updated: Instant,
     pub deleted: bool,
+    /// The index tables that may hold rows of the resource (`resource.index_tables`, bit n
+    /// for the n-th of `index::TABLES_WITH_WORDS`); `None`: any of them may.
+    pub index_tables: Option<u8>,
+}
+
+impl Current {
+    /// From a row with the columns `rkey`, `version_id`, `last_updated`, `deleted` and
+    /// `index_tables` of `resource`.
+    pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Current {
+            rkey: row.try_get("rkey")?,
+            version_id: VersionId::from_db(row.try_get("version_id")?),
+            last_updated: Instant::from_millis(row.try_get("last_updated")?),
+            deleted: row.try_get::<i16, _>("deleted")? != 0,
+            index_tables: row
+                .try_get::<Option<i16>, _>("index_tables")?
+                .and_then(|mask| u8::try_from(mask).ok()),
+        })
+    }
 }
 
 /// One stored version.
@@ -74,22 +93,15 @@ pub async fn current_for_update(
         Backend::Sqlite => "",
     };
     let sql = format!(
-        "SELECT rkey, version_id, last_updated, deleted FROM resource WHERE resource_type = $1 AND id = $2{lock}"
+        "SELECT rkey, version_id, last_updated, deleted, index_tables FROM resource \
+         WHERE resource_type = $1 AND id = $2{lock}"
     );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(resource_type)
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(|row| {
-        Ok(Current {
-            rkey: row.try_get("rkey")?,
-            version_id: VersionId::from_db(row.try_get("version_id")?),
-            last_updated: Instant::from_millis(row.try_get("last_updated")?),
-            deleted: row.try_get::<i16, _>("deleted")? != 0,
-        })
-    })
-    .transpose()
+    row.as_ref().map(Current::from_row).transpose()
 }
 
 /// The current state of a resource and the body of its current version (`None` for a
@@ -105,7 +117,8 @@ pub async fn current_with_body_for_update(
         Backend::Sqlite => "",
     };
     let sql = format!(
-        "SELECT r.rkey, r.version_id, r.last_updated, r.deleted, v.body FROM resource r \
+        "SELECT r.rkey, r.version_id, r.last_updated, r.deleted, r.index_tables, v.body \
+         FROM resource r \
          JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = r.version_id \
          WHERE r.resource_type = $1 AND r.id = $2{lock}"
     );
@@ -114,16 +127,8 @@ pub async fn current_with_body_for_update(
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(|row| {
-        let current = Current {
-            rkey: row.try_get("rkey")?,
-            version_id: VersionId::from_db(row.try_get("version_id")?),
-            last_updated: Instant::from_millis(row.try_get("last_updated")?),
-            deleted: row.try_get::<i16, _>("deleted")? != 0,
-        };
-        Ok((current, row.try_get("body")?))
-    })
-    .transpose()
+    row.map(|row| Ok((Current::from_row(&row)?, row.try_get("body")?)))
+        .transpose()
 }
 
 /// The current version of a resource (which may be a deletion).
@@ -302,21 +307,34 @@ async fn write_version_postgres(
     let version = sql.bind(Bind::Int(write.version_id.get()));
     let at = sql.bind(Bind::Int(write.last_updated.millis()));
     let deleted = sql.bind(Bind::Int(i64::from(write.body.is_none())));
+    // a deletion has no index rows: its resource's are all removed
+    let (entries, words): (&[IndexEntry], &[Word]) = match write.body {
+        Some(_) => (write.index, write.words),
+        None => (&[], &[]),
+    };
+    let rows = index::Rows {
+        rkey: current.map_or(0, |c| c.rkey),
+        resource_type: write.resource_type,
+        entries,
+        words,
+    };
+    // after this statement the resource's index rows are exactly `rows`
+    let tables = sql.bind(Bind::Int(i64::from(index::tables_of(&rows))));
     let mut ctes = Vec::new();
     let rkey = match current {
         None => {
             let id = sql.text(write.id);
             ctes.push(format!(
-                "r AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted) \
-                 VALUES ({rtype}, {id}, {version}, {at}, {deleted}) RETURNING rkey)"
+                "r AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, index_tables) \
+                 VALUES ({rtype}, {id}, {version}, {at}, {deleted}, {tables}) RETURNING rkey)"
             ));
             "(SELECT rkey FROM r)".to_owned()
         }
         Some(current) => {
             let rkey = sql.bind(Bind::Int(current.rkey));
             ctes.push(format!(
-                "r AS (UPDATE resource SET version_id = {version}, last_updated = {at}, deleted = {deleted} \
-                 WHERE rkey = {rkey} RETURNING rkey)"
+                "r AS (UPDATE resource SET version_id = {version}, last_updated = {at}, deleted = {deleted}, \
+                 index_tables = {tables} WHERE rkey = {rkey} RETURNING rkey)"
             ));
             rkey
         }
@@ -335,20 +353,10 @@ async fn write_version_postgres(
         "l AS (INSERT INTO log_leaf (vkey, salt, content_hash, leaf_hash) \
          SELECT vkey, {salt}, {content}, {hash} FROM v)"
     ));
-    // a deletion has no index rows: its resource's are all removed
-    let (entries, words): (&[IndexEntry], &[Word]) = match write.body {
-        Some(_) => (write.index, write.words),
-        None => (&[], &[]),
-    };
-    let rows = index::Rows {
-        rkey: current.map_or(0, |c| c.rkey),
-        resource_type: write.resource_type,
-        entries,
-        words,
-    };
     let combined = index::replace_binds(&rows) <= index::BINDS_PER_COMBINED_STATEMENT;
     if combined {
-        index::replace_ctes(&mut sql, &mut ctes, &rkey, current.is_some(), &rows);
+        let stored = current.map_or(index::Stored::Nothing, index::Stored::of);
+        index::replace_ctes(&mut sql, &mut ctes, &rkey, stored, &rows);
     }
     sql.text = format!("WITH {} SELECT rkey FROM v", ctes.join(", "));
     let rkey: i64 = sql.query().fetch_one(&mut *conn).await?.try_get(0)?;

@@ -330,6 +330,11 @@ async fn index_rows(app: &TestApp, id: &str) -> Vec<String> {
             "param || '|' || grp || '|' || CASE WHEN param = '_lastUpdated' THEN 'version' ELSE lo || '|' || hi END",
         ),
         ("idx_word", "word || '|' || narrative"),
+        (
+            "idx_reference",
+            "param || '|' || grp || '|' || COALESCE(target_type, '-') || '|' || COALESCE(target_id, '-') || '|' || COALESCE(url, '-')",
+        ),
+        ("idx_uri", "param || '|' || grp || '|' || value"),
     ] {
         // audited: table and columns are constants of this test
         let sql = format!("SELECT {columns} AS r FROM {table} WHERE rkey = $1");
@@ -420,5 +425,82 @@ both!(
             .await;
         assert!(status == 200 || status == 201, "{status}");
         assert_eq!(index_rows(&app, &id).await, created);
+    }
+);
+
+both!(
+    an_update_empties_the_index_tables_its_new_content_does_not_use,
+    |app: TestApp| async move {
+        let organization = app
+            .create(&json!({"resourceType": "Organization", "name": "Clinic"}))
+            .await;
+        let with_links = |id: Option<&str>| {
+            let mut patient = json!({"resourceType": "Patient", "name": [{"family": "Linked"}],
+                "meta": {"profile": ["http://example.org/p"]},
+                "managingOrganization": {"reference": format!("Organization/{organization}")}});
+            if let Some(id) = id {
+                patient["id"] = json!(id);
+            }
+            patient
+        };
+        let without_links =
+            |id: &str| json!({"resourceType": "Patient", "id": id, "name": [{"family": "Linked"}]});
+        let linked = |rows: &[String]| {
+            rows.iter()
+                .filter(|r| r.starts_with("idx_reference:") || r.starts_with("idx_uri:"))
+                .count()
+        };
+        // one created alone (its index tables known) and four in one transaction (created
+        // together, on PostgreSQL in bulk: their index tables not recorded)
+        let alone = app.create(&with_links(None)).await;
+        let (status, response) = app
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": (0..4).map(|_| json!({"resource": with_links(None),
+                        "request": {"method": "POST", "url": "Patient"}})).collect::<Vec<_>>()}),
+            )
+            .await;
+        assert_eq!(status, 200, "{response}");
+        let together: Vec<String> = response["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                e["response"]["location"]
+                    .as_str()
+                    .and_then(|l| l.split("Patient/").nth(1))
+                    .and_then(|l| l.split('/').next())
+                    .expect("a location")
+                    .to_owned()
+            })
+            .collect();
+        let by_organization = format!("Patient?organization=Organization/{organization}");
+        assert_eq!(app.search_ids(&by_organization).await.len(), 5);
+        for id in std::iter::once(&alone).chain(&together) {
+            assert_eq!(linked(&index_rows(&app, id).await), 2, "{id}");
+            let (status, _) = app.put(&format!("Patient/{id}"), &without_links(id)).await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                linked(&index_rows(&app, id).await),
+                0,
+                "{id}: rows left behind"
+            );
+            // and back: the tables are used again, then emptied again
+            let (status, _) = app
+                .put(&format!("Patient/{id}"), &with_links(Some(id)))
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(linked(&index_rows(&app, id).await), 2, "{id}");
+            let (status, _) = app.put(&format!("Patient/{id}"), &without_links(id)).await;
+            assert_eq!(status, 200);
+            assert_eq!(linked(&index_rows(&app, id).await), 0, "{id}");
+        }
+        assert_eq!(app.search_ids(&by_organization).await, Vec::<String>::new());
+        assert_eq!(
+            app.search_ids("Patient?_profile=http://example.org/p")
+                .await,
+            Vec::<String>::new()
+        );
     }
 );
