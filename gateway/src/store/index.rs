@@ -28,6 +28,9 @@ pub(super) const TABLES_WITH_WORDS: [&str; 8] = [
     TABLES[0], TABLES[1], TABLES[2], TABLES[3], TABLES[4], TABLES[5], TABLES[6], "idx_word",
 ];
 
+/// The position of `idx_word` in [`TABLES_WITH_WORDS`].
+const WORDS: usize = TABLES.len();
+
 /// Removes every index row of a resource.
 pub(super) async fn delete(conn: &mut AnyConnection, rkey: i64) -> Result<(), sqlx::Error> {
     for table in TABLES_WITH_WORDS {
@@ -73,7 +76,7 @@ pub(super) async fn insert(
             by_table[table_number(&entry.value)].push(values);
         }
         for word in rows.words {
-            by_table[7].push(vec![
+            by_table[WORDS].push(vec![
                 Bind::Int(rows.rkey),
                 Bind::Text(rows.resource_type.to_owned()),
                 Bind::Text(word.word.clone()),
@@ -236,7 +239,7 @@ pub(super) fn tables_of(rows: &Rows<'_>) -> u8 {
     if rows.words.is_empty() {
         entries
     } else {
-        entries | 1 << 7
+        entries | 1 << WORDS
     }
 }
 
@@ -270,7 +273,7 @@ pub(super) fn replace_ctes(
         by_table[table].push(values);
     }
     for word in rows.words {
-        by_table[7].push(vec![
+        by_table[WORDS].push(vec![
             Bind::Text(word.word.clone()),
             Bind::Int(i64::from(word.narrative)),
         ]);
