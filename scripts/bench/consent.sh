@@ -14,6 +14,9 @@
 # PG_OPTIONS sets PostgreSQL settings for the gateway's connections (e.g.
 # '-c plan_cache_mode=force_generic_plan'); PGLOG=1 has PostgreSQL log every statement of the measured runs (with their parameters, for
 # EXPLAIN), in its server log.
+# BINS: gateway binaries to compare (space-separated; default the release build of this tree,
+# built first): each round measures each of them, off and on, against the same database,
+# chain and grants (the first one loads them).
 # Needs wrk (apt-get install wrk), python3, npm ci (anvil) and PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,7 +32,13 @@ OUT=target/bench-consent
 ANCHOR_KEY=ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 RELAYER_KEY=59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
-cargo build --release --bin fhir-gateway --example bench_consent_grants
+if [ -z "${BINS:-}" ]; then
+  cargo build --release --bin fhir-gateway --example bench_consent_grants
+  BINS=target/release/fhir-gateway
+else
+  cargo build --release --example bench_consent_grants
+fi
+read -r BIN _ <<<"$BINS"
 mkdir -p $OUT
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent" -c "CREATE DATABASE fhir_bench_consent"
 rm -rf "$OUT/gateway-data"
@@ -47,7 +56,7 @@ BASEENV=(FHIR_GATEWAY_DATABASE__URL="$DB_URL" FHIR_GATEWAY_SERVER__PORT=$PORT
   # consent's own cost, as measured before the audit trail existed (scripts/bench/audit.sh)
   FHIR_GATEWAY_AUDIT__ENABLED=${AUDIT:-false})
 start() {  # start AUTH_REQUIRED CONSENT_ENFORCE
-  env "${BASEENV[@]}" FHIR_GATEWAY_AUTH__REQUIRED=$1 FHIR_GATEWAY_CONSENT__ENFORCE=$2 target/release/fhir-gateway serve &
+  env "${BASEENV[@]}" FHIR_GATEWAY_AUTH__REQUIRED=$1 FHIR_GATEWAY_CONSENT__ENFORCE=$2 "$BIN" serve &
   SERVER=$!
   until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null; do sleep 0.2; done
 }
@@ -56,7 +65,7 @@ source scripts/bench/lib.sh
 ticks() { cpu_ticks $SERVER fhir_bench_consent; }
 trap 'kill $SERVER $ANVIL 2>/dev/null || true' EXIT
 until curl -sf -X POST -H 'content-type: application/json' --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "http://127.0.0.1:$ANVIL_PORT" >/dev/null; do sleep 0.2; done
-TOKEN=$(env "${BASEENV[@]}" target/release/fhir-gateway token issue --scope 'system/*.rs' --lifetime-secs 7200)
+TOKEN=$(env "${BASEENV[@]}" "$BIN" token issue --scope 'system/*.rs' --lifetime-secs 7200)
 start false true
 FHIR_TOKEN= python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
 psql "$PG/fhir_bench_consent" -qc "VACUUM ANALYZE" -c "CHECKPOINT"${PGLOG:+ -c "ALTER DATABASE fhir_bench_consent SET log_min_duration_statement = 0"}
@@ -65,21 +74,23 @@ REGISTRY=$(curl -s "http://127.0.0.1:$PORT/health/ready" | python3 -c 'import js
 stop
 target/release/examples/bench_consent_grants "$PG/fhir_bench_consent" "http://127.0.0.1:$ANVIL_PORT" "$REGISTRY" operator $RELAYER_KEY
 for round in $(seq "$ROUNDS"); do
-  for mode in $ORDER; do
-    if [ $mode = on ]; then start true true; else start true false; fi
-    # the index caught up with the grants before measuring
-    until curl -s "http://127.0.0.1:$PORT/health/ready" | grep -q '"consent:index":\[{[^]]*"status":"pass"'; do sleep 0.2; done
-    for load in reads searches; do
-      wrk -t2 -c32 -d5s -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" >/dev/null
-      echo "== round $round, consent $mode, $load, load $(cut -d' ' -f1-3 /proc/loadavg)"
-      read -r g0 p0 < <(ticks)
-      wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" > $OUT/wrk.txt
-      read -r g1 p1 < <(ticks)
-      grep -E "Requests/sec|50%|99%|Non-2xx|requests in" $OUT/wrk.txt
-      n=$(awk '/requests in/ {print $1}' $OUT/wrk.txt)
-      echo "CPU per request: gateway $(( (g1 - g0) * 10000000 / n / 1000 )) µs, PostgreSQL $(( (p1 - p0) * 10000000 / n / 1000 )) µs"
+  for BIN in $BINS; do
+    for mode in $ORDER; do
+      if [ $mode = on ]; then start true true; else start true false; fi
+      # the index caught up with the grants before measuring
+      until curl -s "http://127.0.0.1:$PORT/health/ready" | grep -q '"consent:index":\[{[^]]*"status":"pass"'; do sleep 0.2; done
+      for load in reads searches; do
+        wrk -t2 -c32 -d5s -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" >/dev/null
+        echo "== round $round, $BIN, consent $mode, $load, load $(cut -d' ' -f1-3 /proc/loadavg)"
+        read -r g0 p0 < <(ticks)
+        wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" > $OUT/wrk.txt
+        read -r g1 p1 < <(ticks)
+        grep -E "Requests/sec|50%|99%|Non-2xx|requests in" $OUT/wrk.txt
+        n=$(awk '/requests in/ {print $1}' $OUT/wrk.txt)
+        echo "CPU per request: gateway $(( (g1 - g0) * 10000000 / n / 1000 )) µs, PostgreSQL $(( (p1 - p0) * 10000000 / n / 1000 )) µs"
+      done
+      stop
     done
-    stop
   done
 done
 [ -n "${KEEP:-}" ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS fhir_bench_consent WITH (FORCE)" || true

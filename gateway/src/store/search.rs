@@ -1173,27 +1173,35 @@ pub async fn page(
     if let Some(cursor) = after {
         outer_conditions.push(keyset_condition(&mut sql, &key_columns, cursor)?);
     }
-    let order: Vec<String> = key_columns
-        .iter()
-        .map(|(name, _, descending)| {
-            format!(
-                "({name} IS NULL), {name}{}",
-                if *descending { " DESC" } else { "" }
-            )
-        })
-        .chain(std::iter::once("rkey".to_owned()))
-        .collect();
+    let order = |alias: &str| -> String {
+        key_columns
+            .iter()
+            .map(|(name, _, descending)| {
+                format!(
+                    "({alias}.{name} IS NULL), {alias}.{name}{}",
+                    if *descending { " DESC" } else { "" }
+                )
+            })
+            .chain(std::iter::once(format!("{alias}.rkey")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // The page is chosen (filters, order, LIMIT) in a subquery of `resource` alone and only
+    // its rows are joined with their bodies: PostgreSQL plans the two apart, which halves a
+    // search's planning time (most of its cost), and a LIMIT inside the subquery keeps
+    // unselective searches stopping at the page's end.
     sql.text = format!(
-        "SELECT m.*, v.body FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{select_keys} FROM resource r \
-         WHERE {conditions}) m JOIN resource_version v ON v.rkey = m.rkey AND v.version_id = m.version_id{} \
-         ORDER BY {} LIMIT {}",
+        "SELECT m.*, v.body FROM (SELECT s.* FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{select_keys} \
+         FROM resource r WHERE {conditions}) s{} ORDER BY {} LIMIT {}) m \
+         JOIN resource_version v ON v.rkey = m.rkey AND v.version_id = m.version_id ORDER BY {}",
         if outer_conditions.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", outer_conditions.join(" AND "))
         },
-        order.join(", "),
-        limit + 1
+        order("s"),
+        limit + 1,
+        order("m"),
     );
     let rows = sql.query().fetch_all(conn).await?;
     let mut matches = Vec::with_capacity(rows.len().min(limit));
@@ -1256,13 +1264,13 @@ fn keyset_condition(
     let mut equal_so_far: Vec<String> = Vec::new();
     for ((name, _, descending), value) in keys.iter().zip(cursor) {
         let (after, equal) = match value {
-            Bind::Null => ("1 = 0".to_owned(), format!("m.{name} IS NULL")),
+            Bind::Null => ("1 = 0".to_owned(), format!("s.{name} IS NULL")),
             value => {
                 let p = sql.bind(value.clone());
                 let op = if *descending { "<" } else { ">" };
                 (
-                    format!("(m.{name} {op} {p} OR m.{name} IS NULL)"),
-                    format!("m.{name} = {p}"),
+                    format!("(s.{name} {op} {p} OR s.{name} IS NULL)"),
+                    format!("s.{name} = {p}"),
                 )
             }
         };
@@ -1270,7 +1278,7 @@ fn keyset_condition(
         equal_so_far.push(equal);
     }
     let r = sql.bind(Bind::Int(last_rkey));
-    alternatives.push(conj(&equal_so_far, &format!("m.rkey > {r}")));
+    alternatives.push(conj(&equal_so_far, &format!("s.rkey > {r}")));
     Ok(format!("({})", alternatives.join(" OR ")))
 }
 
