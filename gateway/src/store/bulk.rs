@@ -119,6 +119,35 @@ pub(crate) fn insert_rows<R: IntoIterator<Item = Bind>>(
     )
 }
 
+/// `column` among `values`: on PostgreSQL `column = ANY($n::type[])`, one array bound, so the
+/// statement's text (and the plan PostgreSQL caches for it) does not depend on how many values
+/// there are; on SQLite `column IN ($1, $2, …)`.
+pub(crate) fn among(
+    sql: &mut Sql,
+    postgres: bool,
+    column: &str,
+    kind: Kind,
+    values: impl IntoIterator<Item = Bind>,
+) -> String {
+    if postgres {
+        let mut array = String::from("{");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                array.push(',');
+            }
+            push_element(&mut array, &value);
+        }
+        array.push('}');
+        return format!(
+            "{column} = ANY({}::{})",
+            sql.bind(Bind::Text(array)),
+            kind.array_type()
+        );
+    }
+    let list: Vec<String> = values.into_iter().map(|v| sql.bind(v)).collect();
+    format!("{column} IN ({})", list.join(", "))
+}
+
 /// Appends a value as an element of an array literal: `NULL`, a number, or a quoted string
 /// with `"` and `\` escaped (PostgreSQL's array input syntax).
 fn push_element(array: &mut String, value: &Bind) {

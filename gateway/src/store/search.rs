@@ -29,6 +29,17 @@ pub enum Bind {
 pub struct Sql {
     pub text: String,
     pub binds: Vec<Bind>,
+    /// When set, the consent conditions on the searched row `r` are not written into the
+    /// conditions but collected here, to be applied to the page's candidates ([`page`]).
+    deferred_consent: Option<Vec<DeferredConsent>>,
+}
+
+/// A consent condition on rows of `rtype` that [`page`] applies outside the filters.
+#[derive(Debug)]
+struct DeferredConsent {
+    rtype: String,
+    params: Vec<String>,
+    grants: std::sync::Arc<super::consent::Grants>,
 }
 
 impl Sql {
@@ -343,9 +354,22 @@ pub fn condition(
                 format!("({})", parts.join(" OR "))
             }
         }
-        Filter::Consent { grants, params } => {
-            super::consent::condition(sql, alias, rtype, params, grants)
-        }
+        Filter::Consent { grants, params } => match &mut sql.deferred_consent {
+            // every consent condition on a row of one type is the same (it depends on the
+            // type alone, `Access::consent_filter`), and it is a conjunct of every alternative
+            // that admits rows of that type: so it can be applied to the type's rows apart
+            Some(deferred) if alias == "r" => {
+                if !deferred.iter().any(|d| d.rtype == rtype) {
+                    deferred.push(DeferredConsent {
+                        rtype: rtype.to_owned(),
+                        params: params.clone(),
+                        grants: grants.clone(),
+                    });
+                }
+                "1 = 1".to_owned()
+            }
+            _ => super::consent::condition(sql, alias, rtype, params, grants),
+        },
         Filter::PatientCompartment { patient_id, params } => {
             let id = sql.text(patient_id);
             let mut alternatives = Vec::new();
@@ -1152,7 +1176,11 @@ pub async fn page(
     limit: usize,
 ) -> Result<Page> {
     let mut sql = Sql::default();
+    if super::Backend::of(conn) == super::Backend::Postgres {
+        sql.deferred_consent = Some(Vec::new());
+    }
     let conditions = where_clause(&mut sql, query)?;
+    let deferred = sql.deferred_consent.take().unwrap_or_default();
     let rtype = match query.types {
         [one] => one.as_str(),
         _ => "Resource",
@@ -1186,21 +1214,39 @@ pub async fn page(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    // The page is chosen (filters, order, LIMIT) in a subquery of `resource` alone and only
-    // its rows are joined with their bodies: PostgreSQL plans the two apart, which halves a
-    // search's planning time (most of its cost), and a LIMIT inside the subquery keeps
-    // unselective searches stopping at the page's end.
-    sql.text = format!(
-        "SELECT m.*, v.body FROM (SELECT s.* FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{select_keys} \
-         FROM resource r WHERE {conditions}) s{} ORDER BY {} LIMIT {}) m \
-         JOIN resource_version v ON v.rkey = m.rkey AND v.version_id = m.version_id ORDER BY {}",
+    let matches = format!(
+        "SELECT s.* FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{select_keys} \
+         FROM resource r WHERE {conditions}) s{} ORDER BY {}",
         if outer_conditions.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", outer_conditions.join(" AND "))
         },
         order("s"),
-        limit + 1,
+    );
+    // The page is chosen (filters, order, LIMIT) in a subquery of `resource` alone and only
+    // its rows are joined with their bodies: PostgreSQL plans the two apart, which halves a
+    // search's planning time, and a LIMIT inside the subquery keeps unselective searches
+    // stopping at the page's end.
+    let page = if deferred.is_empty() {
+        format!("{matches} LIMIT {}", limit + 1)
+    } else {
+        // Consent is checked on the matches in their order until the page is full: the
+        // matches are fenced (`OFFSET 0`) and the check is a subplan PostgreSQL cannot pull
+        // into their joins, so their plan is the plan of the same search without consent
+        // (cached as generic plans like it), the page's LIMIT still bounds how many are
+        // produced (an outer level with no join or sort passes its row goal down), and the
+        // check costs one probe per candidate. Inside the joins, a consent condition made
+        // the cached generic plans start from the consent tables and cost several times more.
+        format!(
+            "{} LIMIT {}",
+            consent_applied(&mut sql, &matches, &deferred, query.types),
+            limit + 1
+        )
+    };
+    sql.text = format!(
+        "SELECT m.*, v.body FROM ({page}) m \
+         JOIN resource_version v ON v.rkey = m.rkey AND v.version_id = m.version_id ORDER BY {}",
         order("m"),
     );
     let rows = sql.query().fetch_all(conn).await?;
@@ -1229,6 +1275,33 @@ pub async fn page(
         rows: matches,
         next,
     })
+}
+
+/// The rows of `rows` (a query whose columns include `rkey`, `resource_type` and `id`) that
+/// pass the `deferred` consent conditions, in their order: `rows` fenced, each condition a
+/// subplan on its type's rows that PostgreSQL cannot pull into `rows`' joins (see [`page`]).
+/// `types` are the types `rows` can hold when known (one: no test of the type).
+fn consent_applied(
+    sql: &mut Sql,
+    rows: &str,
+    deferred: &[DeferredConsent],
+    types: &[String],
+) -> String {
+    let checks: Vec<String> = deferred
+        .iter()
+        .map(|d| {
+            let check = super::consent::condition(sql, "f", &d.rtype, &d.params, &d.grants);
+            if types == [d.rtype.as_str()] {
+                check
+            } else {
+                format!("(f.resource_type <> {} OR {check})", sql.text(&d.rtype))
+            }
+        })
+        .collect();
+    format!(
+        "SELECT f.* FROM ({rows} OFFSET 0) f WHERE ({}) IS TRUE",
+        checks.join(" AND ")
+    )
 }
 
 fn column_bind(row: &sqlx::any::AnyRow, name: &str) -> Result<Bind> {
@@ -1303,23 +1376,41 @@ pub async fn included(
     if source_rkeys.is_empty() {
         return Ok(Vec::new());
     }
+    let postgres = super::Backend::of(conn) == super::Backend::Postgres;
     let mut sql = Sql::default();
-    let keys: Vec<String> = source_rkeys
-        .iter()
-        .map(|k| sql.bind(Bind::Int(*k)))
-        .collect();
+    let keys = super::bulk::among(
+        &mut sql,
+        postgres,
+        "x.rkey",
+        super::bulk::Kind::BigInt,
+        source_rkeys.iter().map(|k| Bind::Int(*k)),
+    );
     let p = sql.text(param);
     let type_condition = target_type
         .map(|t| format!(" AND x.target_type = {}", sql.text(t)))
         .unwrap_or_default();
+    if postgres {
+        sql.deferred_consent = Some(Vec::new());
+    }
     let allowed = allowed_condition(&mut sql, allowed, target_type, base_url)?;
-    sql.text = format!(
+    let rows = format!(
         "SELECT r.rkey, r.resource_type, r.id, r.version_id, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x \
-         WHERE x.rkey IN ({}) AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id){allowed}",
-        keys.join(", ")
+         WHERE {keys} AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id){allowed}"
     );
+    sql.text = with_deferred_consent(&mut sql, rows, target_type);
     rows_to_matches(&sql.query().fetch_all(conn).await?)
+}
+
+/// `rows` with the consent conditions `sql` deferred applied to them (an include's rows are
+/// few: one probe each), or `rows` as they are.
+fn with_deferred_consent(sql: &mut Sql, rows: String, rtype: Option<&str>) -> String {
+    let deferred = sql.deferred_consent.take().unwrap_or_default();
+    if deferred.is_empty() {
+        return rows;
+    }
+    let types: Vec<String> = rtype.map(str::to_owned).into_iter().collect();
+    consent_applied(sql, &rows, &deferred, &types)
 }
 
 /// Resources of `source_type` that point to the given resources through `param` (for `_revinclude`).
@@ -1335,6 +1426,7 @@ pub async fn rev_included(
     if targets.is_empty() {
         return Ok(Vec::new());
     }
+    let postgres = super::Backend::of(conn) == super::Backend::Postgres;
     let mut sql = Sql::default();
     let st = sql.text(source_type);
     let p = sql.text(param);
@@ -1346,19 +1438,26 @@ pub async fn rev_included(
     let mut alternatives = Vec::new();
     for (t, ids) in by_type {
         let t = sql.text(t);
-        let ids: Vec<String> = ids.into_iter().map(|id| sql.text(id)).collect();
-        alternatives.push(format!(
-            "(x.target_type = {t} AND x.target_id IN ({}))",
-            ids.join(", ")
-        ));
+        let ids = super::bulk::among(
+            &mut sql,
+            postgres,
+            "x.target_id",
+            super::bulk::Kind::Text,
+            ids.into_iter().map(|id| Bind::Text(id.to_owned())),
+        );
+        alternatives.push(format!("(x.target_type = {t} AND {ids})"));
+    }
+    if postgres {
+        sql.deferred_consent = Some(Vec::new());
     }
     let allowed = allowed_condition(&mut sql, allowed, Some(source_type), base_url)?;
-    sql.text = format!(
+    let rows = format!(
         "SELECT r.rkey, r.resource_type, r.id, r.version_id, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND r.resource_type = {st} AND r.rkey IN \
          (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({})){allowed}",
         alternatives.join(" OR ")
     );
+    sql.text = with_deferred_consent(&mut sql, rows, Some(source_type));
     rows_to_matches(&sql.query().fetch_all(conn).await?)
 }
 

@@ -553,6 +553,83 @@ on_both!(
     }
 );
 
+/// Every page of `path`'s search (`_count` small), followed through its `next` links: the
+/// ids of each page.
+async fn pages(w: &World, path: &str, token: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next = Some(path.to_owned());
+    while let Some(path) = next.take() {
+        let (status, bundle) = w.get(&path, token).await;
+        assert_eq!(status, 200, "{path}: {bundle}");
+        pages.push(ids(&bundle));
+        next = bundle["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(|url| {
+                url.trim_start_matches(w.app.base.as_str())
+                    .trim_start_matches('/')
+                    .to_owned()
+            });
+        assert!(pages.len() < 20, "{path}: too many pages");
+    }
+    pages
+}
+
+on_both!(
+    pages_under_partial_consent_are_full_and_hold_exactly_the_consented,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        // Ann's and Bob's observations interleaved, so that every page's candidates mix
+        // consented and unconsented rows
+        let mut ann_obs = vec![format!("Observation/{}", r.ann_obs)];
+        for i in 0..8 {
+            let patient = if i % 2 == 0 { &r.ann } else { &r.bob };
+            let id = w
+                .create(json!({"resourceType": "Observation", "status": "final",
+                               "code": {"coding": [{"system": "http://loinc.org", "code": format!("x-{i}")}]},
+                               "subject": {"reference": format!("Patient/{patient}")}}))
+                .await;
+            if i % 2 == 0 {
+                ann_obs.push(format!("Observation/{id}"));
+            }
+        }
+        ann_obs.sort();
+        w.grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+            .await;
+        let app = w.token("app-x", "system/*.rs", json!({}));
+        for path in [
+            "Observation?_count=2",
+            "Observation?_count=2&_sort=-_lastUpdated",
+            "Observation?_count=2&_sort=code",
+            "Observation?status=final&_count=3",
+            "?_type=Observation,Condition&_count=2",
+            "?_count=2",
+        ] {
+            let (_, first) = w.get(path, &app).await;
+            let pages = pages(&w, path, &app).await;
+            let mut seen: Vec<String> = pages
+                .iter()
+                .flatten()
+                .filter(|id| !id.starts_with("Organization/"))
+                .cloned()
+                .collect();
+            seen.sort();
+            assert_eq!(seen, ann_obs, "{path}: {pages:?}");
+            let size: usize = if path.contains("_count=3") { 3 } else { 2 };
+            let (last, full) = pages.split_last().expect("a page");
+            assert!(
+                full.iter().all(|p| p.len() == size) && !last.is_empty() && last.len() <= size,
+                "{path}: every page but the last is full: {pages:?}"
+            );
+            if path.starts_with("Observation") {
+                assert_eq!(first["total"], ann_obs.len(), "{path}: {first}");
+            }
+        }
+    }
+);
+
 on_both!(
     a_patient_reads_their_own_record_and_break_the_glass_is_recorded,
     |db| async move {
