@@ -8,7 +8,9 @@
 //!   agents (the requestor first), the gateway as the source, the purpose of use (flagged
 //!   `BTG` for break-the-glass), an entity for every resource read or written (by id and
 //!   version, a search's matches and includes among them), one for every patient whose
-//!   compartment holds them, and a search's query. For a decision consent made
+//!   compartment holds them (for a version written, also those of the version it
+//!   replaced: an update can move a resource from one patient's record to another's), and a
+//!   search's query. For a decision consent made
 //!   ([`crate::consent::Gate::Grants`]) about what is served (not a write), the basis: the
 //!   chain block whose state the index held and, per patient, the grants (`ConsentRegistry`
 //!   ids) that covered the access, with what an auditor needs to check them on chain alone
@@ -55,6 +57,10 @@ pub struct Touched {
     pub resource_type: String,
     pub id: String,
     pub version: Option<i64>,
+    /// The interaction wrote `version`: the version before it (if any) was the resource
+    /// too, so the patients it was about are named as well (an update can move a resource
+    /// from one patient's record to another's).
+    pub written: bool,
 }
 
 impl Touched {
@@ -67,6 +73,15 @@ impl Touched {
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
             version: Some(version),
+            written: false,
+        }
+    }
+
+    /// `version` of `resource_type/id`, written by the interaction.
+    pub fn written(resource_type: &str, id: &str, version: VersionId) -> Touched {
+        Touched {
+            written: true,
+            ..Touched::version(resource_type, id, version)
         }
     }
 }
@@ -351,6 +366,7 @@ pub fn requested(route: &str, path: &str) -> Option<Touched> {
         resource_type: (*resource_type).to_owned(),
         id: (*id).to_owned(),
         version: None,
+        written: false,
     })
 }
 
@@ -456,6 +472,7 @@ pub async fn store_erasure(
         resource_type: resource_type.to_owned(),
         id: id.to_owned(),
         version: None,
+        written: false,
     };
     let who = Who::of(&Access::operator(None));
     store_bulk(conn, ctx, Interaction::Erase, &who, &[touched]).await
@@ -495,7 +512,8 @@ pub async fn store_in(
     records: &[&Record],
 ) -> anyhow::Result<()> {
     let touched: Vec<&Touched> = records.iter().flat_map(|r| &r.touched).collect();
-    let patients = patients_of(conn, &touched).await?;
+    let mut patients = patients_of(conn, &touched).await?;
+    add_previous_patients(conn, &touched, &mut patients).await?;
     let grants = grants_of(conn, records, &patients).await?;
     let audit_event = ResourceType::parse(AUDIT_EVENT)?;
     let mut prepared = Vec::with_capacity(records.len());
@@ -588,25 +606,100 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
                 continue;
             };
             let body = crate::resource::parse_json(body.as_bytes(), usize::MAX)?;
-            let params = fhir_profiles::compartment::patient_compartment_params(&resource_type);
-            for entry in fhir_profiles::search::index_entries(&resource_type, &body) {
-                if let fhir_profiles::search::IndexValue::Reference {
-                    target_type: Some(target_type),
-                    target_id: Some(target_id),
-                    ..
-                } = entry.value
-                    && target_type == "Patient"
-                    && params.contains(&entry.param)
-                {
-                    patients
-                        .entry((resource_type.clone(), id.clone()))
-                        .or_default()
-                        .insert(target_id);
-                }
-            }
+            let of = compartment_patients(&resource_type, &body);
+            patients.entry((resource_type, id)).or_default().extend(of);
         }
     }
     Ok(patients)
+}
+
+/// Adds to `patients` those of the version before each version `touched` wrote: an update
+/// that moves a resource from one patient's record to another's is on both records.
+async fn add_previous_patients(
+    conn: &mut AnyConnection,
+    touched: &[&Touched],
+    patients: &mut Patients,
+) -> anyhow::Result<()> {
+    let replaced: BTreeSet<(&str, &str, i64)> = touched
+        .iter()
+        .filter(|t| t.written && t.resource_type != "Patient")
+        .filter(|t| {
+            !fhir_profiles::compartment::patient_compartment_params(&t.resource_type).is_empty()
+        })
+        .filter_map(|t| match t.version {
+            Some(v) if v > 1 => Some((t.resource_type.as_str(), t.id.as_str(), v - 1)),
+            _ => None,
+        })
+        .collect();
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    let postgres = crate::store::Backend::of(conn) == crate::store::Backend::Postgres;
+    let replaced: Vec<(&str, &str, i64)> = replaced.into_iter().collect();
+    let per_statement = if postgres {
+        replaced.len()
+    } else {
+        PAIRS_PER_LOOKUP
+    };
+    for chunk in replaced.chunks(per_statement) {
+        let mut sql = Sql::default();
+        let rows = chunk.iter().map(|(t, i, v)| {
+            [
+                Bind::Text((*t).to_owned()),
+                Bind::Text((*i).to_owned()),
+                Bind::Int(*v),
+            ]
+        });
+        let keys = if postgres {
+            let mut columns = bulk::Columns::new(&[
+                ("t", bulk::Kind::Text),
+                ("i", bulk::Kind::Text),
+                ("n", bulk::Kind::BigInt),
+            ]);
+            rows.for_each(|row| columns.push(row));
+            format!(
+                "k (t, i, n) AS (SELECT * FROM {})",
+                columns.unnest(&mut sql)
+            )
+        } else {
+            let rows: Vec<String> = rows.map(|row| sql.row(row)).collect();
+            format!("k (t, i, n) AS (VALUES {})", rows.join(", "))
+        };
+        sql.text = format!(
+            "WITH {keys} SELECT r.resource_type, r.id, v.body FROM k \
+             JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
+             JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = k.n \
+             WHERE v.body IS NOT NULL"
+        );
+        for row in sql.query().fetch_all(&mut *conn).await? {
+            let (resource_type, id, body): (String, String, String) = (
+                row.try_get("resource_type")?,
+                row.try_get("id")?,
+                row.try_get("body")?,
+            );
+            let body = crate::resource::parse_json(body.as_bytes(), usize::MAX)?;
+            let of = compartment_patients(&resource_type, &body);
+            patients.entry((resource_type, id)).or_default().extend(of);
+        }
+    }
+    Ok(())
+}
+
+/// The patients whose compartment holds `body`, a resource of `resource_type`, read from its
+/// content (a version whose index rows are gone).
+fn compartment_patients(resource_type: &str, body: &fhir_profiles::Json) -> Vec<String> {
+    let params = fhir_profiles::compartment::patient_compartment_params(resource_type);
+    fhir_profiles::search::index_entries(resource_type, body)
+        .into_iter()
+        .filter_map(|entry| match entry.value {
+            fhir_profiles::search::IndexValue::Reference {
+                target_type: Some(target_type),
+                target_id: Some(target_id),
+                ..
+            } if target_type == "Patient" && params.contains(&entry.param) => Some(target_id),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `k (t, i) AS (…)`: a CTE of resource keys (type, id), its values bound in `sql`: on
@@ -1204,7 +1297,8 @@ mod tests {
             Some(Touched {
                 resource_type: "Patient".to_owned(),
                 id: "1".to_owned(),
-                version: None
+                version: None,
+                written: false,
             })
         );
         assert_eq!(requested("/fhir/{type}", "/fhir/Patient"), None);

@@ -567,7 +567,7 @@ async fn commit_batch(
             store::write_new_versions(conn, &writes).await?;
             let mut touched: Vec<crate::audit::Touched> = writes
                 .iter()
-                .map(|w| crate::audit::Touched::version(w.resource_type, w.id, w.version_id))
+                .map(|w| crate::audit::Touched::written(w.resource_type, w.id, w.version_id))
                 .collect();
             for checked in &later {
                 let (resource_type, id) = &checked.key;

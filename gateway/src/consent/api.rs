@@ -387,11 +387,13 @@ fn record_touched(response: &mut HttpResponse, patient_id: &str, relayed: &Relay
                 resource_type: "Consent".to_owned(),
                 id: relayed.grant_id.to_string(),
                 version: None,
+                written: false,
             },
             crate::audit::Touched {
                 resource_type: "Patient".to_owned(),
                 id: patient_id.to_owned(),
                 version: None,
+                written: false,
             },
         ]));
 }

@@ -233,7 +233,7 @@ impl PreparedVersion {
             )),
             version: Some(self.version),
             last_modified: Some(self.last_updated),
-            touched: vec![Touched::version(
+            touched: vec![Touched::written(
                 self.resource_type.as_str(),
                 self.id.as_str(),
                 self.version,

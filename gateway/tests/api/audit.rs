@@ -730,3 +730,89 @@ on_both!(
         );
     }
 );
+
+on_both!(
+    an_update_that_moves_a_resource_is_on_both_patients_records,
+    |db: Db| async move {
+        let s = crate::access::secured_adjusted(db, |config| config.audit.enabled = true).await;
+        let from = s
+            .create(json!({"resourceType": "Patient", "name": [{"family": "Moved-From"}]}))
+            .await;
+        let to = s
+            .create(json!({"resourceType": "Patient", "name": [{"family": "Moved-To"}]}))
+            .await;
+        let observation = |patient: &str, id: Option<&str>| {
+            let mut o = json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                "subject": {"reference": format!("Patient/{patient}")}
+            });
+            if let Some(id) = id {
+                o["id"] = json!(id);
+            }
+            o
+        };
+        let id = s.create(observation(&from, None)).await;
+        let doctor = s.token(
+            "user/*.cruds",
+            json!({"sub": "dr-3", "user_kind": "practitioner", "fhirUser": "Practitioner/3"}),
+        );
+        // filed under the wrong patient, then moved to the right one
+        let (status, body) = s
+            .call(
+                reqwest::Method::PUT,
+                &format!("Observation/{id}"),
+                &doctor,
+                Some(&observation(&to, Some(&id))),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // a later update that does not move it is on the new patient's record only
+        let mut amended = observation(&to, Some(&id));
+        amended["status"] = json!("amended");
+        let (status, body) = s
+            .call(
+                reqwest::Method::PUT,
+                &format!("Observation/{id}"),
+                &doctor,
+                Some(&amended),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            updates_seen_by(&s, &from, &id).await,
+            vec![format!("Observation/{id}/_history/2")],
+            "the patient it was moved from sees the move, and only that"
+        );
+        assert_eq!(
+            updates_seen_by(&s, &to, &id).await,
+            vec![
+                format!("Observation/{id}/_history/2"),
+                format!("Observation/{id}/_history/3")
+            ]
+        );
+    }
+);
+
+/// The versions of `Observation/{id}` among the updates by `dr-3` that `patient` sees on
+/// their record.
+async fn updates_seen_by(s: &crate::access::Secured, patient: &str, id: &str) -> Vec<String> {
+    let token = s.token(
+        "user/*.rs",
+        json!({"sub": format!("user-{patient}"), "user_kind": "patient", "fhirUser": format!("Patient/{patient}")}),
+    );
+    let (status, own) = s
+        .get(
+            &format!("AuditEvent?patient={patient}&subtype=update"),
+            &token,
+        )
+        .await;
+    assert_eq!(status, 200, "{own}");
+    let mut versions: Vec<String> = by_user(&own, "dr-3")
+        .iter()
+        .flat_map(|e| entity_references(e))
+        .filter(|r| r.starts_with(&format!("Observation/{id}")))
+        .collect();
+    versions.sort();
+    versions
+}
