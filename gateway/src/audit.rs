@@ -152,6 +152,17 @@ pub struct Who {
     /// For a consent-gated request: the grantee ids it acts as, the index's block and the
     /// last block whose grants counted.
     consent: Option<ConsentBasis>,
+    /// For a consent change read from the chain: the wallet that made it (the patient's),
+    /// with its transaction and block.
+    wallet: Option<OnChain>,
+}
+
+/// Where a change read from the chain was made.
+#[derive(Debug, Clone)]
+struct OnChain {
+    wallet: String,
+    tx: String,
+    block: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +200,7 @@ impl Who {
             purpose_of_use: String::new(),
             break_glass: false,
             consent: None,
+            wallet: None,
         }
     }
 
@@ -211,6 +223,24 @@ impl Who {
                 }),
                 Gate::Open | Gate::Stale(_) => None,
             },
+            wallet: None,
+        }
+    }
+
+    /// The wallet that made a consent change on chain, in transaction `tx` of `block`.
+    fn on_chain(wallet: &str, tx: &str, block: i64) -> Who {
+        Who {
+            actor: Actor::Client,
+            client_id: None,
+            jti: None,
+            purpose_of_use: String::new(),
+            break_glass: false,
+            consent: None,
+            wallet: Some(OnChain {
+                wallet: wallet.to_owned(),
+                tx: tx.to_owned(),
+                block,
+            }),
         }
     }
 }
@@ -344,8 +374,8 @@ impl Interaction {
             Interaction::Rest("update" | "patch") => "U",
             Interaction::Rest("delete") => "D",
             Interaction::Consent("grants" | "break-glass") => "R",
-            Interaction::Consent("grant") => "C",
-            Interaction::Consent("revoke") => "D",
+            Interaction::Consent("grant" | "chain-grant") => "C",
+            Interaction::Consent("revoke" | "chain-revoke") => "D",
             Interaction::Export => "R",
             Interaction::Import => "C",
             Interaction::Erase => "D",
@@ -476,6 +506,70 @@ pub async fn store_erasure(
     };
     let who = Who::of(&Access::operator(None));
     store_bulk(conn, ctx, Interaction::Erase, &who, &[touched]).await
+}
+
+/// Stores a record of each consent change read from the chain (`chain-grant`,
+/// `chain-revoke`), in the transaction that applies them to the index: the patient's
+/// wallet as the agent, the grant as `Consent/[grant id]` and the Patient bound to the
+/// wallet (if any), so a patient finds every change to their consent on their record,
+/// whoever relayed it. Only the replica whose round applies the changes records them.
+pub async fn store_chain_consent(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    changes: &crate::store::consent::Changes,
+) -> anyhow::Result<()> {
+    let mut made = Vec::new();
+    for grant in &changes.grants {
+        made.push((
+            "chain-grant",
+            grant.grant_id,
+            grant.patient_wallet.clone(),
+            grant.tx.clone(),
+            grant.block,
+        ));
+    }
+    for (grant_id, block, tx) in &changes.revocations {
+        let wallet: Option<String> =
+            sqlx::query_scalar("SELECT patient_wallet FROM consent_grant WHERE grant_id = $1")
+                .bind(grant_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(wallet) = wallet {
+            made.push(("chain-revoke", *grant_id, wallet, tx.clone(), *block));
+        }
+    }
+    let mut records = Vec::with_capacity(made.len());
+    for (what, grant_id, wallet, tx, block) in made {
+        let patient: Option<String> =
+            sqlx::query_scalar("SELECT patient_id FROM patient_wallet WHERE wallet_address = $1")
+                .bind(&wallet)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let mut touched = vec![Touched {
+            resource_type: "Consent".to_owned(),
+            id: grant_id.to_string(),
+            version: None,
+            written: false,
+        }];
+        touched.extend(patient.map(|id| Touched {
+            resource_type: "Patient".to_owned(),
+            id,
+            version: None,
+            written: false,
+        }));
+        records.push(Record {
+            recorded: Instant::now(),
+            interaction: Interaction::Consent(what),
+            status: 200,
+            failure: None,
+            who: Some(Who::on_chain(&wallet, &tx, block)),
+            touched,
+            query: None,
+            address: None,
+        });
+    }
+    let records: Vec<&Record> = records.iter().collect();
+    store_in(conn, ctx, &records).await
 }
 
 /// Stores the records of a bulk interaction (an export's file, an import's batch) that
@@ -1011,6 +1105,19 @@ fn agents(record: &Record, who: Option<&Who>) -> Vec<Value> {
         .as_ref()
         .map(|address| json!({"address": address, "type": "2"}));
     let mut agents = Vec::new();
+    if let Some(on_chain) = who.and_then(|w| w.wallet.as_ref()) {
+        // a patient's wallet, acting on chain: its transaction is the authority
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PAT"}]},
+            "who": {"identifier": {"system": "urn:fhir-gateway:wallet", "value": on_chain.wallet}},
+            "requestor": true,
+            "policy": [
+                format!("urn:fhir-gateway:chain-tx:{}", on_chain.tx),
+                format!("urn:fhir-gateway:chain-block:{}", on_chain.block),
+            ],
+        }));
+        return agents;
+    }
     let app = |requestor: bool| {
         who.and_then(|w| w.client_id.as_ref()).map(|client| {
             let mut agent = json!({
@@ -1121,6 +1228,7 @@ mod tests {
                 confirmed_through: 118,
                 now_secs: 1_000,
             }),
+            wallet: None,
         }
     }
 

@@ -367,6 +367,7 @@ impl Application {
         let anchoring = self
             .target
             .map(|target| Anchoring::spawn(self.store.clone(), target, self.anchoring.clone()));
+        let (export_ctx, export_consent) = self.exporter;
         let follower = self.consent_follower.map(|(reader, start_block, consent)| {
             let status = consent.status.clone();
             crate::consent::follower::Follower::spawn(
@@ -375,12 +376,12 @@ impl Application {
                 start_block,
                 consent,
                 status,
+                export_ctx.config.audit.enabled.then(|| export_ctx.clone()),
             )
         });
         let mllp = self
             .mllp
             .map(|(listener, intake, access)| listener.spawn(intake, access));
-        let (export_ctx, export_consent) = self.exporter;
         let exporter =
             crate::export::Exporter::spawn(self.store.clone(), export_ctx, Some(export_consent));
         let served = self.server.await;

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 
 use super::Consent;
 use crate::anchoring::hex_address;
+use crate::interaction::Context;
 use crate::model::Instant;
 use crate::store::Store;
 use crate::store::consent::{self as index, Changes, GrantRecord};
@@ -61,19 +62,22 @@ pub struct FollowerStatus {
 pub type SharedFollowerStatus = Arc<std::sync::Mutex<FollowerStatus>>;
 
 impl Follower {
-    /// Follows the registry `reader` reads, from `start_block` (its deployment block) on.
+    /// Follows the registry `reader` reads, from `start_block` (its deployment block) on;
+    /// with `audit` (the audit trail on), each change read is recorded
+    /// ([`crate::audit::store_chain_consent`]).
     pub fn spawn(
         store: Store,
         reader: ConsentReader,
         start_block: u64,
         consent: Arc<Consent>,
         status: SharedFollowerStatus,
+        audit: Option<Context>,
     ) -> Follower {
         let (stop, mut stopped) = watch::channel(false);
         let poll = Duration::from_millis(consent.config().poll_interval_ms);
         let task = tokio::spawn(async move {
             loop {
-                match round(&store, &reader, start_block).await {
+                match round(&store, &reader, start_block, audit.as_ref()).await {
                     Ok(outcome) => {
                         let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
                         status.last_error = None;
@@ -124,6 +128,8 @@ enum RoundError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Inconsistent(String),
+    #[error("recording the consent changes in the audit trail: {0}")]
+    Audit(String),
 }
 
 /// One round: reorg check, then the next window of events.
@@ -132,6 +138,7 @@ async fn round(
     store: &Store,
     reader: &ConsentReader,
     start_block: u64,
+    audit: Option<&Context>,
 ) -> Result<Round, RoundError> {
     let registry = hex_address(reader.registry());
     let chain_id = reader.chain_id() as i64;
@@ -266,6 +273,13 @@ async fn round(
         caught_up,
     )
     .await?;
+    if let Some(ctx) = audit
+        && (!changes.grants.is_empty() || !changes.revocations.is_empty())
+    {
+        crate::audit::store_chain_consent(&mut tx, ctx, &changes)
+            .await
+            .map_err(|e| RoundError::Audit(format!("{e:#}")))?;
+    }
     tx.commit().await?;
     crate::telemetry::metrics()
         .consent_chain_lag

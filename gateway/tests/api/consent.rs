@@ -1248,3 +1248,79 @@ on_both!(
         assert!(audit.is_ok(), "{audit}");
     }
 );
+
+on_both!(
+    consent_changes_read_from_the_chain_are_on_the_patients_record,
+    |db| async move {
+        let w = world(db, |config| config.audit.enabled = true).await;
+        let r = records(&w).await;
+        // sent to the chain without the gateway's consent API (as a patient's own wallet
+        // would), seen by the gateway's follower only
+        let (grant, _) = w
+            .grant(&r.ann_key, "app-x", &["Observation"], "TREAT", 0)
+            .await;
+        let revoked_in = w.revoke(&r.ann_key, grant).await;
+        let own = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "ann-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.ann), "patient": r.ann}),
+        );
+        let wallet = format!("{:#x}", r.ann_key.address());
+        for (subtype, action) in [("chain-grant", "C"), ("chain-revoke", "D")] {
+            let (status, bundle) = w
+                .get(
+                    &format!("AuditEvent?patient={}&subtype={subtype}", r.ann),
+                    &own,
+                )
+                .await;
+            assert_eq!(status, 200, "{bundle}");
+            assert_eq!(bundle["total"], 1, "{subtype}: {bundle}");
+            let event = &bundle["entry"][0]["resource"];
+            assert_eq!(event["action"], action, "{event}");
+            let agent = &event["agent"][0];
+            assert_eq!(agent["who"]["identifier"]["value"], wallet, "{event}");
+            assert_eq!(agent["requestor"], true);
+            let entities: Vec<&str> = event["entity"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["what"]["reference"].as_str())
+                .collect();
+            assert!(
+                entities.contains(&format!("Consent/{grant}").as_str())
+                    && entities.contains(&format!("Patient/{}", r.ann).as_str()),
+                "{event}"
+            );
+            if subtype == "chain-revoke" {
+                assert!(
+                    agent["policy"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p == &json!(format!("urn:fhir-gateway:chain-block:{revoked_in}"))),
+                    "{event}"
+                );
+            }
+        }
+        // Bob's record holds none of it
+        let bob = w.token(
+            "portal",
+            "patient/*.rs",
+            json!({"sub": "bob-user", "user_kind": "patient", "fhirUser": format!("Patient/{}", r.bob), "patient": r.bob}),
+        );
+        let (status, bundle) = w
+            .get(
+                &format!(
+                    "AuditEvent?patient={}&subtype=chain-grant,chain-revoke",
+                    r.bob
+                ),
+                &bob,
+            )
+            .await;
+        assert_eq!(
+            (status, bundle["total"].as_u64()),
+            (200, Some(0)),
+            "{bundle}"
+        );
+    }
+);
