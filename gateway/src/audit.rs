@@ -518,42 +518,53 @@ pub async fn store_chain_consent(
     ctx: &Context,
     changes: &crate::store::consent::Changes,
 ) -> anyhow::Result<()> {
-    let mut made = Vec::new();
-    for grant in &changes.grants {
-        made.push((
-            "chain-grant",
-            grant.grant_id,
-            grant.patient_wallet.clone(),
-            grant.tx.clone(),
-            grant.block,
-        ));
-    }
-    for (grant_id, block, tx) in &changes.revocations {
-        let wallet: Option<String> =
-            sqlx::query_scalar("SELECT patient_wallet FROM consent_grant WHERE grant_id = $1")
-                .bind(grant_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(wallet) = wallet {
-            made.push(("chain-revoke", *grant_id, wallet, tx.clone(), *block));
-        }
+    // (what, grant id, transaction, block); the grant's wallet and the Patient bound to it
+    // are read from the index, which this transaction has just brought up to date
+    let made: Vec<(&'static str, i64, &str, i64)> = changes
+        .grants
+        .iter()
+        .map(|g| ("chain-grant", g.grant_id, g.tx.as_str(), g.block))
+        .chain(
+            changes
+                .revocations
+                .iter()
+                .map(|(id, block, tx)| ("chain-revoke", *id, tx.as_str(), *block)),
+        )
+        .collect();
+    let postgres = crate::store::Backend::of(conn) == crate::store::Backend::Postgres;
+    let mut sql = Sql::default();
+    let ids = bulk::among(
+        &mut sql,
+        postgres,
+        "g.grant_id",
+        bulk::Kind::BigInt,
+        made.iter().map(|(_, id, _, _)| Bind::Int(*id)),
+    );
+    sql.text = format!(
+        "SELECT g.grant_id, g.patient_wallet, b.patient_id FROM consent_grant g \
+         LEFT JOIN patient_wallet b ON b.wallet_address = g.patient_wallet WHERE {ids}"
+    );
+    let mut wallets: BTreeMap<i64, (String, Option<String>)> = BTreeMap::new();
+    for row in sql.query().fetch_all(&mut *conn).await? {
+        wallets.insert(
+            row.try_get("grant_id")?,
+            (row.try_get("patient_wallet")?, row.try_get("patient_id")?),
+        );
     }
     let mut records = Vec::with_capacity(made.len());
-    for (what, grant_id, wallet, tx, block) in made {
-        let patient: Option<String> =
-            sqlx::query_scalar("SELECT patient_id FROM patient_wallet WHERE wallet_address = $1")
-                .bind(&wallet)
-                .fetch_optional(&mut *conn)
-                .await?;
+    for (what, grant_id, tx, block) in made {
+        let Some((wallet, patient)) = wallets.get(&grant_id) else {
+            continue;
+        };
         let mut touched = vec![Touched {
             resource_type: "Consent".to_owned(),
             id: grant_id.to_string(),
             version: None,
             written: false,
         }];
-        touched.extend(patient.map(|id| Touched {
+        touched.extend(patient.iter().map(|id| Touched {
             resource_type: "Patient".to_owned(),
-            id,
+            id: id.clone(),
             version: None,
             written: false,
         }));
@@ -562,7 +573,7 @@ pub async fn store_chain_consent(
             interaction: Interaction::Consent(what),
             status: 200,
             failure: None,
-            who: Some(Who::on_chain(&wallet, &tx, block)),
+            who: Some(Who::on_chain(wallet, tx, block)),
             touched,
             query: None,
             address: None,
@@ -744,23 +755,18 @@ async fn add_previous_patients(
                 Bind::Int(*v),
             ]
         });
-        let keys = if postgres {
-            let mut columns = bulk::Columns::new(&[
+        let keys = bulk::rows_source(
+            &mut sql,
+            postgres,
+            &[
                 ("t", bulk::Kind::Text),
                 ("i", bulk::Kind::Text),
                 ("n", bulk::Kind::BigInt),
-            ]);
-            rows.for_each(|row| columns.push(row));
-            format!(
-                "k (t, i, n) AS (SELECT * FROM {})",
-                columns.unnest(&mut sql)
-            )
-        } else {
-            let rows: Vec<String> = rows.map(|row| sql.row(row)).collect();
-            format!("k (t, i, n) AS (VALUES {})", rows.join(", "))
-        };
+            ],
+            rows,
+        );
         sql.text = format!(
-            "WITH {keys} SELECT r.resource_type, r.id, v.body FROM k \
+            "WITH k (t, i, n) AS ({keys}) SELECT r.resource_type, r.id, v.body FROM k \
              JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
              JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = k.n \
              WHERE v.body IS NOT NULL"
@@ -804,14 +810,13 @@ fn keys_cte(sql: &mut Sql, postgres: bool, keys: &[(&str, &str)]) -> String {
     let rows = keys
         .iter()
         .map(|(t, i)| [Bind::Text((*t).to_owned()), Bind::Text((*i).to_owned())]);
-    if postgres {
-        let mut columns = bulk::Columns::new(&[("t", bulk::Kind::Text), ("i", bulk::Kind::Text)]);
-        rows.for_each(|row| columns.push(row));
-        format!("k (t, i) AS (SELECT * FROM {})", columns.unnest(sql))
-    } else {
-        let rows: Vec<String> = rows.map(|row| sql.row(row)).collect();
-        format!("k (t, i) AS (VALUES {})", rows.join(", "))
-    }
+    let source = bulk::rows_source(
+        sql,
+        postgres,
+        &[("t", bulk::Kind::Text), ("i", bulk::Kind::Text)],
+        rows,
+    );
+    format!("k (t, i) AS ({source})")
 }
 
 /// One row of `consent_access`: a grant covering a patient's data of a type (or `*`), with

@@ -84,16 +84,6 @@ impl Columns {
             .collect();
         format!("unnest({})", arrays.join(", "))
     }
-
-    /// `INSERT INTO table (columns) SELECT * FROM unnest(…)`, its arrays bound in `sql`.
-    pub(crate) fn insert(self, table: &str, sql: &mut Sql) -> String {
-        let columns: Vec<&str> = self.names.iter().map(|(name, _)| *name).collect();
-        format!(
-            "INSERT INTO {table} ({}) SELECT * FROM {}",
-            columns.join(", "),
-            self.unnest(sql)
-        )
-    }
 }
 
 /// `INSERT INTO table (columns) …` of `rows`: on PostgreSQL from one array per column
@@ -105,18 +95,30 @@ pub(crate) fn insert_rows<R: IntoIterator<Item = Bind>>(
     names: &'static [(&'static str, Kind)],
     rows: impl Iterator<Item = R>,
 ) -> String {
+    let columns: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+    format!(
+        "INSERT INTO {table} ({}) {}",
+        columns.join(", "),
+        rows_source(sql, postgres, names, rows)
+    )
+}
+
+/// `rows` as a query (for an `INSERT` or a CTE), their values bound in `sql`: on PostgreSQL
+/// `SELECT * FROM unnest(…)` of one array per column ([`Columns`]), on SQLite a multi-row
+/// `VALUES` list.
+pub(crate) fn rows_source<R: IntoIterator<Item = Bind>>(
+    sql: &mut Sql,
+    postgres: bool,
+    names: &'static [(&'static str, Kind)],
+    rows: impl Iterator<Item = R>,
+) -> String {
     if postgres {
         let mut columns = Columns::new(names);
         rows.for_each(|row| columns.push(row));
-        return columns.insert(table, sql);
+        return format!("SELECT * FROM {}", columns.unnest(sql));
     }
-    let columns: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
     let rows: Vec<String> = rows.map(|row| sql.row(row)).collect();
-    format!(
-        "INSERT INTO {table} ({}) VALUES {}",
-        columns.join(", "),
-        rows.join(", ")
-    )
+    format!("VALUES {}", rows.join(", "))
 }
 
 /// `column` among `values`: on PostgreSQL `column = ANY($n::type[])`, one array bound, so the
@@ -192,21 +194,28 @@ mod tests {
 
     #[test]
     fn elements_are_quoted_and_escaped_as_postgresql_reads_them() {
-        let mut columns = Columns::new(&[
-            ("a", Kind::BigInt),
-            ("b", Kind::Text),
-            ("c", Kind::Double),
-            ("d", Kind::Bytes),
-        ]);
-        columns.push([
-            Bind::Int(-3),
-            Bind::Text("say \"hi\" \\ {x}, NULL".into()),
-            Bind::Float(0.1),
-            Bind::Bytes(vec![0, 255]),
-        ]);
-        columns.push([Bind::Int(4), Bind::Null, Bind::Float(-1e300), Bind::Null]);
+        let rows = [
+            [
+                Bind::Int(-3),
+                Bind::Text("say \"hi\" \\ {x}, NULL".into()),
+                Bind::Float(0.1),
+                Bind::Bytes(vec![0, 255]),
+            ],
+            [Bind::Int(4), Bind::Null, Bind::Float(-1e300), Bind::Null],
+        ];
         let mut sql = Sql::default();
-        let text = columns.insert("t", &mut sql);
+        let text = insert_rows(
+            &mut sql,
+            true,
+            "t",
+            &[
+                ("a", Kind::BigInt),
+                ("b", Kind::Text),
+                ("c", Kind::Double),
+                ("d", Kind::Bytes),
+            ],
+            rows.into_iter(),
+        );
         assert_eq!(
             text,
             "INSERT INTO t (a, b, c, d) SELECT * FROM unnest($1::bigint[], $2::text[], \

@@ -1240,7 +1240,7 @@ pub async fn page(
         // the cached generic plans start from the consent tables and cost several times more.
         format!(
             "{} LIMIT {}",
-            consent_applied(&mut sql, &matches, &deferred, query.types),
+            consent_applied(&mut sql, &matches, &deferred, Some(rtype)),
             limit + 1
         )
     };
@@ -1280,18 +1280,18 @@ pub async fn page(
 /// The rows of `rows` (a query whose columns include `rkey`, `resource_type` and `id`) that
 /// pass the `deferred` consent conditions, in their order: `rows` fenced, each condition a
 /// subplan on its type's rows that PostgreSQL cannot pull into `rows`' joins (see [`page`]).
-/// `types` are the types `rows` can hold when known (one: no test of the type).
+/// `only_type`: the one type `rows` hold, when it is known (no test of the type then).
 fn consent_applied(
     sql: &mut Sql,
     rows: &str,
     deferred: &[DeferredConsent],
-    types: &[String],
+    only_type: Option<&str>,
 ) -> String {
     let checks: Vec<String> = deferred
         .iter()
         .map(|d| {
             let check = super::consent::condition(sql, "f", &d.rtype, &d.params, &d.grants);
-            if types == [d.rtype.as_str()] {
+            if only_type == Some(d.rtype.as_str()) {
                 check
             } else {
                 format!("(f.resource_type <> {} OR {check})", sql.text(&d.rtype))
@@ -1409,8 +1409,7 @@ fn with_deferred_consent(sql: &mut Sql, rows: String, rtype: Option<&str>) -> St
     if deferred.is_empty() {
         return rows;
     }
-    let types: Vec<String> = rtype.map(str::to_owned).into_iter().collect();
-    consent_applied(sql, &rows, &deferred, &types)
+    consent_applied(sql, &rows, &deferred, rtype)
 }
 
 /// Resources of `source_type` that point to the given resources through `param` (for `_revinclude`).
