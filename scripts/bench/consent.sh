@@ -13,7 +13,11 @@
 # AUDIT=true measures with the audit trail on (off by default, as the figures before it);
 # PG_OPTIONS sets PostgreSQL settings for the gateway's connections (e.g.
 # '-c plan_cache_mode=force_generic_plan'); PGLOG=1 has PostgreSQL log every statement of the measured runs (with their parameters, for
-# EXPLAIN), in its server log.
+# EXPLAIN), in its server log. PGSS=1 prints, after each measured run, the statements that
+# took the most PostgreSQL time per request (needs pg_stat_statements in the server's
+# shared_preload_libraries; the script creates the extension in the benchmark database).
+# PERF=1 records the gateway's profile of each measured run with perf (target/bench-consent/
+# perf-[n].data; `perf report -i` it).
 # BINS: gateway binaries to compare (space-separated; default the release build of this tree,
 # built first): each round measures each of them, off and on, against the same database,
 # chain and grants (the first one loads them).
@@ -68,6 +72,7 @@ until curl -sf -X POST -H 'content-type: application/json' --data '{"jsonrpc":"2
 TOKEN=$(env "${BASEENV[@]}" "$BIN" token issue --scope 'system/*.rs' --lifetime-secs 7200)
 start false true
 FHIR_TOKEN= python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
+[ -z "${PGSS:-}" ] || psql "$PG/fhir_bench_consent" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 psql "$PG/fhir_bench_consent" -qc "VACUUM ANALYZE" -c "CHECKPOINT"${PGLOG:+ -c "ALTER DATABASE fhir_bench_consent SET log_min_duration_statement = 0"}
 FHIR_TOKEN= python3 scripts/bench/prepare.py --base "http://127.0.0.1:$PORT/fhir" --out "$OUT"
 REGISTRY=$(curl -s "http://127.0.0.1:$PORT/health/ready" | python3 -c 'import json,sys; print(json.load(sys.stdin)["checks"]["consent:index"][0]["registry"])')
@@ -79,15 +84,23 @@ for round in $(seq "$ROUNDS"); do
       if [ $mode = on ]; then start true true; else start true false; fi
       # the index caught up with the grants before measuring
       until curl -s "http://127.0.0.1:$PORT/health/ready" | grep -q '"consent:index":\[{[^]]*"status":"pass"'; do sleep 0.2; done
+      # the index's tables were filled after the load's VACUUM ANALYZE; a deployment's
+      # autovacuum would have analyzed them since (this machine's PostgreSQL runs without it)
+      [ -n "${ANALYZED:-}" ] || { psql "$PG/fhir_bench_consent" -qc "ANALYZE"; ANALYZED=1; }
       for load in reads searches; do
         wrk -t2 -c32 -d5s -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" >/dev/null
         echo "== round $round, $BIN, consent $mode, $load, load $(cut -d' ' -f1-3 /proc/loadavg)"
+        [ -z "${PGSS:-}" ] || psql "$PG/fhir_bench_consent" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
         read -r g0 p0 < <(ticks)
+        RUN=$((${RUN:-0} + 1))
+        [ -z "${PERF:-}" ] || { perf record -q -F 499 -g -p $SERVER -o "$OUT/perf-$RUN.data" >/dev/null 2>&1 & PERFPID=$!; }
         wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" > $OUT/wrk.txt
         read -r g1 p1 < <(ticks)
+        [ -z "${PERF:-}" ] || { kill -INT $PERFPID; wait $PERFPID || true; echo "profile: $OUT/perf-$RUN.data"; }
         grep -E "Requests/sec|50%|99%|Non-2xx|requests in" $OUT/wrk.txt
         n=$(awk '/requests in/ {print $1}' $OUT/wrk.txt)
         echo "CPU per request: gateway $(( (g1 - g0) * 10000000 / n / 1000 )) µs, PostgreSQL $(( (p1 - p0) * 10000000 / n / 1000 )) µs"
+        [ -z "${PGSS:-}" ] || psql "$PG/fhir_bench_consent" -qAF ' | ' -c "SELECT round((total_exec_time + total_plan_time) * 1000 / $n) AS us_per_request, calls, round(total_exec_time * 1000 / calls) AS exec_us, left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1 DESC LIMIT 8"
       done
       stop
     done
