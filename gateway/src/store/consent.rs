@@ -153,14 +153,31 @@ pub async fn refresh_access_of_patient(
 /// The condition on the row `{alias}` of `resource_type` (in the Patient compartment through
 /// `params`): every patient whose compartment holds it has a grant in `grants` (or is the
 /// requester). A resource in no patient's compartment (an Observation of a Group) passes.
+///
+/// `decided`: patients whose consent the query decides once instead of once per row (the
+/// patients a search is restricted to, [`super::search::pinned_patients`]). Each is an
+/// uncorrelated probe, which PostgreSQL evaluates once per statement (an InitPlan); a row's
+/// reference to a decided patient then costs a comparison. The result is the same: whether
+/// a patient consented depends on the patient alone, never on the row.
 pub fn condition(
     sql: &mut Sql,
     alias: &str,
     resource_type: &str,
     params: &[String],
     grants: &Grants,
+    decided: &[String],
 ) -> String {
     let mut parts = Vec::new();
+    // (placeholder of the patient's id, its probe)
+    let decided: Vec<(String, String)> = decided
+        .iter()
+        .filter(|p| grants.own_patient.as_deref() != Some(p.as_str()))
+        .map(|p| {
+            let id = sql.text(p);
+            let once = consented(sql, &id, resource_type, grants);
+            (id, once)
+        })
+        .collect();
     if !params.is_empty() {
         let rt = sql.text(resource_type);
         let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
@@ -169,10 +186,14 @@ pub fn condition(
             .as_deref()
             .map(|p| format!(" AND x.target_id <> {}", sql.text(p)))
             .unwrap_or_default();
+        let decided: String = decided
+            .iter()
+            .map(|(id, once)| format!(" AND NOT (x.target_id = {id} AND {once})"))
+            .collect();
         let consented = consented(sql, "x.target_id", resource_type, grants);
         parts.push(format!(
             "NOT EXISTS (SELECT 1 FROM idx_reference x WHERE x.rkey = {alias}.rkey AND x.rtype = {rt} \
-             AND x.param IN ({}) AND x.target_type = 'Patient'{own} AND NOT {consented})",
+             AND x.param IN ({}) AND x.target_type = 'Patient'{own}{decided} AND NOT {consented})",
             list.join(", ")
         ));
     }
@@ -182,8 +203,12 @@ pub fn condition(
             .as_deref()
             .map(|p| format!("{alias}.id = {} OR ", sql.text(p)))
             .unwrap_or_default();
+        let decided: String = decided
+            .iter()
+            .map(|(id, once)| format!("({alias}.id = {id} AND {once}) OR "))
+            .collect();
         let consented = consented(sql, &format!("{alias}.id"), resource_type, grants);
-        parts.push(format!("({own}{consented})"));
+        parts.push(format!("({own}{decided}{consented})"));
     }
     if parts.is_empty() {
         "1 = 1".to_owned()

@@ -32,6 +32,9 @@ pub struct Sql {
     /// When set, the consent conditions on the searched row `r` are not written into the
     /// conditions but collected here, to be applied to the page's candidates ([`page`]).
     deferred_consent: Option<Vec<DeferredConsent>>,
+    /// Patients whose consent the statement decides once rather than once per row
+    /// ([`pinned_patients`], [`super::consent::condition`]).
+    decided_patients: Vec<String>,
 }
 
 /// A consent condition on rows of `rtype` that [`page`] applies outside the filters.
@@ -368,7 +371,10 @@ pub fn condition(
                 }
                 "1 = 1".to_owned()
             }
-            _ => super::consent::condition(sql, alias, rtype, params, grants),
+            _ => {
+                let decided = sql.decided_patients.clone();
+                super::consent::condition(sql, alias, rtype, params, grants, &decided)
+            }
         },
         Filter::PatientCompartment { patient_id, params } => {
             let id = sql.text(patient_id);
@@ -1097,7 +1103,55 @@ pub struct Query<'a> {
     pub base_url: &'a str,
 }
 
+/// At most this many patients a search restricts itself to are decided once per statement.
+const MAX_PINNED_PATIENTS: usize = 4;
+
+/// The Patients (ids) a search restricts its matches to by its own parameters: `patient=`,
+/// `subject=Patient/…` and the like (one or a few values), or a compartment search's
+/// Patient. A guess, not a condition: each is only a patient whose consent the statement
+/// decides once ([`Sql::decided_patients`]), which is right whatever the rows reference.
+pub fn pinned_patients(filters: &[Filter], base_url: &str) -> Vec<String> {
+    let mut pinned: Vec<String> = Vec::new();
+    for filter in filters {
+        match filter {
+            Filter::PatientCompartment { patient_id, .. } => pinned.push(patient_id.clone()),
+            Filter::Param {
+                param,
+                modifier,
+                values,
+            } if param.kind == SearchParamType::Reference
+                && values.len() <= MAX_PINNED_PATIENTS
+                && match modifier {
+                    None => param.targets.iter().any(|t| t == "Patient"),
+                    Some(Modifier::Type(t)) => t == "Patient",
+                    Some(_) => false,
+                } =>
+            {
+                for value in values {
+                    let local = value
+                        .strip_prefix(base_url)
+                        .map(|rest| rest.trim_start_matches('/'))
+                        .unwrap_or(value);
+                    match local.split('/').collect::<Vec<_>>().as_slice() {
+                        [id] if !id.is_empty() && !local.contains(':') => {
+                            pinned.push((*id).to_owned())
+                        }
+                        ["Patient", id] if !id.is_empty() => pinned.push((*id).to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    pinned.sort();
+    pinned.dedup();
+    pinned.truncate(MAX_PINNED_PATIENTS);
+    pinned
+}
+
 fn where_clause(sql: &mut Sql, query: &Query<'_>) -> Result<String> {
+    sql.decided_patients = pinned_patients(query.filters, query.base_url);
     let mut conditions = vec!["r.deleted = 0".to_owned()];
     match query.types {
         [] => {}
@@ -1290,7 +1344,9 @@ fn consent_applied(
     let checks: Vec<String> = deferred
         .iter()
         .map(|d| {
-            let check = super::consent::condition(sql, "f", &d.rtype, &d.params, &d.grants);
+            let decided = sql.decided_patients.clone();
+            let check =
+                super::consent::condition(sql, "f", &d.rtype, &d.params, &d.grants, &decided);
             if only_type == Some(d.rtype.as_str()) {
                 check
             } else {

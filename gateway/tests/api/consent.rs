@@ -631,6 +631,76 @@ on_both!(
 );
 
 on_both!(
+    a_search_restricted_to_a_consented_patient_still_leaves_out_what_others_did_not_consent_to,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        // Ann's Observation that Bob performed: in both patients' compartments
+        let shared = w
+            .create(json!({"resourceType": "Observation", "status": "final",
+                           "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                           "subject": {"reference": format!("Patient/{}", r.ann)},
+                           "performer": [{"reference": format!("Patient/{}", r.bob)}]}))
+            .await;
+        let (ann_obs, shared) = (
+            format!("Observation/{}", r.ann_obs),
+            format!("Observation/{shared}"),
+        );
+        w.grant(&r.ann_key, "app-x", &["Observation", "Patient"], "TREAT", 0)
+            .await;
+        let app = w.token("app-x", "system/*.rs", json!({}));
+        // searches that name Ann decide her consent once: Bob's part still counts per row
+        let ann = &r.ann;
+        let bob = &r.bob;
+        for path in [
+            format!("Observation?patient={ann}"),
+            format!("Observation?subject=Patient/{ann}"),
+            format!("Observation?patient={ann},{bob}"),
+            format!("Observation?patient={ann}&code=http://loinc.org|4548-4&_count=1"),
+            format!("Patient/{ann}/Observation"),
+            format!("Observation?patient={ann}&_include=Observation:performer"),
+        ] {
+            let (status, bundle) = w.get(&path, &app).await;
+            assert_eq!(status, 200, "{path}: {bundle}");
+            let matches: Vec<String> = ids(&bundle)
+                .into_iter()
+                .filter(|id| id.starts_with("Observation/"))
+                .collect();
+            assert_eq!(matches, vec![ann_obs.clone()], "{path}: {bundle}");
+            assert_eq!(bundle["total"], 1, "{path}: {bundle}");
+            assert!(
+                !ids(&bundle).contains(&format!("Patient/{bob}")),
+                "{path}: {bundle}"
+            );
+        }
+        // a search that names Bob, who has not consented: nothing of his
+        for path in [
+            format!("Observation?performer=Patient/{bob}"),
+            format!("Observation?patient={bob}"),
+            format!("Patient?_id={bob}"),
+        ] {
+            let (status, bundle) = w.get(&path, &app).await;
+            assert_eq!(
+                (status, bundle["total"].as_u64()),
+                (200, Some(0)),
+                "{path}: {bundle}"
+            );
+        }
+        // once Bob consents too, the shared Observation is served to either search
+        w.grant(&r.bob_key, "app-x", &["Observation"], "TREAT", 0)
+            .await;
+        let (_, bundle) = w.get(&format!("Observation?patient={ann}"), &app).await;
+        let mut both = vec![ann_obs.clone(), shared.clone()];
+        both.sort();
+        assert_eq!(ids(&bundle), both, "{bundle}");
+        let (_, bundle) = w
+            .get(&format!("Observation?performer=Patient/{bob}"), &app)
+            .await;
+        assert_eq!(ids(&bundle), vec![shared], "{bundle}");
+    }
+);
+
+on_both!(
     a_patient_reads_their_own_record_and_break_the_glass_is_recorded,
     |db| async move {
         let w = world(db, |_| {}).await;
