@@ -56,6 +56,9 @@ pub struct Consent {
     config: ConsentConfig,
     store: Store,
     cursor: Mutex<Option<(Instant, Option<Cursor>)>>,
+    /// Held by the one request that reads the cursor afresh: the others wait for its read
+    /// instead of making their own.
+    cursor_read: tokio::sync::Mutex<()>,
     /// The relayer of patients' signed grants, when the gateway has a key for it.
     relayer: Option<anchor::consent::ConsentRelayer>,
     /// What the follower reports.
@@ -72,6 +75,7 @@ impl Consent {
             config,
             store,
             cursor: Mutex::new(None),
+            cursor_read: tokio::sync::Mutex::new(()),
             relayer,
             status: Default::default(),
         }
@@ -200,16 +204,27 @@ impl Consent {
         })))
     }
 
-    /// The index's cursor, read at most every [`CURSOR_CACHE`].
+    /// The index's cursor, read at most every [`CURSOR_CACHE`], by one request at a time.
     async fn cursor(&self) -> Result<Option<Cursor>> {
-        if let Some((read_at, cursor)) = &*self.cursor.lock().expect("cursor cache")
-            && read_at.elapsed() < CURSOR_CACHE
-        {
-            return Ok(cursor.clone());
+        if let Some(cursor) = self.cached_cursor() {
+            return Ok(cursor);
+        }
+        let _reading = self.cursor_read.lock().await;
+        // the request that held the lock before may have read it
+        if let Some(cursor) = self.cached_cursor() {
+            return Ok(cursor);
         }
         let cursor = index::cursor(&mut *self.store.reader().await?).await?;
         *self.cursor.lock().expect("cursor cache") = Some((Instant::now(), cursor.clone()));
         Ok(cursor)
+    }
+
+    /// The cached cursor, if read less than [`CURSOR_CACHE`] ago.
+    fn cached_cursor(&self) -> Option<Option<Cursor>> {
+        match &*self.cursor.lock().expect("cursor cache") {
+            Some((read_at, cursor)) if read_at.elapsed() < CURSOR_CACHE => Some(cursor.clone()),
+            _ => None,
+        }
     }
 
     /// Forgets the cached cursor (after the follower moved it), so that the next request
