@@ -17,7 +17,7 @@
 # took the most PostgreSQL time per request (needs pg_stat_statements in the server's
 # shared_preload_libraries; the script creates the extension in the benchmark database).
 # PERF=1 records the gateway's profile of each measured run with perf (target/bench-consent/
-# perf-[n].data; `perf report -i` it).
+# perf-[n].data, PERF_HZ samples a second, default 499; `perf report -i` it).
 # BINS: gateway binaries to compare (space-separated; default the release build of this tree,
 # built first): each round measures each of them, off and on, against the same database,
 # chain and grants (the first one loads them).
@@ -93,7 +93,7 @@ for round in $(seq "$ROUNDS"); do
         [ -z "${PGSS:-}" ] || psql "$PG/fhir_bench_consent" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
         read -r g0 p0 < <(ticks)
         RUN=$((${RUN:-0} + 1))
-        [ -z "${PERF:-}" ] || { perf record -q -F 499 -g -p $SERVER -o "$OUT/perf-$RUN.data" >/dev/null 2>&1 & PERFPID=$!; }
+        [ -z "${PERF:-}" ] || { perf record -q -F ${PERF_HZ:-499} -g -p $SERVER -o "$OUT/perf-$RUN.data" >/dev/null 2>&1 & PERFPID=$!; }
         wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/$load.txt" "$TOKEN" > $OUT/wrk.txt
         read -r g1 p1 < <(ticks)
         [ -z "${PERF:-}" ] || { kill -INT $PERFPID; wait $PERFPID || true; echo "profile: $OUT/perf-$RUN.data"; }
