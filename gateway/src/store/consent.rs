@@ -79,25 +79,47 @@ pub async fn cursor(conn: &mut AnyConnection) -> Result<Option<Cursor>, sqlx::Er
 }
 
 /// The condition that `patient` (an SQL expression: a Patient id) has a grant in `grants`
-/// covering `resource_type`: one probe of `consent_access`'s primary key (the grants already
-/// joined with the bindings and flattened by type), so its cost does not grow with the
-/// number of grants.
-fn consented(sql: &mut Sql, patient: &str, resource_type: &str, grants: &Grants) -> String {
+/// covering the type `rt` (a placeholder): one probe of `consent_access`'s primary key (the
+/// grants already joined with the bindings and flattened by type), so its cost does not
+/// grow with the number of grants.
+fn consented(sql: &mut Sql, patient: &str, rt: &str, grants: &Grants) -> String {
+    let granted = granted(sql, grants);
+    format!(
+        "EXISTS (SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
+         AND a.resource_type IN ({rt}, '*') AND {granted})"
+    )
+}
+
+/// What every probe of one statement for `grants` asks of a `consent_access` row `a`
+/// besides its patient and type: one of the grantees, the purpose, confirmed, not expired.
+/// Bound once per statement (the first probe's placeholders serve the others).
+fn granted(sql: &mut Sql, grants: &Grants) -> String {
+    let key = (
+        grants.grantees.clone(),
+        grants.purpose.clone(),
+        grants.confirmed_through,
+        grants.now_secs,
+    );
+    if let Some((bound_for, text)) = &sql.consent_granted
+        && *bound_for == key
+    {
+        return text.clone();
+    }
     let grantees: Vec<String> = grants.grantees.iter().map(|g| sql.text(g)).collect();
     let purpose = sql.text(&grants.purpose);
     let confirmed = sql.bind(super::search::Bind::Int(grants.confirmed_through));
     let now = sql.bind(super::search::Bind::Int(grants.now_secs));
-    let rt = sql.text(resource_type);
     let grantees = if grantees.is_empty() {
         "NULL".to_owned()
     } else {
         grantees.join(", ")
     };
-    format!(
-        "EXISTS (SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
-         AND a.grantee IN ({grantees}) AND a.purpose = {purpose} AND a.resource_type IN ({rt}, '*') \
-         AND a.granted_block <= {confirmed} AND (a.expires_at = 0 OR a.expires_at > {now}))"
-    )
+    let text = format!(
+        "a.grantee IN ({grantees}) AND a.purpose = {purpose} \
+         AND a.granted_block <= {confirmed} AND (a.expires_at = 0 OR a.expires_at > {now})"
+    );
+    sql.consent_granted = Some((key, text.clone()));
+    text
 }
 
 /// The `consent_access` rows of unrevoked grants whose wallet is bound to a Patient: each
@@ -167,19 +189,22 @@ pub fn condition(
     grants: &Grants,
     decided: &[String],
 ) -> String {
+    if params.is_empty() && resource_type != "Patient" {
+        return "1 = 1".to_owned();
+    }
     let mut parts = Vec::new();
+    let rt = sql.text(resource_type);
     // (placeholder of the patient's id, its probe)
     let decided: Vec<(String, String)> = decided
         .iter()
         .filter(|p| grants.own_patient.as_deref() != Some(p.as_str()))
         .map(|p| {
             let id = sql.text(p);
-            let once = consented(sql, &id, resource_type, grants);
+            let once = consented(sql, &id, &rt, grants);
             (id, once)
         })
         .collect();
     if !params.is_empty() {
-        let rt = sql.text(resource_type);
         let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
         let own = grants
             .own_patient
@@ -190,7 +215,7 @@ pub fn condition(
             .iter()
             .map(|(id, once)| format!(" AND NOT (x.target_id = {id} AND {once})"))
             .collect();
-        let consented = consented(sql, "x.target_id", resource_type, grants);
+        let consented = consented(sql, "x.target_id", &rt, grants);
         parts.push(format!(
             "NOT EXISTS (SELECT 1 FROM idx_reference x WHERE x.rkey = {alias}.rkey AND x.rtype = {rt} \
              AND x.param IN ({}) AND x.target_type = 'Patient'{own}{decided} AND NOT {consented})",
@@ -207,7 +232,7 @@ pub fn condition(
             .iter()
             .map(|(id, once)| format!("({alias}.id = {id} AND {once}) OR "))
             .collect();
-        let consented = consented(sql, &format!("{alias}.id"), resource_type, grants);
+        let consented = consented(sql, &format!("{alias}.id"), &rt, grants);
         parts.push(format!("({own}{decided}{consented})"));
     }
     if parts.is_empty() {

@@ -35,7 +35,13 @@ pub struct Sql {
     /// Patients whose consent the statement decides once rather than once per row
     /// ([`pinned_patients`], [`super::consent::condition`]).
     decided_patients: Vec<String>,
+    /// The grant conditions the statement's consent probes share, and the grants they were
+    /// bound for ([`super::consent`]).
+    pub(super) consent_granted: Option<(ConsentGrantsKey, String)>,
 }
+
+/// Grantees, purpose, confirmed block and now: what a statement's consent probes bind once.
+pub(super) type ConsentGrantsKey = (Vec<String>, String, i64, i64);
 
 /// A consent condition on rows of `rtype` that [`page`] applies outside the filters.
 #[derive(Debug)]
