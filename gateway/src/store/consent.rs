@@ -94,14 +94,11 @@ fn consented(sql: &mut Sql, patient: &str, rt: &str, grants: &Grants) -> String 
 /// besides its patient and type: one of the grantees, the purpose, confirmed, not expired.
 /// Bound once per statement (the first probe's placeholders serve the others).
 fn granted(sql: &mut Sql, grants: &Grants) -> String {
-    let key = (
-        grants.grantees.clone(),
-        grants.purpose.clone(),
-        grants.confirmed_through,
-        grants.now_secs,
-    );
-    if let Some((bound_for, text)) = &sql.consent_granted
-        && *bound_for == key
+    if let Some(((grantees, purpose, confirmed, now), text)) = &sql.consent_granted
+        && *grantees == grants.grantees
+        && *purpose == grants.purpose
+        && *confirmed == grants.confirmed_through
+        && *now == grants.now_secs
     {
         return text.clone();
     }
@@ -117,6 +114,12 @@ fn granted(sql: &mut Sql, grants: &Grants) -> String {
     let text = format!(
         "a.grantee IN ({grantees}) AND a.purpose = {purpose} \
          AND a.granted_block <= {confirmed} AND (a.expires_at = 0 OR a.expires_at > {now})"
+    );
+    let key = (
+        grants.grantees.clone(),
+        grants.purpose.clone(),
+        grants.confirmed_through,
+        grants.now_secs,
     );
     sql.consent_granted = Some((key, text.clone()));
     text
@@ -176,8 +179,8 @@ pub async fn refresh_access_of_patient(
 /// `params`): every patient whose compartment holds it has a grant in `grants` (or is the
 /// requester). A resource in no patient's compartment (an Observation of a Group) passes.
 ///
-/// `decided`: patients whose consent the query decides once instead of once per row (the
-/// patients a search is restricted to, [`super::search::pinned_patients`]). Each is an
+/// The patients `sql` decides (`Sql::decided_patients`: those a search is restricted to,
+/// [`super::search::pinned_patients`]) are decided once instead of once per row. Each is an
 /// uncorrelated probe, which PostgreSQL evaluates once per statement (an InitPlan); a row's
 /// reference to a decided patient then costs a comparison. The result is the same: whether
 /// a patient consented depends on the patient alone, never on the row.
@@ -187,7 +190,6 @@ pub fn condition(
     resource_type: &str,
     params: &[String],
     grants: &Grants,
-    decided: &[String],
 ) -> String {
     if params.is_empty() && resource_type != "Patient" {
         return "1 = 1".to_owned();
@@ -195,7 +197,9 @@ pub fn condition(
     let mut parts = Vec::new();
     let rt = sql.text(resource_type);
     // (placeholder of the patient's id, its probe)
-    let decided: Vec<(String, String)> = decided
+    let decided: Vec<(String, String)> = sql
+        .decided_patients
+        .clone()
         .iter()
         .filter(|p| grants.own_patient.as_deref() != Some(p.as_str()))
         .map(|p| {

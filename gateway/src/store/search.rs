@@ -34,7 +34,7 @@ pub struct Sql {
     deferred_consent: Option<Vec<DeferredConsent>>,
     /// Patients whose consent the statement decides once rather than once per row
     /// ([`pinned_patients`], [`super::consent::condition`]).
-    decided_patients: Vec<String>,
+    pub(super) decided_patients: Vec<String>,
     /// The grant conditions the statement's consent probes share, and the grants they were
     /// bound for ([`super::consent`]).
     pub(super) consent_granted: Option<(ConsentGrantsKey, String)>,
@@ -377,10 +377,7 @@ pub fn condition(
                 }
                 "1 = 1".to_owned()
             }
-            _ => {
-                let decided = sql.decided_patients.clone();
-                super::consent::condition(sql, alias, rtype, params, grants, &decided)
-            }
+            _ => super::consent::condition(sql, alias, rtype, params, grants),
         },
         Filter::PatientCompartment { patient_id, params } => {
             let id = sql.text(patient_id);
@@ -851,10 +848,7 @@ fn reference_predicate(
     param: &SearchParameter,
     base_url: &str,
 ) -> Result<String> {
-    let local = value
-        .strip_prefix(base_url)
-        .map(|rest| rest.trim_start_matches('/'))
-        .unwrap_or(value);
+    let local = local_reference(value, base_url);
     let type_modifier = match modifier {
         Some(Modifier::Type(t)) => Some(t.as_str()),
         None => None,
@@ -1109,6 +1103,15 @@ pub struct Query<'a> {
     pub base_url: &'a str,
 }
 
+/// A reference search value relative to this server: `[base]/Patient/1` → `Patient/1`;
+/// any other value as it is.
+fn local_reference<'a>(value: &'a str, base_url: &str) -> &'a str {
+    value
+        .strip_prefix(base_url)
+        .map(|rest| rest.trim_start_matches('/'))
+        .unwrap_or(value)
+}
+
 /// At most this many patients a search restricts itself to are decided once per statement.
 const MAX_PINNED_PATIENTS: usize = 4;
 
@@ -1134,10 +1137,7 @@ pub fn pinned_patients(filters: &[Filter], base_url: &str) -> Vec<String> {
                 } =>
             {
                 for value in values {
-                    let local = value
-                        .strip_prefix(base_url)
-                        .map(|rest| rest.trim_start_matches('/'))
-                        .unwrap_or(value);
+                    let local = local_reference(value, base_url);
                     match local.split('/').collect::<Vec<_>>().as_slice() {
                         [id] if !id.is_empty() && !local.contains(':') => {
                             pinned.push((*id).to_owned())
@@ -1350,9 +1350,7 @@ fn consent_applied(
     let checks: Vec<String> = deferred
         .iter()
         .map(|d| {
-            let decided = sql.decided_patients.clone();
-            let check =
-                super::consent::condition(sql, "f", &d.rtype, &d.params, &d.grants, &decided);
+            let check = super::consent::condition(sql, "f", &d.rtype, &d.params, &d.grants);
             if only_type == Some(d.rtype.as_str()) {
                 check
             } else {
