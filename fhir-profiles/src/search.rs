@@ -352,13 +352,23 @@ impl Registry {
 /// Never fails: values of the wrong shape are skipped, and a `resource` that is not an
 /// object with `"resourceType": resource_type` yields nothing.
 pub fn index_entries(resource_type: &str, resource: &Json) -> Vec<IndexEntry> {
+    index_entries_where(resource_type, resource, |_| true)
+}
+
+/// [`index_entries`] for the parameters `wanted` accepts only: a store that answers some
+/// parameters from elsewhere (its own columns) or not at all skips their evaluation.
+pub fn index_entries_where(
+    resource_type: &str,
+    resource: &Json,
+    wanted: impl Fn(&SearchParameter) -> bool,
+) -> Vec<IndexEntry> {
     let root = Node::resource(resource);
     if root.type_name() != Some(resource_type) {
         return Vec::new();
     }
     let mut entries = Vec::new();
     let mut nodes = Vec::new();
-    for parameter in Registry::r4().for_type(resource_type) {
+    for parameter in Registry::r4().for_type(resource_type).filter(|p| wanted(p)) {
         parameter_entries(parameter, root, &mut nodes, &mut entries);
     }
     entries

@@ -17,7 +17,8 @@
 //!   (`fhir-anchor consent-basis`): the patient's wallet and the types served.
 //! - **Durable before the answer**: the middleware ([`crate::startup`]) hands each record to
 //!   the [`AuditLog`], a group-commit writer that stores whatever has queued up in one
-//!   transaction and only then lets the responses go out. An interaction whose record cannot
+//!   transaction and only then lets the responses go out (`audit.writers` such
+//!   transactions at once, so that a batch waiting for its commit does not hold up the next). An interaction whose record cannot
 //!   be stored is answered 503, not served (fail closed). A crash loses only requests that
 //!   were never answered.
 //! - **Written by the gateway only**: clients cannot create, update, patch or delete an
@@ -423,10 +424,11 @@ struct Job {
 }
 
 impl AuditLog {
-    /// Starts the writer on the current runtime; it stops when every [`AuditLog`] is dropped.
-    pub fn spawn(store: Store, ctx: Context) -> AuditLog {
+    /// Starts the writer on the current runtime, storing up to `writers` batches at once;
+    /// it stops when every [`AuditLog`] is dropped, after the batches it started.
+    pub fn spawn(store: Store, ctx: Context, writers: usize) -> AuditLog {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(store, ctx, receiver));
+        tokio::spawn(write_batches(store, ctx, writers.max(1), receiver));
         AuditLog { sender }
     }
 
@@ -444,8 +446,21 @@ impl AuditLog {
     }
 }
 
-async fn write_batches(store: Store, ctx: Context, mut receiver: mpsc::Receiver<Job>) {
+/// Collects the records queued meanwhile into a batch as soon as one of the `writers` is
+/// free, and stores it on that writer: a batch waiting for its commit (the disk's flush)
+/// does not hold up the next one, and the records that queue up while every writer is busy
+/// make the next batch larger rather than wait one batch each.
+async fn write_batches(
+    store: Store,
+    ctx: Context,
+    writers: usize,
+    mut receiver: mpsc::Receiver<Job>,
+) {
+    let free = std::sync::Arc::new(tokio::sync::Semaphore::new(writers));
     while let Some(first) = receiver.recv().await {
+        let Ok(writer) = free.clone().acquire_owned().await else {
+            return;
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -453,16 +468,20 @@ async fn write_batches(store: Store, ctx: Context, mut receiver: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        let records: Vec<&Record> = jobs.iter().map(|job| &job.record).collect();
-        let result = store_records(&store, &ctx, &records)
-            .await
-            .map_err(|e| format!("{e:#}"));
-        if let Err(error) = &result {
-            tracing::error!(error = %error, records = jobs.len(), "audit records could not be stored");
-        }
-        for job in jobs {
-            let _ = job.done.send(result.clone());
-        }
+        let (store, ctx) = (store.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let records: Vec<&Record> = jobs.iter().map(|job| &job.record).collect();
+            let result = store_records(&store, &ctx, &records)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            drop(writer);
+            if let Err(error) = &result {
+                tracing::error!(error = %error, records = jobs.len(), "audit records could not be stored");
+            }
+            for job in jobs {
+                let _ = job.done.send(result.clone());
+            }
+        });
     }
 }
 
@@ -624,7 +643,8 @@ pub async fn store_in(
     let mut prepared = Vec::with_capacity(records.len());
     for record in records {
         let event = audit_event_of(record, &patients, &grants, &ctx.base_url);
-        let body = crate::resource::parse_json(event.to_string().as_bytes(), usize::MAX)?;
+        // the tree converted as it is, not printed and parsed again
+        let body = fhir_profiles::Json::from_serde_json(event);
         prepared.push(PreparedVersion::new(
             &audit_event,
             &ResourceId::generate(),

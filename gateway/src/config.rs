@@ -36,6 +36,10 @@ pub struct AuditConfig {
     /// answered. Only for measuring what auditing costs: off, the gateway breaks its promise
     /// that every access is on record (it warns at start).
     pub enabled: bool,
+    /// How many batches of records the group-commit writer stores at once, each in its own
+    /// transaction on its own connection: while one batch waits for its commit to reach the
+    /// disk, the next is written (SQLite writes one at a time whatever this says).
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,8 +180,8 @@ impl TelemetryConfig {
 pub struct LedgerConfig {
     /// Most leaves in a batch; a full batch is sealed at once.
     pub batch_max_size: u64,
-    /// Seconds after which a batch that is not full is sealed (counted from its oldest
-    /// version's write).
+    /// Seconds after which a batch that is not full is sealed (counted from the write of its
+    /// first version, the oldest in the log's commit order).
     pub batch_max_age_secs: u64,
     /// Milliseconds between two runs of the sequencer and sealer.
     pub interval_ms: u64,
@@ -479,7 +483,10 @@ impl Default for Config {
                 scopes: "system/*.cruds".to_owned(),
                 allowed_facilities: Vec::new(),
             },
-            audit: AuditConfig { enabled: true },
+            audit: AuditConfig {
+                enabled: true,
+                writers: 2,
+            },
         }
     }
 }
@@ -508,6 +515,11 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=usize::try_from(self.database.max_connections).unwrap_or(usize::MAX))
+                .contains(&self.audit.writers),
+            "audit.writers must be at least 1 and at most database.max_connections"
+        );
         anyhow::ensure!(
             self.search.default_count >= 1,
             "search.default_count must be at least 1"
@@ -766,6 +778,16 @@ mod tests {
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "0");
             assert!(Config::load(None).is_err());
             jail.set_env("FHIR_GATEWAY_SEARCH__DEFAULT_COUNT", "10");
+            for writers in ["0", "17"] {
+                jail.set_env("FHIR_GATEWAY_AUDIT__WRITERS", writers);
+                let refused = Config::load(None).expect_err("audit.writers out of range");
+                assert!(refused.to_string().contains("audit.writers"), "{refused}");
+            }
+            jail.set_env("FHIR_GATEWAY_AUDIT__WRITERS", "16");
+            assert_eq!(
+                Config::load(None).map_err(|e| e.to_string())?.audit.writers,
+                16
+            );
             jail.set_env(
                 "FHIR_GATEWAY_AUTH__REGISTRATION_SCOPES",
                 "patient/*.rs system/*.rs",

@@ -126,10 +126,9 @@ impl Application {
             config: config.clone(),
         };
         // one intake for MLLP and `$hl7v2`, so both keep one order per patient
-        let audit_log = config
-            .audit
-            .enabled
-            .then(|| crate::audit::AuditLog::spawn(store.clone(), ctx.clone()));
+        let audit_log = config.audit.enabled.then(|| {
+            crate::audit::AuditLog::spawn(store.clone(), ctx.clone(), config.audit.writers)
+        });
         if audit_log.is_none() {
             tracing::warn!(
                 "audit.enabled = false: interactions are served without an AuditEvent on record"

@@ -70,7 +70,12 @@ pub fn capability_statement(ctx: &Context) -> Value {
         .map(|resource_type| {
             let mut params: Vec<Value> = registry
                 .for_type(resource_type)
-                .filter(|p| is_searchable(p.kind) && !matches!(p.code.as_str(), "_query" | "_list"))
+                .filter(|p| {
+                    is_searchable(p.kind)
+                        && !matches!(p.code.as_str(), "_query" | "_list")
+                        && (crate::store::is_indexed(resource_type, &p.code)
+                            || matches!(p.code.as_str(), "_id" | "_lastUpdated"))
+                })
                 .map(|p| json!({"name": p.code, "definition": p.url, "type": type_name(p.kind)}))
                 .collect();
             params.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));

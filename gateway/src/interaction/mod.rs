@@ -17,7 +17,7 @@ pub mod transaction;
 pub mod update;
 
 use fhir_profiles::Json;
-use fhir_profiles::search::{IndexEntry, index_entries};
+use fhir_profiles::search::{IndexEntry, index_entries_where};
 use fhir_profiles::text::{Word, resource_words};
 use fhir_profiles::validate::Issue;
 use sqlx::AnyConnection;
@@ -194,7 +194,9 @@ impl PreparedVersion {
             version,
             last_updated,
             method,
-            index: index_entries(resource_type.as_str(), &body),
+            index: index_entries_where(resource_type.as_str(), &body, |p| {
+                crate::store::is_indexed(resource_type.as_str(), &p.code)
+            }),
             // AuditEvents are found by their search parameters; `_text` and `_content`
             // over the access log are not a use case worth a row per word of every record
             words: if resource_type.as_str() == crate::audit::AUDIT_EVENT {

@@ -371,11 +371,18 @@ fn lookup(resource_type: &str, code: &str) -> Result<&'static SearchParameter> {
     } else {
         registry().get(resource_type, code)
     };
-    found.ok_or_else(|| {
+    let found = found.ok_or_else(|| {
         Error::NotSupported(format!(
             "unknown search parameter {code:?} for {resource_type}"
         ))
-    })
+    })?;
+    if !crate::store::is_indexed(resource_type, code) && !matches!(code, "_id" | "_lastUpdated") {
+        return Err(Error::NotSupported(format!(
+            "search parameter {code:?} is not supported for {resource_type}: its values are not \
+             indexed (see the CapabilityStatement for the parameters that are)"
+        )));
+    }
+    Ok(found)
 }
 
 /// Parses one `name=value` search criterion (with modifiers, chains and `_has`).
@@ -458,8 +465,20 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Filt
     };
     let values: Vec<String> = split_or(value);
     match code {
-        "_id" if modifier.is_none() => return Ok(Filter::Id(values)),
-        "_lastUpdated" if modifier.is_none() => return Ok(Filter::LastUpdated(values)),
+        // answered from the resource's own columns, which have no index rows to apply a
+        // modifier to (`store::is_indexed`)
+        "_id" | "_lastUpdated" => {
+            if let Some(modifier) = modifier {
+                return Err(Error::NotSupported(format!(
+                    "modifier :{modifier} is not supported on {code}"
+                )));
+            }
+            return Ok(if code == "_id" {
+                Filter::Id(values)
+            } else {
+                Filter::LastUpdated(values)
+            });
+        }
         "_text" | "_content" => {
             if resource_type != "Resource" {
                 lookup(resource_type, code)?;

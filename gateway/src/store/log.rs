@@ -106,7 +106,8 @@ pub async fn sequence(conn: &mut AnyConnection, limit: i64) -> Result<u64, sqlx:
 pub struct SealRule {
     /// A batch holds at most this many leaves, and is sealed as soon as it is full.
     pub max_size: i64,
-    /// A batch that is not full is sealed once its oldest version is this old.
+    /// A batch that is not full is sealed once its first version (the oldest in the log's
+    /// commit order) is this old.
     pub max_age_millis: i64,
 }
 
@@ -120,7 +121,7 @@ pub struct SealedBatch {
 }
 
 /// Seals the sequenced leaves that no batch holds yet into batches, as many as `rule` calls
-/// for at `now`: full batches first, then one younger batch if its oldest version is old
+/// for at `now`: full batches first, then one younger batch if its first version is old
 /// enough. Returns the batches sealed, in order.
 #[tracing::instrument(name = "db.log_seal", skip_all)]
 pub async fn seal(
@@ -139,14 +140,19 @@ pub async fn seal(
             .await?;
             (row.try_get("number")?, row.try_get("first_index")?)
         };
+        // sequenced leaves have no gaps: the count waiting is up to the last index, and the
+        // first of them is the oldest in commit order; both are one index probe, not a scan of
+        // every leaf waiting (up to a batch's size, every run)
         let row = sqlx::query(
-            "SELECT COUNT(*) AS waiting, MIN(v.last_updated) AS oldest FROM log_leaf l \
-             JOIN resource_version v ON v.vkey = l.vkey WHERE l.log_index >= $1",
+            "SELECT (SELECT MAX(log_index) FROM log_leaf) AS last, \
+             (SELECT v.last_updated FROM log_leaf l JOIN resource_version v ON v.vkey = l.vkey \
+              WHERE l.log_index = $1) AS oldest",
         )
         .bind(first_index)
         .fetch_one(&mut *conn)
         .await?;
-        let waiting: i64 = row.try_get("waiting")?;
+        let last: Option<i64> = row.try_get("last")?;
+        let waiting = last.map_or(0, |last| (last + 1 - first_index).max(0));
         let oldest: Option<i64> = row.try_get("oldest")?;
         let old_enough = oldest.is_some_and(|oldest| now.millis() - oldest >= rule.max_age_millis);
         if waiting == 0 || (waiting < rule.max_size && !old_enough) {

@@ -315,7 +315,6 @@ async fn index_rows(app: &TestApp, id: &str) -> Vec<String> {
             .try_get(0)
             .expect("rkey");
     let mut rows = Vec::new();
-    // `_lastUpdated` differs from version to version: counted, not compared
     for (table, columns) in [
         (
             "idx_string",
@@ -325,10 +324,7 @@ async fn index_rows(app: &TestApp, id: &str) -> Vec<String> {
             "idx_token",
             "param || '|' || grp || '|' || COALESCE(system, '-') || '|' || COALESCE(code, '-') || '|' || COALESCE(text, '-')",
         ),
-        (
-            "idx_date",
-            "param || '|' || grp || '|' || CASE WHEN param = '_lastUpdated' THEN 'version' ELSE lo || '|' || hi END",
-        ),
+        ("idx_date", "param || '|' || grp || '|' || lo || '|' || hi"),
         ("idx_word", "word || '|' || narrative"),
         (
             "idx_reference",
@@ -353,6 +349,117 @@ async fn index_rows(app: &TestApp, id: &str) -> Vec<String> {
     rows.sort();
     rows
 }
+
+both!(
+    id_and_last_updated_are_answered_from_the_resource_row_and_unindexed_parameters_are_refused,
+    |app: TestApp| async move {
+        let id = app
+            .create(&json!({"resourceType": "Patient", "name": [{"family": "Rowan"}]}))
+            .await;
+        let rows = index_rows(&app, &id).await;
+        assert!(rows.iter().any(|r| r.contains("rowan")), "{rows:?}");
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.starts_with("idx_token:_id|") || r.starts_with("idx_date:_lastUpdated|")),
+            "no index rows for what the resource row holds: {rows:?}"
+        );
+        assert_eq!(
+            app.search_ids(&format!("Patient?_id={id}")).await,
+            vec![id.clone()]
+        );
+        assert_eq!(
+            app.search_ids(&format!("Patient?_lastUpdated=ge2000-01-01&_id={id}"))
+                .await,
+            vec![id.clone()]
+        );
+        assert!(
+            app.search_ids(&format!("Patient?_lastUpdated=lt2000-01-01&_id={id}"))
+                .await
+                .is_empty()
+        );
+        // chained and reverse-chained `_id` are answered from the row too
+        let observation = app
+            .create(&json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": format!("Patient/{id}")}}))
+            .await;
+        assert_eq!(
+            app.search_ids(&format!("Observation?subject._id={id}"))
+                .await,
+            vec![observation.clone()]
+        );
+        assert_eq!(
+            app.search_ids(&format!(
+                "Patient?_has:Observation:subject:_id={observation}"
+            ))
+            .await,
+            vec![id.clone()]
+        );
+        // what has no index rows cannot be searched with a modifier, nor an AuditEvent's
+        // entity type and role: refused (strict handling) or ignored and said so (lenient)
+        for (query, named) in [
+            (format!("Patient?_id:not={id}"), ":not"),
+            ("Patient?_lastUpdated:missing=true".to_owned(), ":missing"),
+            ("AuditEvent?entity-type=2".to_owned(), "entity-type"),
+            ("AuditEvent?entity-role=1".to_owned(), "entity-role"),
+        ] {
+            let response = app
+                .client
+                .get(app.url(&query))
+                .header("prefer", "handling=strict")
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(response.status().as_u16(), 400, "{query}");
+            let outcome: serde_json::Value = response.json().await.expect("an OperationOutcome");
+            assert_eq!(outcome["resourceType"], "OperationOutcome", "{query}");
+            assert!(outcome.to_string().contains(named), "{query}: {outcome}");
+            let (status, bundle) = app.get_json(&query).await;
+            assert_eq!(status, 200, "{query}: {bundle}");
+            assert!(
+                bundle["entry"]
+                    .as_array()
+                    .is_some_and(|entries| entries.iter().any(|e| {
+                        e["search"]["mode"] == "outcome" && e.to_string().contains(named)
+                    })),
+                "{query}: the searchset says what it ignored: {bundle}"
+            );
+        }
+        // and the CapabilityStatement offers only what is answered
+        let (_, capabilities) = app.get_json("metadata").await;
+        let audit_params: Vec<&str> = capabilities["rest"][0]["resource"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["type"] == "AuditEvent")
+            .expect("AuditEvent")["searchParam"]
+            .as_array()
+            .expect("its parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for offered in [
+            "_id",
+            "_lastUpdated",
+            "entity",
+            "patient",
+            "agent",
+            "date",
+            "outcome",
+        ] {
+            assert!(
+                audit_params.contains(&offered),
+                "{offered}: {audit_params:?}"
+            );
+        }
+        for withheld in ["entity-type", "entity-role"] {
+            assert!(
+                !audit_params.contains(&withheld),
+                "{withheld}: {audit_params:?}"
+            );
+        }
+    }
+);
 
 both!(
     an_update_leaves_exactly_the_new_versions_index_rows,
