@@ -10,9 +10,9 @@ use super::{Backend, bulk};
 /// Whether the search parameter `code` of `resource_type` has index rows. Not those that the
 /// `resource` row answers (`_id`, `_lastUpdated`: its columns), and not an AuditEvent's
 /// `entity-type` and `entity-role`: the gateway's records give every entity the type and role
-/// its reference already says (a Patient is a person and the patient, anything else a domain
-/// resource), so they would add four rows to every record and find nothing that `entity`
-/// and `patient` do not. Searches by them are refused (`search::lookup`), and the
+/// its kind already says (a Patient is a person and the patient, a search's query the query,
+/// anything else a domain resource), so they would add four rows to every record and find
+/// nothing that `entity`, `patient` and `subtype` do not. Searches by them are refused (`search::lookup`), and the
 /// CapabilityStatement does not offer them.
 pub fn is_indexed(resource_type: &str, code: &str) -> bool {
     match code {
