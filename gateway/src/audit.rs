@@ -18,9 +18,9 @@
 //! - **Durable before the answer**: the middleware ([`crate::startup`]) hands each record to
 //!   the [`AuditLog`], a group-commit writer that stores whatever has queued up in one
 //!   transaction and only then lets the responses go out (`audit.writers` such
-//!   transactions at once, so that a batch waiting for its commit does not hold up the next). An interaction whose record cannot
-//!   be stored is answered 503, not served (fail closed). A crash loses only requests that
-//!   were never answered.
+//!   transactions at once, so that a batch waiting for its commit does not hold up the
+//!   next). An interaction whose record cannot be stored is answered 503, not served (fail
+//!   closed). A crash loses only requests that were never answered.
 //! - **Written by the gateway only**: clients cannot create, update, patch or delete an
 //!   AuditEvent (405, [`refuse_client_write`]).
 

@@ -73,8 +73,7 @@ pub fn capability_statement(ctx: &Context) -> Value {
                 .filter(|p| {
                     is_searchable(p.kind)
                         && !matches!(p.code.as_str(), "_query" | "_list")
-                        && (crate::store::is_indexed(resource_type, &p.code)
-                            || matches!(p.code.as_str(), "_id" | "_lastUpdated"))
+                        && crate::store::is_supported(resource_type, &p.code)
                 })
                 .map(|p| json!({"name": p.code, "definition": p.url, "type": type_name(p.kind)}))
                 .collect();

@@ -376,7 +376,7 @@ fn lookup(resource_type: &str, code: &str) -> Result<&'static SearchParameter> {
             "unknown search parameter {code:?} for {resource_type}"
         ))
     })?;
-    if !crate::store::is_indexed(resource_type, code) && !matches!(code, "_id" | "_lastUpdated") {
+    if !crate::store::is_supported(resource_type, code) {
         return Err(Error::NotSupported(format!(
             "search parameter {code:?} is not supported for {resource_type}: its values are not \
              indexed (see the CapabilityStatement for the parameters that are)"

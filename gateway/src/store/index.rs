@@ -7,19 +7,29 @@ use sqlx::{AnyConnection, AssertSqlSafe};
 use super::search::{Bind, Sql};
 use super::{Backend, bulk};
 
+/// The parameters every resource's `resource` row answers from its own columns (`id`,
+/// `last_updated`): searchable, with no index rows.
+const ANSWERED_BY_THE_RESOURCE_ROW: [&str; 2] = ["_id", "_lastUpdated"];
+
 /// Whether the search parameter `code` of `resource_type` has index rows. Not those that the
-/// `resource` row answers (`_id`, `_lastUpdated`: its columns), and not an AuditEvent's
-/// `entity-type` and `entity-role`: the gateway's records give every entity the type and role
-/// its kind already says (a Patient is a person and the patient, a search's query the query,
-/// anything else a domain resource), so they would add four rows to every record and find
-/// nothing that `entity`, `patient` and `subtype` do not. Searches by them are refused (`search::lookup`), and the
-/// CapabilityStatement does not offer them.
+/// `resource` row answers, and not an AuditEvent's `entity-type` and `entity-role`: the
+/// gateway's records give every entity the type and role its kind already says (a Patient is
+/// a person and the patient, a search's query the query, anything else a domain resource),
+/// so they would add four rows to every record and find nothing that `entity`, `patient` and
+/// `subtype` do not.
 pub fn is_indexed(resource_type: &str, code: &str) -> bool {
     match code {
-        "_id" | "_lastUpdated" => false,
+        _ if ANSWERED_BY_THE_RESOURCE_ROW.contains(&code) => false,
         "entity-type" | "entity-role" => resource_type != crate::audit::AUDIT_EVENT,
         _ => true,
     }
+}
+
+/// Whether searches by `code` on `resource_type` are answered: by its index rows or by the
+/// `resource` row. Search refuses the others (`interaction::search`), and the
+/// CapabilityStatement does not offer them.
+pub fn is_supported(resource_type: &str, code: &str) -> bool {
+    is_indexed(resource_type, code) || ANSWERED_BY_THE_RESOURCE_ROW.contains(&code)
 }
 
 /// Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.

@@ -29,7 +29,7 @@ use secrecy::ExposeSecret;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Transaction};
 
-pub use index::is_indexed;
+pub use index::{is_indexed, is_supported};
 pub use versions::{
     Current, HistoryScope, StoredVersion, VersionWrite, current_for_update,
     current_with_body_for_update, history, read_current, read_current_checked, read_version,
