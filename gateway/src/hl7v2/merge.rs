@@ -6,7 +6,9 @@
 //!
 //! The resources found are those whose reference to the merged Patient a search parameter
 //! indexes (`idx_reference`: subject, patient, performer, ... of every type); the two
-//! Patients themselves keep their links.
+//! Patients themselves keep their links. AuditEvents are not moved: they record who
+//! accessed the merged Patient's record before the merge, and nobody rewrites the trail
+//! (an update of one is refused, which would fail the merge).
 
 use fhir_profiles::Json;
 use sqlx::{AnyConnection, Row as _};
@@ -38,6 +40,7 @@ pub(crate) async fn move_references(
         "SELECT DISTINCT r.resource_type, r.id FROM idx_reference x \
          JOIN resource r ON r.rkey = x.rkey \
          WHERE x.target_type = 'Patient' AND x.target_id = $1 AND r.deleted = 0 \
+         AND x.rtype <> 'AuditEvent' \
          ORDER BY r.resource_type, r.id",
     )
     .bind(merged.as_str())

@@ -805,7 +805,13 @@ on_both!(
 on_both!(
     an_a40_links_the_patients_and_moves_the_merged_ones_resources,
     |db| async move {
-        let app = app_with_mllp(db).await;
+        // audited: the records of the reads below refer to the merged patient, and stay so
+        let app = spawn_app_with(db, |config| {
+            config.mllp.enabled = true;
+            config.mllp.port = 0;
+            config.audit.enabled = true;
+        })
+        .await;
         let mut stream = connect(&app).await;
         // two records of one person, each with an encounter
         let old = adt("A01", "MRG-0", "MOLD", "Merged", "Sam");
@@ -872,6 +878,19 @@ on_both!(
         );
         let survivor = &patients_with(&app, "MNEW").await[0];
         assert_eq!(survivor["link"][0]["type"], "replaces", "{survivor}");
+        let records: Value = app
+            .client
+            .get(app.url(&format!("AuditEvent?patient={old_id}&_count=1")))
+            .send()
+            .await
+            .expect("search")
+            .json()
+            .await
+            .expect("a Bundle");
+        assert_eq!(
+            records["entry"][0]["resource"]["meta"]["versionId"], "1",
+            "the reads of the merged patient's record stay recorded as they were: {records}"
+        );
     }
 );
 
