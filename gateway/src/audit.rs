@@ -662,7 +662,7 @@ type Patients = BTreeMap<(String, String), BTreeSet<String>>;
 
 /// The patients of each touched resource: a Patient is its own; a resource of a
 /// compartment type is in the compartment of the Patients its compartment parameters
-/// reference (as its current index rows have them).
+/// reference (as its row records them, or else its current index rows have them).
 async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::Result<Patients> {
     let mut patients = Patients::new();
     let mut lookup: BTreeSet<(&str, &str)> = BTreeSet::new();
@@ -687,14 +687,23 @@ async fn patients_of(conn: &mut AnyConnection, touched: &[&Touched]) -> anyhow::
     };
     for chunk in lookup.chunks(per_statement) {
         let mut sql = Sql::default();
+        // the compartment the row records (migration 0034), else its reference rows
         sql.text = format!(
-            "WITH {} SELECT r.resource_type, r.id, x.param, x.target_id FROM k \
+            "WITH {} SELECT r.resource_type, r.id, r.compartment, x.param, x.target_id FROM k \
              JOIN resource r ON r.resource_type = k.t AND r.id = k.i \
-             JOIN idx_reference x ON x.rkey = r.rkey WHERE x.target_type = 'Patient'",
+             LEFT JOIN idx_reference x ON r.compartment IS NULL AND x.rkey = r.rkey \
+             AND x.target_type = 'Patient' WHERE r.compartment <> '' OR x.rkey IS NOT NULL",
             keys_cte(&mut sql, postgres, chunk)
         );
         for row in sql.query().fetch_all(&mut *conn).await? {
             let resource_type: String = row.try_get("resource_type")?;
+            if let Some(patient) = row.try_get::<Option<String>, _>("compartment")? {
+                patients
+                    .entry((resource_type, row.try_get("id")?))
+                    .or_default()
+                    .insert(patient);
+                continue;
+            }
             let param: String = row.try_get("param")?;
             let params = fhir_profiles::compartment::patient_compartment_params(&resource_type);
             if !params.contains(&param) {

@@ -178,6 +178,12 @@ pub async fn refresh_access_of_patient(
 /// The condition on the row `{alias}` of `resource_type` (in the Patient compartment through
 /// `params`): every patient whose compartment holds it has a grant in `grants` (or is the
 /// requester). A resource in no patient's compartment (an Observation of a Group) passes.
+/// `{alias}` must be a `resource` row, or a row with its `rkey`, `id` and `compartment`.
+///
+/// Which patients those are, the row's `compartment` says when it names none or one (nearly
+/// every resource): a comparison and one probe of `consent_access`. Otherwise (several
+/// patients, a row written before the column) the row's Patient references in
+/// `idx_reference` are probed, each checked.
 ///
 /// The patients `sql` decides (`Sql::decided_patients`: those a search is restricted to,
 /// [`super::search::pinned_patients`]) are decided once instead of once per row. Each is an
@@ -210,21 +216,36 @@ pub fn condition(
         .collect();
     if !params.is_empty() {
         let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
-        let own = grants
-            .own_patient
-            .as_deref()
-            .map(|p| format!(" AND x.target_id <> {}", sql.text(p)))
-            .unwrap_or_default();
-        let decided: String = decided
-            .iter()
-            .map(|(id, once)| format!(" AND NOT (x.target_id = {id} AND {once})"))
-            .collect();
-        let consented = consented(sql, "x.target_id", &rt, grants);
-        parts.push(format!(
-            "NOT EXISTS (SELECT 1 FROM idx_reference x WHERE x.rkey = {alias}.rkey AND x.rtype = {rt} \
-             AND x.param IN ({}) AND x.target_type = 'Patient'{own}{decided} AND NOT {consented})",
-            list.join(", ")
-        ));
+        let own = grants.own_patient.as_deref().map(|p| sql.text(p));
+        let probe = {
+            let own = own
+                .as_deref()
+                .map(|own| format!(" AND x.target_id <> {own}"))
+                .unwrap_or_default();
+            let decided: String = decided
+                .iter()
+                .map(|(id, once)| format!(" AND NOT (x.target_id = {id} AND {once})"))
+                .collect();
+            let consented = consented(sql, "x.target_id", &rt, grants);
+            format!(
+                "NOT EXISTS (SELECT 1 FROM idx_reference x WHERE x.rkey = {alias}.rkey AND x.rtype = {rt} \
+                 AND x.param IN ({}) AND x.target_type = 'Patient'{own}{decided} AND NOT {consented})",
+                list.join(", ")
+            )
+        };
+        // the row's recorded compartment (migration 0034) decides without the probe: no
+        // Patient, or the one whose consent it needs; the probe when it is not recorded
+        let column = format!("{alias}.compartment");
+        let mut cases =
+            format!("CASE WHEN {column} IS NULL THEN {probe} WHEN {column} = '' THEN 1 = 1");
+        if let Some(own) = &own {
+            cases.push_str(&format!(" WHEN {column} = {own} THEN 1 = 1"));
+        }
+        for (id, once) in &decided {
+            cases.push_str(&format!(" WHEN {column} = {id} THEN {once}"));
+        }
+        let consented = consented(sql, &column, &rt, grants);
+        parts.push(format!("{cases} ELSE {consented} END"));
     }
     if resource_type == "Patient" {
         let own = grants

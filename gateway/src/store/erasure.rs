@@ -51,6 +51,11 @@ pub async fn erase_versions(
     // a deleted resource has no index rows already; removing them again costs little and
     // makes sure search can never find an erased resource
     index::delete(conn, rkey).await?;
+    // and the compartment those rows put it in goes with them (migration 0034)
+    sqlx::query("UPDATE resource SET compartment = '' WHERE rkey = $1")
+        .bind(rkey)
+        .execute(&mut *conn)
+        .await?;
     Ok(erased)
 }
 

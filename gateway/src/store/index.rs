@@ -32,6 +32,35 @@ pub fn is_supported(resource_type: &str, code: &str) -> bool {
     is_indexed(resource_type, code) || ANSWERED_BY_THE_RESOURCE_ROW.contains(&code)
 }
 
+/// The value of `resource.compartment` (migration 0034) for a version of `resource_type`
+/// whose index rows are `entries` (none for a deletion): what the consent check would find
+/// among those rows, its references to Patients through the type's compartment
+/// parameters. `Some("")`: none; `Some(id)`: exactly that Patient; `None` (the check probes
+/// the rows): several Patients, or a Patient reference without an id.
+pub(super) fn compartment_of(resource_type: &str, entries: &[IndexEntry]) -> Option<String> {
+    let params = fhir_profiles::compartment::patient_compartment_params(resource_type);
+    let mut patient: Option<&str> = None;
+    for entry in entries {
+        let IndexValue::Reference {
+            target_type: Some(target_type),
+            target_id,
+            ..
+        } = &entry.value
+        else {
+            continue;
+        };
+        if target_type != "Patient" || !params.contains(&entry.param) {
+            continue;
+        }
+        match (target_id.as_deref(), patient) {
+            (None, _) => return None,
+            (Some(id), Some(seen)) if id != seen => return None,
+            (Some(id), _) => patient = Some(id),
+        }
+    }
+    Some(patient.unwrap_or_default().to_owned())
+}
+
 /// Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -406,5 +435,101 @@ fn binds(entry: &IndexEntry) -> Vec<Bind> {
             text(unit),
         ],
         IndexValue::Uri { value } => vec![Bind::Text(value.clone())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(resource_type: &str, resource: &str) -> Vec<IndexEntry> {
+        let json = crate::resource::parse_json(resource.as_bytes(), 100).expect("JSON");
+        fhir_profiles::search::index_entries(resource_type, &json)
+    }
+
+    fn reference(param: &str, target_type: &str, target_id: Option<&str>) -> IndexEntry {
+        IndexEntry {
+            param: param.to_owned(),
+            group: 0,
+            value: IndexValue::Reference {
+                target_type: Some(target_type.to_owned()),
+                target_id: target_id.map(str::to_owned),
+                version: None,
+                url: None,
+            },
+        }
+    }
+
+    /// The `(type, parameter)` pairs of migration 0034's backfill.
+    fn backfill_pairs(migration: &str) -> std::collections::BTreeSet<(String, String)> {
+        let values = &migration[migration.find("(VALUES").expect("the list")..];
+        let values = &values[..values.find("UPDATE").expect("the list's end")];
+        values
+            .split("('")
+            .skip(1)
+            .map(|pair| {
+                let pair = &pair[..pair.find("')").expect("a pair")];
+                let (t, p) = pair.split_once("', '").expect("two values");
+                (t.to_owned(), p.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_backfill_of_recorded_compartments_uses_the_compartment_definition() {
+        let expected: std::collections::BTreeSet<(String, String)> =
+            fhir_profiles::compartment::patient_compartment_types()
+                .flat_map(|t| {
+                    fhir_profiles::compartment::patient_compartment_params(t)
+                        .iter()
+                        .map(move |p| (t.to_owned(), p.clone()))
+                })
+                .collect();
+        assert_eq!(expected.len(), 100);
+        for migration in [
+            include_str!("../../migrations/postgres/0034_compartment.sql"),
+            include_str!("../../migrations/sqlite/0034_compartment.sql"),
+        ] {
+            assert_eq!(backfill_pairs(migration), expected);
+        }
+    }
+
+    #[test]
+    fn the_compartment_is_the_one_patient_the_compartment_parameters_reference() {
+        let of = |t: &str, r: &str| compartment_of(t, &entries(t, r));
+        let observation = r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/a"}, "performer": [{"reference": "Patient/a"}],
+            "focus": [{"reference": "Patient/z"}]}"#;
+        assert_eq!(of("Observation", observation), Some("a".to_owned()));
+        let two = r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/a"}, "performer": [{"reference": "Patient/b"}]}"#;
+        assert_eq!(
+            of("Observation", two),
+            None,
+            "two patients: the rows decide"
+        );
+        let none = r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Group/g"}, "focus": [{"reference": "Patient/z"}]}"#;
+        assert_eq!(of("Observation", none), Some(String::new()));
+        let linked = r#"{"resourceType": "Patient", "id": "p",
+            "link": [{"other": {"reference": "Patient/q"}, "type": "seealso"}]}"#;
+        assert_eq!(of("Patient", linked), Some("q".to_owned()));
+        assert_eq!(
+            of(
+                "Organization",
+                r#"{"resourceType": "Organization", "name": "x"}"#
+            ),
+            Some(String::new())
+        );
+        assert_eq!(
+            compartment_of("Observation", &[]),
+            Some(String::new()),
+            "a deletion"
+        );
+        let without_id = [
+            reference("subject", "Patient", Some("a")),
+            reference("performer", "Patient", None),
+        ];
+        assert_eq!(compartment_of("Observation", &without_id), None);
     }
 }

@@ -1274,8 +1274,14 @@ pub async fn page(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // deferred consent checks the matches' recorded compartments (consent::condition)
+    let compartment = if deferred.is_empty() {
+        ""
+    } else {
+        ", r.compartment"
+    };
     let matches = format!(
-        "SELECT s.* FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{select_keys} \
+        "SELECT s.* FROM (SELECT r.rkey, r.resource_type, r.id, r.version_id{compartment}{select_keys} \
          FROM resource r WHERE {conditions}) s{} ORDER BY {}",
         if outer_conditions.is_empty() {
             String::new()
@@ -1454,7 +1460,7 @@ pub async fn included(
     }
     let allowed = allowed_condition(&mut sql, allowed, target_type, base_url)?;
     let rows = format!(
-        "SELECT r.rkey, r.resource_type, r.id, r.version_id, v.body FROM resource r JOIN resource_version v \
+        "SELECT r.rkey, r.resource_type, r.id, r.version_id, r.compartment, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x \
          WHERE {keys} AND x.param = {p}{type_condition} AND x.target_type = r.resource_type AND x.target_id = r.id){allowed}"
     );
@@ -1511,7 +1517,7 @@ pub async fn rev_included(
     }
     let allowed = allowed_condition(&mut sql, allowed, Some(source_type), base_url)?;
     let rows = format!(
-        "SELECT r.rkey, r.resource_type, r.id, r.version_id, v.body FROM resource r JOIN resource_version v \
+        "SELECT r.rkey, r.resource_type, r.id, r.version_id, r.compartment, v.body FROM resource r JOIN resource_version v \
          ON v.rkey = r.rkey AND v.version_id = r.version_id WHERE r.deleted = 0 AND r.resource_type = {st} AND r.rkey IN \
          (SELECT x.rkey FROM idx_reference x WHERE x.rtype = {st} AND x.param = {p} AND ({})){allowed}",
         alternatives.join(" OR ")

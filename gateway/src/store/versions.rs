@@ -249,25 +249,31 @@ pub async fn write_version(
         return write_version_postgres(conn, current, write).await;
     }
     let deleted = i16::from(write.body.is_none());
+    let compartment = index::compartment_of(write.resource_type, write.entries());
     let rkey: i64 = match current {
         None => {
             sqlx::query_scalar(
-                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING rkey",
+                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, compartment) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING rkey",
             )
             .bind(write.resource_type)
             .bind(write.id)
             .bind(write.version_id.get())
             .bind(write.last_updated.millis())
             .bind(deleted)
+            .bind(compartment)
             .fetch_one(&mut *conn)
             .await?
         }
         Some(current) => {
-            sqlx::query("UPDATE resource SET version_id = $1, last_updated = $2, deleted = $3 WHERE rkey = $4")
+            sqlx::query(
+                "UPDATE resource SET version_id = $1, last_updated = $2, deleted = $3, \
+                 compartment = $4 WHERE rkey = $5",
+            )
                 .bind(write.version_id.get())
                 .bind(write.last_updated.millis())
                 .bind(deleted)
+                .bind(compartment)
                 .bind(current.rkey)
                 .execute(&mut *conn)
                 .await?;
@@ -312,6 +318,8 @@ async fn write_version_postgres(
         Some(_) => (write.index, write.words),
         None => (&[], &[]),
     };
+    let compartment = sql
+        .bind(index::compartment_of(write.resource_type, entries).map_or(Bind::Null, Bind::Text));
     let rows = index::Rows {
         rkey: current.map_or(0, |c| c.rkey),
         resource_type: write.resource_type,
@@ -325,8 +333,8 @@ async fn write_version_postgres(
         None => {
             let id = sql.text(write.id);
             ctes.push(format!(
-                "r AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, index_tables) \
-                 VALUES ({rtype}, {id}, {version}, {at}, {deleted}, {tables}) RETURNING rkey)"
+                "r AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, index_tables, compartment) \
+                 VALUES ({rtype}, {id}, {version}, {at}, {deleted}, {tables}, {compartment}) RETURNING rkey)"
             ));
             "(SELECT rkey FROM r)".to_owned()
         }
@@ -334,7 +342,7 @@ async fn write_version_postgres(
             let rkey = sql.bind(Bind::Int(current.rkey));
             ctes.push(format!(
                 "r AS (UPDATE resource SET version_id = {version}, last_updated = {at}, deleted = {deleted}, \
-                 index_tables = {tables} WHERE rkey = {rkey} RETURNING rkey)"
+                 index_tables = {tables}, compartment = {compartment} WHERE rkey = {rkey} RETURNING rkey)"
             ));
             rkey
         }
@@ -367,6 +375,13 @@ async fn write_version_postgres(
         index::insert(conn, &[index::Rows { rkey, ..rows }]).await?;
     }
     Ok(())
+}
+
+impl VersionWrite<'_> {
+    /// The index entries the version's rows are made of: none for a deletion.
+    fn entries(&self) -> &[IndexEntry] {
+        if self.body.is_some() { self.index } else { &[] }
+    }
 }
 
 /// The index rows of a version that has a body (a deletion has none).
@@ -423,6 +438,8 @@ pub async fn write_new_versions(
                 Bind::Int(write.version_id.get()),
                 Bind::Int(write.last_updated.millis()),
                 Bind::Int(0),
+                index::compartment_of(write.resource_type, write.index)
+                    .map_or(Bind::Null, Bind::Text),
             ]
         });
         let mut sql = Sql::default();
@@ -436,6 +453,7 @@ pub async fn write_new_versions(
                 ("version_id", bulk::Kind::BigInt),
                 ("last_updated", bulk::Kind::BigInt),
                 ("deleted", bulk::Kind::Integer),
+                ("compartment", bulk::Kind::Text),
             ],
             rows,
         );

@@ -553,6 +553,132 @@ on_both!(
     }
 );
 
+/// `resource.compartment` of `reference` (`Type/id`): `None` when not recorded.
+async fn recorded_compartment(w: &World, reference: &str) -> Option<String> {
+    let (resource_type, id) = reference.split_once('/').expect("Type/id");
+    let mut conn = w.app.database_connection().await;
+    sqlx::query_scalar("SELECT compartment FROM resource WHERE resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("the resource row")
+}
+
+on_both!(
+    a_resource_in_two_compartments_needs_both_grants_and_rows_without_a_recorded_compartment_are_checked_alike,
+    |db| async move {
+        let w = world(db, |_| {}).await;
+        let r = records(&w).await;
+        let token = w.token("app-x", "system/*.rs", json!({}));
+        // ann's Observation, performed by bob: in both compartments
+        let shared = w
+            .create(json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "subject": {"reference": format!("Patient/{}", r.ann)},
+                "performer": [{"reference": format!("Patient/{}", r.bob)}]}))
+            .await;
+        let shared = format!("Observation/{shared}");
+        // a reference to a Patient through a parameter outside the compartment counts for nothing
+        let focus = w
+            .create(json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "note"}, "focus": [{"reference": format!("Patient/{}", r.bob)}]}))
+            .await;
+        let focus = format!("Observation/{focus}");
+        let ann_obs = format!("Observation/{}", r.ann_obs);
+        let ann_cond = format!("Condition/{}", r.ann_cond);
+        for (reference, expected) in [
+            (ann_obs.as_str(), Some(r.ann.clone())),
+            (shared.as_str(), None),
+            (focus.as_str(), Some(String::new())),
+            (&format!("Organization/{}", r.org), Some(String::new())),
+            (&format!("Patient/{}", r.ann), Some(String::new())),
+        ] {
+            assert_eq!(recorded_compartment(&w, reference).await, expected, "{reference}");
+        }
+        // the migration's backfill of the rows written before the column gives each the
+        // value it would have been written with
+        let mut conn = w.app.database_connection().await;
+        let all = "SELECT resource_type || '/' || id, compartment FROM resource ORDER BY rkey";
+        let written: Vec<(String, Option<String>)> = sqlx::query_as(all)
+            .fetch_all(&mut conn)
+            .await
+            .expect("the rows");
+        sqlx::query("UPDATE resource SET compartment = NULL")
+            .execute(&mut conn)
+            .await
+            .expect("forgotten");
+        let migration = match db {
+            Db::Postgres => include_str!("../../migrations/postgres/0034_compartment.sql"),
+            Db::Sqlite => include_str!("../../migrations/sqlite/0034_compartment.sql"),
+        };
+        let backfill = &migration[migration.find("WITH p").expect("the backfill")..];
+        sqlx::raw_sql(sqlx::AssertSqlSafe(backfill))
+            .execute(&mut conn)
+            .await
+            .expect("backfilled");
+        let backfilled: Vec<(String, Option<String>)> = sqlx::query_as(all)
+            .fetch_all(&mut conn)
+            .await
+            .expect("the rows");
+        assert_eq!(backfilled, written);
+        assert_eq!(written.len(), 8, "{written:?}");
+        // a row whose compartment is not recorded (as with several Patients): its check
+        // probes the reference rows
+        sqlx::query("UPDATE resource SET compartment = NULL WHERE resource_type = 'Condition' AND id = $1")
+            .bind(&r.ann_cond)
+            .execute(&mut conn)
+            .await
+            .expect("forgotten");
+
+        let (ann_grant, _) = w
+            .grant(&r.ann_key, "app-x", &["Observation", "Condition"], "TREAT", 0)
+            .await;
+        for (path, status) in [(&ann_obs, 200), (&ann_cond, 200), (&shared, 403), (&focus, 200)] {
+            let (got, body) = w.get(path, &token).await;
+            assert_eq!(got, status, "{path}: {body}");
+        }
+        let (_, bundle) = w.get("Observation", &token).await;
+        assert_eq!(bundle["total"], 2, "bob has not consented to the shared one: {bundle}");
+        let mut expected = vec![ann_obs.clone(), focus.clone()];
+        expected.sort();
+        assert_eq!(ids(&bundle), expected);
+
+        w.grant(&r.bob_key, "app-x", &["Observation"], "TREAT", 0).await;
+        let (got, body) = w.get(&shared, &token).await;
+        assert_eq!(got, 200, "{body}");
+        let (_, bundle) = w.get("Observation", &token).await;
+        assert_eq!(bundle["total"], 4, "{bundle}");
+
+        w.revoke(&r.ann_key, ann_grant).await;
+        for path in [&ann_obs, &ann_cond, &shared] {
+            let (got, body) = w.get(path, &token).await;
+            assert_eq!(got, 403, "{path}: {body}");
+        }
+        let (_, bundle) = w.get("Observation", &token).await;
+        let mut expected = vec![format!("Observation/{}", r.bob_obs), focus.clone()];
+        expected.sort();
+        assert_eq!(ids(&bundle), expected, "{bundle}");
+
+        // the column follows each version: moved to bob, deleted
+        let admin = w.token("loader", "system/*.cud", json!({}));
+        let moved = json!({"resourceType": "Observation", "id": r.ann_obs, "status": "final",
+            "code": {"text": "moved"}, "subject": {"reference": format!("Patient/{}", r.bob)}});
+        let (status, body, _) = w
+            .call(reqwest::Method::PUT, &ann_obs, &admin, &[], Some(&moved))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(recorded_compartment(&w, &ann_obs).await, Some(r.bob.clone()));
+        let (got, body) = w.get(&ann_obs, &token).await;
+        assert_eq!(got, 200, "bob's now, and bob granted Observation: {body}");
+        let (status, body, _) = w
+            .call(reqwest::Method::DELETE, &shared, &admin, &[], None)
+            .await;
+        assert!(status == 200 || status == 204, "{status} {body}");
+        assert_eq!(recorded_compartment(&w, &shared).await, Some(String::new()));
+    }
+);
+
 /// Every page of `path`'s search (`_count` small), followed through its `next` links: the
 /// ids of each page.
 async fn pages(w: &World, path: &str, token: &str) -> Vec<Vec<String>> {
