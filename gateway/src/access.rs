@@ -482,12 +482,30 @@ impl Access {
                 .await?
                 .map(|stored| (stored, true))),
             Some(filter) => {
-                let mut sql = sql::Sql::default();
-                let condition = sql::condition(&mut sql, "r", resource_type, &filter, base_url)?;
-                Ok(
-                    crate::store::read_current_checked(conn, sql, &condition, resource_type, id)
-                        .await?,
-                )
+                // built for one row; undecided (a row in several compartments) is checked
+                // again with every compartment reference probed
+                let checked =
+                    async |conn: &mut AnyConnection, one_row: bool| -> Result<_> {
+                        let mut sql = sql::Sql::default();
+                        sql.one_row = one_row;
+                        let condition =
+                            sql::condition(&mut sql, "r", resource_type, &filter, base_url)?;
+                        Ok(crate::store::read_current_checked(
+                            conn,
+                            sql,
+                            &condition,
+                            resource_type,
+                            id,
+                        )
+                        .await?)
+                    };
+                Ok(match checked(conn, true).await? {
+                    Some((stored, Some(passes))) => Some((stored, passes)),
+                    Some((_, None)) => checked(conn, false)
+                        .await?
+                        .map(|(stored, passes)| (stored, passes == Some(true))),
+                    None => None,
+                })
             }
         }
     }

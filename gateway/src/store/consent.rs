@@ -90,6 +90,16 @@ fn consented(sql: &mut Sql, patient: &str, rt: &str, grants: &Grants) -> String 
     )
 }
 
+/// [`consented`] for one row's patient (`Sql::one_row`): a scalar probe, which PostgreSQL
+/// never turns into a hash of every grant that matches the rest.
+fn consented_one(sql: &mut Sql, patient: &str, rt: &str, grants: &Grants) -> String {
+    let granted = granted(sql, grants);
+    format!(
+        "(SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
+         AND a.resource_type IN ({rt}, '*') AND {granted} LIMIT 1) IS NOT NULL"
+    )
+}
+
 /// What every probe of one statement for `grants` asks of a `consent_access` row `a`
 /// besides its patient and type: one of the grantees, the purpose, confirmed, not expired.
 /// Bound once per statement (the first probe's placeholders serve the others).
@@ -182,8 +192,9 @@ pub async fn refresh_access_of_patient(
 ///
 /// Which patients those are, the row's `compartment` says when it names none or one (nearly
 /// every resource): a comparison and one probe of `consent_access`. Otherwise (several
-/// patients, a row written before the column) the row's Patient references in
-/// `idx_reference` are probed, each checked.
+/// patients, a Patient reference without an id) the row's Patient references in
+/// `idx_reference` are probed, each checked; under `Sql::one_row` the condition is NULL
+/// for such a row instead, and the caller checks it again without `one_row`.
 ///
 /// The patients `sql` decides (`Sql::decided_patients`: those a search is restricted to,
 /// [`super::search::pinned_patients`]) are decided once instead of once per row. Each is an
@@ -217,7 +228,9 @@ pub fn condition(
     if !params.is_empty() {
         let list: Vec<String> = params.iter().map(|p| sql.text(p)).collect();
         let own = grants.own_patient.as_deref().map(|p| sql.text(p));
-        let probe = {
+        let probe = if sql.one_row {
+            "NULL".to_owned()
+        } else {
             let own = own
                 .as_deref()
                 .map(|own| format!(" AND x.target_id <> {own}"))
@@ -244,7 +257,11 @@ pub fn condition(
         for (id, once) in &decided {
             cases.push_str(&format!(" WHEN {column} = {id} THEN {once}"));
         }
-        let consented = consented(sql, &column, &rt, grants);
+        let consented = if sql.one_row {
+            consented_one(sql, &column, &rt, grants)
+        } else {
+            consented(sql, &column, &rt, grants)
+        };
         parts.push(format!("{cases} ELSE {consented} END"));
     }
     if resource_type == "Patient" {
@@ -257,7 +274,12 @@ pub fn condition(
             .iter()
             .map(|(id, once)| format!("({alias}.id = {id} AND {once}) OR "))
             .collect();
-        let consented = consented(sql, &format!("{alias}.id"), &rt, grants);
+        let id = format!("{alias}.id");
+        let consented = if sql.one_row {
+            consented_one(sql, &id, &rt, grants)
+        } else {
+            consented(sql, &id, &rt, grants)
+        };
         parts.push(format!("({own}{decided}{consented})"));
     }
     if parts.is_empty() {

@@ -38,6 +38,14 @@ pub struct Sql {
     /// The grant conditions the statement's consent probes share, and the grants they were
     /// bound for ([`super::consent`]).
     pub(super) consent_granted: Option<(ConsentGrantsKey, String)>,
+    /// The statement checks one row (a read: `store::read_current_checked`). Its consent
+    /// check is made for one row: a recorded Patient's grant is a scalar probe (never a hash
+    /// of every grant, which PostgreSQL may choose for `EXISTS`), and a row whose compartment
+    /// is not recorded makes the check NULL (undecided) instead of probing its references,
+    /// so the statement's plan does not carry a subplan that nearly every read leaves unused
+    /// (its start-up alone cost ~9 µs a read). The caller checks such a row again, with the
+    /// probe ([`super::consent::condition`]).
+    pub one_row: bool,
 }
 
 /// Grantees, purpose, confirmed block and now: what a statement's consent probes bind once.

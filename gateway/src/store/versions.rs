@@ -152,25 +152,26 @@ pub async fn read_current(
 
 /// The current version of a resource and whether it meets `condition` (a condition on the
 /// resource row `r`, built into `sql` with its bound values): one query for a read that must
-/// also pass a check.
+/// also pass a check. `None` for the check when `condition` is NULL: undecided (a consent
+/// check built for one row, `Sql::one_row`, of a row whose compartment is not recorded).
 pub async fn read_current_checked(
     conn: &mut AnyConnection,
     mut sql: super::search::Sql,
     condition: &str,
     resource_type: &str,
     id: &str,
-) -> Result<Option<(StoredVersion, bool)>, sqlx::Error> {
+) -> Result<Option<(StoredVersion, Option<bool>)>, sqlx::Error> {
     let (t, i) = (sql.text(resource_type), sql.text(id));
     sql.text = format!(
-        "SELECT {VERSION_COLUMNS}, CASE WHEN {condition} THEN 1 ELSE 0 END AS passes FROM resource r \
-         JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = r.version_id \
+        "SELECT {VERSION_COLUMNS}, CAST(({condition}) AS INTEGER) AS passes \
+         FROM resource r JOIN resource_version v ON v.rkey = r.rkey AND v.version_id = r.version_id \
          WHERE r.resource_type = {t} AND r.id = {i}"
     );
     let row = sql.query().fetch_optional(conn).await?;
     row.as_ref()
         .map(|row| {
-            let passes: i64 = sqlx::Row::try_get(row, "passes")?;
-            Ok((StoredVersion::from_row(row)?, passes == 1))
+            let passes: Option<i64> = sqlx::Row::try_get(row, "passes")?;
+            Ok((StoredVersion::from_row(row)?, passes.map(|p| p == 1)))
         })
         .transpose()
 }
