@@ -16,7 +16,8 @@
 #   bare     resource, version and log leaf rows only
 #   narrow   one row in a table of its own (id, time, body) with its log leaf and two
 #            reference rows: the layout a dedicated audit table would have
-# Usage: scripts/bench/audit_rows.sh; DUR seconds per run (default 6); ROUNDS (default 2).
+# Usage: scripts/bench/audit_rows.sh; DUR seconds per run (default 6); ROUNDS (default 2);
+# SHAPES (default all four, in that order).
 # Writes into fhir_bench_audit (a benchmark's database; drop it after).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -92,7 +93,7 @@ ms() {  # shape, records per transaction: the mean transaction time in ms
 }
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
-  for shape in full17 full11 bare narrow; do
+  for shape in ${SHAPES:-full17 full11 bare narrow}; do
     a=$(ms $shape 12)
     b=$(ms $shape 48)
     awk -v s=$shape -v a="$a" -v b="$b" -v r=$round 'BEGIN {
