@@ -12,6 +12,8 @@
 # Usage: scripts/bench/audit.sh [SYNTHEA_DIR]; DUR (default 20s); ROUNDS (default 2); BIN (a
 # gateway binary to measure instead of building target/release/fhir-gateway, e.g. one built
 # at an earlier commit, for a before/after on the same machine and data).
+# PGSS=1 prints, after each measured run, the statements that took the most PostgreSQL time
+# per request (needs pg_stat_statements in the server's shared_preload_libraries).
 # Needs wrk (apt-get install wrk), python3 and PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,6 +50,7 @@ audit_events() { psql -Atq "$PG/$DB" -c "SELECT COUNT(*) FROM resource WHERE res
 TOKEN=$(env "${BASEENV[@]}" "$BIN" token issue --scope 'system/*.rs' --lifetime-secs 7200)
 start false false
 FHIR_TOKEN= python3 scripts/bench/ingest.py --base "http://127.0.0.1:$PORT/fhir" --dir "$DATA" --clients 8
+[ -z "${PGSS:-}" ] || psql "$PG/$DB" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 psql "$PG/$DB" -qc "VACUUM ANALYZE" -c "CHECKPOINT"
 FHIR_TOKEN= python3 scripts/bench/prepare.py --base "http://127.0.0.1:$PORT/fhir" --out "$OUT"
 stop
@@ -58,6 +61,7 @@ for round in $(seq "$ROUNDS"); do
     wrk -t2 -c32 -d5s -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/reads.txt" "$TOKEN" >/dev/null
     echo "== round $round, audit $mode, reads, load $(cut -d' ' -f1-3 /proc/loadavg)"
     before=$(audit_events)
+    [ -z "${PGSS:-}" ] || psql "$PG/$DB" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
     read -r g0 p0 < <(cpu_ticks $SERVER $DB)
     wrk -t2 -c32 -d"$DUR" --latency -s scripts/bench/paths.lua "http://127.0.0.1:$PORT" -- "$OUT/reads.txt" "$TOKEN" > $OUT/wrk.txt
     read -r g1 p1 < <(cpu_ticks $SERVER $DB)
@@ -65,6 +69,7 @@ for round in $(seq "$ROUNDS"); do
     n=$(awk '/requests in/ {print $1}' $OUT/wrk.txt)
     echo "CPU per request: gateway $(( (g1 - g0) * 10000000 / n / 1000 )) µs, PostgreSQL $(( (p1 - p0) * 10000000 / n / 1000 )) µs"
     echo "AuditEvents stored during the run: $(( $(audit_events) - before )) for $n requests"
+    [ -z "${PGSS:-}" ] || psql "$PG/$DB" -qAF ' | ' -c "SELECT round((total_exec_time + total_plan_time) * 1000 / $n) AS us_per_request, calls, round(total_exec_time * 1000 / calls) AS exec_us, left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1 DESC LIMIT 12"
     stop
   done
 done
