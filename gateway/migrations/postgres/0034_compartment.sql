@@ -8,7 +8,7 @@
 --   an id in exactly that Patient's;
 --   NULL  several Patients, or a Patient reference without an id: a check then probes
 --         idx_reference as before.
-ALTER TABLE resource ADD COLUMN compartment TEXT;
+ALTER TABLE resource ADD COLUMN compartment TEXT COLLATE "C";
 
 -- The rows written before this column get it from their reference rows, as the check would
 -- find them: the Patient references through the compartment parameters of the R4 Patient

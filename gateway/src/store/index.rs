@@ -36,7 +36,11 @@ pub fn is_supported(resource_type: &str, code: &str) -> bool {
 /// whose index rows are `entries` (none for a deletion): what the consent check would find
 /// among those rows, its references to Patients through the type's compartment
 /// parameters. `Some("")`: none; `Some(id)`: exactly that Patient; `None` (the check probes
-/// the rows): several Patients, or a Patient reference without an id.
+/// the rows): several Patients, or a Patient reference without an id. Recorded once per
+/// version: a change to the compartment's parameters (`fhir_profiles::compartment`, the R4
+/// CompartmentDefinition) or to how references are indexed needs a migration that records
+/// it anew for the stored rows, as 0034's backfill did (its list is held to the definition
+/// by a test below).
 pub(super) fn compartment_of(resource_type: &str, entries: &[IndexEntry]) -> Option<String> {
     let params = fhir_profiles::compartment::patient_compartment_params(resource_type);
     let mut patient: Option<&str> = None;
