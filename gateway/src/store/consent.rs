@@ -81,23 +81,20 @@ pub async fn cursor(conn: &mut AnyConnection) -> Result<Option<Cursor>, sqlx::Er
 /// The condition that `patient` (an SQL expression: a Patient id) has a grant in `grants`
 /// covering the type `rt` (a placeholder): one probe of `consent_access`'s primary key (the
 /// grants already joined with the bindings and flattened by type), so its cost does not
-/// grow with the number of grants.
+/// grow with the number of grants. In a statement of one row (`Sql::one_row`) a scalar
+/// probe, which PostgreSQL never turns into a hash of every grant that matches the rest, as
+/// it may for `EXISTS`.
 fn consented(sql: &mut Sql, patient: &str, rt: &str, grants: &Grants) -> String {
     let granted = granted(sql, grants);
-    format!(
-        "EXISTS (SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
-         AND a.resource_type IN ({rt}, '*') AND {granted})"
-    )
-}
-
-/// [`consented`] for one row's patient (`Sql::one_row`): a scalar probe, which PostgreSQL
-/// never turns into a hash of every grant that matches the rest.
-fn consented_one(sql: &mut Sql, patient: &str, rt: &str, grants: &Grants) -> String {
-    let granted = granted(sql, grants);
-    format!(
-        "(SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
-         AND a.resource_type IN ({rt}, '*') AND {granted} LIMIT 1) IS NOT NULL"
-    )
+    let probe = format!(
+        "SELECT 1 FROM consent_access a WHERE a.patient_id = {patient} \
+         AND a.resource_type IN ({rt}, '*') AND {granted}"
+    );
+    if sql.one_row {
+        format!("({probe} LIMIT 1) IS NOT NULL")
+    } else {
+        format!("EXISTS ({probe})")
+    }
 }
 
 /// What every probe of one statement for `grants` asks of a `consent_access` row `a`
@@ -257,11 +254,7 @@ pub fn condition(
         for (id, once) in &decided {
             cases.push_str(&format!(" WHEN {column} = {id} THEN {once}"));
         }
-        let consented = if sql.one_row {
-            consented_one(sql, &column, &rt, grants)
-        } else {
-            consented(sql, &column, &rt, grants)
-        };
+        let consented = consented(sql, &column, &rt, grants);
         parts.push(format!("{cases} ELSE {consented} END"));
     }
     if resource_type == "Patient" {
@@ -274,12 +267,7 @@ pub fn condition(
             .iter()
             .map(|(id, once)| format!("({alias}.id = {id} AND {once}) OR "))
             .collect();
-        let id = format!("{alias}.id");
-        let consented = if sql.one_row {
-            consented_one(sql, &id, &rt, grants)
-        } else {
-            consented(sql, &id, &rt, grants)
-        };
+        let consented = consented(sql, &format!("{alias}.id"), &rt, grants);
         parts.push(format!("({own}{decided}{consented})"));
     }
     if parts.is_empty() {
